@@ -70,3 +70,13 @@ def event_axes(name: str, x, event_ndims: int) -> tuple[int, ...]:
     raise ValueError(
         f"event_ndims={event_ndims} exceeds the rank of {name} (shape {np.shape(x)})")
   return tuple(range(np.ndim(x) - event_ndims, np.ndim(x)))
+
+
+def broadcast(**arrays):
+  """Broadcasts the named arrays explicitly to their common shape (a clear error if they can't).
+
+  Explicit broadcasting keeps the library usable under ``jax_numpy_rank_promotion='raise'``.
+  """
+  import jax.numpy as jnp
+  shape = check_broadcast(**arrays)
+  return tuple(jnp.broadcast_to(jnp.asarray(a), shape) for a in arrays.values())

@@ -44,10 +44,10 @@ def normal_log_prob(x: Array, loc: Array, log_scale: Array, event_ndims: int = 1
   Returns:
     ``[...]``: the broadcast shape of the arguments less its last ``event_ndims`` axes.
   """
-  shape = _checks.check_broadcast(x=x, loc=loc, log_scale=log_scale)
+  x, loc, log_scale = _checks.broadcast(x=x, loc=loc, log_scale=log_scale)
   z = (x - loc) * jnp.exp(-log_scale)
   lp = -0.5 * jnp.square(z) - log_scale - _HALF_LOG_2PI
-  return _reduce(jnp.broadcast_to(lp, shape), "x", event_ndims)
+  return _reduce(lp, "x", event_ndims)
 
 
 def standard_normal_log_prob(x: Array, event_ndims: int = 1) -> Array:
@@ -81,9 +81,8 @@ def sample_normal(key: Array, loc: Array, log_scale: Array) -> Array:
   References:
     Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014.
   """
-  shape = _checks.check_broadcast(loc=loc, log_scale=log_scale)
-  dtype = jnp.result_type(loc, log_scale)
-  eps = jax.random.normal(key, shape, dtype)
+  loc, log_scale = _checks.broadcast(loc=loc, log_scale=log_scale)
+  eps = jax.random.normal(key, loc.shape, jnp.result_type(loc, log_scale))
   return loc + jnp.exp(log_scale) * eps
 
 
@@ -111,9 +110,9 @@ def kl_normal_standard_normal(loc: Array, log_scale: Array, event_ndims: int = 1
   References:
     Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014, Appendix B.
   """
-  shape = _checks.check_broadcast(loc=loc, log_scale=log_scale)
+  loc, log_scale = _checks.broadcast(loc=loc, log_scale=log_scale)
   kl = 0.5 * (jnp.exp(2.0 * log_scale) + jnp.square(loc) - 1.0) - log_scale
-  return _reduce(jnp.broadcast_to(kl, shape), "loc", event_ndims)
+  return _reduce(kl, "loc", event_ndims)
 
 
 def kl_normal_normal(loc_q: Array, log_scale_q: Array, loc_p: Array, log_scale_p: Array,
@@ -130,12 +129,12 @@ def kl_normal_normal(loc_q: Array, log_scale_q: Array, loc_p: Array, log_scale_p
   Returns:
     ``[...]``.
   """
-  shape = _checks.check_broadcast(loc_q=loc_q, log_scale_q=log_scale_q, loc_p=loc_p,
-                                  log_scale_p=log_scale_p)
+  loc_q, log_scale_q, loc_p, log_scale_p = _checks.broadcast(
+      loc_q=loc_q, log_scale_q=log_scale_q, loc_p=loc_p, log_scale_p=log_scale_p)
   log_ratio = log_scale_q - log_scale_p
   kl = 0.5 * (jnp.exp(2.0 * log_ratio) + jnp.square((loc_q - loc_p) * jnp.exp(-log_scale_p))
               - 1.0) - log_ratio
-  return _reduce(jnp.broadcast_to(kl, shape), "loc_q", event_ndims)
+  return _reduce(kl, "loc_q", event_ndims)
 
 
 # ----------------------------------------------------------------------------- full-covariance Normal
@@ -157,6 +156,7 @@ def mvn_log_prob(x: Array, loc: Array, scale_tril: Array) -> Array:
   if jnp.ndim(scale_tril) < 2 or jnp.shape(scale_tril)[-1] != jnp.shape(scale_tril)[-2]:
     raise ValueError(f"scale_tril must be [..., D, D], got shape {jnp.shape(scale_tril)}")
   d = jnp.shape(scale_tril)[-1]
+  x, loc = _checks.broadcast(x=x, loc=loc)
   diff = x - loc
   if jnp.shape(diff)[-1:] != (d,):
     raise ValueError(f"x - loc has event size {jnp.shape(diff)[-1:]}, scale_tril expects {d}")
@@ -174,7 +174,7 @@ def sample_mvn(key: Array, loc: Array, scale_tril: Array) -> Array:
   d = jnp.shape(scale_tril)[-1]
   dtype = jnp.result_type(loc, scale_tril)
   eps = jax.random.normal(key, batch + (d,), dtype)
-  return loc + jnp.einsum("...ij,...j->...i", scale_tril, eps)
+  return jnp.broadcast_to(loc, batch + (d,)) + jnp.einsum("...ij,...j->...i", scale_tril, eps)
 
 
 # ----------------------------------------------------------------------------- Bernoulli
@@ -197,9 +197,9 @@ def bernoulli_log_prob(x: Array, logits: Array, event_ndims: int = 1) -> Array:
   Returns:
     ``[...]``.
   """
-  shape = _checks.check_broadcast(x=x, logits=logits)
+  x, logits = _checks.broadcast(x=x, logits=logits)
   lp = x * logits - jax.nn.softplus(logits)
-  return _reduce(jnp.broadcast_to(lp, shape), "x", event_ndims)
+  return _reduce(lp, "x", event_ndims)
 
 
 def sample_bernoulli(key: Array, logits: Array, dtype=None) -> Array:
@@ -227,7 +227,7 @@ def categorical_log_prob(x: Array, logits: Array, event_ndims: int = 0, axis: in
     ``[...]`` less ``event_ndims`` trailing axes.
   """
   logits = jnp.moveaxis(logits, axis, -1)
-  _checks.check_broadcast(x=x, logits_batch=jnp.zeros(jnp.shape(logits)[:-1], jnp.bool_))
+  _checks.check_broadcast(x=x, logits_batch=jax.ShapeDtypeStruct(jnp.shape(logits)[:-1], jnp.bool_))
   log_p = jax.nn.log_softmax(logits, axis=-1)
   batch = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(log_p)[:-1])
   log_p = jnp.broadcast_to(log_p, batch + jnp.shape(log_p)[-1:])
@@ -251,7 +251,7 @@ def categorical_log_prob_one_hot(x: Array, logits: Array, event_ndims: int = 0,
   Returns:
     ``[...]``.
   """
-  _checks.check_broadcast(x=x, logits=logits)
+  x, logits = _checks.broadcast(x=x, logits=logits)
   log_p = jax.nn.log_softmax(logits, axis=axis)
   # 0 * -inf = nan would arise for impossible classes that x does not select: mask them.
   lp = jnp.sum(jnp.where(x == 0, 0.0, x * log_p), axis=axis)
@@ -288,7 +288,7 @@ def kl_categorical_uniform(logits: Array, axis: int = -1) -> Array:
 
 def kl_categorical_categorical(logits_q: Array, logits_p: Array, axis: int = -1) -> Array:
   """``KL(Cat(softmax(logits_q)) || Cat(softmax(logits_p)))`` per categorical variable."""
-  _checks.check_broadcast(logits_q=logits_q, logits_p=logits_p)
+  logits_q, logits_p = _checks.broadcast(logits_q=logits_q, logits_p=logits_p)
   log_q = jax.nn.log_softmax(logits_q, axis=axis)
   log_p = jax.nn.log_softmax(logits_p, axis=axis)
   q = jnp.exp(log_q)

@@ -76,7 +76,7 @@ def straight_through(hard: Array, soft: Array) -> Array:
     Bengio, Leonard & Courville, Estimating or Propagating Gradients Through Stochastic Neurons,
     2013.
   """
-  _checks.check_broadcast(hard=hard, soft=soft)
+  hard, soft = _checks.broadcast(hard=hard, soft=soft)
   return lax.stop_gradient(hard) + (soft - lax.stop_gradient(soft))
 
 
@@ -136,7 +136,7 @@ def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1) -> A
     Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017, Definition 1.
   """
   _checks.check_positive("temperature", temperature)
-  _checks.check_broadcast(y=y, logits=logits)
+  y, logits = _checks.broadcast(y=y, logits=logits)
   c = jnp.shape(y)[axis]
   dtype = jnp.result_type(y, logits)
   tau = jnp.asarray(temperature, dtype)

@@ -1,0 +1,225 @@
+"""Tests for dgmjax.distributions against scipy.stats and closed forms."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats as st
+from jax.test_util import check_grads
+
+from dgmjax import distributions as D
+
+RNG = np.random.default_rng(0)
+
+
+def _tol(dtype):
+  return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normal_log_prob_matches_scipy(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    x = RNG.normal(size=(4, 3)).astype(dtype)
+    loc = RNG.normal(size=(4, 3)).astype(dtype)
+    log_scale = (0.3 * RNG.normal(size=(3,))).astype(dtype)
+    got = jax.jit(D.normal_log_prob)(x, loc, log_scale)
+    want = st.norm.logpdf(x, loc, np.exp(log_scale)).sum(-1)
+    assert got.dtype == dtype and got.shape == (4,)
+    np.testing.assert_allclose(got, want, **_tol(dtype))
+    elementwise = D.normal_log_prob(x, loc, log_scale, event_ndims=0)
+    np.testing.assert_allclose(elementwise, st.norm.logpdf(x, loc, np.exp(log_scale)),
+                               **_tol(dtype))
+    np.testing.assert_allclose(D.standard_normal_log_prob(x), st.norm.logpdf(x).sum(-1),
+                               **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mvn_log_prob_matches_scipy(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    a = RNG.normal(size=(3, 3))
+    cov = a @ a.T + np.eye(3)
+    x = RNG.normal(size=(5, 3)).astype(dtype)
+    loc = RNG.normal(size=(3,)).astype(dtype)
+    got = jax.jit(D.mvn_log_prob)(x, loc, np.linalg.cholesky(cov).astype(dtype))
+    want = st.multivariate_normal(loc, cov).logpdf(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bernoulli_log_prob_matches_scipy(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    logits = (3 * RNG.normal(size=(6, 5))).astype(dtype)
+    x = (RNG.uniform(size=(6, 5)) < 0.5).astype(dtype)
+    got = jax.jit(D.bernoulli_log_prob)(x, logits)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    want = st.bernoulli.logpmf(x, p).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # images [B, H, W, C] with event_ndims=3
+    img = x.reshape(6, 5, 1, 1)
+    np.testing.assert_allclose(D.bernoulli_log_prob(img, logits.reshape(6, 5, 1, 1),
+                                                    event_ndims=3), got, rtol=1e-6)
+
+
+def test_bernoulli_huge_logits_are_stable():
+  logits = jnp.array([1e4, -1e4, 1e4, -1e4, 0.0], jnp.float32)
+  x = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0], jnp.float32)
+  lp = D.bernoulli_log_prob(x, logits, event_ndims=0)
+  np.testing.assert_allclose(lp, [0.0, 0.0, -1e4, -1e4, -math.log(2)], rtol=1e-6)
+  g = jax.grad(lambda l: D.bernoulli_log_prob(x, l))(logits)
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(g, x - jax.nn.sigmoid(logits), atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_categorical_log_prob_index_and_one_hot(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    logits = (2 * RNG.normal(size=(7, 4))).astype(dtype)
+    idx = RNG.integers(0, 4, size=(7,))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    want = np.log(p[np.arange(7), idx])
+    np.testing.assert_allclose(jax.jit(D.categorical_log_prob)(idx, logits), want,
+                               **_tol(dtype))
+    one_hot = np.eye(4, dtype=dtype)[idx]
+    np.testing.assert_allclose(D.categorical_log_prob_one_hot(one_hot, logits), want,
+                               **_tol(dtype))
+    # several categorical variables summed with event_ndims=1
+    np.testing.assert_allclose(D.categorical_log_prob(idx.reshape(1, 7), logits[None],
+                                                      event_ndims=1), [want.sum()],
+                               rtol=1e-5)
+    # a class with -inf logit that is not selected does not produce NaN
+    l2 = logits.copy()
+    l2[:, 0] = -np.inf
+    sel = np.eye(4, dtype=dtype)[np.full(7, 1)]
+    assert np.all(np.isfinite(D.categorical_log_prob_one_hot(sel, l2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_entropies_and_kls_match_closed_forms(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    mq, lq = RNG.normal(size=(3, 4)).astype(dtype), (0.5 * RNG.normal(size=(3, 4))).astype(dtype)
+    mp, lp = RNG.normal(size=(3, 4)).astype(dtype), (0.5 * RNG.normal(size=(3, 4))).astype(dtype)
+    sq, sp = np.exp(lq.astype(np.float64)), np.exp(lp.astype(np.float64))
+    want = (np.log(sp / sq) + (sq**2 + (mq - mp)**2) / (2 * sp**2) - 0.5).sum(-1)
+    np.testing.assert_allclose(jax.jit(D.kl_normal_normal)(mq, lq, mp, lp), want, **tol)
+    want0 = (-np.log(sq) + (sq**2 + mq**2) / 2 - 0.5).sum(-1)
+    np.testing.assert_allclose(D.kl_normal_standard_normal(mq, lq), want0, **tol)
+    np.testing.assert_allclose(D.kl_normal_normal(mq, lq, 0.0, 0.0), want0, **tol)
+    np.testing.assert_allclose(D.normal_entropy(lq), st.norm(0, sq).entropy().sum(-1), **tol)
+    logits = RNG.normal(size=(5, 6)).astype(dtype)
+    p = np.exp(logits.astype(np.float64))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(D.categorical_entropy(logits), st.entropy(p, axis=-1), **tol)
+    np.testing.assert_allclose(D.kl_categorical_uniform(logits),
+                               st.entropy(p, np.full_like(p, 1 / 6), axis=-1), **tol)
+    logits_p = RNG.normal(size=(5, 6)).astype(dtype)
+    pp = np.exp(logits_p.astype(np.float64))
+    pp /= pp.sum(-1, keepdims=True)
+    np.testing.assert_allclose(D.kl_categorical_categorical(logits, logits_p),
+                               st.entropy(p, pp, axis=-1), **tol)
+
+
+def test_analytic_kl_agrees_with_monte_carlo():
+  mq, lq = jnp.array([0.3, -1.0, 2.0]), jnp.array([-0.5, 0.2, 0.1])
+  mp, lp = jnp.array([0.0, 0.5, 1.0]), jnp.array([0.3, -0.2, 0.0])
+  keys = jax.random.split(jax.random.key(0), 200_000)
+  z = jax.vmap(D.sample_normal, (0, None, None))(keys, mq, lq)
+  samples = D.normal_log_prob(z, mq, lq) - D.normal_log_prob(z, mp, lp)
+  mc, se = float(samples.mean()), float(samples.std() / np.sqrt(samples.size))
+  assert abs(mc - float(D.kl_normal_normal(mq, lq, mp, lp))) < 4 * se
+  logits = jnp.array([2.0, 0.0, -1.0, 0.5])
+  idx = jax.vmap(D.sample_categorical, (0, None))(jax.random.split(jax.random.key(1), 100_000),
+                                                   logits)
+  lr = D.categorical_log_prob(idx, logits) + math.log(4)
+  assert abs(float(lr.mean()) - float(D.kl_categorical_uniform(logits))) < 4 * float(
+      lr.std() / np.sqrt(lr.size))
+
+
+def test_sample_normal_moments_and_reparam_gradient():
+  loc, log_scale = jnp.array([1.0, -2.0]), jnp.array([0.0, -1.0])
+  keys = jax.random.split(jax.random.key(2), 50_000)
+  z = jax.jit(jax.vmap(D.sample_normal, (0, None, None)))(keys, loc, log_scale)
+  assert z.shape == (50_000, 2)
+  for d in range(2):
+    assert st.kstest(np.asarray(z[:, d]), "norm", args=(float(loc[d]),
+                                                         float(np.exp(log_scale[d])))).pvalue > 0.01
+  # d z / d loc = 1, d z / d log_scale = sigma * eps = z - loc
+  k = jax.random.key(3)
+  z1 = D.sample_normal(jax.random.clone(k), loc, log_scale)  # same draw twice, on purpose
+  g = jax.grad(lambda ls: D.sample_normal(k, loc, ls).sum())(log_scale)
+  np.testing.assert_allclose(g, z1 - loc, rtol=1e-6)
+
+
+def test_sample_bernoulli_and_mvn():
+  logits = jnp.array([-1.0, 0.0, 2.0])
+  x = jax.vmap(D.sample_bernoulli, (0, None))(jax.random.split(jax.random.key(4), 40_000), logits)
+  np.testing.assert_allclose(x.mean(0), jax.nn.sigmoid(logits), atol=0.01)
+  assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+  tril = jnp.array([[1.0, 0.0], [0.8, 0.5]])
+  z = jax.vmap(D.sample_mvn, (0, None, None))(jax.random.split(jax.random.key(5), 40_000),
+                                              jnp.zeros(2), tril)
+  np.testing.assert_allclose(np.cov(np.asarray(z).T), tril @ tril.T, atol=0.03)
+
+
+def test_gradients_float64(x64):
+  x = jnp.array([[0.2, -0.4, 1.3]])
+  loc, ls = jnp.array([0.1, 0.2, -0.3]), jnp.array([-0.2, 0.1, 0.4])
+  check_grads(lambda l, s: D.normal_log_prob(x, l, s), (loc, ls), order=2)
+  check_grads(D.standard_normal_log_prob, (x,), order=2)
+  check_grads(D.kl_normal_standard_normal, (loc, ls), order=2)
+  check_grads(lambda a, b: D.kl_normal_normal(a, b, ls, loc), (loc, ls), order=2)
+  check_grads(D.normal_entropy, (ls,), order=2)
+  xb = jnp.array([1.0, 0.0, 1.0])
+  check_grads(lambda l: D.bernoulli_log_prob(xb, l), (loc,), order=2)
+  logits = jnp.array([[0.3, -1.0, 2.0, 0.1]])
+  check_grads(lambda l: D.categorical_log_prob(jnp.array([2]), l), (logits,), order=2)
+  check_grads(lambda l: D.categorical_log_prob_one_hot(jnp.eye(4)[1:2], l), (logits,), order=2)
+  check_grads(D.categorical_entropy, (logits,), order=2)
+  check_grads(D.kl_categorical_uniform, (logits,), order=2)
+  check_grads(lambda l: D.kl_categorical_categorical(l, logits[::-1]), (logits,), order=2)
+  tril = jnp.array([[1.0, 0.0], [0.3, 0.7]])
+  check_grads(lambda m, t: D.mvn_log_prob(jnp.array([0.2, 0.1]), m, t),
+              (jnp.array([0.0, 0.5]), tril), order=1)
+  # a fresh key per call: the same noise each time, without reusing a consumed key
+  check_grads(lambda m, s: D.sample_normal(jax.random.key(0), m, s), (loc, ls), order=2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_dtypes_are_kept(dtype):
+  x = jnp.ones((2, 3), dtype)
+  p = jnp.zeros((2, 3), dtype)
+  assert D.normal_log_prob(x, p, p).dtype == dtype
+  assert D.standard_normal_log_prob(x).dtype == dtype
+  assert D.bernoulli_log_prob(x, p).dtype == dtype
+  assert D.kl_normal_standard_normal(p, p).dtype == dtype
+  assert D.kl_normal_normal(p, p, x, p).dtype == dtype
+  assert D.categorical_log_prob(jnp.array([0, 1]), p).dtype == dtype
+  assert D.kl_categorical_uniform(p).dtype == dtype
+  assert D.sample_normal(jax.random.key(0), p, p).dtype == dtype
+  np.testing.assert_allclose(np.float32(D.normal_log_prob(x, p, p)[0]),
+                             st.norm.logpdf(1.0) * 3, rtol=1e-2)
+
+
+def test_mismatched_shapes_raise():
+  with pytest.raises(ValueError, match="log_scale"):
+    D.normal_log_prob(jnp.zeros((4, 3)), jnp.zeros((4, 3)), jnp.zeros((2,)))
+  with pytest.raises(ValueError, match="logits"):
+    D.bernoulli_log_prob(jnp.zeros((4, 3)), jnp.zeros((5, 3)))
+  with pytest.raises(ValueError, match="loc_p"):
+    D.kl_normal_normal(jnp.zeros(3), jnp.zeros(3), jnp.zeros(4), jnp.zeros(3))
+  with pytest.raises(ValueError, match="event_ndims"):
+    D.standard_normal_log_prob(jnp.zeros(3), event_ndims=2)
+  with pytest.raises(ValueError, match="scale_tril"):
+    D.mvn_log_prob(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3))
+
+
+def test_vmap_matches_python_loop():
+  x = RNG.normal(size=(5, 4)).astype(np.float32)
+  loc = RNG.normal(size=(5, 4)).astype(np.float32)
+  ls = RNG.normal(size=(5, 4)).astype(np.float32)
+  v = jax.vmap(D.normal_log_prob)(x, loc, ls)
+  loop = np.array([D.normal_log_prob(x[i], loc[i], ls[i]) for i in range(5)])
+  np.testing.assert_allclose(v, loop, rtol=1e-6)

@@ -1,0 +1,141 @@
+"""Tests for dgmjax.gumbel: exact Gumbel-max sampling, relaxation limits, Concrete density."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats as st
+from jax.test_util import check_grads
+
+from dgmjax import gumbel as G
+
+
+def test_sample_gumbel_is_finite_and_gumbel_distributed():
+  g = jax.jit(G.sample_gumbel, static_argnums=(1, 2))(jax.random.key(0), (200_000,), jnp.float32)
+  assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+  assert st.kstest(np.asarray(g[:20_000]), "gumbel_r").pvalue > 0.01
+  # the extreme uniforms map to finite values
+  tiny = float(jnp.finfo(jnp.float32).tiny)
+  u = jnp.array([tiny, 1.0 - float(jnp.finfo(jnp.float32).epsneg)], jnp.float32)
+  assert bool(jnp.all(jnp.isfinite(-jnp.log(-jnp.log(u)))))
+  for dtype in (jnp.bfloat16, jnp.float16):
+    g = G.sample_gumbel(jax.random.key(1), (100_000,), dtype)
+    assert g.dtype == dtype and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_gumbel_max_matches_softmax_chi_square():
+  logits = jnp.array([1.0, -0.5, 0.3, 2.0, -2.0])
+  n = 100_000
+  idx = jax.jit(jax.vmap(G.gumbel_max, (0, None)))(jax.random.split(jax.random.key(0), n), logits)
+  counts = np.bincount(np.asarray(idx), minlength=5)
+  expected = n * np.asarray(jax.nn.softmax(logits), np.float64)
+  assert st.chisquare(counts, expected).pvalue > 0.01
+
+
+def test_gumbel_softmax_tends_to_gumbel_max_as_temperature_vanishes():
+  logits = jnp.array([[0.5, 1.0, -1.0, 0.0]] * 64)
+  key = jax.random.key(3)
+  hard_idx = G.gumbel_max(jax.random.clone(key), logits)  # same noise on purpose
+  one_hot = jax.nn.one_hot(hard_idx, 4)
+  errs = []
+  for tau in (1.0, 0.1, 0.01, 1e-3):
+    y = G.gumbel_softmax(jax.random.clone(key), logits, tau)
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
+    errs.append(float(jnp.abs(y - one_hot).max()))
+  assert errs[-1] < 1e-3 and errs == sorted(errs, reverse=True)
+
+
+def test_hard_gumbel_softmax_is_one_hot_forward_with_relaxed_gradient():
+  logits = jnp.array([[0.3, -0.2, 1.5], [2.0, 0.0, -1.0]])
+  key = jax.random.key(4)
+  y_hard = jax.jit(lambda k, l: G.gumbel_softmax(k, l, 0.5, hard=True))(jax.random.clone(key),
+                                                                         logits)
+  assert set(np.unique(np.asarray(y_hard))) == {0.0, 1.0}
+  np.testing.assert_array_equal(y_hard.sum(-1), 1.0)
+  np.testing.assert_array_equal(jnp.argmax(y_hard, -1), G.gumbel_max(jax.random.clone(key),
+                                                                     logits))
+  w = jnp.array([[1.0, 2.0, -3.0]])
+  g_hard = jax.grad(lambda l: (G.gumbel_softmax(jax.random.clone(key), l, 0.5, hard=True)
+                               * w).sum())(logits)
+  g_soft = jax.grad(lambda l: (G.gumbel_softmax(jax.random.clone(key), l, 0.5) * w).sum())(logits)
+  np.testing.assert_allclose(g_hard, g_soft, rtol=1e-6)
+  assert float(jnp.abs(g_hard).sum()) > 0
+
+
+def test_straight_through_value_and_gradient():
+  soft = jnp.array([0.1, 0.7, 0.2])
+  hard = jnp.array([0.0, 1.0, 0.0])
+  np.testing.assert_array_equal(G.straight_through(hard, soft), hard)
+  g = jax.grad(lambda s: (G.straight_through(hard, s) * jnp.array([1.0, 2.0, 3.0])).sum())(soft)
+  np.testing.assert_array_equal(g, [1.0, 2.0, 3.0])
+
+
+def _softmax_grid(k, lo=-40.0, hi=40.0, n=1601):
+  """Points of the open simplex as softmax([t, 0]) on a grid of t, with log|det dy/dt|."""
+  t = np.linspace(lo, hi, n)
+  grids = np.meshgrid(*([t] * (k - 1)), indexing="ij")
+  tt = np.stack([g.ravel() for g in grids] + [np.zeros(grids[0].size)], -1)
+  log_y = jax.nn.log_softmax(jnp.asarray(tt), axis=-1)
+  # y = softmax(t_1..t_{k-1}, 0): the Jacobian of (t_1..t_{k-1}) -> (y_1..y_{k-1}) has
+  # determinant y_1 * ... * y_k.
+  return jnp.exp(log_y), jnp.sum(log_y, -1), (t[1] - t[0]) ** (k - 1)
+
+
+@pytest.mark.parametrize("k,tau", [(2, 0.5), (2, 1.5), (3, 0.7), (3, 1.0)])
+def test_concrete_density_integrates_to_one(x64, k, tau):
+  logits = np.array([0.4, -0.3, 0.1][:k])
+  y, log_jac, cell = _softmax_grid(k, n=20001 if k == 2 else 1201)
+  log_p = jax.jit(G.concrete_log_prob)(y, logits, tau)
+  total = float(jnp.sum(jnp.exp(log_p + log_jac)) * cell)
+  assert abs(total - 1) < 1e-3, total
+
+
+def test_concrete_log_prob_matches_change_of_variables_k2():
+  # For K=2, y1 = sigmoid((l1 - l2 + L) / tau) with L ~ Logistic(0, 1); p(y1) by change of variables.
+  logits = np.array([0.4, -0.3])
+  tau = 0.8
+  y1 = np.array([0.1, 0.5, 0.93])
+  a = logits[0] - logits[1]
+  t = tau * np.log(y1 / (1 - y1)) - a  # the logistic noise value
+  want = st.logistic.logpdf(t) + np.log(tau) - np.log(y1) - np.log(1 - y1)
+  got = G.concrete_log_prob(jnp.stack([y1, 1 - y1], -1), logits, tau)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_gradients_float64(x64):
+  y = jnp.array([[0.2, 0.5, 0.3]])
+  logits = jnp.array([[0.1, -0.4, 0.9]])
+  check_grads(lambda l, t: G.concrete_log_prob(y, l, t), (logits, 0.7), order=2)
+  check_grads(lambda l: G.gumbel_softmax(jax.random.key(0), l, 0.5), (logits,), order=2)
+
+
+def test_temperature_must_be_positive():
+  with pytest.raises(ValueError, match="temperature"):
+    G.gumbel_softmax(jax.random.key(0), jnp.zeros(3), 0.0)
+  with pytest.raises(ValueError, match="temperature"):
+    G.gumbel_softmax(jax.random.key(0), jnp.zeros(3), -1.0, hard=True)
+  with pytest.raises(ValueError, match="temperature"):
+    G.concrete_log_prob(jnp.full(3, 1 / 3), jnp.zeros(3), 0)
+  with pytest.raises(ValueError, match="soft"):
+    G.straight_through(jnp.zeros(3), jnp.zeros(4))
+
+
+def test_huge_logits_and_low_precision():
+  logits = jnp.array([1e4, -1e4, 0.0])
+  y = G.gumbel_softmax(jax.random.key(0), logits, 0.5)
+  assert bool(jnp.all(jnp.isfinite(y)))
+  np.testing.assert_allclose(y, [1.0, 0.0, 0.0], atol=1e-6)
+  assert int(G.gumbel_max(jax.random.key(1), logits)) == 0
+  for dtype in (jnp.bfloat16, jnp.float16):
+    y = G.gumbel_softmax(jax.random.key(2), jnp.zeros(4, dtype), 1.0, hard=True)
+    assert y.dtype == dtype and float(y.sum()) == 1.0
+
+
+def test_traced_temperature_under_jit_and_vmap():
+  f = jax.jit(lambda k, l, t: G.gumbel_softmax(k, l, t))
+  keys = jax.random.split(jax.random.key(5), 8)
+  logits = jnp.zeros((8, 3))
+  out = jax.vmap(f, (0, 0, None))(keys, logits, 0.3)
+  loop = jnp.stack([G.gumbel_softmax(k, l, 0.3) for k, l in zip(jax.random.split(
+      jax.random.key(5), 8), logits)])
+  np.testing.assert_allclose(out, loop, rtol=1e-6)
