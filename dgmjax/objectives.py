@@ -36,7 +36,12 @@ def log_mean_exp(x: Array, axis: int = 0) -> Array:
   Returns:
     ``x`` without ``axis``.
   """
-  axis = _checks.check_num_samples("x", x, axis)
+  return _log_mean_exp(x, axis, "x")
+
+
+def _log_mean_exp(x: Array, axis: int, name: str) -> Array:
+  x = jnp.asarray(x)
+  axis = _checks.check_num_samples(name, x, axis)
   dead = _all_neg_inf(x, axis)
   safe = jnp.where(dead, jnp.zeros((), x.dtype), x)
   out = jax.nn.logmeanexp(safe, axis=axis, keepdims=True)
@@ -80,7 +85,7 @@ def iwae_bound(log_weights: Array, axis: int = 0) -> Array:
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
   """
-  return log_mean_exp(log_weights, axis=axis)
+  return _log_mean_exp(log_weights, axis, "log_weights")
 
 
 def importance_weights(log_weights: Array, axis: int = 0) -> Array:
@@ -97,6 +102,7 @@ def importance_weights(log_weights: Array, axis: int = 0) -> Array:
   Returns:
     ``[K, B]``, summing to 1 over ``axis``.
   """
+  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
   dead = _all_neg_inf(log_weights, axis)
   safe = jnp.where(dead, jnp.zeros((), log_weights.dtype), log_weights)
@@ -115,6 +121,7 @@ def effective_sample_size(log_weights: Array, axis: int = 0) -> Array:
   Returns:
     ``[B]``.
   """
+  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
   dead = jnp.all(log_weights == -jnp.inf, axis=axis)
   safe = jnp.where(_all_neg_inf(log_weights, axis), jnp.zeros((), log_weights.dtype),
@@ -218,6 +225,7 @@ def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -
 
 
 def _split_groups(log_weights: Array, num_groups: int, axis: int) -> tuple[Array, int]:
+  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
   n = jnp.shape(log_weights)[axis]
   if not isinstance(num_groups, int) or num_groups < 1 or n % num_groups:
@@ -248,7 +256,7 @@ def miwae_bound(log_weights: Array, num_groups: int, axis: int = 0) -> Array:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
   grouped, axis = _split_groups(log_weights, num_groups, axis)
-  return jnp.mean(log_mean_exp(grouped, axis=axis + 1), axis=axis)
+  return jnp.mean(_log_mean_exp(grouped, axis + 1, "log_weights"), axis=axis)
 
 
 def ciwae_bound(log_weights: Array, beta, axis: int = 0) -> Array:
@@ -312,4 +320,4 @@ def naive_log_likelihood(log_likelihood: Array, axis: int = 0) -> Array:
   Returns:
     ``[B]``.
   """
-  return log_mean_exp(log_likelihood, axis=axis)
+  return _log_mean_exp(log_likelihood, axis, "log_likelihood")

@@ -37,6 +37,12 @@ def _check(params: Params, x: Array) -> None:
                      f"{jnp.shape(x)}")
 
 
+def _affine(params: Params, z: Array) -> Array:
+  """``W z + b`` for ``z`` of shape ``[..., D_z]``, broadcasting ``b`` explicitly."""
+  y = z @ params.w.T
+  return y + jnp.broadcast_to(params.b, y.shape)
+
+
 def marginal_cov(params: Params) -> Array:
   """``W W^T + s^2 I``, ``[D_x, D_x]``."""
   d = params.w.shape[0]
@@ -64,14 +70,14 @@ def posterior(params: Params, x: Array) -> tuple[Array, Array]:
   m = jnp.eye(dz, dtype=params.w.dtype) + inv_var * params.w.T @ params.w
   cov = jnp.linalg.inv(m)
   cov = 0.5 * (cov + cov.T)
-  loc = inv_var * (x - params.b) @ params.w @ cov
+  loc = inv_var * (x - jnp.broadcast_to(params.b, jnp.shape(x))) @ params.w @ cov
   return loc, jnp.linalg.cholesky(cov)
 
 
 def log_likelihood(params: Params, x: Array, z: Array) -> Array:
   """``log p(x|z)``. ``x``: ``[..., D_x]``, ``z``: ``[..., D_z]`` -> ``[...]``."""
   _check(params, x)
-  return distributions.normal_log_prob(x, z @ params.w.T + params.b, params.log_scale)
+  return distributions.normal_log_prob(x, _affine(params, z), params.log_scale)
 
 
 def log_joint(params: Params, x: Array, z: Array) -> Array:
@@ -84,7 +90,7 @@ def sample(key: Array, params: Params, num: int) -> tuple[Array, Array]:
   kz, kx = jax.random.split(key)
   dx, dz = params.w.shape
   z = jax.random.normal(kz, (num, dz), params.w.dtype)
-  loc = z @ params.w.T + params.b
+  loc = _affine(params, z)
   x = distributions.sample_normal(kx, loc, jnp.broadcast_to(params.log_scale, loc.shape))
   return x, z
 
