@@ -1,0 +1,737 @@
+"""Gradient estimators for variational bounds, written as surrogate losses.
+
+Each ``*_surrogate`` function returns, per datapoint (``[B]``), a surrogate whose **value equals the
+bound** it stands for and whose ``jax.grad`` **is the estimator**. Training maximises
+``mean(surrogate)`` (minimise its negative); :func:`dgmjax.diagnostics.gradient_snr` measures it.
+
+Why surrogates need more than log-weights
+-----------------------------------------
+An estimator is a choice of which gradient paths to keep and how to weight them. Every path of
+``log w_k = log p_theta(x, z_k) - log q_phi(z_k | x)``, with ``z_k = z(eps_k; phi)`` reparametrized,
+falls in one of three channels, and :class:`LogWeightTerms` carries one ``[K, B]`` array per channel
+(all with the value ``log w_k`` except the score term, whose value is ``log q``):
+
+* ``log_w_theta`` = ``log p(x, sg z; theta) - sg(log q)``: only the model parameters ``theta``
+  (the direct dependence of ``log p``);
+* ``log_w_path`` = ``log p(x, z; sg theta) - log q(z | x; sg phi)``: only the path through the
+  sample ``z`` into ``phi`` (zero for non-reparametrizable latents);
+* ``log_q_score`` = ``log q(sg z | x; phi)``: the score function, the direct dependence of
+  ``log q`` on ``phi`` (it enters ``log w`` with a minus sign).
+
+plus ``log_w`` itself with every path live (the plain reparametrization estimator). The routing is
+by *role*: ``theta`` is whatever ``log p`` depends on, ``phi`` whatever ``q`` depends on, so one
+``params`` pytree serves (a parameter shared by both gets both gradients, as it should).
+:func:`log_weight_terms` builds the four arrays from a :class:`LatentModel` of three pure functions;
+inside ``jit`` the arrays a surrogate does not use are dead code and cost nothing.
+
+A surrogate is the bound evaluated on ``log_w_theta`` (giving the ``theta`` gradient
+``sum_k w~_k grad log p``) plus terms ``sum_k sg(c_k) (t_k - sg(t_k))`` with ``t`` one of the
+``phi`` channels: such a term is exactly zero in value and has gradient ``sum_k c_k grad t_k``, so it
+changes the estimator without changing the value. ``sg`` is ``jax.lax.stop_gradient`` and
+``w~_k = w_k / sum_j w_j`` the normalised importance weights.
+
+Importance samples live on ``axis`` (default 0): arrays are ``[K, B]`` and surrogates ``[B]``.
+
+References:
+  Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
+  Williams, Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
+  Learning, Machine Learning 1992 (REINFORCE).
+  Mnih & Gregor, Neural Variational Inference and Learning in Belief Networks, ICML 2014 (NVIL).
+  Mnih & Rezende, Variational Inference for Monte Carlo Objectives, ICML 2016 (VIMCO).
+  Roeder, Wu & Duvenaud, Sticking the Landing, NeurIPS 2017 (STL).
+  Bornschein & Bengio, Reweighted Wake-Sleep, ICLR 2015 (RWS).
+  Tucker, Lawson, Gu & Maddison, Doubly Reparameterized Gradient Estimators for Monte Carlo
+  Objectives, ICLR 2019 (DReG, RWS-DReG).
+  Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018 (MIWAE,
+  CIWAE, PIWAE).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dgmjax import _checks, objectives
+
+Array = jax.Array
+Params = Any
+
+_OBJECTIVES = ("iwae", "elbo")
+
+
+# ----------------------------------------------------------------------------- model interface
+
+
+class LatentModel(NamedTuple):
+  """A latent-variable model and its variational family as three pure functions.
+
+  ``z`` may be an array or a pytree of arrays (several stochastic layers), with the batch first;
+  ``params`` is any pytree (the same one is handed to all three functions).
+
+  Attributes:
+    sample_q: ``(key, params, x) -> z``, one draw of ``z ~ q(z | x)`` per datapoint ``[B, ...]``;
+      reparametrized (differentiable in ``params``) when the latent is continuous, a plain draw
+      otherwise (then the path channel carries no gradient and only score-function estimators
+      train ``phi``).
+    log_q: ``(params, x, z) -> [B]``, ``log q_phi(z | x)``.
+    log_p: ``(params, x, z) -> [B]``, the joint ``log p_theta(x, z)``.
+  """
+  sample_q: Callable[[Array, Params, Array], Any]
+  log_q: Callable[[Params, Array, Any], Array]
+  log_p: Callable[[Params, Array, Any], Array]
+
+
+class LogWeightTerms(NamedTuple):
+  """The log-weights ``[K, B]`` under the stop-gradient views the estimators need.
+
+  All four share one set of samples; ``log_w``, ``log_w_theta`` and ``log_w_path`` have the same
+  value ``log w_k`` and differ only in which gradient paths are live (see the module docstring).
+
+  Attributes:
+    log_w: ``log p(x, z; theta) - log q(z | x; phi)``, every path live.
+    log_w_theta: only the direct ``theta`` dependence of ``log p`` is live.
+    log_w_path: only the path through ``z = z(eps; phi)`` is live.
+    log_q_score: ``log q(sg(z) | x; phi)``, only the direct ``phi`` dependence (value ``log q``).
+  """
+  log_w: Array
+  log_w_theta: Array
+  log_w_path: Array
+  log_q_score: Array
+
+
+def _sg_tree(tree):
+  return jax.tree.map(lax.stop_gradient, tree)
+
+
+def sample_latents(key: Array, model: LatentModel, params: Params, x: Array,
+                   num_samples: int):
+  """``K`` independent draws ``z_k ~ q(z | x)``, stacked on axis 0: ``[K, B, ...]``.
+
+  Args:
+    key: a JAX PRNG key, split into one key per sample.
+    model: the model (its ``sample_q`` is used).
+    params: parameters.
+    x: data ``[B, ...]``.
+    num_samples: ``K >= 1`` (static).
+
+  Returns:
+    ``z`` with a leading sample axis (a pytree if ``sample_q`` returns one).
+  """
+  if not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+  keys = jax.random.split(key, num_samples)
+  return jax.vmap(lambda k: model.sample_q(k, params, x))(keys)
+
+
+def log_weight_terms(model: LatentModel, params: Params, x: Array, z) -> LogWeightTerms:
+  """Evaluates the log-weights of samples ``z`` ``[K, B, ...]`` under every gradient view.
+
+  .. math:: \\log w_k = \\log p_\\theta(x, z_k) - \\log q_\\phi(z_k | x)
+
+  Args:
+    model: the model.
+    params: parameters (``theta`` and ``phi`` in one pytree; routing is by role).
+    x: data ``[B, ...]``.
+    z: samples with a leading sample axis, as returned by :func:`sample_latents`.
+
+  Returns:
+    :class:`LogWeightTerms`, each field ``[K, B]``.
+  """
+  z_sg = _sg_tree(z)
+  p_sg = _sg_tree(params)
+  over_k = lambda f, prm, zz: jax.vmap(lambda zk: f(prm, x, zk))(zz)
+  log_p = over_k(model.log_p, params, z)
+  log_q = over_k(model.log_q, params, z)
+  log_w = log_p - log_q
+  log_w_theta = over_k(model.log_p, params, z_sg) - lax.stop_gradient(log_q)
+  log_w_path = over_k(model.log_p, p_sg, z) - over_k(model.log_q, p_sg, z)
+  log_q_score = over_k(model.log_q, params, z_sg)
+  return LogWeightTerms(log_w, log_w_theta, log_w_path, log_q_score)
+
+
+def sample_terms(key: Array, model: LatentModel, params: Params, x: Array,
+                 num_samples: int) -> LogWeightTerms:
+  """:func:`sample_latents` then :func:`log_weight_terms`: ``K`` samples, ``[K, B]`` terms."""
+  z = sample_latents(key, model, params, x, num_samples)
+  return log_weight_terms(model, params, x, z)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _to_front(x: Array, axis: int, name: str) -> Array:
+  axis = _checks.check_num_samples(name, x, axis)
+  return jnp.moveaxis(x, axis, 0)
+
+
+def _check_same_shape(**arrays) -> None:
+  shapes = {k: jnp.shape(v) for k, v in arrays.items()}
+  if len(set(shapes.values())) != 1:
+    desc = ", ".join(f"{k} {s}" for k, s in shapes.items())
+    raise ValueError(f"the log-weight terms must share one shape [K, B]; got {desc}")
+
+
+def zero_with_grad(t: Array) -> Array:
+  """Exactly zero in value, with the gradient of ``t`` (where ``t`` is finite).
+
+  ``t - sg(t)`` would give ``nan`` for ``t = -inf`` (a sample of zero weight); such entries get a
+  zero value and no gradient instead.
+
+  .. math:: t - \\mathrm{sg}(t)
+  """
+  finite = jnp.isfinite(lax.stop_gradient(t))
+  safe = jnp.where(finite, t, jnp.zeros((), t.dtype))
+  return safe - lax.stop_gradient(safe)
+
+
+def _route(coeff: Array, term: Array) -> Array:
+  """``sum_k sg(c_k) (t_k - sg t_k)``: value 0, gradient ``sum_k c_k grad t_k``. ``[K,B] -> [B]``."""
+  coeff = lax.stop_gradient(coeff)
+  coeff = jnp.where(jnp.isfinite(coeff), coeff, jnp.zeros((), coeff.dtype))
+  return jnp.sum(coeff * zero_with_grad(term), axis=0)
+
+
+def _baseline_like(baseline, like: Array) -> Array:
+  """Broadcasts a baseline (scalar or the non-sample shape) against ``like`` explicitly."""
+  if baseline is None:
+    return jnp.zeros(like.shape, like.dtype)
+  b = lax.stop_gradient(jnp.asarray(baseline, like.dtype))
+  if b.ndim == like.ndim + 1:
+    raise ValueError(f"baseline of shape {b.shape} has a sample axis; a baseline must not depend "
+                     f"on the samples it is subtracted from (shape () or {like.shape})")
+  return jnp.broadcast_to(b, like.shape)
+
+
+def _check_objective(objective: str) -> None:
+  if objective not in _OBJECTIVES:
+    raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+
+
+def _sample_weights(log_w: Array, objective: str) -> Array:
+  """``d bound / d log w_k``: ``w~_k`` for IWAE, ``1/K`` for the (K-sample) ELBO. ``[K, B]``."""
+  if objective == "iwae":
+    return objectives.importance_weights(log_w, axis=0)
+  return jnp.full(log_w.shape, 1.0 / log_w.shape[0], log_w.dtype)
+
+
+def _group_weights(log_w: Array, num_groups: int) -> Array:
+  """Importance weights normalised within each of ``M`` contiguous groups. ``[M K, B] -> [M K, B]``."""
+  n = log_w.shape[0]
+  if not isinstance(num_groups, int) or num_groups < 1 or n % num_groups:
+    raise ValueError(f"num_groups must be a positive int dividing the {n} samples, got "
+                     f"{num_groups!r}")
+  grouped = log_w.reshape((num_groups, n // num_groups) + log_w.shape[1:])
+  return objectives.importance_weights(grouped, axis=1).reshape(log_w.shape)
+
+
+def _bound(log_w: Array, objective: str) -> Array:
+  return objectives.iwae_bound(log_w, 0) if objective == "iwae" else objectives.elbo(log_w, 0)
+
+
+# ----------------------------------------------------------------------------- reparametrization
+
+
+def iwae_surrogate(log_w: Array, axis: int = 0) -> Array:
+  """Reparametrization estimator of the IWAE bound: the bound itself, every path live.
+
+  .. math:: \\nabla \\mathcal{L}_K = \\sum_k \\tilde w_k \\nabla \\log w_k(\\epsilon_k)
+
+  Args:
+    log_w: ``[K, B]``, :attr:`LogWeightTerms.log_w`.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to ``iwae_bound(log_w)``.
+
+  References:
+    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
+  """
+  return objectives.iwae_bound(log_w, axis)
+
+
+def elbo_surrogate(log_w: Array, axis: int = 0) -> Array:
+  """Reparametrization estimator of the ELBO averaged over ``K`` samples.
+
+  .. math:: \\nabla \\mathcal{L}_1 \\approx \\frac1K \\sum_k \\nabla \\log w_k(\\epsilon_k)
+
+  Args:
+    log_w: ``[K, B]``, :attr:`LogWeightTerms.log_w`.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to ``elbo(log_w)``.
+
+  References:
+    Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014.
+  """
+  return objectives.elbo(log_w, axis)
+
+
+def miwae_surrogate(log_w: Array, num_groups: int, axis: int = 0) -> Array:
+  """Reparametrization estimator of MIWAE(M, K) (``M = num_groups`` groups of ``K``).
+
+  .. math:: \\mathcal{L}_{M,K} = \\frac1M \\sum_m \\log \\frac1K \\sum_k w_{m,k}
+
+  Args:
+    log_w: ``[M * K, B]``, :attr:`LogWeightTerms.log_w`.
+    num_groups: ``M``.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to ``miwae_bound(log_w, num_groups)``.
+
+  References:
+    Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
+  """
+  return objectives.miwae_bound(log_w, num_groups, axis)
+
+
+def ciwae_surrogate(log_w: Array, beta, axis: int = 0) -> Array:
+  """Reparametrization estimator of CIWAE(beta) = ``beta * ELBO + (1 - beta) * IWAE``.
+
+  .. math:: \\mathcal{L}_\\beta = \\beta \\mathcal{L}_1 + (1-\\beta) \\mathcal{L}_K
+
+  Args:
+    log_w: ``[K, B]``, :attr:`LogWeightTerms.log_w`.
+    beta: ELBO weight in ``[0, 1]``.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to ``ciwae_bound(log_w, beta)``.
+
+  References:
+    Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
+  """
+  return objectives.ciwae_bound(log_w, beta, axis)
+
+
+# ----------------------------------------------------------------------------- STL / DReG
+
+
+def stl_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
+                  objective: str = "iwae") -> Array:
+  """Sticking the landing: the reparametrization estimator without the score term of ``q``.
+
+  ``theta`` gets the usual gradient; ``phi`` only the path through ``z`` (``q``'s parameters are
+  stopped inside ``log q``). Unbiased for the ELBO (``K = 1`` or ``objective='elbo'``), where the
+  dropped term has mean zero; biased for IWAE with ``K > 1``. Zero variance for ``phi`` when ``q``
+  is the exact posterior.
+
+  .. math:: \\hat g_\\phi = \\sum_k \\tilde w_k \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}
+
+  Args:
+    log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_w_path: ``[K, B]``, :attr:`LogWeightTerms.log_w_path`.
+    axis: sample axis.
+    objective: ``'iwae'`` (weights ``w~_k``) or ``'elbo'`` (weights ``1/K``).
+
+  Returns:
+    ``[B]``, equal to the bound.
+
+  References:
+    Roeder, Wu & Duvenaud, Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+    Variational Inference, NeurIPS 2017.
+  """
+  _check_objective(objective)
+  _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lp = _to_front(log_w_path, axis, "log_w_path")
+  return _bound(lw, objective) + _route(_sample_weights(lw, objective), lp)
+
+
+def dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
+                   num_groups: int = 1) -> Array:
+  """Doubly reparametrized IWAE gradient (DReG) for ``phi``, IWAE for ``theta``.
+
+  The score term of the IWAE ``phi`` gradient is rewritten by a second reparametrization, leaving
+  an unbiased estimator with squared weights whose SNR grows with ``K``. With ``num_groups = M``
+  it is DReG for MIWAE(M, K) (each group of ``K`` has its own weights, averaged over groups).
+
+  .. math:: \\hat g_\\phi = \\sum_k \\tilde w_k^2 \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}, \\quad \\hat g_\\theta = \\sum_k \\tilde w_k \\nabla_\\theta \\log w_k
+
+  Args:
+    log_w_theta: ``[M * K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_w_path: ``[M * K, B]``, :attr:`LogWeightTerms.log_w_path`.
+    axis: sample axis.
+    num_groups: ``M`` (default 1: IWAE).
+
+  Returns:
+    ``[B]``, equal to ``miwae_bound(log_w, num_groups)`` (the IWAE bound for ``M = 1``).
+
+  References:
+    Tucker, Lawson, Gu & Maddison, Doubly Reparameterized Gradient Estimators for Monte Carlo
+    Objectives, ICLR 2019, eq. (5).
+  """
+  _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lp = _to_front(log_w_path, axis, "log_w_path")
+  coeff = jnp.square(_group_weights(lw, num_groups)) / num_groups
+  return objectives.miwae_bound(lw, num_groups, 0) + _route(coeff, lp)
+
+
+# ----------------------------------------------------------------------------- score function
+
+
+def learning_signal(log_w: Array, axis: int = 0, *, objective: str = "iwae") -> Array:
+  """The learning signal that multiplies the score in REINFORCE.
+
+  IWAE: the bound ``L_K`` itself, one per datapoint. ELBO: each sample's own ``log w_k`` (the
+  samples are independent, so each is scored by its own signal).
+
+  .. math:: \\ell = \\mathcal{L}_K = \\log \\frac1K \\sum_k w_k \\quad\\text{or}\\quad \\ell_k = \\log w_k
+
+  Args:
+    log_w: ``[K, B]``.
+    axis: sample axis.
+    objective: ``'iwae'`` or ``'elbo'``.
+
+  Returns:
+    ``[B]`` (IWAE) or ``[K, B]`` (ELBO), without gradient.
+  """
+  _check_objective(objective)
+  log_w = lax.stop_gradient(log_w)
+  if objective == "iwae":
+    return objectives.iwae_bound(log_w, axis)
+  _checks.check_num_samples("log_w", log_w, axis)
+  return log_w
+
+
+def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, axis: int = 0, *,
+                        objective: str = "iwae") -> Array:
+  """Score-function (REINFORCE, likelihood-ratio) estimator, for any latent.
+
+  Needs no path through ``z``, so it serves discrete latents. ``theta`` gets the usual gradient.
+  A baseline ``b`` that does not depend on the samples it multiplies (a running mean, an
+  input-dependent ``b(x)`` as in NVIL) leaves the estimator unbiased and can cut its variance; it
+  is stopped here, train it with :func:`baseline_loss`.
+
+  .. math:: \\hat g_\\phi = \\sum_k \\big(\\mathrm{sg}(\\ell - b) - \\tilde w_k\\big) \\nabla_\\phi \\log q_\\phi(z_k|x)
+
+  (IWAE, ``ell = L_K``; for the ELBO, ``(ell_k - b - 1) / K`` per sample with ``ell_k = log w_k``).
+
+  Args:
+    log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_q_score: ``[K, B]``, :attr:`LogWeightTerms.log_q_score`.
+    baseline: ``None``, a scalar or ``[B]``; subtracted from the learning signal.
+    axis: sample axis.
+    objective: ``'iwae'`` or ``'elbo'``.
+
+  Returns:
+    ``[B]``, equal to the bound.
+
+  References:
+    Williams, Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
+    Learning, Machine Learning 1992; Mnih & Gregor, Neural Variational Inference and Learning in
+    Belief Networks, ICML 2014.
+  """
+  _check_objective(objective)
+  _check_same_shape(log_w_theta=log_w_theta, log_q_score=log_q_score)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lq = _to_front(log_q_score, axis, "log_q_score")
+  signal = learning_signal(lw, 0, objective=objective)
+  centred = signal - _baseline_like(baseline, signal)
+  if objective == "iwae":
+    centred = jnp.broadcast_to(centred[None], lw.shape)
+  else:
+    centred = centred / lw.shape[0]
+  coeff = centred - _sample_weights(lw, objective)
+  return _bound(lw, objective) + _route(coeff, lq)
+
+
+def vimco_learning_signals(log_w: Array, axis: int = 0) -> Array:
+  """VIMCO's per-sample learning signals ``L_K - L_K^{(-k)}`` (leave-one-out baselines).
+
+  ``L^{(-k)}`` replaces ``w_k`` by the geometric mean of the other weights; computed in log space
+  on a ``[K, K, B]`` array (each row holds one leave-one-out set), so it is exact for any spread
+  of the weights.
+
+  .. math:: \\hat L^{(-k)} = \\log \\frac1K \\Big(\\sum_{j \\ne k} w_j + \\exp\\big(\\tfrac{1}{K-1} \\textstyle\\sum_{j\\ne k} \\log w_j\\big)\\Big)
+
+  Args:
+    log_w: ``[K, B]`` with ``K >= 2``.
+    axis: sample axis.
+
+  Returns:
+    ``[K, B]``, without gradient; non-finite entries (all weights zero) are set to 0.
+
+  References:
+    Mnih & Rezende, Variational Inference for Monte Carlo Objectives, ICML 2016, eqs. (9)-(10).
+  """
+  lw = lax.stop_gradient(_to_front(log_w, axis, "log_w"))
+  k = lw.shape[0]
+  if k < 2:
+    raise ValueError(f"VIMCO needs K >= 2 samples for its leave-one-out baselines, got K={k}")
+  total = jnp.sum(lw, axis=0, keepdims=True)
+  geo = (total - lw) / (k - 1)                              # [K, B]: mean of the others' log w
+  eye = jnp.eye(k, dtype=bool).reshape((k, k) + (1,) * (lw.ndim - 1))
+  rows = jnp.where(eye, jnp.broadcast_to(geo[:, None], (k,) + lw.shape),
+                   jnp.broadcast_to(lw[None], (k,) + lw.shape))  # [K(left out), K, B]
+  loo = objectives.log_mean_exp(rows, axis=1)
+  signals = objectives.iwae_bound(lw, 0)[None] - loo
+  signals = jnp.where(jnp.isfinite(signals), signals, jnp.zeros((), signals.dtype))
+  return jnp.moveaxis(signals, 0, axis)
+
+
+def vimco_surrogate(log_w_theta: Array, log_q_score: Array, axis: int = 0) -> Array:
+  """VIMCO: the IWAE score-function estimator with per-sample leave-one-out baselines.
+
+  .. math:: \\hat g_\\phi = \\sum_k \\big(\\mathcal{L}_K - \\hat L^{(-k)} - \\tilde w_k\\big) \\nabla_\\phi \\log q_\\phi(z_k|x)
+
+  Args:
+    log_w_theta: ``[K, B]`` (``K >= 2``), :attr:`LogWeightTerms.log_w_theta`.
+    log_q_score: ``[K, B]``, :attr:`LogWeightTerms.log_q_score`.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to the IWAE bound.
+
+  References:
+    Mnih & Rezende, Variational Inference for Monte Carlo Objectives, ICML 2016.
+  """
+  _check_same_shape(log_w_theta=log_w_theta, log_q_score=log_q_score)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lq = _to_front(log_q_score, axis, "log_q_score")
+  coeff = vimco_learning_signals(lw, 0) - objectives.importance_weights(lw, 0)
+  return objectives.iwae_bound(lw, 0) + _route(coeff, lq)
+
+
+class RunningMean(NamedTuple):
+  """State of an exponential moving average with bias correction (a pytree).
+
+  Attributes:
+    average: the raw average ``a_t = d a_{t-1} + (1 - d) v_t``, ``a_0 = 0``.
+    correction: ``1 - d^t`` (0 before the first update).
+  """
+  average: Array
+  correction: Array
+
+  @property
+  def mean(self) -> Array:
+    """The bias-corrected mean ``a_t / (1 - d^t)`` (0 before any update)."""
+    safe = jnp.where(self.correction > 0, self.correction, jnp.ones((), self.correction.dtype))
+    return jnp.where(self.correction > 0, self.average / safe,
+                     jnp.zeros((), self.average.dtype))
+
+
+def running_mean_init(dtype=jnp.float32) -> RunningMean:
+  """The initial :class:`RunningMean` (mean 0)."""
+  return RunningMean(jnp.zeros((), dtype), jnp.zeros((), dtype))
+
+
+def running_mean_update(state: RunningMean, value: Array, decay: float = 0.9) -> RunningMean:
+  """One pure update of the running-mean baseline with the batch mean of ``value``.
+
+  .. math:: a_t = d\\, a_{t-1} + (1-d)\\, \\bar v_t, \\quad b_t = a_t / (1 - d^t)
+
+  Args:
+    state: the current state.
+    value: the learning signal, any shape (averaged to a scalar; no gradient flows).
+    decay: ``d`` in ``[0, 1)``.
+
+  Returns:
+    The new state.
+
+  References:
+    Mnih & Gregor, Neural Variational Inference and Learning in Belief Networks, ICML 2014.
+  """
+  if _checks.is_concrete(decay) and not 0.0 <= float(decay) < 1.0:
+    raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
+  v = jnp.mean(lax.stop_gradient(value)).astype(state.average.dtype)
+  return RunningMean(decay * state.average + (1.0 - decay) * v,
+                     1.0 - decay * (1.0 - state.correction))
+
+
+class NVILBaseline(nn.Module):
+  """An input-dependent baseline ``b(x)``: a small MLP, ``[B, ...] -> [B]``.
+
+  Train it jointly with the model by adding :func:`baseline_loss` to the training loss; it only
+  reduces the variance of :func:`reinforce_surrogate`, never biases it.
+
+  Attributes:
+    hidden: widths of the tanh hidden layers (NVIL uses one layer of 100).
+
+  References:
+    Mnih & Gregor, Neural Variational Inference and Learning in Belief Networks, ICML 2014, Sec. 3.
+  """
+  hidden: Sequence[int] = (100,)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = jnp.reshape(x, (x.shape[0], -1))
+    for width in self.hidden:
+      h = nn.tanh(nn.Dense(width)(h))
+    return nn.Dense(1)(h)[:, 0]
+
+
+def baseline_loss(signal: Array, baseline: Array) -> Array:
+  """Squared-error regression of a baseline on the (stopped) learning signal.
+
+  For a per-sample signal ``[K, B]`` and a baseline ``[B]`` the error is averaged over samples.
+
+  .. math:: \\tfrac12 (\\mathrm{sg}(\\ell) - b)^2
+
+  Args:
+    signal: learning signal, ``[B]`` or ``[K, B]`` (see :func:`learning_signal`).
+    baseline: ``[B]`` (or scalar), differentiable in the baseline's parameters.
+
+  Returns:
+    ``[B]`` (scalar if both are scalars); minimise its mean.
+
+  References:
+    Mnih & Gregor, Neural Variational Inference and Learning in Belief Networks, ICML 2014.
+  """
+  signal = lax.stop_gradient(jnp.asarray(signal))
+  baseline = jnp.asarray(baseline)
+  if signal.ndim == baseline.ndim + 1:
+    baseline = jnp.broadcast_to(baseline[None], signal.shape)
+    return 0.5 * jnp.mean(jnp.square(signal - baseline), axis=0)
+  signal, baseline = _checks.broadcast(signal=signal, baseline=baseline)
+  return 0.5 * jnp.square(signal - baseline)
+
+
+# ----------------------------------------------------------------------------- reweighted wake-sleep
+
+
+def rws_surrogate(log_w_theta: Array, log_q_score: Array, axis: int = 0) -> Array:
+  """Reweighted wake-sleep: wake-theta (the IWAE gradient) and wake-phi for the encoder.
+
+  Wake-phi ascends ``sum_k w~_k log q(z_k | x)`` with the samples stopped, a self-normalised
+  estimate of ``-grad KL(p(z|x) || q(z|x))``; it is not the gradient of a bound, so the value of
+  the surrogate is the IWAE bound (for monitoring). Needs no reparametrization.
+
+  .. math:: \\hat g_\\phi = \\sum_k \\tilde w_k \\nabla_\\phi \\log q_\\phi(z_k | x)
+
+  Args:
+    log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_q_score: ``[K, B]``, :attr:`LogWeightTerms.log_q_score`.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to the IWAE bound.
+
+  References:
+    Bornschein & Bengio, Reweighted Wake-Sleep, ICLR 2015; Le et al., Revisiting Reweighted
+    Wake-Sleep for Models with Stochastic Control Flow, UAI 2019.
+  """
+  _check_same_shape(log_w_theta=log_w_theta, log_q_score=log_q_score)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lq = _to_front(log_q_score, axis, "log_q_score")
+  return objectives.iwae_bound(lw, 0) + _route(objectives.importance_weights(lw, 0), lq)
+
+
+def rws_dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0) -> Array:
+  """RWS-DReG: the wake-phi gradient, doubly reparametrized (same mean, lower variance).
+
+  .. math:: \\hat g_\\phi = \\sum_k (\\tilde w_k - \\tilde w_k^2) \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}
+
+  Args:
+    log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_w_path: ``[K, B]``, :attr:`LogWeightTerms.log_w_path`.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to the IWAE bound.
+
+  References:
+    Tucker, Lawson, Gu & Maddison, Doubly Reparameterized Gradient Estimators for Monte Carlo
+    Objectives, ICLR 2019, Section 4 (eq. for RWS).
+  """
+  _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lp = _to_front(log_w_path, axis, "log_w_path")
+  w = objectives.importance_weights(lw, 0)
+  return objectives.iwae_bound(lw, 0) + _route(w - jnp.square(w), lp)
+
+
+# ----------------------------------------------------------------------------- PIWAE
+
+
+def piwae_surrogate(log_w_theta: Array, log_w_path: Array, log_q_score: Array, num_groups: int,
+                    axis: int = 0, *, dreg: bool = False) -> Array:
+  """PIWAE(M, K): IWAE(M K) for ``theta``, MIWAE(M, K) for ``phi``, on the same ``M K`` samples.
+
+  With ``dreg=True`` the ``phi`` part is the DReG estimator of MIWAE(M, K) instead of its
+  reparametrization estimator (same mean, lower variance).
+
+  .. math:: \\hat g_\\theta = \\nabla_\\theta \\mathcal{L}_{1, MK}, \\quad \\hat g_\\phi = \\nabla_\\phi \\mathcal{L}_{M, K}
+
+  Args:
+    log_w_theta: ``[M * K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_w_path: ``[M * K, B]``, :attr:`LogWeightTerms.log_w_path`.
+    log_q_score: ``[M * K, B]``, :attr:`LogWeightTerms.log_q_score`.
+    num_groups: ``M``.
+    axis: sample axis.
+    dreg: use DReG for the ``phi`` part.
+
+  Returns:
+    ``[B]``, equal to the IWAE(M K) bound (the ``theta`` target; ``piwae_bounds`` gives both).
+
+  References:
+    Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018, Sec. 5.
+  """
+  _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path, log_q_score=log_q_score)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lp = _to_front(log_w_path, axis, "log_w_path")
+  lq = _to_front(log_q_score, axis, "log_q_score")
+  w = _group_weights(lw, num_groups) / num_groups
+  if dreg:
+    phi_part = _route(num_groups * jnp.square(w), lp)
+  else:
+    phi_part = _route(w, lp) - _route(w, lq)
+  return objectives.iwae_bound(lw, 0) + phi_part
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+ESTIMATORS = ("iwae", "elbo", "stl", "dreg", "reinforce", "vimco", "rws", "rws_dreg", "miwae",
+              "ciwae", "piwae", "piwae_dreg")
+
+
+def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, beta=None,
+              baseline=None, objective: str = "iwae", axis: int = 0) -> Array:
+  """Dispatches to the surrogate of ``estimator`` on the right fields of ``terms``.
+
+  Args:
+    estimator: one of :data:`ESTIMATORS`.
+    terms: :class:`LogWeightTerms` (``[K, B]`` each).
+    num_groups: ``M`` for ``miwae``, ``piwae``, ``piwae_dreg`` and ``dreg``.
+    beta: ELBO weight for ``ciwae``.
+    baseline: baseline for ``reinforce``.
+    objective: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``: the bound's value, the estimator's gradient.
+  """
+  t = terms
+  if estimator == "iwae":
+    return iwae_surrogate(t.log_w, axis)
+  if estimator == "elbo":
+    return elbo_surrogate(t.log_w, axis)
+  if estimator == "stl":
+    return stl_surrogate(t.log_w_theta, t.log_w_path, axis, objective=objective)
+  if estimator == "dreg":
+    return dreg_surrogate(t.log_w_theta, t.log_w_path, axis, num_groups=num_groups)
+  if estimator == "reinforce":
+    return reinforce_surrogate(t.log_w_theta, t.log_q_score, baseline, axis, objective=objective)
+  if estimator == "vimco":
+    return vimco_surrogate(t.log_w_theta, t.log_q_score, axis)
+  if estimator == "rws":
+    return rws_surrogate(t.log_w_theta, t.log_q_score, axis)
+  if estimator == "rws_dreg":
+    return rws_dreg_surrogate(t.log_w_theta, t.log_w_path, axis)
+  if estimator == "miwae":
+    return miwae_surrogate(t.log_w, num_groups, axis)
+  if estimator == "ciwae":
+    if beta is None:
+      raise ValueError("the ciwae estimator needs beta")
+    return ciwae_surrogate(t.log_w, beta, axis)
+  if estimator in ("piwae", "piwae_dreg"):
+    return piwae_surrogate(t.log_w_theta, t.log_w_path, t.log_q_score, num_groups, axis,
+                           dreg=estimator == "piwae_dreg")
+  raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")

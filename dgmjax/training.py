@@ -1,0 +1,469 @@
+"""The optax training loop: jitted step, schedules, checkpoints, NaN guard, metrics log.
+
+A run is a pure function of its configuration and seed: the minibatch order of epoch ``e`` and the
+PRNG key of step ``s`` (``fold_in(key(seed), s)``) are recomputed from ``e`` and ``s``, so a run
+restored from a checkpoint at step ``s`` continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dgmjax import data, objectives
+
+Array = jax.Array
+LossFn = Callable[[Any, Array, Array], tuple[Array, dict]]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def burda_epochs(num_passes: int = 8) -> list[int]:
+  """Epochs of each pass of Burda et al.'s schedule: ``3^i`` for ``i = 0 .. num_passes-1``."""
+  return [3**i for i in range(num_passes)]
+
+
+def burda_learning_rates(num_passes: int = 8, *, reference_rounding: bool = False) -> list[float]:
+  """Learning rate of each pass: ``1e-3 * 10^(-i/7)``.
+
+  With ``reference_rounding`` the rates are those of the reference code,
+  ``1e-4 * round(10^(1 - i/7), 1)`` (``1e-3, 7.2e-4, 5.2e-4, ...``).
+  """
+  if reference_rounding:
+    return [1e-4 * round(10.0 ** (1 - i / 7.0), 1) for i in range(num_passes)]
+  return [1e-3 * 10.0 ** (-i / 7.0) for i in range(num_passes)]
+
+
+def burda_schedule(steps_per_epoch: int, num_passes: int = 8, *, num_epochs: float | None = None,
+                   base_learning_rate: float = 1e-3,
+                   reference_rounding: bool = False) -> optax.Schedule:
+  """Burda et al.'s piecewise-constant schedule in steps: pass ``i`` lasts ``3^i`` epochs.
+
+  .. math:: \\eta_i = 10^{-3} \\cdot 10^{-i/7} \\text{ for } 3^i \\text{ epochs}, \\quad i = 0, \\dots, 7
+
+  Eight passes make 3280 epochs. A shorter budget keeps the shape: either fewer passes
+  (``num_passes=3`` is 13 epochs), or ``num_epochs`` which scales every pass by
+  ``num_epochs / sum_i 3^i`` (each pass keeps at least one step).
+
+  Args:
+    steps_per_epoch: optimiser steps per epoch.
+    num_passes: number of passes ``i = 0 .. num_passes - 1``.
+    num_epochs: total budget in epochs; default ``sum_i 3^i`` (the paper's).
+    base_learning_rate: the rate of pass 0 (``1e-3``); pass ``i`` uses ``base * 10^(-i/7)``.
+    reference_rounding: use the reference code's rounded rates.
+
+  Returns:
+    An optax schedule of the step count.
+
+  References:
+    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
+  """
+  if steps_per_epoch < 1 or num_passes < 1:
+    raise ValueError(f"steps_per_epoch and num_passes must be >= 1, got {steps_per_epoch}, "
+                     f"{num_passes}")
+  rates = [r * base_learning_rate / 1e-3
+           for r in burda_learning_rates(num_passes, reference_rounding=reference_rounding)]
+  epochs = np.asarray(burda_epochs(num_passes), np.float64)
+  if num_epochs is not None:
+    if num_epochs <= 0:
+      raise ValueError(f"num_epochs must be > 0, got {num_epochs}")
+    epochs = epochs * (num_epochs / epochs.sum())
+  bounds = [int(b) for b in np.round(np.cumsum(epochs)[:-1] * steps_per_epoch)]
+  for i in range(len(bounds)):  # every pass keeps >= 1 step
+    bounds[i] = max(bounds[i], (bounds[i - 1] if i else 0) + 1)
+  return optax.join_schedules([optax.constant_schedule(r) for r in rates], bounds)
+
+
+def burda_num_steps(steps_per_epoch: int, num_passes: int = 8, *,
+                    num_epochs: float | None = None) -> int:
+  """Total steps of :func:`burda_schedule` with the same arguments."""
+  total = num_epochs if num_epochs is not None else sum(burda_epochs(num_passes))
+  return max(int(round(total * steps_per_epoch)), num_passes)
+
+
+class BurdaAdamState(NamedTuple):
+  """State of :func:`burda_adam`: timestep (starts at 1), first and second moments."""
+  count: Array
+  mu: Any
+  nu: Any
+
+
+def burda_adam(learning_rate, b1: float = 0.99, b2: float = 0.999,
+               eps: float = 1e-4) -> optax.GradientTransformation:
+  """The Adam variant of Burda et al.'s reference code, as an optax transformation.
+
+  Second moments start at one, first moments at zero, the timestep at one; ``eps`` is added to
+  ``sqrt(v)``. Theano applied all updates of a step simultaneously, so the parameter step of step
+  ``t`` uses the moments *before* this step's update (the first step therefore does not move):
+
+  .. math:: \\theta_t = \\theta_{t-1} - \\alpha_t \\frac{m_{t-1}}{\\sqrt{v_{t-1}} + \\epsilon}, \\quad \\alpha_t = \\eta_t \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
+
+  Args:
+    learning_rate: a float or an optax schedule of the step count (from 0).
+    b1, b2: moment decay rates.
+    eps: added to ``sqrt(v)``.
+
+  References:
+    Burda et al., ICLR 2016, reference implementation (``optimizers.py`` of yburda/iwae).
+  """
+
+  def init(params):
+    return BurdaAdamState(jnp.ones([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
+                          jax.tree.map(jnp.ones_like, params))
+
+  def update(grads, state, params=None):
+    del params
+    t = state.count.astype(jnp.float32)
+    lr = learning_rate(state.count - 1) if callable(learning_rate) else learning_rate
+    alpha = lr * jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+    updates = jax.tree.map(lambda m, v: (-alpha * m / (jnp.sqrt(v) + eps)).astype(m.dtype),
+                           state.mu, state.nu)
+    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g), state.nu, grads)
+    return updates, BurdaAdamState(state.count + 1, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
+  """``'adam'`` (stock optax Adam with Burda's b1=0.9, b2=0.999, eps=1e-4) or ``'burda_adam'``."""
+  if name == "adam":
+    return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-4)
+  if name == "burda_adam":
+    return burda_adam(learning_rate)
+  raise ValueError(f"optimizer must be 'adam' or 'burda_adam', got {name!r}")
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def make_loss(model, objective: str, num_samples: int, **kwargs) -> LossFn:
+  """The negative bound averaged over the batch, as a function ``(params, x, key)``.
+
+  Args:
+    model: anything with ``log_weights(params, x, key, num_samples) -> [K, B]``.
+    objective: ``'vae'`` (the K-sample ELBO average), ``'iwae'``, ``'miwae'`` (``num_groups``),
+      ``'ciwae'`` (``beta``).
+    num_samples: ``K`` (``M * K`` for MIWAE).
+
+  Returns:
+    ``loss(params, x, key) -> (loss, metrics)``.
+  """
+  reducers = {
+      "vae": objectives.elbo,
+      "iwae": objectives.iwae_bound,
+      "miwae": lambda lw: objectives.miwae_bound(lw, kwargs["num_groups"]),
+      "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs["beta"]),
+  }
+  if objective not in reducers:
+    raise ValueError(f"objective must be one of {sorted(reducers)}, got {objective!r}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  reduce = reducers[objective]
+
+  def loss(params, x, key):
+    lw = model.log_weights(params, x, key, num_samples)
+    bound = jnp.mean(reduce(lw))
+    return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
+
+  return loss
+
+
+# ----------------------------------------------------------------------------- state and step
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Training state: a pytree, checkpointed whole.
+
+  Attributes:
+    step: number of steps taken (skipped ones included).
+    params: model parameters.
+    opt_state: optimiser state.
+    nonfinite_in_a_row: consecutive steps whose loss or gradient was not finite.
+    nonfinite_total: all such steps so far.
+  """
+  step: Array
+  params: Any
+  opt_state: Any
+  nonfinite_in_a_row: Array
+  nonfinite_total: Array
+
+
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  zero = jnp.zeros([], jnp.int32)
+  return TrainState(zero, params, optimizer.init(params), zero, zero)
+
+
+def step_key(seed: int, step) -> Array:
+  """The PRNG key of a training step: a function of the seed and the step only."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, seed: int,
+                    dynamic_binarization: bool = False):
+  """A jitted ``step(state, images) -> (state, metrics)``.
+
+  A step whose loss or any gradient is not finite leaves ``params`` and ``opt_state`` unchanged
+  and increments the non-finite counters; a finite step resets ``nonfinite_in_a_row``.
+  """
+
+  @jax.jit
+  def train_step(state: TrainState, images: Array):
+    key_bin, key_loss = jax.random.split(step_key(seed, state.step))
+    x = data.binarize(key_bin, images) if dynamic_binarization else images
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, key_loss)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+        nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1))
+    metrics = dict(metrics, loss=loss, finite=finite,
+                   grad_norm=jnp.where(finite, optax.global_norm(grads), jnp.nan))
+    return state, metrics
+
+  return train_step
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] | None = None,
+                 binary_likelihood: bool = True) -> np.ndarray:
+  """Validates a training or test array before any work is done; returns it as float32.
+
+  ``uint8`` arrays are scaled by ``1/255`` first (grey levels, as MNIST is distributed).
+
+  Args:
+    images: ``[N, H, W, C]`` (or ``[N, D]``).
+    name: how the array is named in error messages (e.g. ``"mnist/train image"``).
+    image_shape: the model's ``(H, W, C)``; the per-example shape (or its size, for flat
+      arrays) must match.
+    binary_likelihood: the model has a Bernoulli decoder, so values must lie in [0, 1].
+
+  Returns:
+    ``images`` as a float32 numpy array.
+
+  Raises:
+    ValueError: an empty split, non-finite values, values outside [0, 1] for a Bernoulli decoder,
+      or an image size different from the model's.
+  """
+  arr = np.asarray(images)
+  if arr.ndim < 2 or arr.shape[0] == 0:
+    raise ValueError(f"{name} split is empty (shape {arr.shape}); nothing to train or evaluate on")
+  if arr.dtype == np.uint8:
+    arr = arr.astype(np.float32) / 255.0
+  if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer) \
+      and arr.dtype != np.bool_:
+    raise ValueError(f"{name} has dtype {arr.dtype}; expected floats in [0, 1] or uint8")
+  arr = arr.astype(np.float32, copy=False)
+  if image_shape is not None:
+    image_shape = tuple(image_shape)
+    size = int(np.prod(image_shape))
+    if arr.shape[1:] != image_shape and arr.shape[1:] != (size,):
+      raise ValueError(f"{name} has per-example shape {arr.shape[1:]}, but the model expects "
+                       f"images of shape {image_shape} ({size} pixels)")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+  if binary_likelihood:
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+      raise ValueError(f"{name} values must lie in [0, 1] for the Bernoulli decoder, got values "
+                       f"in [{lo:g}, {hi:g}]")
+  return arr
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int, *, shuffle: bool) -> np.ndarray:
+  """The example order of an epoch: a permutation seeded by ``(seed, epoch)``, or the identity."""
+  if not shuffle:
+    return np.arange(num_examples)
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when too many consecutive steps had a non-finite loss or gradient."""
+
+
+class MetricsLog:
+  """Metrics as JSON lines; on resume, lines past the restored step are dropped.
+
+  Args:
+    path: the ``.jsonl`` file.
+    resume_step: ``None`` starts a fresh file; an int keeps the lines with ``step <= resume_step``
+      so the resumed log equals the uninterrupted one.
+  """
+
+  def __init__(self, path: str, resume_step: int | None = None):
+    self.path = path
+    if resume_step is None or not os.path.exists(path):
+      open(path, "w").close()
+    else:
+      with open(path) as f:
+        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(lines)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def checkpoint_manager(directory: str, every: int, max_to_keep: int = 2):
+  """An orbax ``CheckpointManager`` saving every ``every`` steps (writes to a temporary directory,
+  then renames it: a checkpoint is complete or absent)."""
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                         save_interval_steps=max(every, 1), create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_steps: int,
+        batch_size: int, seed: int, workdir: str, dynamic_binarization: bool = False,
+        shuffle: bool = True, checkpoint_every: int = 1000, log_every: int = 100,
+        max_consecutive_nonfinite: int = 10, resume: bool = False, progress: bool | None = None,
+        learning_rate_fn: Callable | None = None, eval_every: int = 0,
+        eval_fn: Callable | None = None, stop_after: int | None = None,
+        train_step=None) -> tuple[TrainState, dict]:
+  """Trains ``params`` on ``train_images`` with a jitted step, checkpoints and a metrics log.
+
+  Every quantity of step ``s`` (its minibatch, binarization and sample keys) is a function of
+  ``(seed, s)``, and the state (``step``, ``params``, ``opt_state``, NaN counters) is checkpointed
+  whole, so ``resume=True`` after a kill continues exactly as the uninterrupted run: same params,
+  same metrics lines.
+
+  Args:
+    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. from :func:`make_loss`.
+    params: initial parameters (ignored when a checkpoint is restored).
+    train_images: validated float32 array ``[N, ...]`` in [0, 1] (see :func:`check_images`).
+    optimizer: an optax transformation (schedules inside it count optimiser updates).
+    num_steps: total number of steps of the run.
+    batch_size: minibatch size; an epoch is ``N // batch_size`` steps (the remainder is dropped).
+    seed: seeds the minibatch order and the step keys.
+    workdir: checkpoints go to ``workdir/checkpoints``, metrics to ``workdir/metrics.jsonl``.
+    dynamic_binarization: draw a fresh binarization of each minibatch (Burda et al.'s MNIST).
+    shuffle: shuffle each epoch (seeded by the epoch), else keep the data order (as Burda's code).
+    checkpoint_every: steps between checkpoints (one is also written at the end); a multiple of
+      ``log_every`` so that a resumed log matches the uninterrupted one.
+    log_every: steps between metrics lines (means over the window).
+    max_consecutive_nonfinite: raise :class:`NonFiniteError` after this many skipped steps in a row.
+    resume: continue from the latest checkpoint in ``workdir`` if there is one.
+    progress: show a tqdm progress bar (default: when stderr is a terminal).
+    learning_rate_fn: the schedule, logged as ``lr`` if given.
+    eval_every: steps between calls of ``eval_fn`` (0: never); a divisor of ``checkpoint_every``.
+    eval_fn: ``(params, step) -> dict`` of metrics (e.g. a validation bound), logged with the step.
+    stop_after: stop (as if killed) once this step is reached, without the final checkpoint: for
+      tests of resumption.
+    train_step: a prebuilt step from :func:`make_train_step` (default: built here).
+
+  Returns:
+    ``(state, summary)``.
+
+  Raises:
+    NonFiniteError: too many non-finite steps in a row.
+  """
+  from tqdm.auto import tqdm
+  import orbax.checkpoint as ocp
+
+  n = train_images.shape[0]
+  steps_per_epoch = n // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} examples)")
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if log_every < 1 or checkpoint_every < 1 or checkpoint_every % log_every:
+    raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a positive multiple of "
+                     f"log_every ({log_every}) for exact resumption")
+  if eval_every and checkpoint_every % eval_every:
+    raise ValueError(f"eval_every ({eval_every}) must divide checkpoint_every ({checkpoint_every})")
+  os.makedirs(workdir, exist_ok=True)
+  state = init_state(params, optimizer)
+  mngr = checkpoint_manager(os.path.join(workdir, "checkpoints"), checkpoint_every)
+  restored_step = None
+  if resume and mngr.latest_step() is not None:
+    restored_step = int(mngr.latest_step())
+    state = mngr.restore(restored_step, args=ocp.args.StandardRestore(state))
+  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), restored_step)
+  if train_step is None:
+    train_step = make_train_step(loss_fn, optimizer, seed=seed,
+                                 dynamic_binarization=dynamic_binarization)
+  start = int(state.step)
+  if progress is None:
+    progress = sys.stderr.isatty()
+  bar = tqdm(total=num_steps, initial=start, disable=not progress, unit="step",
+             dynamic_ncols=True, desc="train")
+  order, order_epoch = None, -1
+  t0 = time.time()
+  window = []
+  try:
+    for step in range(start, num_steps):
+      epoch, i = divmod(step, steps_per_epoch)
+      if epoch != order_epoch:
+        order, order_epoch = epoch_order(n, epoch, seed, shuffle=shuffle), epoch
+      batch = train_images[order[i * batch_size:(i + 1) * batch_size]]
+      state, metrics = train_step(state, batch)
+      window.append(metrics)
+      in_a_row = int(state.nonfinite_in_a_row)
+      if in_a_row:
+        log.write({"step": step + 1, "event": "nonfinite_skipped", "nonfinite_in_a_row": in_a_row,
+                   "nonfinite_total": int(state.nonfinite_total)})
+      if in_a_row >= max_consecutive_nonfinite:
+        log.write({"step": step + 1, "event": "stopped", "nonfinite_in_a_row": in_a_row,
+                   "nonfinite_total": int(state.nonfinite_total)})
+        raise NonFiniteError(
+            f"{in_a_row} consecutive steps had a non-finite loss or gradient (last at step "
+            f"{step + 1}, max_consecutive_nonfinite={max_consecutive_nonfinite}); stopping. The "
+            f"last good state is in the checkpoints of {workdir}.")
+      done = step + 1
+      if done % log_every == 0 or done == num_steps:
+        fetched = jax.device_get(window)
+        finite = [m for m in fetched if m["finite"]]
+        rec = {"step": done, "epoch": done / steps_per_epoch,
+               "nonfinite_total": int(state.nonfinite_total),
+               "skipped_in_window": len(fetched) - len(finite)}
+        for k in ("loss", "bound", "elbo", "grad_norm"):
+          rec[k] = float(np.mean([m[k] for m in finite])) if finite else float("nan")
+        if learning_rate_fn is not None:
+          rec["lr"] = float(learning_rate_fn(done - 1))
+        log.write(rec)
+        bar.set_postfix(bound=f"{rec['bound']:.2f}", refresh=False)
+        window = []
+      if eval_every and eval_fn is not None and done % eval_every == 0:
+        log.write({"step": done, "epoch": done / steps_per_epoch,
+                   **{k: float(v) for k, v in eval_fn(state.params, done).items()}})
+      bar.update(1)
+      if done % checkpoint_every == 0:
+        mngr.save(done, args=ocp.args.StandardSave(state))
+      if stop_after is not None and done >= stop_after:
+        mngr.wait_until_finished()
+        return state, {"stopped_at": done, "resumed_from": restored_step}
+    if mngr.latest_step() != num_steps:
+      mngr.save(num_steps, args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+  finally:
+    bar.close()
+    mngr.close()
+  return state, {"steps": num_steps, "train_seconds": time.time() - t0,
+                 "steps_per_epoch": steps_per_epoch,
+                 "nonfinite_total": int(state.nonfinite_total),
+                 "resumed_from": restored_step}

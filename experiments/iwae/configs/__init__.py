@@ -1,0 +1,1 @@
+"""Configurations of the IWAE experiment; each file has ``get_config()``."""

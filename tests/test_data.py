@@ -1,0 +1,313 @@
+"""Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors.
+
+The MNIST-family tests read the staged files from ``tests.conftest.shared_data_dir()`` and are
+skipped when it is None. Oracles: the counts and pixel means published in shared/data/README.md
+and an independent numpy parse of the raw IDX files. MNIST is prepared through
+tensorflow-datasets once per session (into a temporary cache, or ``DGMJAX_TFDS_DIR`` when set);
+binarized_mnist and fashion_mnist are read with ``backend="numpy"`` by default, because tfds
+needs minutes to prepare them on 2 cores; their tfds preparation is the ``slow`` test.
+"""
+
+import gzip
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dgmjax import data
+from tests.conftest import shared_data_dir
+
+DATA_DIR = shared_data_dir()
+HAS_TFDS = all(importlib.util.find_spec(m) is not None
+               for m in ("tensorflow", "tensorflow_datasets"))
+
+needs_data = pytest.mark.skipif(
+    DATA_DIR is None, reason="staged datasets not found: set DGMJAX_DATA_DIR or provide "
+    "../shared/data next to the repository")
+needs_tfds = pytest.mark.skipif(
+    not HAS_TFDS, reason="tensorflow-cpu and tensorflow-datasets are not installed")
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+  """Shared cache for prepared tfds data and npz arrays: DGMJAX_TFDS_DIR or a session tmp dir."""
+  return os.environ.get("DGMJAX_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds_cache"))
+
+
+def _files(name, split, cache):
+  return data.load(name, split, data_dir=DATA_DIR, cache_dir=cache, backend="numpy")
+
+
+@pytest.fixture(scope="session")
+def tfds_mnist(cache):
+  """All MNIST splits prepared through tensorflow-datasets, once per session."""
+  if not HAS_TFDS:
+    pytest.skip("tensorflow-cpu and tensorflow-datasets are not installed")
+  if DATA_DIR is None:
+    pytest.skip("staged datasets not found")
+  tfds_cache = os.path.join(cache, "via_tfds")
+  return {s: data.load("mnist", s, data_dir=DATA_DIR, cache_dir=tfds_cache)
+          for s in data.splits("mnist")}
+
+
+def _raw_idx(path, offset):
+  with gzip.open(path, "rb") as f:
+    return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+# ------------------------------------------------------------------------------------ digits
+
+
+def test_digits_splits_shapes_dtypes_ranges():
+  sizes = {"train": 1297, "validation": 200, "test": 300}
+  for split, n in sizes.items():
+    d = data.load("digits", split)
+    assert d["image"].shape == (n, 8, 8, 1) and d["image"].dtype == np.float32
+    assert d["label"].shape == (n,) and d["label"].dtype == np.int32
+    assert d["image"].min() == 0.0 and d["image"].max() == 1.0
+    assert set(np.unique(d["label"])) == set(range(10))
+  assert sum(sizes.values()) == 1797
+
+
+def test_digits_splits_are_the_documented_contiguous_blocks():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  ref = load_digits()
+  got = np.concatenate([data.load("digits", s)["image"] for s in ("train", "validation", "test")])
+  np.testing.assert_array_equal(got[..., 0] * 16, ref.images)
+  np.testing.assert_array_equal(data.load("digits", "test")["label"], ref.target[1497:])
+
+
+# ------------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("args, kwargs, words", [
+    (("cifar10", "train"), {}, ["name", "'cifar10'", "mnist", "digits", "binarized_mnist"]),
+    (("mnist", "valid"), {}, ["split", "'valid'", "validation", "test"]),
+    (("digits", "small1"), {}, ["split", "'small1'", "train"]),
+    (("omniglot", "validation"), {}, ["split", "small1"]),
+    (("mnist", "train"), {"backend": "torch"}, ["backend", "'torch'", "tfds", "numpy"]),
+])
+def test_bad_arguments_raise_value_error_naming_allowed_values(args, kwargs, words):
+  with pytest.raises(ValueError) as e:
+    data.load(*args, **kwargs)
+  for w in words:
+    assert w in str(e.value)
+
+
+def test_splits_lists_every_split():
+  assert data.splits("mnist") == ("train", "validation", "test")
+  assert set(data.DATASETS) == {"digits", "mnist", "binarized_mnist", "fashion_mnist",
+                                "omniglot"}
+  with pytest.raises(ValueError, match="name"):
+    data.splits("svhn")
+
+
+# ------------------------------------------------------------------------------ staged files
+
+
+@needs_data
+def test_mnist_burda_protocol_counts_and_statistics(cache):
+  train, valid, test = (_files("mnist", s, cache) for s in ("train", "validation", "test"))
+  assert train["image"].shape == (59600, 28, 28, 1) and train["image"].dtype == np.float32
+  assert valid["image"].shape == (400, 28, 28, 1)
+  assert test["image"].shape == (10000, 28, 28, 1)
+  full = np.concatenate([train["image"], valid["image"]])
+  np.testing.assert_allclose(full.mean(dtype=np.float64), 33.3184 / 255, atol=1e-6)
+  np.testing.assert_allclose(full.std(dtype=np.float64), 78.5675 / 255, atol=1e-6)
+  labels = np.concatenate([train["label"], valid["label"]])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10), MNIST_TRAIN_COUNTS)
+  np.testing.assert_array_equal(np.bincount(test["label"], minlength=10), MNIST_TEST_COUNTS)
+  # Validation is the last 400 training images, unshuffled (oracle: the raw IDX file).
+  raw = _raw_idx(os.path.join(DATA_DIR, "mnist", "train-images-idx3-ubyte.gz"), 16)
+  raw = raw.reshape(60000, 28, 28, 1)
+  np.testing.assert_array_equal(valid["image"], raw[-400:].astype(np.float32) / 255)
+  np.testing.assert_array_equal(train["image"][:5], raw[:5].astype(np.float32) / 255)
+
+
+@needs_data
+def test_binarized_mnist_larochelle_splits(cache):
+  means = {"train": 0.13056, "validation": 0.13113, "test": 0.13251}
+  sizes = {"train": 50000, "validation": 10000, "test": 10000}
+  for split in sizes:
+    d = _files("binarized_mnist", split, cache)
+    assert d["image"].shape == (sizes[split], 28, 28, 1) and d["image"].dtype == np.float32
+    assert "label" not in d
+    assert set(np.unique(d["image"])) == {0.0, 1.0}
+    np.testing.assert_allclose(d["image"].mean(dtype=np.float64), means[split], atol=5e-6)
+
+
+@needs_data
+def test_fashion_mnist_splits(cache):
+  train, valid, test = (_files("fashion_mnist", s, cache) for s in ("train", "validation", "test"))
+  assert train["image"].shape == (59600, 28, 28, 1) and valid["image"].shape == (400, 28, 28, 1)
+  assert test["image"].shape == (10000, 28, 28, 1)
+  labels = np.concatenate([train["label"], valid["label"]])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10), [6000] * 10)
+  np.testing.assert_array_equal(np.bincount(test["label"], minlength=10), [1000] * 10)
+  assert 0.0 <= test["image"].min() and test["image"].max() <= 1.0
+  raw = _raw_idx(os.path.join(DATA_DIR, "fashion_mnist", "train-labels-idx1-ubyte.gz"), 8)
+  np.testing.assert_array_equal(valid["label"], raw[-400:])
+
+
+@needs_data
+def test_second_load_reads_the_npz_cache_fast(cache):
+  _files("mnist", "test", cache)
+  start = time.perf_counter()
+  d = _files("mnist", "train", cache)
+  assert time.perf_counter() - start < 1.0
+  assert d["image"].shape == (59600, 28, 28, 1)
+
+
+@needs_data
+def test_data_dir_may_be_the_dataset_folder_or_the_env_var(tmp_path, monkeypatch, cache):
+  ref = _files("mnist", "test", cache)
+  d = data.load("mnist", "test", data_dir=os.path.join(DATA_DIR, "mnist"),
+                cache_dir=tmp_path / "a", backend="numpy")
+  np.testing.assert_array_equal(d["image"], ref["image"])
+  monkeypatch.setenv("DGMJAX_DATA_DIR", DATA_DIR)
+  monkeypatch.setenv("DGMJAX_TFDS_DIR", str(tmp_path / "b"))
+  d = data.load("mnist", "validation", backend="numpy")
+  assert d["image"].shape == (400, 28, 28, 1)
+  assert os.path.exists(tmp_path / "b" / "dgmjax_npz")
+
+
+@needs_data
+@needs_tfds
+def test_tfds_mnist_matches_the_raw_files(tfds_mnist, cache):
+  for split in data.splits("mnist"):
+    ref = _files("mnist", split, cache)
+    got = tfds_mnist[split]
+    assert got["image"].dtype == np.float32 and got["label"].dtype == np.int32
+    np.testing.assert_array_equal(got["image"], ref["image"])
+    np.testing.assert_array_equal(got["label"], ref["label"])
+
+
+@pytest.mark.slow
+@needs_data
+@needs_tfds
+@pytest.mark.parametrize("name", ["fashion_mnist", "binarized_mnist"])
+def test_tfds_other_datasets_match_the_raw_files(name, cache):
+  tfds_cache = os.path.join(cache, "via_tfds")
+  for split in data.splits(name):
+    got = data.load(name, split, data_dir=DATA_DIR, cache_dir=tfds_cache)
+    ref = _files(name, split, cache)
+    np.testing.assert_array_equal(got["image"], ref["image"])
+
+
+# -------------------------------------------------------------------------- corrupt / offline
+
+
+@pytest.fixture
+def mnist_copy(tmp_path):
+  if DATA_DIR is None:
+    pytest.skip("staged datasets not found")
+  dst = tmp_path / "copy" / "mnist"
+  shutil.copytree(os.path.join(DATA_DIR, "mnist"), dst)
+  return dst
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tfds"])
+def test_truncated_file_gives_clear_error(mnist_copy, tmp_path, backend):
+  path = mnist_copy / "t10k-labels-idx1-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:1000])
+  with pytest.raises(ValueError) as e:
+    data.load("mnist", "test", data_dir=mnist_copy.parent, cache_dir=tmp_path / "c",
+              backend=backend)
+  msg = str(e.value)
+  assert "t10k-labels-idx1-ubyte.gz" in msg and "4542 bytes" in msg and "1000 bytes" in msg
+
+
+def test_corrupt_file_gives_checksum_error(mnist_copy, tmp_path):
+  path = mnist_copy / "t10k-labels-idx1-ubyte.gz"
+  raw = bytearray(path.read_bytes())
+  raw[100] ^= 0xFF
+  path.write_bytes(bytes(raw))
+  with pytest.raises(ValueError) as e:
+    data.load("mnist", "test", data_dir=mnist_copy, cache_dir=tmp_path / "c")
+  msg = str(e.value)
+  assert "Checksum mismatch" in msg and "t10k-labels-idx1-ubyte.gz" in msg
+  assert "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6" in msg
+
+
+def test_named_copy_missing_a_file_never_downloads(mnist_copy, tmp_path, monkeypatch):
+  def no_network(*args, **kwargs):
+    raise AssertionError("a download was attempted")
+
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  os.remove(mnist_copy / "t10k-images-idx3-ubyte.gz")
+  with pytest.raises(ValueError, match="Missing file .*t10k-images-idx3-ubyte.gz"):
+    data.load("mnist", "test", data_dir=mnist_copy, cache_dir=tmp_path / "c")
+
+
+def test_data_dir_without_the_dataset_is_explained(tmp_path):
+  with pytest.raises(ValueError, match="holds no copy of 'fashion_mnist'"):
+    data.load("fashion_mnist", "train", data_dir=tmp_path, cache_dir=tmp_path / "c")
+
+
+def test_offline_download_fails_fast_with_help(tmp_path, monkeypatch):
+  def unreachable(*args, **kwargs):
+    raise OSError("[Errno 101] Network is unreachable")
+
+  monkeypatch.setattr(socket, "create_connection", unreachable)
+  monkeypatch.delenv("DGMJAX_DATA_DIR", raising=False)
+  start = time.perf_counter()
+  with pytest.raises(ConnectionError) as e:
+    data.load("mnist", "test", cache_dir=tmp_path / "empty")
+  assert time.perf_counter() - start < 10.0
+  msg = str(e.value)
+  assert "data_dir=" in msg and "DGMJAX_DATA_DIR" in msg and "unreachable" in msg
+
+
+def test_numpy_backend_without_local_copy_is_explained(tmp_path, monkeypatch):
+  monkeypatch.delenv("DGMJAX_DATA_DIR", raising=False)
+  with pytest.raises(ValueError, match="DGMJAX_DATA_DIR"):
+    data.load("binarized_mnist", "test", cache_dir=tmp_path, backend="numpy")
+
+
+# ----------------------------------------------------------------------------------- binarize
+
+
+def test_binarize_is_bernoulli_with_the_pixel_mean():
+  x = jnp.tile(jnp.linspace(0.0, 1.0, 11, dtype=jnp.float32), (20000, 1))
+  b = data.binarize(jax.random.key(0), x)
+  assert b.shape == x.shape and b.dtype == jnp.float32
+  assert set(np.unique(np.asarray(b))) <= {0.0, 1.0}
+  # Per-column mean equals the grey level (binomial std <= 0.0036 over 20000 draws).
+  np.testing.assert_allclose(np.asarray(b.mean(axis=0)), np.linspace(0, 1, 11), atol=0.015)
+  assert float(b[:, 0].max()) == 0.0 and float(b[:, -1].min()) == 1.0
+
+
+@needs_data
+def test_binarize_mnist_batch_keeps_the_mean(cache):
+  x = _files("mnist", "validation", cache)["image"]
+  key1, key2 = jax.random.split(jax.random.key(1))
+  b1 = jax.jit(data.binarize)(key1, x)
+  b2 = jax.jit(data.binarize)(key2, x)
+  assert b1.dtype == jnp.float32 and b1.shape == x.shape
+  np.testing.assert_allclose(float(b1.mean()), float(x.mean()), atol=2e-3)
+  assert not np.array_equal(np.asarray(b1), np.asarray(b2))  # a fresh draw per key
+
+
+# -------------------------------------------------------------------------------------- import
+
+
+def test_module_imports_no_training_stack_or_tensorflow():
+  code = ("import sys, importlib.util as u; "
+          "spec = u.spec_from_file_location('d', sys.argv[1]); m = u.module_from_spec(spec); "
+          "spec.loader.exec_module(m); m.load('digits', 'test'); "
+          "print(sorted(k for k in ('flax', 'optax', 'tensorflow', 'tensorflow_datasets', 'jax')"
+          " if k in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code, data.__file__], capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip() == "[]"
