@@ -1,6 +1,6 @@
 """dgmjax: deep latent-variable generative models in JAX."""
 
-from dgmjax import distributions, gumbel, objectives
+from dgmjax import distributions, gumbel, objectives, vq
 from dgmjax.distributions import (
     bernoulli_log_prob,
     categorical_entropy,
@@ -41,10 +41,20 @@ from dgmjax.objectives import (
     piwae_bounds,
 )
 
+from dgmjax.vq import (
+    code_counts,
+    ema_update,
+    nearest_code,
+    perplexity,
+    quantize,
+    restart_dead_codes,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "distributions", "gumbel", "objectives",
+    "distributions", "gumbel", "objectives", "vq",
+    "code_counts", "ema_update", "nearest_code", "perplexity", "quantize", "restart_dead_codes",
     "bernoulli_log_prob", "categorical_entropy", "categorical_log_prob",
     "categorical_log_prob_one_hot", "kl_categorical_categorical", "kl_categorical_uniform",
     "kl_normal_normal", "kl_normal_standard_normal", "mvn_log_prob", "normal_entropy",

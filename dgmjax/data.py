@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import os
 import socket
+import tempfile
 import zlib
 from typing import Any
 
@@ -114,6 +115,28 @@ _CONNECT_TIMEOUT_S = 2.0
 _SCALE = {"mnist": 255.0, "fashion_mnist": 255.0, "binarized_mnist": 1.0, "omniglot": 255.0}
 
 _NPZ_VERSION = 1
+
+# sha256 of the canonical uint8 arrays in file order (images [N, 28, 28, 1], labels [N]): the
+# tfds path is checked against them, since tfds stores records in a hash-shuffled order.
+_ARRAY_SHA256: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train_image": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+        "train_label": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+        "test_image": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+        "test_label": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+    },
+    "fashion_mnist": {
+        "train_image": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+        "train_label": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+        "test_image": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+        "test_label": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+    },
+    "binarized_mnist": {
+        "train_image": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
+        "validation_image": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
+        "test_image": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
+    },
+}
 
 
 def splits(name: str) -> tuple[str, ...]:
@@ -450,18 +473,63 @@ def _load_tfds(name, cache, manual) -> dict[str, Any]:
   tfds = _import_tfds()
   builder = tfds.builder(name, data_dir=cache)
   if not builder.is_prepared():
-    config = tfds.download.DownloadConfig(manual_dir=manual) if manual else None
     try:
-      builder.download_and_prepare(download_config=config)
+      if manual is None:
+        builder.download_and_prepare()
+      else:
+        # A fresh download folder per preparation: tfds names the extraction of a manual file
+        # after its basename only, so mnist and fashion_mnist (same file names) would share one
+        # extraction and fashion_mnist would silently be prepared from MNIST's pixels.
+        os.makedirs(cache, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dgmjax-downloads-", dir=cache) as dl_dir:
+          builder.download_and_prepare(
+              download_dir=dl_dir,
+              download_config=tfds.download.DownloadConfig(manual_dir=manual))
     except Exception as e:  # pylint: disable=broad-except
       if type(e).__name__ == "NonMatchingChecksumError":
         raise ValueError(f"Checksum mismatch while preparing {name!r} with tfds: {e}") from e
       raise
   out = {}
   for split in builder.info.splits:
-    d = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    image = np.asarray(d["image"])
-    out[f"{split}_image"] = image[..., :1] if name == "omniglot" else image
-    if "label" in d:
+    d = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+    if name == "omniglot":
+      out[f"{split}_image"] = np.asarray(d["image"])[..., :1]
       out[f"{split}_label"] = np.asarray(d["label"])
+      continue
+    # Undo tfds' record shuffle so that splits taken by position (the last 400 MNIST training
+    # images) are the same as in the files.
+    order = _tfds_record_order(split, len(d["image"]))
+    for key in ("image", "label"):
+      if key in d:
+        restored = np.empty_like(np.asarray(d[key]))
+        restored[order] = d[key]
+        out[f"{split}_{key}"] = restored.astype(np.uint8)
+  _verify_arrays(name, out)
   return out
+
+
+def _tfds_record_order(split, n):
+  """Keys 0..n-1 in the order tfds stores them: sorted by md5(split name + str(key)).
+
+  The MNIST-family builders key each record by its row index; tfds writes records sorted by
+  this salted hash (``tfds.core.hashing``, kept stable across tfds versions because it fixes
+  dataset order). Row ``order[i]`` of the files is record ``i``.
+  """
+  salt = hashlib.md5(split.encode())
+  digests = []
+  for i in range(n):
+    h = salt.copy()
+    h.update(str(i).encode())
+    digests.append(h.digest())  # bytes sort like tfds' int(hexdigest, 16)
+  return np.array(sorted(range(n), key=digests.__getitem__), dtype=np.int64)
+
+
+def _verify_arrays(name, arrays):
+  """Checks the tfds arrays against the pinned digests of the files (content and order)."""
+  for key, sha in _ARRAY_SHA256.get(name, {}).items():
+    got = hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest()
+    if got != sha:
+      raise RuntimeError(
+          f"tensorflow-datasets returned {name} {key} that differs from the standard files "
+          f"(sha256 {got}, expected {sha}): its record order or content changed. Use "
+          f"backend='numpy' with data_dir=..., or delete the prepared copy in the cache.")

@@ -33,6 +33,53 @@ LossFn = Callable[[PyTree, Array], Array]
 # ----------------------------------------------------------------------------- drawing gradients
 
 
+class Moments(NamedTuple):
+  """First two moments of ``N`` gradient draws.
+
+  Attributes:
+    mean: ``E[g]`` per parameter (pytree like ``params``).
+    variance: unbiased ``Var[g]`` per parameter.
+    num_draws: ``N``.
+  """
+  mean: PyTree
+  variance: PyTree
+  num_draws: int
+
+  def select(self, spec) -> "Moments":
+    """The moments of a sub-tree: ``spec`` a callable ``tree -> subtree`` or a ``'/'`` key path."""
+    return Moments(_select(self.mean, spec), _select(self.variance, spec), self.num_draws)
+
+
+def joint_loss(losses: Mapping[str, LossFn], *, common_random_numbers: bool = True) -> LossFn:
+  """Several estimators as one loss over ``{name: params}``, to measure them in one compiled pass.
+
+  The gradient of the returned loss with respect to ``params_by_name[name]`` is the gradient of
+  ``losses[name]``, so one call of :func:`gradient_moments` on ``{name: params for name in losses}``
+  gives the moments of every estimator (and compiles once instead of once per estimator).
+
+  Args:
+    losses: ``{name: loss_fn(params, key) -> scalar}``.
+    common_random_numbers: if True every estimator sees a clone of the key (the same samples: their
+      differences are less noisy, but their draws are correlated); if False each gets its own key
+      (independent draws, as :func:`gradient_bias_variance` assumes).
+
+  Returns:
+    ``loss(params_by_name, key) -> scalar``.
+  """
+  names = tuple(losses)
+  if not names:
+    raise ValueError("joint_loss needs at least one loss")
+
+  def loss(params_by_name, key):
+    if common_random_numbers:  # clone: an intentional reuse, legal under jax_debug_key_reuse
+      keys = [jax.random.clone(key) for _ in names]
+    else:
+      keys = list(jax.random.split(key, len(names)))
+    return sum(losses[n](params_by_name[n], k) for n, k in zip(names, keys))
+
+  return loss
+
+
 def gradient_draws(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int) -> PyTree:
   """``N`` independent gradient draws, stacked on a new leading axis (one vmapped ``jax.grad``).
 
@@ -104,7 +151,7 @@ def _moments(loss_fn, params, key, num_draws, chunk_size):
 
 
 def gradient_moments(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int, *,
-                     chunk_size: int | None = None) -> tuple[PyTree, PyTree]:
+                     chunk_size: int | None = None) -> Moments:
   """Mean and (unbiased) variance of ``N`` independent gradient draws, per parameter.
 
   .. math:: \\bar g = \\frac1N \\sum_n g_n, \\quad s^2 = \\frac{1}{N-1} \\sum_n (g_n - \\bar g)^2
@@ -118,13 +165,14 @@ def gradient_moments(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int
       ``jax.lax.scan`` and the remainder, if any, as one more batch.
 
   Returns:
-    ``(mean, variance)``, pytrees like ``params``.
+    :class:`Moments` (``mean`` and ``variance`` pytrees like ``params``).
   """
   _check_num_draws(num_draws)
   if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-  return _moments(loss_fn, params, key, int(num_draws),
-                  None if chunk_size is None else int(chunk_size))
+  mean, variance = _moments(loss_fn, params, key, int(num_draws),
+                            None if chunk_size is None else int(chunk_size))
+  return Moments(mean, variance, int(num_draws))
 
 
 # ----------------------------------------------------------------------------- groups
@@ -160,6 +208,13 @@ def _flat(tree: PyTree) -> Array:
 # ----------------------------------------------------------------------------- SNR
 
 
+def _ratio(num: Array, den: Array) -> Array:
+  """``num / den`` with ``0 / 0 = 0`` (a gradient that is identically zero has no signal)."""
+  both_zero = (num == 0) & (den == 0)
+  return jnp.where(both_zero, jnp.zeros((), num.dtype),
+                   num / jnp.where(both_zero, jnp.ones((), den.dtype), den))
+
+
 class GroupSNR(NamedTuple):
   """Summaries of a group of parameters (e.g. encoder ``phi``, decoder ``theta``).
 
@@ -189,7 +244,7 @@ class GradientSNR(NamedTuple):
     std: ``std[g]`` per parameter.
     variance: ``Var[g]`` per parameter (unbiased).
     snr: ``|E[g]| / std[g]`` per parameter (``inf`` where the variance is exactly zero and the mean
-      is not; ``nan`` where both are zero).
+      is not; 0 where both are zero, as for a parameter the loss does not depend on).
     groups: ``{name: GroupSNR}``.
     num_draws: ``N``.
   """
@@ -207,12 +262,12 @@ def snr_summary(mean: PyTree, variance: PyTree) -> tuple[PyTree, PyTree, GroupSN
   .. math:: \\mathrm{SNR}(\\theta_i) = \\frac{|\\mathbb{E}[g_i]|}{\\sqrt{\\mathrm{Var}[g_i]}}
   """
   std = jax.tree.map(jnp.sqrt, variance)
-  snr = jax.tree.map(lambda m, s: jnp.abs(m) / s, mean, std)
+  snr = jax.tree.map(_ratio, jax.tree.map(jnp.abs, mean), std)
   m, v, r, s = _flat(mean), _flat(variance), _flat(snr), _flat(std)
   total = jnp.sum(v)
   summary = GroupSNR(
       mean_snr=jnp.mean(r), median_snr=jnp.median(r),
-      norm_snr=jnp.sqrt(jnp.sum(jnp.square(m))) / jnp.sqrt(total),
+      norm_snr=_ratio(jnp.sqrt(jnp.sum(jnp.square(m))), jnp.sqrt(total)),
       mean_abs_mean=jnp.mean(jnp.abs(m)), mean_std=jnp.mean(s), total_variance=total,
       num_params=int(m.size))
   return std, snr, summary
@@ -246,12 +301,30 @@ def gradient_snr(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int, *,
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018, eq. (1).
   """
-  mean, variance = gradient_moments(loss_fn, params, key, num_draws, chunk_size=chunk_size)
-  std, snr, _ = snr_summary(mean, variance)
+  return snr_from_moments(gradient_moments(loss_fn, params, key, num_draws,
+                                          chunk_size=chunk_size), groups=groups)
+
+
+def snr_from_moments(moments: Moments, *, groups=None, signal: PyTree | None = None) -> GradientSNR:
+  """:class:`GradientSNR` from precomputed :class:`Moments` (e.g. one estimator of a joint loss).
+
+  Args:
+    moments: the estimator's moments.
+    groups: as in :func:`gradient_snr` (resolved against ``moments.mean``).
+    signal: optional pytree replacing ``moments.mean`` as the signal ``E[g]``: the exact gradient,
+      or the mean of a lower-variance estimator that is unbiased for the same gradient (for
+      example DReG for the IWAE ``phi`` gradient), which resolves SNRs below the ``1/sqrt(N)``
+      floor. The noise is always the estimator's own ``std``.
+
+  Returns:
+    :class:`GradientSNR`.
+  """
+  mean = moments.mean if signal is None else signal
+  std, snr, _ = snr_summary(mean, moments.variance)
   summaries = {}
-  for name, select in _resolve_groups(params, groups).items():
-    summaries[name] = snr_summary(select(mean), select(variance))[2]
-  return GradientSNR(mean, std, variance, snr, summaries, int(num_draws))
+  for name, select in _resolve_groups(mean, groups).items():
+    summaries[name] = snr_summary(select(mean), select(moments.variance))[2]
+  return GradientSNR(mean, std, moments.variance, snr, summaries, int(moments.num_draws))
 
 
 # ----------------------------------------------------------------------------- bias and variance
@@ -285,7 +358,7 @@ class BiasVariance(NamedTuple):
   Attributes:
     bias: ``E[g] - E[g_ref]`` per parameter.
     bias_se: standard error of ``bias``.
-    z_score: ``bias / bias_se``.
+    z_score: ``bias / bias_se`` (0 where both are exactly 0).
     variance: ``Var[g]`` per parameter.
     reference_variance: ``Var[g_ref]`` (0 for an exact reference).
     mse: ``bias^2 + Var[g]``, the mean squared error of one draw per parameter.
@@ -315,10 +388,12 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
   .. math:: \\mathrm{bias} = \\mathbb{E}[\\hat g] - \\mathbb{E}[\\hat g_{\\mathrm{ref}}], \\quad z = \\mathrm{bias} / \\sqrt{s^2/N + s_{\\mathrm{ref}}^2/N_{\\mathrm{ref}}}
 
   Args:
-    estimator_fn: ``(params, key) -> scalar``, the estimator under test.
+    estimator_fn: ``(params, key) -> scalar``, the estimator under test, or its precomputed
+      :class:`Moments` (then ``params`` only names the groups and ``num_draws`` is ignored).
     reference: a loss function ``(params, key) -> scalar`` whose gradient is the reference
-      estimator (e.g. the reparametrization gradient of the same bound), or a pytree like
-      ``params`` holding the exact gradient.
+      estimator (e.g. the reparametrization gradient of the same bound), its :class:`Moments`
+      (drawn independently of the estimator's), or a pytree like ``params`` holding the exact
+      gradient.
     params: the point at which gradients are compared.
     key: a JAX PRNG key.
     num_draws: draws of the estimator.
@@ -330,10 +405,18 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
     :class:`BiasVariance`.
   """
   k_est, k_ref = jax.random.split(key)
-  mean, var = gradient_moments(estimator_fn, params, k_est, num_draws, chunk_size=chunk_size)
-  if callable(reference):
-    n_ref = num_draws if reference_draws is None else reference_draws
-    ref_mean, ref_var = gradient_moments(reference, params, k_ref, n_ref, chunk_size=chunk_size)
+  if isinstance(estimator_fn, Moments):
+    mean, var, num_draws = estimator_fn
+  else:
+    mean, var, num_draws = gradient_moments(estimator_fn, params, k_est, num_draws,
+                                            chunk_size=chunk_size)
+  if isinstance(reference, Moments) or callable(reference):
+    if isinstance(reference, Moments):
+      ref_mean, ref_var, n_ref = reference
+    else:
+      n_ref = num_draws if reference_draws is None else reference_draws
+      ref_mean, ref_var, n_ref = gradient_moments(reference, params, k_ref, n_ref,
+                                                  chunk_size=chunk_size)
     ref_se2 = jax.tree.map(lambda v: v / n_ref, ref_var)
   else:
     ref_mean = jax.tree.map(jnp.asarray, reference)
@@ -341,18 +424,18 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
     ref_se2 = ref_var
   bias = jax.tree.map(jnp.subtract, mean, ref_mean)
   se = jax.tree.map(lambda v, r: jnp.sqrt(v / num_draws + r), var, ref_se2)
-  z = jax.tree.map(jnp.divide, bias, se)
+  z = jax.tree.map(_ratio, bias, se)  # 0/0 -> 0: both means exactly equal
   mse = jax.tree.map(lambda b, v: jnp.square(b) + v, bias, var)
   summaries = {}
-  for name, select in _resolve_groups(params, groups).items():
+  for name, select in _resolve_groups(bias, groups).items():
     b, zz = _flat(select(bias)), _flat(select(z))
     rm, v, rv = _flat(select(ref_mean)), _flat(select(var)), _flat(select(ref_var))
     bias_norm = jnp.sqrt(jnp.sum(jnp.square(b)))
     summaries[name] = GroupBias(
         max_abs_z=jnp.max(jnp.abs(zz)), mean_abs_z=jnp.mean(jnp.abs(zz)), bias_norm=bias_norm,
-        relative_bias=bias_norm / jnp.sqrt(jnp.sum(jnp.square(rm))),
+        relative_bias=_ratio(bias_norm, jnp.sqrt(jnp.sum(jnp.square(rm)))),
         total_variance=jnp.sum(v), reference_total_variance=jnp.sum(rv),
-        variance_ratio=jnp.sum(v) / jnp.sum(rv))
+        variance_ratio=_ratio(jnp.sum(v), jnp.sum(rv)))
   return BiasVariance(bias, se, z, var, ref_var, mse, mean, ref_mean, summaries)
 
 

@@ -124,7 +124,7 @@ def burda_adam(learning_rate, b1: float = 0.99, b2: float = 0.999,
 
   def update(grads, state, params=None):
     del params
-    t = state.count.astype(jnp.float32)
+    t = state.count.astype(jnp.result_type(float))  # float64 under x64
     lr = learning_rate(state.count - 1) if callable(learning_rate) else learning_rate
     alpha = lr * jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t)
     updates = jax.tree.map(lambda m, v: (-alpha * m / (jnp.sqrt(v) + eps)).astype(m.dtype),
@@ -236,7 +236,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
         nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1))
     metrics = dict(metrics, loss=loss, finite=finite,
-                   grad_norm=jnp.where(finite, optax.global_norm(grads), jnp.nan))
+                   grad_norm=jnp.where(finite, optax.tree.norm(grads), jnp.nan))
     return state, metrics
 
   return train_step

@@ -55,6 +55,7 @@ from dgmjax.models import linear_gaussian
 
 Array = jax.Array
 LogJoint = Callable[[Any, Array, Array], Array]
+Encoder = Callable[[Any, Array], tuple[Array, Array]]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -72,7 +73,8 @@ __all__ = [
     "gaussian_log_weights", "fit_local_gaussians", "VEMResult", "variational_em",
     "AmortizationGaps", "amortization_gaps",
     # linear VAE
-    "LinearVAEParams", "linear_vae_init", "linear_vae_encode", "linear_vae_log_weights",
+    "LinearVAEParams", "linear_vae_init", "linear_vae_encode", "linear_vae_log_joint",
+    "linear_vae_log_weights",
     "linear_vae_elbo", "fit_linear_vae",
 ]
 
@@ -285,15 +287,22 @@ def gmm_init(key: Array, x: Array, num_components: int, *, reg_covar: float = 1e
     :class:`GMMParams` with equal weights.
   """
   _check_data("x", x)
-  n, d = jnp.shape(x)
+  x = jnp.asarray(x)
+  n, d = x.shape
   if not 1 <= num_components <= n:
     raise ValueError(f"num_components must be in [1, N={n}], got {num_components}")
+  _checks.check_nonnegative("reg_covar", reg_covar)
+  return _gmm_init(key, x, jnp.asarray(reg_covar, x.dtype), num_components=num_components)
+
+
+@functools.partial(jax.jit, static_argnames=("num_components",))
+def _gmm_init(key, x, reg_covar, num_components):
+  n, d = x.shape
   idx = jax.random.choice(key, n, (num_components,), replace=False)
-  means = x[idx]
-  xc = x - jnp.mean(x, axis=0, keepdims=True)
-  cov = xc.T @ xc / n + reg_covar * jnp.eye(d, dtype=x.dtype)
+  _, cov = _moments(x)
+  cov = cov + reg_covar * jnp.eye(d, dtype=x.dtype)
   chol = jnp.broadcast_to(jnp.linalg.cholesky(cov), (num_components, d, d))
-  return GMMParams(jnp.zeros((num_components,), x.dtype), means, chol)
+  return GMMParams(jnp.zeros((num_components,), x.dtype), x[idx], chol)
 
 
 def gmm_e_step(params: GMMParams, x: Array) -> tuple[Array, Array]:
@@ -475,7 +484,12 @@ def covariance_eigenvalues(x: Array) -> Array:
     ``[D]``, descending, clipped at 0.
   """
   _check_data("x", x)
-  _, cov = _moments(jnp.asarray(x))
+  return _covariance_eigenvalues(jnp.asarray(x))
+
+
+@jax.jit
+def _covariance_eigenvalues(x):
+  _, cov = _moments(x)
   return jnp.maximum(jnp.linalg.eigvalsh(cov)[::-1], 0.0)
 
 
@@ -518,20 +532,25 @@ def ppca_ml(x: Array, z_dim: int, *, noise_variance=None) -> linear_gaussian.Par
     raise ValueError(f"z_dim={z_dim} exceeds D={d}")
   if noise_variance is not None:
     _checks.check_positive("noise_variance", noise_variance)
+  fixed = None if noise_variance is None else jnp.asarray(noise_variance, x.dtype)
+  params, evals = _ppca_ml(x, fixed, z_dim=z_dim)
+  if noise_variance is None and _checks.is_concrete(params.log_scale):
+    if not float(jnp.exp(2.0 * params.log_scale)) > float(jnp.finfo(x.dtype).eps) * float(evals[0]):
+      raise ValueError("the data lie in a subspace of dimension <= z_dim: the ML noise variance is "
+                       "0 and the PPCA likelihood is unbounded (singular covariance)")
+  return params
+
+
+@functools.partial(jax.jit, static_argnames=("z_dim",))
+def _ppca_ml(x, noise_variance, z_dim):
   mean, cov = _moments(x)
   evals, evecs = jnp.linalg.eigh(cov)
   evals = jnp.maximum(evals[::-1], 0.0)
   evecs = evecs[:, ::-1]
-  if noise_variance is None:
-    s2 = jnp.mean(evals[z_dim:])
-    if _checks.is_concrete(s2) and not float(s2) > float(jnp.finfo(x.dtype).eps) * float(evals[0]):
-      raise ValueError("the data lie in a subspace of dimension <= z_dim: the ML noise variance is "
-                       "0 and the PPCA likelihood is unbounded (singular covariance)")
-  else:
-    s2 = jnp.asarray(noise_variance, x.dtype)
+  s2 = jnp.mean(evals[z_dim:]) if noise_variance is None else noise_variance
   scale = jnp.sqrt(jnp.maximum(evals[:z_dim] - s2, 0.0))
   w = evecs[:, :z_dim] * scale[None, :]
-  return linear_gaussian.Params(w, mean, (0.5 * jnp.log(s2)).astype(x.dtype))
+  return linear_gaussian.Params(w, mean, (0.5 * jnp.log(s2)).astype(x.dtype)), evals
 
 
 def ppca_mean_log_likelihood(params: linear_gaussian.Params, mean: Array, cov: Array) -> Array:
@@ -646,6 +665,7 @@ def ppca_em(params: linear_gaussian.Params, x: Array, *, max_iters: int = 1000,
   return _ppca_em(params, x, jnp.asarray(tol, x.dtype), max_iters=max_iters)
 
 
+@jax.jit
 def subspace_angles(a: Array, b: Array) -> Array:
   """Principal angles between the column spaces of ``a`` ``[D, p]`` and ``b`` ``[D, q]``, descending.
 
@@ -753,7 +773,9 @@ def fit_local_gaussians(key: Array, log_joint: LogJoint, params, x: Array, loc: 
     log_scale: initial log standard deviations ``[B, D_z]``.
     num_steps: gradient steps (static).
     num_samples: samples per gradient estimate (static).
-    optimizer: an optax transformation (default ``optax.adam(1e-2)``).
+    optimizer: an optax transformation (default Adam with a cosine decay from ``1e-2`` to
+      ``1e-4`` over ``num_steps``: a constant step leaves ``q`` jittering around its optimum, which
+      costs ELBO when the posterior is narrow).
 
   Returns:
     ``(loc [B, D_z], log_scale [B, D_z], elbo_trace [num_steps])``: the trace holds the mean ELBO
@@ -763,7 +785,8 @@ def fit_local_gaussians(key: Array, log_joint: LogJoint, params, x: Array, loc: 
     Hoffman, Blei, Wang & Paisley, Stochastic Variational Inference, JMLR 2013; Cremer, Li &
     Duvenaud, ICML 2018, Section 3 (local optimisation of q).
   """
-  optimizer = optimizer if optimizer is not None else optax.adam(1e-2)
+  if optimizer is None:
+    optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, num_steps, alpha=0.01))
   loc = jnp.asarray(loc)
   log_scale = jnp.broadcast_to(jnp.asarray(log_scale, loc.dtype), loc.shape)
   q = (loc, log_scale)
@@ -891,15 +914,26 @@ class AmortizationGaps(NamedTuple):
   inference_gap: Array
 
 
-def _chunked_elbo(key, log_joint, params, x, loc, log_scale, num_samples, chunk_size):
-  """Monte Carlo ELBO over ``num_samples`` log-weights, ``chunk_size`` at a time. ``[B]``."""
+def _chunked_elbo_pair(key, log_joint, params, x, q_a, q_b, num_samples, chunk_size):
+  """Monte Carlo ELBOs ``([B], [B])`` of two diagonal Gaussians on common random numbers.
+
+  Both reparametrize the same standard-normal draws (drawn once per chunk of ``chunk_size``), so
+  the difference of the two estimates has far less variance than either.
+  """
   num_chunks = _num_chunks(num_samples, chunk_size)
+  shape = (num_samples // num_chunks,) + jnp.shape(q_a[0])
+
+  def log_weights(q, eps):
+    z = q[0][None] + jnp.exp(q[1])[None] * eps  # [K, B, D_z]
+    log_p = jax.vmap(lambda zk: log_joint(params, x, zk))(z)
+    return log_p - distributions.normal_log_prob(z, q[0], q[1])
 
   def one(k):
-    lw = gaussian_log_weights(k, log_joint, params, x, loc, log_scale, num_samples // num_chunks)
-    return jnp.sum(lw, axis=0)
+    eps = jax.random.normal(k, shape, jnp.result_type(q_a[0]))
+    return jnp.sum(log_weights(q_a, eps), axis=0), jnp.sum(log_weights(q_b, eps), axis=0)
 
-  return jnp.sum(lax.map(one, jax.random.split(key, num_chunks)), axis=0) / num_samples
+  sum_a, sum_b = lax.map(one, jax.random.split(key, num_chunks))
+  return jnp.sum(sum_a, axis=0) / num_samples, jnp.sum(sum_b, axis=0) / num_samples
 
 
 def _num_chunks(num_samples: int, chunk_size: int) -> int:
@@ -939,41 +973,47 @@ def _chunked_mixture_iwae(key, log_joint, params, x, q_a, q_b, num_samples, chun
 @functools.partial(jax.jit, static_argnames=(
     "log_joint", "encoder", "num_steps", "num_samples", "num_elbo_samples", "num_iwae_samples",
     "chunk_size", "optimizer"))
-def amortization_gaps(key: Array, log_joint: LogJoint, params, x: Array,
-                      encoder: Callable[[Array], tuple[Array, Array]], *, num_steps: int = 500,
-                      num_samples: int = 1, num_elbo_samples: int = 100,
+def amortization_gaps(key: Array, log_joint: LogJoint, encoder: Encoder, params, x: Array, *,
+                      num_steps: int = 500, num_samples: int = 1, num_elbo_samples: int = 100,
                       num_iwae_samples: int = 1000, chunk_size: int = 100,
                       optimizer: optax.GradientTransformation | None = None,
                       log_px: Array | None = None) -> AmortizationGaps:
   """Splits ``log p(x) - ELBO`` of an amortized Gaussian encoder into approximation and amortization gaps.
 
-  Works for any model with a continuous latent: give ``log_joint(params, x, z) -> [B]`` and an
-  encoder ``x -> (loc [B, D_z], log_scale [B, D_z])`` (a closure over its parameters). The best
-  per-datapoint diagonal Gaussian ``q*`` is found by :func:`fit_local_gaussians` *starting from the
-  encoder's output* (so ``ELBO(q*) >= ELBO(q_encoder)`` up to Monte Carlo noise). ``log p(x)`` is
-  estimated, unless given exactly, by an importance-weighted (IWAE) bound whose proposal is the
-  defensive mixture ``(q* + q_encoder) / 2``, with ``num_iwae_samples`` draws from each: a
-  stochastic lower bound about as tight as with the better of the two proposals, without the
-  upward bias of taking the maximum of two noisy estimates. ELBOs use ``num_elbo_samples`` fresh samples.
+  Works for any model with a continuous latent: give ``log_joint(params, x, z) -> [B]`` and
+  ``encoder(params, x) -> (loc [B, D_z], log_scale [B, D_z])``, both pure functions of the same
+  parameter pytree (e.g. :func:`linear_vae_log_joint` and :func:`linear_vae_encode`, or a
+  :class:`dgmjax.models.vae.VAE`'s ``encode`` and a log-joint built from its ``decode``). The
+  best per-datapoint diagonal Gaussian ``q*`` is found by :func:`fit_local_gaussians` *starting
+  from the encoder's output* (so ``ELBO(q*) >= ELBO(q_encoder)`` up to optimisation and Monte Carlo
+  noise). ``log p(x)`` is estimated, unless given exactly, by an importance-weighted (IWAE) bound
+  whose proposal is the defensive mixture ``(q* + q_encoder) / 2``, with ``num_iwae_samples`` draws
+  from each: a stochastic lower bound about as tight as with the better of the two proposals,
+  without the upward bias of taking the maximum of two noisy estimates. Both ELBOs use the same
+  ``num_elbo_samples`` standard-normal draws (common random numbers), which makes their
+  difference, the amortization gap, much less noisy than either.
 
-  Jitted; ``log_joint``, ``encoder``, the optimiser(s) and the integer arguments are static (hashed by identity),
-  so a new closure or optimiser object compiles anew: define them once and reuse them.
+  Jitted. ``log_joint``, ``encoder``, the optimiser and the integer arguments are static (hashed):
+  pass module-level functions or bound methods of hashable models, not fresh closures, to
+  compile once; parameters go in ``params`` (traced), never in a closure, which would bake them
+  into the program as constants.
 
   .. math:: \\log p(x) - \\mathcal{L}[q_\\phi] = \\underbrace{\\log p(x) - \\mathcal{L}[q^*]}_{\\text{approximation}} + \\underbrace{\\mathcal{L}[q^*] - \\mathcal{L}[q_\\phi]}_{\\text{amortization}}
 
   Args:
     key: a JAX PRNG key.
     log_joint: ``log_joint(params, x, z) -> [B]``.
-    params: model parameters.
+    encoder: ``encoder(params, x) -> (loc, log_scale)``, each ``[B, D_z]``.
+    params: model parameters (a pytree holding both the encoder's and the model's).
     x: data ``[B, ...]``.
-    encoder: ``x -> (loc, log_scale)``.
     num_steps: gradient steps of the local optimisation.
     num_samples: samples per local gradient step.
     num_elbo_samples: samples for each ELBO estimate (a multiple of ``chunk_size`` if larger).
     num_iwae_samples: draws from each mixture component for the estimate of ``log p(x)`` (``2K``
       importance samples in all).
     chunk_size: samples evaluated at once (memory ``~ chunk_size * B``).
-    optimizer: optax transformation for the local optimisation (default ``adam(1e-2)``).
+    optimizer: optax transformation for the local optimisation (default: the cosine-decayed Adam
+      of :func:`fit_local_gaussians`).
     log_px: exact ``log p(x)`` ``[B]`` when known (e.g. PPCA), replacing the IWAE estimate.
 
   Returns:
@@ -982,16 +1022,16 @@ def amortization_gaps(key: Array, log_joint: LogJoint, params, x: Array,
   References:
     Cremer, Li & Duvenaud, Inference Suboptimality in Variational Autoencoders, ICML 2018.
   """
-  k_opt, k_enc, k_loc, k_iw = jax.random.split(key, 4)
-  loc_e, log_scale_e = encoder(x)
+  k_opt, k_elbo, k_iw = jax.random.split(key, 3)
+  loc_e, log_scale_e = encoder(params, x)
   log_scale_e = jnp.broadcast_to(log_scale_e, jnp.shape(loc_e))
   loc_l, log_scale_l, _ = fit_local_gaussians(
       k_opt, log_joint, params, x, lax.stop_gradient(loc_e), lax.stop_gradient(log_scale_e),
       num_steps=num_steps, num_samples=num_samples, optimizer=optimizer)
-  elbo_a = _chunked_elbo(k_enc, log_joint, params, x, loc_e, log_scale_e, num_elbo_samples,
-                         chunk_size)
-  elbo_l = _chunked_elbo(k_loc, log_joint, params, x, loc_l, log_scale_l, num_elbo_samples,
-                         chunk_size)
+  # Common random numbers: both ELBOs reparametrize the same standard-normal draws, so their
+  # difference (the amortization gap) is far less noisy than either estimate.
+  elbo_a, elbo_l = _chunked_elbo_pair(k_elbo, log_joint, params, x, (loc_e, log_scale_e),
+                                      (loc_l, log_scale_l), num_elbo_samples, chunk_size)
   if log_px is None:
     log_px = _chunked_mixture_iwae(k_iw, log_joint, params, x, (loc_l, log_scale_l),
                                    (loc_e, log_scale_e), num_iwae_samples, chunk_size)
@@ -1050,6 +1090,17 @@ def linear_vae_encode(params: LinearVAEParams, x: Array) -> tuple[Array, Array]:
   """
   loc = x @ params.enc_w + params.enc_b[None, :]
   return loc, jnp.broadcast_to(params.enc_log_scale[None, :], loc.shape)
+
+
+def linear_vae_log_joint(params: LinearVAEParams, x: Array, z: Array) -> Array:
+  """``log p(x, z)`` of the linear VAE's decoder (a PPCA model). ``-> [...]``.
+
+  The log-joint of :func:`amortization_gaps` and :func:`gaussian_log_weights` for the linear VAE,
+  paired with :func:`linear_vae_encode`.
+
+  .. math:: \\log p(x, z) = \\log N(z; 0, I) + \\log N(x; Wz + b, s^2 I)
+  """
+  return linear_gaussian.log_joint(params.decoder, x, z)
 
 
 def linear_vae_log_weights(key: Array, params: LinearVAEParams, x: Array, num_samples: int) -> Array:
@@ -1125,23 +1176,26 @@ def fit_linear_vae(key: Array, x: Array, z_dim: int, *, num_steps: int = 2000,
           else jnp.asarray(noise_variance, x.dtype))
     params = linear_vae_init(k_init, d, z_dim, mean=mean, dtype=x.dtype)
     params = params._replace(decoder=params.decoder._replace(log_scale=0.5 * jnp.log(s2)))
-  fixed_log_scale = (None if noise_variance is None
+  # One compiled program serves both cases: the fixed noise is a traced value selected by a flag.
+  fix_noise = jnp.asarray(noise_variance is not None)
+  fixed_log_scale = (params.decoder.log_scale if noise_variance is None
                      else 0.5 * jnp.log(jnp.asarray(noise_variance, x.dtype)))
-  return _fit_linear_vae(params, x, k_train, fixed_log_scale, jnp.asarray(learning_rate),
-                         num_steps=num_steps, num_samples=num_samples, batch_size=batch_size)
+  return _fit_linear_vae(params, x, k_train, fix_noise, fixed_log_scale,
+                         jnp.asarray(learning_rate, x.dtype), num_steps=num_steps,
+                         num_samples=num_samples, batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "num_samples", "batch_size"))
-def _fit_linear_vae(params, x, key, fixed_log_scale, learning_rate, *, num_steps, num_samples,
-                    batch_size):
+def _fit_linear_vae(params, x, key, fix_noise, fixed_log_scale, learning_rate, *, num_steps,
+                    num_samples, batch_size):
   n = x.shape[0]
   schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
   opt = optax.adam(schedule)
 
   def with_noise(p):
-    if fixed_log_scale is None:
-      return p
-    return p._replace(decoder=p.decoder._replace(log_scale=fixed_log_scale))
+    # With a fixed noise the gradient in log_scale is exactly 0, so Adam never moves it.
+    log_scale = jnp.where(fix_noise, fixed_log_scale, p.decoder.log_scale)
+    return p._replace(decoder=p.decoder._replace(log_scale=log_scale))
 
   def loss(p, key, xb):
     lw = linear_vae_log_weights(key, with_noise(p), xb, num_samples)

@@ -1,0 +1,60 @@
+"""The full classical study (a few minutes on 2 CPU cores).
+
+1. EM on a 2-D Gaussian mixture: fitted components per iteration and the log-likelihood curve.
+2. PPCA (closed form and EM) against a linear VAE trained on the ELBO, on the 8x8 digits, and the
+   collapse of the linear VAE's latent dimensions at fixed noise variances.
+3. Amortization gaps (Cremer et al. 2018) of the linear VAE and of a small Bernoulli VAE / IWAE
+   trained on binarized digits (NOT the MNIST table of the paper: see README of the study).
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ------------------------------------------------------------ 1. GMM EM on 2-D data
+  c.gmm = ml_collections.ConfigDict()
+  c.gmm.num_points = 600
+  c.gmm.num_components = 3
+  c.gmm.max_iters = 200
+  c.gmm.tol = 1e-7                      # on the mean log-likelihood per point
+  c.gmm.reg_covar = 1e-6
+  c.gmm.snapshot_iters = (0, 1, 2, 5, 10, 20)   # panels of the figure (plus the final fit)
+
+  # ------------------------------------------------------------ 2. PPCA vs linear VAE
+  c.ppca = ml_collections.ConfigDict()
+  c.ppca.dataset = "digits"             # dgmjax.data.load: 8x8 grey levels in [0, 1], D = 64
+  c.ppca.latent_dims = (2, 4, 8, 16, 32)
+  c.ppca.em_max_iters = 5000
+  c.ppca.em_tol = 1e-7
+  c.ppca.vae_steps = 4000
+  c.ppca.vae_learning_rate = 3e-2
+  c.ppca.vae_num_samples = 1
+  c.ppca.vae_batch_size = 0             # 0: full batch
+  # Linear VAE with a fixed decoder variance s^2: dimensions with eigenvalue < s^2 collapse.
+  c.ppca.collapse_latent_dim = 16
+  c.ppca.collapse_noise_variances = (0.05, 0.1, 0.2, 0.5)
+  c.ppca.collapse_kl_threshold = 0.01   # nats: a latent dimension is active above this mean KL
+
+  # ------------------------------------------------------------ 3. Amortization gaps
+  c.gaps = ml_collections.ConfigDict()
+  c.gaps.num_examples = 300             # held-out examples the gaps are averaged over
+  c.gaps.num_steps = 1000               # local (per-datapoint) optimisation of q
+  c.gaps.learning_rate = 1e-2
+  c.gaps.num_samples = 4                # samples per local gradient step
+  c.gaps.num_elbo_samples = 500
+  c.gaps.num_iwae_samples = 2500        # per mixture component: 5000 importance samples in all
+  c.gaps.chunk_size = 250
+  c.gaps.linear_latent_dim = 8          # the linear VAE of part 2 with this latent size
+  # A small Bernoulli VAE (dgmjax.models.vae) on digits binarized at 0.5, trained on the ELBO
+  # (objective 'vae', K = 1) and on the IWAE bound (objective 'iwae', K = iwae_k).
+  c.gaps.vae_enabled = True
+  c.gaps.vae_latent_dim = 8
+  c.gaps.vae_hidden = (128, 128)
+  c.gaps.vae_steps = 10000
+  c.gaps.vae_batch_size = 100
+  c.gaps.vae_learning_rate = 1e-3
+  c.gaps.iwae_k = 5
+  return c

@@ -1,0 +1,1 @@
+"""2-D density estimation with normalizing flows (issue 6, build 5)."""

@@ -1,0 +1,318 @@
+"""``train_and_evaluate(config, workdir)``: the gradient-SNR study of Rainforth et al. (2018).
+
+On the Gaussian toy model (:mod:`experiments.gradient_snr.toy`) it measures, for each number of
+importance samples ``K``, the per-parameter signal-to-noise ratio ``|E g| / std g`` of the
+gradient of ``theta = mu`` and ``phi = (A, b)`` under IWAE (reparametrization), DReG and STL
+(and, for comparison, the ELBO averaged over ``M`` samples), fits the slopes of ``log SNR``
+against ``log K``, and compares the variance of REINFORCE-type estimators (plain, running-mean
+baseline, VIMCO) with reparametrization at the same sample budget.
+
+Measuring the signal. The IWAE ``phi`` signal falls as ``1/K`` and soon sinks below the noise
+floor ``~ 1/sqrt(N)`` of an SNR estimated from ``N`` draws. DReG is unbiased for the same gradient
+``grad_phi L_K`` (checked in ``tests/test_estimators.py``) with a far higher SNR, so by default
+(``config.toy.phi_signal = 'dreg'``) the IWAE ``phi`` SNR is ``|mean of DReG draws| / std of IWAE
+draws``, both from the same ``N`` samples; the direct ``|mean of IWAE draws| / std`` is reported
+beside it, with the floor.
+
+Writes into ``workdir``: ``config.json``; ``results.json`` (SNR curves, fitted slopes, the checks
+of the expected slopes, REINFORCE-vs-reparametrization variances, timings); ``snr_vs_k.png``;
+``reinforce_vs_reparam.png``.
+
+References:
+  Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
+  Tucker et al., Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives, ICLR 2019.
+  Roeder, Wu & Duvenaud, Sticking the Landing, NeurIPS 2017.
+  Mnih & Rezende, Variational Inference for Monte Carlo Objectives, ICML 2016.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgmjax import diagnostics, estimators
+from experiments.gradient_snr import toy
+
+# Expected slopes of log SNR in log K (Rainforth et al. 2018, Theorem 1; Tucker et al. 2019).
+EXPECTED = {
+    "iwae_theta": (0.4, 0.6),
+    "iwae_phi": (-0.6, -0.4),
+    "dreg_phi": (0.3, math.inf),
+}
+
+
+def _chunk(config, k: int, b: int, d: int) -> int:
+  return max(1, int(config.chunk_elements) // (k * b * d))
+
+
+def _summary(s: diagnostics.GroupSNR) -> dict:
+  return {"mean_snr": float(s.mean_snr), "median_snr": float(s.median_snr),
+          "norm_snr": float(s.norm_snr), "mean_abs_mean": float(s.mean_abs_mean),
+          "mean_std": float(s.mean_std), "total_variance": float(s.total_variance)}
+
+
+def snr_versus_k(config, problem: toy.Problem, key) -> dict:
+  """SNR of ``theta`` and ``phi`` against ``K`` for each estimator of ``config.toy.estimators``.
+
+  All estimators at one ``K`` are measured in one compiled pass (:func:`diagnostics.joint_loss`)
+  on common random numbers.
+  """
+  tc = config.toy
+  x = problem.data[:tc.batch_size]
+  b, d = x.shape
+  names = list(tc.estimators)
+  if tc.phi_signal not in ("dreg", "self"):
+    raise ValueError(f"toy.phi_signal must be 'dreg' or 'self', got {tc.phi_signal!r}")
+  if tc.phi_signal == "dreg" and "iwae" in names and "dreg" not in names:
+    names.append("dreg")
+  curves = {n: {"theta": [], "phi": []} for n in names}
+  iwae_direct, examples = [], {n: {"mu_0": [], "b_0": []} for n in names}
+  ks = [int(k) for k in tc.num_samples]
+  n_draws = int(tc.num_draws)
+  for i, k in enumerate(ks):
+    losses = {}
+    for name in names:
+      if name == "elbo_m":  # the VAE with M = K samples averaged: MIWAE(K, 1)
+        losses[name] = toy.make_loss("miwae", x, k, num_groups=k)
+      else:
+        losses[name] = toy.make_loss(name, x, k)
+    joint = diagnostics.joint_loss(losses, common_random_numbers=True)
+    moments = diagnostics.gradient_moments(
+        joint, {n: problem.params for n in names}, jax.random.fold_in(key, i), n_draws,
+        chunk_size=_chunk(config, k * len(names), b, d))
+    for name in names:
+      own = moments.select(name)
+      r = diagnostics.snr_from_moments(own)
+      phi = r.groups["phi"]
+      if name == "iwae":
+        iwae_direct.append(_summary(phi))
+        if tc.phi_signal == "dreg":
+          phi = diagnostics.snr_from_moments(own, signal=moments.select("dreg").mean).groups["phi"]
+      curves[name]["theta"].append(_summary(r.groups["theta"]))
+      curves[name]["phi"].append(_summary(phi))
+      examples[name]["mu_0"].append(float(r.snr["theta"]["mu"][0]))
+      examples[name]["b_0"].append(float(r.snr["phi"]["b"][0]))
+  slopes = {}
+  for name, c in curves.items():
+    for group in ("theta", "phi"):
+      slopes[f"{name}_{group}"] = diagnostics.fit_power_law(
+          ks, [row["mean_snr"] for row in c[group]])[0]
+  if iwae_direct:
+    slopes["iwae_phi_direct"] = diagnostics.fit_power_law(
+        ks, [row["mean_snr"] for row in iwae_direct])[0]
+  return {"num_samples": ks, "curves": curves, "iwae_phi_direct": iwae_direct,
+          "single_parameter_snr": examples, "slopes": slopes,
+          "noise_floor": 1.0 / math.sqrt(n_draws)}
+
+
+def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
+  """Variance of score-function estimators against reparametrization at equal ``K``.
+
+  For each ``K`` and objective (ELBO averaged over ``K`` samples, IWAE), REINFORCE without a
+  baseline, with a running-mean baseline (fitted by pure updates on pilot learning signals) and,
+  for IWAE, VIMCO, each against the reparametrization gradient of the same bound: the ratio of the
+  total ``phi`` variances, and the largest ``|z|`` of the difference of means (unbiasedness).
+  """
+  rc = config.reinforce
+  x = problem.data[:config.toy.batch_size]
+  b, d = x.shape
+  objectives_ = tuple(rc.objectives)
+  rows = []
+  for i, k in enumerate(int(k) for k in rc.num_samples):
+    k_pilot, k_cmp = jax.random.split(jax.random.fold_in(key, i))
+
+    @jax.jit
+    def pilot(keys, k=k):
+      def step(states, kk):
+        terms = estimators.sample_terms(kk, toy.MODEL, problem.params, x, k)
+        return tuple(estimators.running_mean_update(
+            st, estimators.learning_signal(terms.log_w, objective=o), float(rc.baseline_decay))
+                     for st, o in zip(states, objectives_)), None
+      init = tuple(estimators.running_mean_init() for _ in objectives_)
+      return jax.lax.scan(step, init, keys)[0]
+
+    states = pilot(jax.random.split(k_pilot, int(rc.baseline_pilot_steps)))
+    baselines = {o: st.mean for o, st in zip(objectives_, states)}
+    losses = {}
+    for o in objectives_:
+      losses[f"{o}:reparam"] = toy.make_loss(o, x, k)
+      losses[f"{o}:reinforce"] = toy.make_loss("reinforce", x, k, objective=o)
+      losses[f"{o}:reinforce_running_mean"] = toy.make_loss("reinforce", x, k, objective=o,
+                                                            baseline=baselines[o])
+      if o == "iwae" and k >= 2:
+        losses[f"{o}:vimco"] = toy.make_loss("vimco", x, k)
+    joint = diagnostics.joint_loss(losses, common_random_numbers=False)
+    moments = diagnostics.gradient_moments(
+        joint, {n: problem.params for n in losses}, k_cmp, int(rc.num_draws),
+        chunk_size=_chunk(config, k * len(losses), b, d))
+    for name in losses:
+      o, est = name.split(":")
+      if est == "reparam":
+        continue
+      r = diagnostics.gradient_bias_variance(moments.select(name),
+                                             moments.select(f"{o}:reparam"), problem.params,
+                                             k_cmp, int(rc.num_draws))
+      phi = r.groups["phi"]
+      rows.append({
+          "num_samples": k, "objective": o, "estimator": est,
+          "baseline": float(baselines[o]) if est == "reinforce_running_mean" else None,
+          "phi_total_variance": float(phi.total_variance),
+          "reparam_phi_total_variance": float(phi.reference_total_variance),
+          "variance_ratio": float(phi.variance_ratio),
+          "phi_max_abs_z": float(phi.max_abs_z),
+          "theta_max_abs_z": float(r.groups["theta"].max_abs_z),
+      })
+  return {"rows": rows, "num_draws": int(rc.num_draws)}
+
+
+def _checks(slopes: dict) -> dict:
+  out = {}
+  for name, (lo, hi) in EXPECTED.items():
+    if name in slopes:
+      v = slopes[name]
+      out[name] = {"slope": v, "expected": [lo, None if math.isinf(hi) else hi],
+                   "ok": bool(lo <= v <= hi)}
+  return out
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+_LABELS = {"iwae": "IWAE", "dreg": "DReG", "stl": "STL", "elbo_m": "VAE (M = K samples)"}
+_COLORS = {"iwae": "C0", "dreg": "C2", "stl": "C1", "elbo_m": "C3"}
+
+
+def plot_snr(path: str, snr: dict, phi_signal: str) -> str:
+  """Log-log SNR against K for theta and phi, with fitted slopes in the legend."""
+  plt = _plt()
+  ks = np.asarray(snr["num_samples"], np.float64)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for ax, group in zip(axes, ("theta", "phi")):
+    for name, c in snr["curves"].items():
+      if group == "theta" and name in ("dreg", "stl"):
+        continue  # identical theta gradient to IWAE by construction
+      vals = np.asarray([row["mean_snr"] for row in c[group]])
+      if not len(vals):
+        continue
+      slope, icpt = diagnostics.fit_power_law(ks, vals)
+      ax.loglog(ks, vals, "o-", color=_COLORS.get(name), label=f"{_LABELS.get(name, name)} "
+                f"(slope {slope:+.2f})")
+      ax.loglog(ks, np.exp(icpt) * ks ** slope, ":", color=_COLORS.get(name), alpha=0.6)
+    if group == "phi" and snr["iwae_phi_direct"]:
+      direct = [row["mean_snr"] for row in snr["iwae_phi_direct"]]
+      ax.loglog(ks, direct, "x", color="C0", alpha=0.7,
+                label=f"IWAE, direct |mean|/std (slope {snr['slopes']['iwae_phi_direct']:+.2f})")
+      ax.axhline(snr["noise_floor"], color="gray", ls="--", lw=1,
+                 label=r"noise floor $1/\sqrt{N}$")
+    ax.set_xlabel("K (importance samples)")
+    ax.set_ylabel("mean per-parameter SNR")
+    ax.set_title({"theta": r"generative network $\theta = \mu$",
+                  "phi": r"inference network $\phi = (A, b)$"}[group])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  fig.suptitle("Gradient SNR on the Gaussian toy model (Rainforth et al. 2018)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_reinforce(path: str, rf: dict) -> str:
+  """Total phi-gradient variance against K: score-function estimators vs reparametrization."""
+  plt = _plt()
+  rows = rf["rows"]
+  objectives = sorted({r["objective"] for r in rows})
+  fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 4.2),
+                           squeeze=False)
+  for ax, obj in zip(axes[0], objectives):
+    sub = [r for r in rows if r["objective"] == obj]
+    ks = sorted({r["num_samples"] for r in sub})
+    ref = [next(r["reparam_phi_total_variance"] for r in sub if r["num_samples"] == k)
+           for k in ks]
+    ax.loglog(ks, ref, "o-", color="k", label="reparametrization")
+    for j, name in enumerate(sorted({r["estimator"] for r in sub})):
+      pts = [(r["num_samples"], r["phi_total_variance"]) for r in sub if r["estimator"] == name]
+      ax.loglog(*zip(*pts), "s--", color=f"C{j}", label=name)
+    ax.set_xlabel("K (samples per gradient)")
+    ax.set_ylabel(r"total variance of the $\phi$ gradient")
+    ax.set_title(f"{obj.upper()}: equal sample budget")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the study of ``config`` and writes JSON results and PNG figures into ``workdir``.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` (see ``configs/toy.py``).
+    workdir: output directory (created).
+
+  Returns:
+    The results dictionary written to ``results.json``.
+  """
+  if config.study != "toy":
+    raise NotImplementedError(
+        f"study {config.study!r}: only 'toy' is implemented; the MNIST studies compose "
+        "dgmjax.estimators with the MNIST VAE (see experiments/gradient_snr/README.md)")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  tc = config.toy
+  key = jax.random.key(int(config.seed))
+  k_problem, k_snr, k_rf = jax.random.split(key, 3)
+  problem = toy.make_problem(k_problem, int(tc.dim), int(tc.num_data), float(tc.perturbation))
+  timings = {}
+  t0 = time.perf_counter()
+  snr = snr_versus_k(config, problem, k_snr)
+  timings["snr_versus_k_s"] = time.perf_counter() - t0
+  results = {"study": "toy", "model": "Rainforth et al. (2018) Gaussian, D=%d" % int(tc.dim),
+             "num_draws": int(tc.num_draws), "batch_size": int(tc.batch_size),
+             "phi_signal": tc.phi_signal, "snr": snr, "slopes": snr["slopes"],
+             "checks": _checks(snr["slopes"])}
+  if config.reinforce.enabled:
+    t0 = time.perf_counter()
+    results["reinforce_vs_reparam"] = reinforce_versus_reparam(config, problem, k_rf)
+    timings["reinforce_vs_reparam_s"] = time.perf_counter() - t0
+  results["timings"] = timings
+  results["figures"] = [os.path.basename(plot_snr(os.path.join(workdir, "snr_vs_k.png"), snr,
+                                                  tc.phi_signal))]
+  if "reinforce_vs_reparam" in results:
+    results["figures"].append(os.path.basename(plot_reinforce(
+        os.path.join(workdir, "reinforce_vs_reparam.png"), results["reinforce_vs_reparam"])))
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def format_results(results: dict) -> str:
+  """A short text summary: slopes and checks."""
+  lines = ["fitted slopes of log SNR in log K:"]
+  for name, v in results["slopes"].items():
+    check = results["checks"].get(name)
+    tag = "" if check is None else ("  [ok]" if check["ok"] else "  [OUT OF RANGE]")
+    lines.append(f"  {name:18s} {v:+.3f}{tag}")
+  for row in results.get("reinforce_vs_reparam", {}).get("rows", []):
+    lines.append(f"  K={row['num_samples']:<5d} {row['objective']:4s} {row['estimator']:24s} "
+                 f"phi variance x{row['variance_ratio']:.3g} of reparam "
+                 f"(max |z| {row['phi_max_abs_z']:.2f})")
+  return "\n".join(lines)

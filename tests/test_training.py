@@ -1,0 +1,244 @@
+"""Tests of dgmjax.training: Burda's schedule and Adam variant, the jitted step, NaN guard,
+checkpoint/resume equality, and data checks."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dgmjax import objectives, training
+from dgmjax.models import vae
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_burda_schedule_passes_and_rates():
+  spe = 10
+  sched = training.burda_schedule(spe)
+  starts = np.cumsum([0] + [3**i for i in range(8)])[:-1] * spe
+  for i, s in enumerate(starts):
+    want = 1e-3 * 10 ** (-i / 7)
+    np.testing.assert_allclose(float(sched(s)), want, rtol=1e-6)
+    np.testing.assert_allclose(float(sched(s + 3**i * spe - 1)), want, rtol=1e-6)
+  assert sum(training.burda_epochs()) == 3280
+  assert training.burda_num_steps(spe) == 3280 * spe
+  np.testing.assert_allclose(float(sched(3280 * spe + 5)), 1e-4, rtol=1e-6)
+
+
+def test_burda_schedule_reference_rounding_and_short_budgets():
+  np.testing.assert_allclose(training.burda_learning_rates(reference_rounding=True),
+                             [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4],
+                             rtol=1e-9)
+  # Three passes: Burda's first 13 epochs.
+  s3 = training.burda_schedule(5, 3)
+  assert [float(s3(i)) for i in (0, 4, 5, 19, 20, 64)] == pytest.approx(
+      [1e-3, 1e-3, 1e-3 * 10**(-1 / 7), 1e-3 * 10**(-1 / 7), 1e-3 * 10**(-2 / 7),
+       1e-3 * 10**(-2 / 7)], rel=1e-6)
+  assert training.burda_num_steps(5, 3) == 65
+  # num_epochs scales the passes: 26 epochs = every pass twice as long.
+  s = training.burda_schedule(5, 3, num_epochs=26)
+  assert float(s(9)) == pytest.approx(1e-3, rel=1e-6)
+  assert float(s(10)) == pytest.approx(1e-3 * 10**(-1 / 7), rel=1e-6)
+  assert float(s(40)) == pytest.approx(1e-3 * 10**(-2 / 7), rel=1e-6)
+  assert training.burda_num_steps(5, 3, num_epochs=26) == 130
+  with pytest.raises(ValueError):
+    training.burda_schedule(0)
+
+
+# ----------------------------------------------------------------------------- burda_adam
+
+
+def _reference_adam_ascent(theta, grad_bound, lrs, b1=0.99, b2=0.999, eps=1e-4):
+  """yburda/iwae optimizers.Adam on a bound, with Theano's simultaneous updates, in numpy."""
+  m, v, t = np.zeros_like(theta), np.ones_like(theta), 1.0
+  out = []
+  for lr in lrs:
+    g = grad_bound(theta)
+    alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    new_theta = theta + alpha * m / (np.sqrt(v) + eps)  # reads m, v, t before this update
+    m, v, t = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2, t + 1
+    theta = new_theta
+    out.append(theta.copy())
+  return out
+
+
+def test_burda_adam_matches_reference_implementation(x64):
+  c = np.array([1.0, -2.0, 0.5])
+  grad_bound = lambda th: -(th - c) * np.array([1.0, 3.0, 10.0])  # bound = -sum a (th-c)^2 / 2
+  lrs = [1e-1] * 3 + [5e-2] * 4
+  want = _reference_adam_ascent(np.zeros(3), grad_bound, lrs)
+  sched = optax.piecewise_constant_schedule(1e-1, {3: 0.5})
+  opt = training.burda_adam(sched)
+  theta = jnp.zeros(3)
+  state = opt.init(theta)
+  for i in range(len(lrs)):
+    g_loss = -grad_bound(np.asarray(theta))  # optax minimises the negative bound
+    upd, state = opt.update(jnp.asarray(g_loss), state, theta)
+    theta = optax.apply_updates(theta, upd)
+    np.testing.assert_allclose(theta, want[i], rtol=1e-12, atol=1e-14)
+  np.testing.assert_array_equal(want[0], 0.0)  # the first step does not move (m starts at 0)
+
+
+def test_make_optimizer():
+  assert isinstance(training.make_optimizer("adam", 1e-3), optax.GradientTransformation)
+  assert isinstance(training.make_optimizer("burda_adam", 1e-3), optax.GradientTransformation)
+  with pytest.raises(ValueError, match="optimizer"):
+    training.make_optimizer("sgd", 1e-3)
+
+
+# ----------------------------------------------------------------------------- loss and step
+
+
+def _tiny():
+  return vae.VAE((4, 4, 1), (2,), ((8,),))
+
+
+def _grey(n, seed=0):
+  return np.random.default_rng(seed).uniform(size=(n, 4, 4, 1)).astype(np.float32)
+
+
+def test_make_loss_is_the_negative_bound():
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  x = (_grey(3) > 0.5).astype(np.float32)
+  with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
+    key = jax.random.key(1)
+    lw = model.log_weights(params, x, key, 5)
+    for name, reduce in (("vae", objectives.elbo), ("iwae", objectives.iwae_bound)):
+      loss, aux = training.make_loss(model, name, 5)(params, x, key)
+      np.testing.assert_allclose(loss, -jnp.mean(reduce(lw)), rtol=1e-6)
+      np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
+  with pytest.raises(ValueError, match="objective"):
+    training.make_loss(model, "wake-sleep", 5)
+
+
+def test_train_step_is_traced_once():
+  model = _tiny()
+  traces = []
+  base = training.make_loss(model, "iwae", 3)
+
+  def loss(params, x, key):
+    traces.append(1)  # Python side effect: runs once per trace
+    return base(params, x, key)
+
+  opt = optax.adam(1e-3)
+  step = training.make_train_step(loss, opt, seed=0, dynamic_binarization=True)
+  state = training.init_state(model.init(jax.random.key(0)), opt)
+  for i in range(5):
+    state, metrics = step(state, _grey(4, seed=i))
+  assert len(traces) == 1
+  assert int(state.step) == 5 and bool(metrics["finite"])
+
+
+def test_nonfinite_steps_are_skipped_and_counted():
+  # loss = sum sqrt(w^2 + s) with s = mean(x): value 0 but gradient 0/0 = NaN when w = 0 and
+  # s = 0; finite otherwise. A batch of NaN gives a NaN loss.
+  def loss(params, x, key):
+    del key
+    value = jnp.sum(jnp.sqrt(jnp.square(params["w"]) + jnp.mean(x)))
+    return value, {"bound": -value, "elbo": -value}
+
+  opt = optax.sgd(0.1)
+  step = training.make_train_step(loss, opt, seed=0)
+  state = training.init_state({"w": jnp.zeros(3)}, opt)
+  zeros, ones, nans = (np.full((2, 2), v, np.float32) for v in (0.0, 1.0, np.nan))
+  state, m = step(state, zeros)  # finite loss, NaN gradient
+  assert not bool(m["finite"]) and np.isfinite(float(m["loss"]))
+  assert int(state.nonfinite_in_a_row) == 1 and int(state.nonfinite_total) == 1
+  np.testing.assert_array_equal(state.params["w"], 0.0)
+  state, m = step(state, nans)  # NaN loss
+  assert int(state.nonfinite_in_a_row) == 2
+  state = state.replace(params={"w": jnp.ones(3)})
+  state, m = step(state, ones)  # finite: applied, the run of failures resets
+  assert bool(m["finite"]) and int(state.nonfinite_in_a_row) == 0
+  assert int(state.nonfinite_total) == 2 and int(state.step) == 3
+  assert np.all(np.asarray(state.params["w"]) < 1.0)
+
+
+def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
+  model = _tiny()
+  opt = optax.adam(1e-3)
+  images = np.full((16, 4, 4, 1), np.nan, np.float32)
+  with pytest.raises(training.NonFiniteError, match="3 consecutive"):
+    training.fit(training.make_loss(model, "vae", 1), model.init(jax.random.key(0)), images,
+                 optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
+                 max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
+  events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert events[-1]["event"] == "stopped" and events[-1]["step"] == 3
+  assert sum(e.get("event") == "nonfinite_skipped" for e in events) == 3
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _fit(workdir, **kw):
+  model = _tiny()
+  images = _grey(64)
+  sched = training.burda_schedule(8, 3)
+  opt = training.make_optimizer("adam", sched)
+  return training.fit(
+      training.make_loss(model, "iwae", 3), model.init(jax.random.key(0)), images,
+      optimizer=opt, num_steps=20, batch_size=8, seed=3, workdir=str(workdir),
+      dynamic_binarization=True, shuffle=True, checkpoint_every=4, log_every=2,
+      learning_rate_fn=sched, **kw)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+  full, summary = _fit(tmp_path / "a")
+  assert summary["resumed_from"] is None
+  _, killed = _fit(tmp_path / "b", stop_after=10)  # "killed" at step 10: last checkpoint is 8
+  assert killed["stopped_at"] == 10
+  resumed, summary = _fit(tmp_path / "b", resume=True)
+  assert summary["resumed_from"] == 8
+  assert int(resumed.step) == int(full.step) == 20
+  for a, b in zip(jax.tree.leaves((full.params, full.opt_state)),
+                  jax.tree.leaves((resumed.params, resumed.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  lines = lambda d: open(d / "metrics.jsonl").read().splitlines()
+  assert lines(tmp_path / "a") == lines(tmp_path / "b")
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints"))[-1] == "20"
+
+
+def test_fit_validates_intervals(tmp_path):
+  with pytest.raises(ValueError, match="multiple of"):
+    training.fit(
+        None, None, _grey(8), optimizer=optax.adam(1e-3), num_steps=4, batch_size=2, seed=0,
+        workdir=str(tmp_path), checkpoint_every=3, log_every=2)
+  with pytest.raises(ValueError, match="larger than the training set"):
+    training.fit(None, None, _grey(8), optimizer=optax.adam(1e-3), num_steps=4, batch_size=9,
+                 seed=0, workdir=str(tmp_path))
+
+
+def test_epoch_order_is_a_seeded_permutation():
+  a = training.epoch_order(10, 3, 0, shuffle=True)
+  np.testing.assert_array_equal(a, training.epoch_order(10, 3, 0, shuffle=True))
+  assert sorted(a) == list(range(10)) and not np.array_equal(
+      a, training.epoch_order(10, 4, 0, shuffle=True))
+  np.testing.assert_array_equal(training.epoch_order(5, 1, 0, shuffle=False), np.arange(5))
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+def test_check_images_accepts_unit_interval_and_scales_uint8():
+  out = training.check_images(np.full((2, 4, 4, 1), 255, np.uint8), image_shape=(4, 4, 1))
+  assert out.dtype == np.float32 and np.all(out == 1.0)
+  training.check_images(_grey(3), image_shape=(4, 4, 1))
+  training.check_images(_grey(3).reshape(3, 16), image_shape=(4, 4, 1))
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((0, 4, 4, 1), np.float32), "empty"),
+    (np.full((2, 4, 4, 1), 2.0, np.float32), r"\[0, 1\].*\[2, 2\]"),
+    (np.full((2, 4, 4, 1), -0.5, np.float32), "Bernoulli"),
+    (np.zeros((2, 5, 5, 1), np.float32), "expects images of shape"),
+    (np.full((2, 4, 4, 1), np.nan, np.float32), "non-finite"),
+])
+def test_check_images_rejects_bad_data(images, match):
+  with pytest.raises(ValueError, match=match):
+    training.check_images(images, name="mnist/train image", image_shape=(4, 4, 1))
