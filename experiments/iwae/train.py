@@ -5,6 +5,8 @@ Writes into ``workdir``:
   ``metrics.jsonl``        training metrics (and validation bounds at checkpoints);
   ``checkpoints/``         orbax checkpoints (``--resume`` continues from the latest);
   ``results.json``         test ELBO, IWAE bounds, the k=5000 NLL, active units, timings;
+  ``test_log_likelihoods.npy``  the per-image k=5000 estimates (runs share the test binarization
+                           for a given seed, so two runs can be compared image by image);
   ``samples.png``, ``reconstructions.png``, ``training_curve.png``.
 
 References:
@@ -214,6 +216,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
+  np.save(os.path.join(workdir, "test_log_likelihoods.npy"), ll)  # per image, for paired tests
   with open(os.path.join(workdir, "active_unit_variances.json"), "w") as f:
     json.dump(au["variances"], f)
   return results

@@ -1,0 +1,131 @@
+"""End-to-end tests of experiments/iwae: train_and_evaluate, data checks, resume, configs, table."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dgmjax import data
+from experiments.iwae import table, train
+from experiments.iwae.configs import mnist, quick, quickstart
+
+
+def _tiny_config():
+  c = quick.get_config()
+  c.model = "custom"
+  c.latent_dims = (3,)
+  c.hidden_dims = ((16,),)
+  c.objective = "iwae"
+  c.num_samples = 3
+  c.batch_size = 50
+  c.num_passes = 2
+  c.num_epochs = 2.0
+  c.log_every_steps = 5
+  c.checkpoint_every_epochs = 1.0
+  c.progress = False
+  c.eval.num_samples = 40
+  c.eval.sample_chunk = 15
+  c.eval.batch_size = 8
+  c.eval.num_examples = 12
+  c.eval.bound_ks = (5,)
+  return c
+
+
+_TIMING = ("train_seconds", "eval_seconds", "total_seconds", "resumed_from")
+
+
+def test_train_and_evaluate_smoke(tmp_path):
+  res = train.train_and_evaluate(_tiny_config(), str(tmp_path))
+  steps_per_epoch = len(data.load("digits", "train")["image"]) // 50
+  assert res["dataset"] == "digits" and res["steps"] == 2 * steps_per_epoch
+  assert res["test_elbo"] < res["test_iwae_5"] < 0
+  assert res["test_nll"] == pytest.approx(-res["test_log_likelihood_40"])
+  assert len(res["active_units"]) == 1 and 0 <= res["active_units"][0] <= 3
+  for f in ("results.json", "config.json", "metrics.jsonl", "samples.png",
+            "reconstructions.png", "training_curve.png"):
+    assert os.path.isfile(tmp_path / f), f
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["test_nll"] == res["test_nll"]
+  assert "test NLL" in train.format_results(res)
+
+
+def test_resume_after_kill_gives_the_same_results(tmp_path):
+  full = train.train_and_evaluate(_tiny_config(), str(tmp_path / "a"))
+  steps_per_epoch = len(data.load("digits", "train")["image"]) // 50
+  checkpoint = -(-steps_per_epoch // 5) * 5  # one epoch, rounded up to a multiple of log_every
+  c = _tiny_config()
+  c.stop_after_steps = checkpoint + 3  # killed a few steps after the first checkpoint
+  assert train.train_and_evaluate(c, str(tmp_path / "b")) == {"stopped_at": checkpoint + 3}
+  resumed = train.train_and_evaluate(_tiny_config(), str(tmp_path / "b"), resume=True)
+  assert resumed["resumed_from"] == checkpoint
+  strip = lambda r: {k: v for k, v in r.items() if k not in _TIMING}
+  assert strip(resumed) == strip(full)
+  read = lambda d: open(d / "metrics.jsonl").read()
+  assert read(tmp_path / "a") == read(tmp_path / "b")
+
+
+def _patch_data(monkeypatch, images_by_split):
+  def fake_load(name, split, *, data_dir=None):
+    return {"image": images_by_split[split], "label": np.zeros(len(images_by_split[split]))}
+  monkeypatch.setattr(train.data, "load", fake_load)
+
+
+@pytest.mark.parametrize("bad_split, images, match", [
+    ("train", np.full((10, 8, 8, 1), 1.5, np.float32), r"digits/train image values must lie in \[0, 1\]"),
+    ("test", -np.ones((10, 8, 8, 1), np.float32), r"digits/test image.*\[-1, -1\]"),
+    ("test", np.zeros((10, 9, 9, 1), np.float32), "expects images of shape"),
+    ("train", np.zeros((0, 8, 8, 1), np.float32), "train image split is empty"),
+    ("test", np.zeros((0, 8, 8, 1), np.float32), "test image split is empty"),
+])
+def test_bad_data_raises_before_training(tmp_path, monkeypatch, bad_split, images, match):
+  good = np.full((60, 8, 8, 1), 0.5, np.float32)
+  splits = {"train": good, "validation": good, "test": good, bad_split: images}
+  _patch_data(monkeypatch, splits)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(_tiny_config(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+  assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_configured_image_shape_must_match_the_data(tmp_path):
+  c = _tiny_config()
+  c.image_shape = (28, 28, 1)
+  with pytest.raises(ValueError, match=r"model expects images of shape \(28, 28, 1\)"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_configs():
+  qs = quickstart.get_config()
+  assert qs.dataset == "digits" and qs.eval.num_samples == 5000
+  for obj in ("vae", "iwae"):
+    for k in (1, 5, 50):
+      for layers in (1, 2):
+        c = mnist.get_config(f"{obj}-k{k}-l{layers}-full")
+        assert (c.objective, c.num_samples, c.dataset) == (obj, k, "mnist")
+        assert c.model == f"burda{layers}" and c.num_passes == 8 and not c.num_epochs
+        assert c.batch_size == 20 and c.optimizer == "adam" and c.eval.num_samples == 5000
+  s = mnist.get_config("iwae-k50-l1-short")
+  assert s.num_passes == 3 and not s.num_epochs  # Burda's first 13 epochs
+  assert mnist.get_config("vae-k1-l2-e5").num_epochs == 5.0
+  ref = mnist.get_config("iwae-k5-l1-full-ref")
+  assert ref.optimizer == "burda_adam" and ref.reference_rounding
+  with pytest.raises(ValueError, match="config string"):
+    mnist.get_config("iwae-50-l1")
+
+
+def test_table_prints_ours_beside_burda(tmp_path, capsys):
+  for name, obj, k, nll in (("a", "vae", 1, 100.5), ("b", "iwae", 50, 97.25)):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "results.json", "w") as f:
+      json.dump({"dataset": "mnist", "num_layers": 1, "objective": obj, "k": k, "epochs": 5.0,
+                 "test_nll": nll, "test_nll_stderr": 0.8, "eval_num_samples": 5000,
+                 "test_examples": 1000, "active_units": [30]}, f)
+  assert table.main([str(tmp_path / "*")]) == 0
+  out = capsys.readouterr().out
+  assert "100.50" in out and "86.76" in out and "97.25" in out and "84.78" in out
+  assert out.index("VAE") < out.index("IWAE")
+  assert table.main(["--markdown", str(tmp_path / "*")]) == 0
+  assert capsys.readouterr().out.startswith("| layers")
+  assert table.BURDA_TABLE1[(2, "iwae", 50)] == (82.90, (26, 7))
