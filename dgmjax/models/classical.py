@@ -21,7 +21,7 @@ On top of those oracles sit the variational code paths that every deep model use
 * the linear VAE (:func:`linear_vae_init`, :func:`fit_linear_vae`): a linear encoder and a PPCA
   decoder trained on :func:`dgmjax.objectives.elbo`, whose optimum is the PPCA maximum-likelihood
   solution and whose latent dimensions collapse where the data eigenvalues fall below ``s^2``
-  (Lucas et al. 2019).
+  (Lucas et al. 2019); its inference gaps are exact (:func:`linear_vae_exact_gaps`).
 
 Conventions: data are ``[N, D]`` (one example per row); log-likelihoods returned by the EM loops are
 averages per example; keys are typed (``jax.random.key``) and come first. Checks on concrete inputs
@@ -71,7 +71,7 @@ __all__ = [
     "EMResult",
     # variational EM and gaps
     "gaussian_log_weights", "fit_local_gaussians", "VEMResult", "variational_em",
-    "AmortizationGaps", "amortization_gaps",
+    "AmortizationGaps", "amortization_gaps", "linear_vae_exact_gaps",
     # linear VAE
     "LinearVAEParams", "linear_vae_init", "linear_vae_encode", "linear_vae_log_joint",
     "linear_vae_log_weights",
@@ -92,10 +92,14 @@ def _check_data(name: str, x, *, ndim: int | None = 2) -> None:
     arr = np.asarray(x)
     finite = np.isfinite(arr)
     if not finite.all():
-      rows = np.argwhere(~finite.reshape(-1, arr.shape[-1]).all(axis=-1))[:, 0] if arr.ndim > 1 \
-          else np.argwhere(~finite)[:, 0]
-      raise ValueError(f"{name} has non-finite entries (NaN or inf) in {len(rows)} data point(s), "
-                       f"the first at flat index {int(rows[0])}")
+      if arr.ndim == 1:
+        where = f"at entry {int(np.argwhere(~finite)[0, 0])}"
+      else:
+        rows = np.argwhere(~finite.reshape(-1, arr.shape[-1]).all(axis=-1))[:, 0]
+        where = (f"in {len(rows)} data point(s), the first {name}[{int(rows[0])}]" if arr.ndim == 2
+                 else f"in {len(rows)} data point(s) (rows of the [-1, D] view), the first at "
+                      f"row {int(rows[0])}")
+      raise ValueError(f"{name} has non-finite entries (NaN or inf) {where}")
 
 
 def _check_scale_tril(name: str, scale_tril) -> None:
@@ -1039,6 +1043,45 @@ def amortization_gaps(key: Array, log_joint: LogJoint, encoder: Encoder, params,
                           log_px - elbo_a)
 
 
+@jax.jit
+def linear_vae_exact_gaps(params: "LinearVAEParams", x: Array) -> AmortizationGaps:
+  """The inference gaps of a linear VAE in closed form (no sampling, no optimisation).
+
+  The decoder's posterior is Gaussian, ``p(z|x) = N(m(x), M^{-1})`` with ``M = I + W^T W / s^2``,
+  so every term of :class:`AmortizationGaps` is exact: the best diagonal Gaussian ``q*`` in
+  ``KL(q || p(z|x))`` has mean ``m(x)`` and precisions ``diag(M)`` (for every ``x``), and the
+  ELBO of the encoder's ``q = N(mu, diag sigma^2)`` is ``log p(x) - KL(q || p(z|x))``. This is
+  the oracle for :func:`amortization_gaps` applied to a linear VAE.
+
+  .. math:: \\text{approx.} = \\tfrac12\\big(\\textstyle\\sum_j \\log M_{jj} - \\log|M|\\big), \\quad \\text{inference} = \\tfrac12\\big(\\mathrm{tr}(M \\Sigma_q) + (\\mu - m)^T M (\\mu - m) - D_z - \\log|M| - \\log|\\Sigma_q|\\big)
+
+  Args:
+    params: :class:`LinearVAEParams`.
+    x: data ``[B, D_x]``.
+
+  Returns:
+    :class:`AmortizationGaps` of per-example values ``[B]``.
+
+  References:
+    Cremer, Li & Duvenaud, ICML 2018; Lucas, Tucker, Grosse & Norouzi, NeurIPS 2019.
+  """
+  dec = params.decoder
+  d_z = dec.w.shape[1]
+  m = jnp.eye(d_z, dtype=dec.w.dtype) + jnp.exp(-2.0 * dec.log_scale) * dec.w.T @ dec.w
+  chol = jnp.linalg.cholesky(m)
+  log_det_m = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+  loc_post, _ = linear_gaussian.posterior(dec, x)
+  loc, log_scale = linear_vae_encode(params, x)
+  diff = loc - loc_post
+  kl_enc = 0.5 * (jnp.sum(jnp.diagonal(m)[None, :] * jnp.exp(2.0 * log_scale), axis=-1)
+                  + jnp.einsum("bi,ij,bj->b", diff, m, diff) - d_z - log_det_m
+                  - 2.0 * jnp.sum(log_scale, axis=-1))
+  approx = 0.5 * (jnp.sum(jnp.log(jnp.diagonal(m))) - log_det_m)
+  approx = jnp.broadcast_to(approx, kl_enc.shape)
+  log_px = linear_gaussian.log_marginal(dec, x)
+  return AmortizationGaps(log_px, log_px - kl_enc, log_px - approx, approx, kl_enc - approx, kl_enc)
+
+
 # ----------------------------------------------------------------------------- linear VAE
 
 
@@ -1166,29 +1209,35 @@ def fit_linear_vae(key: Array, x: Array, z_dim: int, *, num_steps: int = 2000,
   """
   _check_data("x", x)
   x = jnp.asarray(x)
-  n, d = x.shape
-  k_init, k_train = jax.random.split(key)
   if noise_variance is not None:
     _checks.check_positive("noise_variance", noise_variance)
+  k_init, k_train = jax.random.split(key)
+  # One compiled program serves both cases: the noise variance is a traced value, "free" if <= 0.
+  noise = jnp.asarray(-1.0 if noise_variance is None else noise_variance, x.dtype)
   if params is None:
-    mean = jnp.mean(x, axis=0)
-    s2 = (jnp.mean(jnp.var(x, axis=0)) if noise_variance is None
-          else jnp.asarray(noise_variance, x.dtype))
-    params = linear_vae_init(k_init, d, z_dim, mean=mean, dtype=x.dtype)
-    params = params._replace(decoder=params.decoder._replace(log_scale=0.5 * jnp.log(s2)))
-  # One compiled program serves both cases: the fixed noise is a traced value selected by a flag.
-  fix_noise = jnp.asarray(noise_variance is not None)
-  fixed_log_scale = (params.decoder.log_scale if noise_variance is None
-                     else 0.5 * jnp.log(jnp.asarray(noise_variance, x.dtype)))
-  return _fit_linear_vae(params, x, k_train, fix_noise, fixed_log_scale,
-                         jnp.asarray(learning_rate, x.dtype), num_steps=num_steps,
-                         num_samples=num_samples, batch_size=batch_size)
+    params = _linear_vae_start(k_init, x, noise, z_dim=z_dim)
+  return _fit_linear_vae(params, x, k_train, noise, jnp.asarray(learning_rate, x.dtype),
+                         num_steps=num_steps, num_samples=num_samples, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("z_dim",))
+def _linear_vae_start(key, x, noise_variance, z_dim):
+  """:func:`linear_vae_init` centred at the data mean, with ``s^2`` the fixed noise variance (if
+  ``> 0``) or the mean data variance; jitted as one program."""
+  mean = jnp.mean(x, axis=0)
+  s2 = jnp.where(noise_variance > 0, noise_variance, jnp.mean(jnp.var(x, axis=0)))
+  params = linear_vae_init(key, x.shape[1], z_dim, mean=mean, dtype=x.dtype)
+  return params._replace(decoder=params.decoder._replace(log_scale=0.5 * jnp.log(s2)))
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps", "num_samples", "batch_size"))
-def _fit_linear_vae(params, x, key, fix_noise, fixed_log_scale, learning_rate, *, num_steps,
-                    num_samples, batch_size):
+def _fit_linear_vae(params, x, key, noise_variance, learning_rate, *, num_steps, num_samples,
+                    batch_size):
   n = x.shape[0]
+  fix_noise = noise_variance > 0
+  # The where inside the log keeps the unused branch finite (log of a negative number is NaN).
+  fixed_log_scale = jnp.where(fix_noise, 0.5 * jnp.log(jnp.where(fix_noise, noise_variance, 1.0)),
+                              params.decoder.log_scale)
   schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
   opt = optax.adam(schedule)
 

@@ -4,7 +4,9 @@
 2. PPCA (closed form and EM) against a linear VAE trained on the ELBO, on the 8x8 digits, and the
    collapse of the linear VAE's latent dimensions at fixed noise variances.
 3. Amortization gaps (Cremer et al. 2018) of the linear VAE and of a small Bernoulli VAE / IWAE
-   trained on binarized digits (NOT the MNIST table of the paper: see README of the study).
+   trained here on binarized digits.
+4. The same gaps for the MNIST VAE / IWAE runs of experiments/iwae, restored from their
+   checkpoints under ``gaps.runs_root`` (missing or unfinished runs are skipped and listed).
 """
 
 import ml_collections
@@ -13,6 +15,10 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # JAX's non-partitionable threefry PRNG: random numbers of the same quality (a different
+  # stream), and XLA compiles random-drawing programs about 5x faster on CPU. The partitionable
+  # default matters only for sharded arrays; set True to reproduce JAX-default streams.
+  c.threefry_partitionable = False
 
   # ------------------------------------------------------------ 1. GMM EM on 2-D data
   c.gmm = ml_collections.ConfigDict()
@@ -57,4 +63,10 @@ def get_config():
   c.gaps.vae_batch_size = 100
   c.gaps.vae_learning_rate = 1e-3
   c.gaps.iwae_k = 5
+  # Trained experiments/iwae runs (workdirs <runs_root>/<name>, as in the README's commands).
+  c.gaps.runs_root = "runs"
+  c.gaps.runs = ("vae-k1-l1-short", "iwae-k5-l1-short", "iwae-k50-l1-short")
+  c.gaps.runs_num_examples = 200        # the first test images, in the runs' fixed binarization
+  c.gaps.runs_batch_size = 100          # images per call of amortization_gaps (memory)
+  c.gaps.convergence_check_steps = 3000  # refit q* of the first run's first batch (0: off)
   return c
