@@ -32,7 +32,6 @@ from dgmjax.flows.base import Bijector, Chain, Invert, check_finite
 from dgmjax.flows.coupling import AffineCoupling, alternating_mask, half_mask, real_nvp
 from dgmjax.flows.distribution import Flow
 from dgmjax.flows.linear import InvertibleConv1x1, LULinear, LUParams, QRLinear, QRParams
-from dgmjax.flows.modules import FlowModule
 from dgmjax.flows.permutation import Permute, Reverse, random_permutation
 
 __all__ = [
@@ -42,3 +41,11 @@ __all__ = [
     "inverse_autoregressive_flow", "masked_autoregressive_flow", "normalize_order",
     "random_order", "random_permutation", "real_nvp",
 ]
+
+
+def __getattr__(name):
+  # The Flax wrapper is imported on first use, so the pure core does not import Flax.
+  if name == "FlowModule":
+    from dgmjax.flows.modules import FlowModule  # pylint: disable=import-outside-toplevel
+    return FlowModule
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,6 +115,7 @@ class _AffineAutoregressive(base.Bijector):
 
   def _solve_affine(self, params, target, context):
     """Finds ``y`` with ``y = target * exp(alpha(y)) + mu(y)`` by ``D`` sequential passes."""
+    target = target.astype(base.compute_dtype(params, target))  # a loop-invariant carry dtype
     def body(_, carry):
       y, _ = carry
       shift, log_scale = self.conditioner(params, y, context)
@@ -124,6 +125,7 @@ class _AffineAutoregressive(base.Bijector):
 
   def _solve_unaffine(self, params, target, context):
     """Finds ``y`` with ``y = (target - mu(y)) * exp(-alpha(y))`` by ``D`` sequential passes."""
+    target = target.astype(base.compute_dtype(params, target))  # a loop-invariant carry dtype
     def body(_, carry):
       y, _ = carry
       shift, log_scale = self.conditioner(params, y, context)

@@ -66,6 +66,12 @@ def as_tuple_of_ints(name: str, value) -> tuple[int, ...]:
   return tuple(int(v) for v in arr)
 
 
+def compute_dtype(params, x: Array):
+  """The promoted dtype of ``x`` and the floating leaves of ``params`` (mixed precision)."""
+  leaves = [l for l in jax.tree_util.tree_leaves(params) if jnp.issubdtype(l.dtype, jnp.floating)]
+  return jnp.result_type(x.dtype, *(l.dtype for l in leaves))
+
+
 def zeros_log_det(x: Array, event_ndims: int) -> Array:
   """A zero log-determinant with the batch shape of ``x`` (volume-preserving maps)."""
   return jnp.zeros(x.shape[:x.ndim - event_ndims], x.dtype)
@@ -176,10 +182,12 @@ class Bijector:
       context: ``[..., context_size]`` (conditional bijectors only), broadcast to the batch.
 
     Returns:
-      ``x`` shaped like ``u`` and the log-determinant ``[...]``.
+      ``x`` shaped like ``u`` and the log-determinant ``[...]``, both of ``u``'s dtype (the
+      computation runs in the promoted dtype of ``u`` and the params).
     """
     u, context = self._prepare("u", u, context)
-    return self._forward(params, u, context)
+    x, log_det = self._forward(params, u, context)
+    return x.astype(u.dtype), log_det.astype(u.dtype)
 
   def inverse_and_log_det(self, params: Params, x: Array,
                           context: Optional[Array] = None) -> tuple[Array, Array]:
@@ -191,10 +199,11 @@ class Bijector:
       context: ``[..., context_size]`` (conditional bijectors only), broadcast to the batch.
 
     Returns:
-      ``u`` shaped like ``x`` and the log-determinant ``[...]``.
+      ``u`` shaped like ``x`` and the log-determinant ``[...]``, both of ``x``'s dtype.
     """
     x, context = self._prepare("x", x, context)
-    return self._inverse(params, x, context)
+    u, log_det = self._inverse(params, x, context)
+    return u.astype(x.dtype), log_det.astype(x.dtype)
 
   def forward(self, params: Params, u: Array, context: Optional[Array] = None) -> Array:
     """``f(u)`` (see :meth:`forward_and_log_det`)."""

@@ -113,17 +113,20 @@ class AffineCoupling(base.Bijector):
 def real_nvp(event_size: int, num_layers: int, hidden_sizes: Sequence[int] = (64, 64), *,
              context_size: int = 0, activation: str = "relu",
              log_scale_clamp: Optional[float] = None, masks=None,
-             actnorm: bool = False) -> base.Chain:
+             actnorm: bool = False, permute_seed: Optional[int] = None) -> base.Chain:
   """A :class:`~dgmjax.flows.Chain` of affine couplings with alternating masks.
 
   Layer ``l`` keeps the dimensions of parity ``l % 2`` (:func:`alternating_mask`), so consecutive
   layers transform complementary halves. With ``actnorm=True`` an :class:`~dgmjax.flows.ActNorm`
-  precedes every coupling (on its data side).
+  follows every coupling (on its data side). With ``permute_seed`` a fixed random
+  :class:`~dgmjax.flows.Permute` (drawn with NumPy seed ``permute_seed + l``) follows coupling
+  ``l`` for every layer but the last, mixing which dimensions later couplings condition on.
 
   References:
     Dinh, Sohl-Dickstein & Bengio, Density Estimation using Real NVP, ICLR 2017.
   """
-  from dgmjax.flows.actnorm import ActNorm  # local import: actnorm does not depend on coupling
+  from dgmjax.flows.actnorm import ActNorm  # local imports: neither depends on coupling
+  from dgmjax.flows.permutation import random_permutation
   if num_layers < 1:
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
   if masks is None:
@@ -131,10 +134,12 @@ def real_nvp(event_size: int, num_layers: int, hidden_sizes: Sequence[int] = (64
   if len(masks) != num_layers:
     raise ValueError(f"masks must have num_layers={num_layers} entries, got {len(masks)}")
   layers = []
-  for m in masks:
+  for l, m in enumerate(masks):
     layers.append(AffineCoupling(event_size, tuple(m), tuple(hidden_sizes),
                                  context_size=context_size, activation=activation,
                                  log_scale_clamp=log_scale_clamp))
     if actnorm:
       layers.append(ActNorm((event_size,)))
+    if permute_seed is not None and l < num_layers - 1:
+      layers.append(random_permutation(event_size, permute_seed + l))
   return base.Chain(tuple(layers))

@@ -117,10 +117,13 @@ class LULinear(base.Bijector):
     """
     dtype = base._float_dtype(dtype)
     d = self.event_size
-    _, l, u = jax.scipy.linalg.lu(_random_rotation(key, d, dtype))
+    # Decomposed in at least float32 (LAPACK has no bfloat16 / float16 LU), then cast.
+    work = jnp.promote_types(dtype, jnp.float32)
+    _, l, u = jax.scipy.linalg.lu(_random_rotation(key, d, work))
     diag = jnp.diagonal(u)
     u = u * jnp.reshape(jnp.sign(diag), (1, d))
-    return LUParams(lower=l, upper=u, log_diag=jnp.log(jnp.abs(diag)),
+    return LUParams(lower=l.astype(dtype), upper=u.astype(dtype),
+                    log_diag=jnp.log(jnp.abs(diag)).astype(dtype),
                     bias=jnp.zeros((d,), dtype) if self.use_bias else None,
                     perm=tuple(range(d)), sign=(1.0,) * d)
 

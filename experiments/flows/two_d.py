@@ -16,6 +16,7 @@ scatter plots) and ``losses.png`` to the workdir.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 from absl import logging
 
-from dgmjax import distributions
 from dgmjax import flows
 from experiments.flows import targets as targets_lib
 
@@ -57,67 +58,115 @@ def num_params(params) -> int:
   return int(sum(np.size(l) for l in jax.tree_util.tree_leaves(params)))
 
 
+@functools.lru_cache(maxsize=None)
+def make_optimizer(learning_rate: float, num_steps: int, grad_clip: float):
+  """Adam with a cosine schedule and global-norm clipping (cached, so jitted steps are reused)."""
+  schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+  return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_chunk(flow: flows.Flow, opt, params, opt_state, data):
+  """``data.shape[0]`` Adam steps on batches ``data`` ``[steps, B, 2]`` (one scan)."""
+  def step(carry, x):
+    params, opt_state = carry
+    loss, grads = jax.value_and_grad(lambda p: -jnp.mean(flow.log_prob(p, x)))(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+  (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), data)
+  return params, opt_state, jnp.mean(losses)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sample_batches(target: targets_lib.Target, key, steps: int, batch: int):
+  """Fresh training batches ``[steps, batch, 2]`` from the target."""
+  return jax.vmap(lambda k: target.sample(k, batch))(jax.random.split(key, steps))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(flow: flows.Flow, key):
+  return flow.init(key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_prob(flow: flows.Flow, params, x):
+  return flow.log_prob(params, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _sample(flow: flows.Flow, key, params, num_samples: int):
+  return flow.sample(key, params, num_samples)
+
+
 def train_flow(key: jax.Array, flow: flows.Flow, target: targets_lib.Target, config, *,
                learning_rate: float, num_steps: int):
   """Maximum likelihood on fresh target samples with Adam and a cosine schedule.
 
-  Training runs as ``lax.scan`` chunks of ``config.log_every`` steps, compiled once.
+  Training runs as ``lax.scan`` chunks of ``config.log_every`` steps; the chunk is compiled once
+  per flow (and reused across targets), the target sampler once per target.
 
   Returns:
     ``(params, losses)`` with the mean loss of each chunk.
   """
   init_key, key = jax.random.split(key)
-  params = flow.init(init_key)
-  schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
-  opt = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+  params = _init(flow, init_key)
+  opt = make_optimizer(float(learning_rate), int(num_steps), float(config.grad_clip))
   opt_state = opt.init(params)
   chunk = min(config.log_every, num_steps)
   num_chunks = max(1, num_steps // chunk)
-
-  def loss_fn(p, x):
-    return -jnp.mean(flow.log_prob(p, x))
-
-  @jax.jit
-  def run_chunk(params, opt_state, key):
-    def step(carry, step_key):
-      params, opt_state = carry
-      x = target.sample(step_key, config.batch_size)
-      loss, grads = jax.value_and_grad(loss_fn)(params, x)
-      updates, opt_state = opt.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
-                                               jax.random.split(key, chunk))
-    return params, opt_state, jnp.mean(losses)
-
   losses = []
   for chunk_key in jax.random.split(key, num_chunks):
-    params, opt_state, loss = run_chunk(params, opt_state, chunk_key)
+    data = _sample_batches(target, chunk_key, chunk, config.batch_size)
+    params, opt_state, loss = _train_chunk(flow, opt, params, opt_state, data)
     losses.append(float(loss))
   return params, losses
 
 
-def evaluate(key: jax.Array, flow: flows.Flow, params, target: targets_lib.Target,
-             num_samples: int) -> dict[str, float]:
-  """NLL and KL(target || flow) by Monte Carlo on ``num_samples`` target draws."""
-  x = target.sample(key, num_samples)
-  log_q = jax.jit(flow.log_prob)(params, x)
-  log_p = jax.jit(target.log_prob)(x)
-  diff = np.asarray(log_p - log_q, np.float64)
+def chunked(fn, x, chunk: int) -> np.ndarray:
+  """``fn(x)`` on fixed-size chunks of rows (zero-padded), so ``fn`` compiles once per shape."""
+  x = np.asarray(x)
+  n = x.shape[0]
+  xp = np.concatenate([x, np.zeros(((-n) % chunk,) + x.shape[1:], x.dtype)], axis=0)
+  out = [np.asarray(fn(xp[i:i + chunk])) for i in range(0, xp.shape[0], chunk)]
+  return np.concatenate(out, axis=0)[:n]
+
+
+def evaluate(flow: flows.Flow, params, x: jax.Array, log_p: np.ndarray,
+             chunk: int) -> dict[str, float]:
+  """NLL and KL(target || flow) by Monte Carlo on target draws ``x`` with log-densities ``log_p``."""
+  log_q = chunked(functools.partial(_log_prob, flow, params), x, chunk).astype(np.float64)
+  diff = log_p - log_q
   return {
-      "nll": float(-np.mean(np.asarray(log_q, np.float64))),
+      "nll": float(-np.mean(log_q)),
       "kl": float(np.mean(diff)),
-      "kl_stderr": float(np.std(diff) / math.sqrt(num_samples)),
-      "target_entropy": float(-np.mean(np.asarray(log_p, np.float64))),
+      "kl_stderr": float(np.std(diff) / math.sqrt(x.shape[0])),
+      "target_entropy": float(-np.mean(log_p)),
   }
 
 
-def gaussian_kl(key: jax.Array, target: targets_lib.Target, num_samples: int) -> float:
-  """KL from the target to the Gaussian with the target's mean and covariance (the best Gaussian)."""
-  x = target.sample(key, num_samples)
-  mean = jnp.mean(x, axis=0)
-  cov = jnp.cov(x.T)
-  log_g = distributions.mvn_log_prob(x, mean, jnp.linalg.cholesky(cov))
-  return float(jnp.mean(target.log_prob(x) - log_g))
+@functools.lru_cache(maxsize=None)
+def target_log_prob(target: targets_lib.Target):
+  """The target's log-density, jitted once per target."""
+  return jax.jit(target.log_prob)
+
+
+@functools.lru_cache(maxsize=None)
+def target_sampler(target: targets_lib.Target):
+  """``sample(key, n)`` of the target, jitted once per target and (static) ``n``."""
+  return jax.jit(target.sample, static_argnums=1)
+
+
+def gaussian_kl(key: jax.Array, target: targets_lib.Target, x: np.ndarray, log_p: np.ndarray,
+                num_samples: int) -> float:
+  """KL from the target to the Gaussian with the target's mean and covariance (the best Gaussian).
+
+  The moments are estimated on ``num_samples`` fresh draws; the KL is the Monte Carlo average over
+  the evaluation draws ``x`` (log-densities ``log_p``) shared with the flows (float64, SciPy).
+  """
+  x_fit = np.asarray(target_sampler(target)(key, num_samples), np.float64)
+  log_g = scipy.stats.multivariate_normal(np.mean(x_fit, 0), np.cov(x_fit.T)).logpdf(
+      np.asarray(x, np.float64))
+  return float(np.mean(log_p - log_g))
 
 
 # ----------------------------------------------------------------------------- plots
@@ -152,14 +201,14 @@ def plot_results(workdir: str, config, fitted: dict, results: dict) -> None:
     for j, col in enumerate(cols):
       key, k_sample = jax.random.split(key)
       if col == "target":
-        dens = np.exp(np.asarray(jax.jit(target.log_prob)(grid)))
-        samples = np.asarray(target.sample(k_sample, config.plot_num_samples))
+        dens = np.exp(chunked(target_log_prob(target), grid, config.eval_chunk))
+        samples = np.asarray(target_sampler(target)(k_sample, config.plot_num_samples))
         title = f"{tname}\n(target)"
       else:
         flow, params = fitted[(tname, col)]
-        dens = np.exp(np.asarray(jax.jit(flow.log_prob)(params, grid)))
-        samples = np.asarray(jax.jit(flow.sample, static_argnums=2)(
-            k_sample, params, config.plot_num_samples))
+        dens = np.exp(chunked(functools.partial(_log_prob, flow, params), grid,
+                              config.eval_chunk))
+        samples = np.asarray(_sample(flow, k_sample, params, config.plot_num_samples))
         r = results[tname][col]
         title = f"{col}\nKL={r['kl']:.3f}  NLL={r['nll']:.3f}"
       ax = axes_d[i, j]
@@ -219,20 +268,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   fitted = {}
   for tname in config.targets:
     target = targets_lib.get_target(tname)
-    key, k_gauss = jax.random.split(key)
-    g_kl = gaussian_kl(k_gauss, target, config.num_eval_samples)
+    key, k_gauss, k_eval = jax.random.split(key, 3)
+    # The same held-out target draws evaluate every model and the best Gaussian.
+    x_eval = target_sampler(target)(k_eval, config.num_eval_samples)
+    log_p = chunked(target_log_prob(target), x_eval, config.eval_chunk).astype(np.float64)
+    g_kl = gaussian_kl(k_gauss, target, x_eval, log_p, config.num_eval_samples)
     results[tname] = {}
     for mname in config.models:
       flow = make_flow(mname, config)
       linear = mname in ("lu", "qr")
       lr = config.linear_learning_rate if linear else config.learning_rate
       steps = config.linear_num_steps if linear else config.num_steps
-      key, k_train, k_eval = jax.random.split(key, 3)
+      key, k_train = jax.random.split(key)
       t0 = time.time()
       params, losses = train_flow(k_train, flow, target, config, learning_rate=lr,
                                   num_steps=steps)
       train_time = time.time() - t0
-      metrics = evaluate(k_eval, flow, params, target, config.num_eval_samples)
+      metrics = evaluate(flow, params, x_eval, log_p, config.eval_chunk)
       metrics.update(
           gaussian_kl=g_kl, losses=losses, log_every=min(config.log_every, steps),
           num_steps=steps, learning_rate=lr, num_params=num_params(params),

@@ -16,6 +16,7 @@ def get_config():
   c.grad_clip = 10.0
   c.log_every = 500
   c.num_eval_samples = 50_000
+  c.eval_chunk = 10_000  # rows per compiled log-density call
 
   c.real_nvp = ml_collections.ConfigDict(
       dict(num_layers=8, hidden_sizes=(64, 64), activation="relu", log_scale_clamp=3.0))
