@@ -78,7 +78,9 @@ class PixelCNN(nn.Module):
     num_classes: 1 for binary pixels (Bernoulli logits); ``C`` for categorical pixels (e.g. VQ
       codes), giving ``C`` logits per pixel.
 
-  Call: ``(x [B, H, W, 1], cond [B, D] or None) -> logits [B, H, W, num_classes]``. For categorical
+  Call: ``(x [B, H, W, 1], cond [B, D], [B, H, W, D] or None) -> logits [B, H, W, num_classes]``
+  (a spatial ``cond`` enters every pixel's gates through a 1x1 map, e.g. VQ-VAE-2's top codes
+  for the bottom prior; it must not depend on ``x``). For categorical
   pixels pass indices as floats scaled to [0, 1] or use ``embed_classes``.
   """
   num_layers: int = 2
@@ -106,8 +108,8 @@ class PixelCNN(nn.Module):
 def _gate(h: Array, cond: Array | None, features: int, name: str) -> Array:
   """``tanh(a + V_a c) * sigmoid(b + V_b c)``: the gated activation with a conditioning bias."""
   if cond is not None:
-    c = nn.Dense(2 * features, name=name)(cond)
-    h = h + jnp.broadcast_to(c[:, None, None, :], h.shape)
+    c = nn.Dense(2 * features, name=name)(cond)  # a vector [B, D] or a map [B, H, W, D]
+    h = h + jnp.broadcast_to(c[:, None, None, :] if c.ndim == 2 else c, h.shape)
   a, b = jnp.split(h, 2, axis=-1)
   return jnp.tanh(a) * jax.nn.sigmoid(b)
 

@@ -148,34 +148,125 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- objectives
 
 
+#: Objectives that only need the log-weights ``[K, B]`` (the reparametrization estimator of a bound).
+BOUND_OBJECTIVES = ("vae", "iwae", "miwae", "ciwae")
+#: Objectives whose gradient is a surrogate of :mod:`dgmjax.estimators` (they need the separate
+#: gradient views of the log-weights, see :func:`vae_estimator_terms`).
+ESTIMATOR_OBJECTIVES = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
+                        "vimco")
+
+
+def _is_encoder_path(path) -> bool:
+  """A VAE parameter of ``q`` (an ``encoders_<l>`` submodule) rather than of ``p``."""
+  return any(str(getattr(p, "key", getattr(p, "name", ""))).startswith("encoders")
+             for p in path)
+
+
+def vae_estimator_terms(model, params, x: Array, key: Array, num_samples: int):
+  """The gradient views of a VAE's log-weights that the surrogate estimators need, ``[K, B]`` each.
+
+  ``theta`` (the generative networks ``priors_*`` and ``decoder``) and ``phi`` (the inference
+  networks ``encoders_*``) are disjoint in a :class:`dgmjax.models.vae.VAE`, so each view is one
+  evaluation of the model's own log-weights with one of the two groups behind ``stop_gradient``:
+  with ``phi`` stopped the samples ``h = mu_phi(x) + sigma_phi(x) eps`` are constants and only the
+  direct ``theta`` dependence of ``log p`` is live; with ``theta`` stopped and ``q``'s density
+  evaluated with stopped parameters (``stop_q``) only the path through ``h`` is live. Both passes
+  draw the same samples (a clone of ``key``), so every view has the value ``log w_k``.
+
+  Args:
+    model: a :class:`dgmjax.models.vae.VAE` (anything with ``log_weight_terms(params, x, key, K,
+      stop_q=True)`` returning ``log_px_given_z``, ``log_prior``, ``log_q``, ``log_q_stop``, and
+      parameters of ``q`` under ``encoders*`` keys).
+    params: model parameters.
+    x: ``[B, ...]`` data.
+    key: PRNG key (split into one key per sample, as ``model.log_weights``).
+    num_samples: ``K`` (static).
+
+  Returns:
+    :class:`dgmjax.estimators.LogWeightTerms`.
+  """
+  from dgmjax import estimators
+
+  sg = jax.lax.stop_gradient
+  theta_live = jax.tree_util.tree_map_with_path(
+      lambda p, a: sg(a) if _is_encoder_path(p) else a, params)
+  phi_live = jax.tree_util.tree_map_with_path(
+      lambda p, a: a if _is_encoder_path(p) else sg(a), params)
+  a = model.log_weight_terms(theta_live, x, key, num_samples)
+  # Same samples: the clone of the key is an intentional reuse (legal under key-reuse checking).
+  b = model.log_weight_terms(phi_live, x, jax.random.clone(key), num_samples, stop_q=True)
+  log_w_theta = a.log_px_given_z + a.log_prior - a.log_q        # theta direct only
+  log_p_b = b.log_px_given_z + b.log_prior                      # phi through h only
+  log_w_path = log_p_b - b.log_q_stop                           # path only
+  log_q_score = (b.log_q - b.log_q_stop) + sg(b.log_q_stop)     # direct phi (score) only
+  log_w_phi = log_p_b - b.log_q                                 # every phi path
+  log_w = log_w_theta + estimators.zero_with_grad(log_w_phi)    # every path
+  return estimators.LogWeightTerms(log_w, log_w_theta, log_w_path, log_q_score)
+
+
 def make_loss(model, objective: str, num_samples: int, **kwargs) -> LossFn:
   """The negative bound averaged over the batch, as a function ``(params, x, key)``.
 
+  The bound objectives differentiate the bound itself (reparametrization). The estimator
+  objectives are surrogates from :mod:`dgmjax.estimators`: the loss has the value of the negative
+  bound and ``jax.grad`` of it is the estimator.
+
   Args:
-    model: anything with ``log_weights(params, x, key, num_samples) -> [K, B]``.
+    model: anything with ``log_weights(params, x, key, num_samples) -> [K, B]``; the estimator
+      objectives need a :class:`dgmjax.models.vae.VAE` (see :func:`vae_estimator_terms`).
     objective: ``'vae'`` (the K-sample ELBO average), ``'iwae'``, ``'miwae'`` (``num_groups``),
-      ``'ciwae'`` (``beta``).
-    num_samples: ``K`` (``M * K`` for MIWAE).
+      ``'ciwae'`` (``beta``), or an estimator: ``'dreg'`` (DReG for the encoder, IWAE for the
+      decoder; with ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'``
+      (``num_groups``: IWAE(M K) for the decoder, MIWAE(M, K) for the encoder), ``'stl'``,
+      ``'rws'``, ``'rws_dreg'``, ``'reinforce'``, ``'vimco'``.
+    num_samples: ``K`` (``M * K`` for MIWAE, PIWAE).
+    **kwargs: ``num_groups`` (``M``), ``beta``.
 
   Returns:
-    ``loss(params, x, key) -> (loss, metrics)``.
+    ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose
+    negative the loss equals (IWAE(M K) for PIWAE, MIWAE(M, K) for DReG with groups).
   """
-  reducers = {
-      "vae": objectives.elbo,
-      "iwae": objectives.iwae_bound,
-      "miwae": lambda lw: objectives.miwae_bound(lw, kwargs["num_groups"]),
-      "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs["beta"]),
-  }
-  if objective not in reducers:
-    raise ValueError(f"objective must be one of {sorted(reducers)}, got {objective!r}")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  reduce = reducers[objective]
+  from dgmjax import estimators
+
+  if objective not in BOUND_OBJECTIVES + ESTIMATOR_OBJECTIVES:
+    raise ValueError(f"objective must be one of {sorted(BOUND_OBJECTIVES + ESTIMATOR_OBJECTIVES)}, "
+                     f"got {objective!r}")
+  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  num_groups = kwargs.get("num_groups")
+  beta = kwargs.get("beta")
+  if objective in ("miwae", "piwae", "piwae_dreg") and num_groups is None:
+    raise ValueError(f"objective {objective!r} needs num_groups (M)")
+  if num_groups is not None and (not isinstance(num_groups, (int, np.integer)) or num_groups < 1
+                                 or num_samples % num_groups):
+    raise ValueError(f"num_groups must be a positive int dividing num_samples={num_samples}, got "
+                     f"{num_groups!r}")
+  if objective == "ciwae" and beta is None:
+    raise ValueError("objective 'ciwae' needs beta")
+  if objective == "vimco" and num_samples < 2:
+    raise ValueError(f"objective 'vimco' needs num_samples >= 2, got {num_samples}")
+  num_groups = int(num_groups) if num_groups is not None else 1
+
+  if objective in BOUND_OBJECTIVES:
+    reduce = {
+        "vae": objectives.elbo,
+        "iwae": objectives.iwae_bound,
+        "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
+        "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
+    }[objective]
+
+    def loss(params, x, key):
+      lw = model.log_weights(params, x, key, num_samples)
+      bound = jnp.mean(reduce(lw))
+      return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
+
+    return loss
 
   def loss(params, x, key):
-    lw = model.log_weights(params, x, key, num_samples)
-    bound = jnp.mean(reduce(lw))
-    return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
+    terms = vae_estimator_terms(model, params, x, key, num_samples)
+    value = jnp.mean(estimators.surrogate(objective, terms, num_groups=num_groups))
+    lw = jax.lax.stop_gradient(terms.log_w)
+    return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
 
   return loss
 
@@ -212,22 +303,37 @@ def step_key(seed: int, step) -> Array:
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, seed: int,
-                    dynamic_binarization: bool = False):
+                    dynamic_binarization: bool = False, pass_step: bool = False,
+                    post_update: Callable | None = None):
   """A jitted ``step(state, images) -> (state, metrics)``.
 
   A step whose loss or any gradient is not finite leaves ``params`` and ``opt_state`` unchanged
   and increments the non-finite counters; a finite step resets ``nonfinite_in_a_row``.
+  With ``pass_step=True`` the loss is called as ``loss_fn(params, x, key, step)`` (for schedules
+  inside the loss, e.g. a Gumbel-softmax temperature or a KL weight); the step is traced, so the
+  schedule does not retrace.
+  ``post_update(params, aux, key, step) -> params`` runs after the optimiser's update, for state that
+  is not trained by gradients (an EMA codebook, usage counts, dead-code restarts); the loss hands
+  it ``aux`` as ``metrics.pop('aux')``. Such leaves get zero gradients, hence zero Adam updates.
   """
 
   @jax.jit
   def train_step(state: TrainState, images: Array):
-    key_bin, key_loss = jax.random.split(step_key(seed, state.step))
+    if post_update is None:
+      key_bin, key_loss = jax.random.split(step_key(seed, state.step))
+    else:
+      key_bin, key_loss, key_post = jax.random.split(step_key(seed, state.step), 3)
     x = data.binarize(key_bin, images) if dynamic_binarization else images
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, key_loss)
+    extra = (state.step,) if pass_step else ()
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, x, key_loss, *extra)
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    aux = metrics.pop("aux", None)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    if post_update is not None:
+      new_params = post_update(new_params, aux, key_post, state.step)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     state = TrainState(
         step=state.step + 1,
@@ -441,12 +547,16 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
         rec = {"step": done, "epoch": done / steps_per_epoch,
                "nonfinite_total": int(state.nonfinite_total),
                "skipped_in_window": len(fetched) - len(finite)}
-        for k in ("loss", "bound", "elbo", "grad_norm"):
+        known = ("loss", "bound", "elbo", "grad_norm")
+        keys = [k for k in known if k in fetched[0]] + sorted(
+            k for k in fetched[0] if k not in known and k != "finite"
+            and np.ndim(fetched[0][k]) == 0)
+        for k in keys:  # window means of every scalar metric of the loss
           rec[k] = float(np.mean([m[k] for m in finite])) if finite else float("nan")
         if learning_rate_fn is not None:
           rec["lr"] = float(learning_rate_fn(done - 1))
         log.write(rec)
-        bar.set_postfix(bound=f"{rec['bound']:.2f}", refresh=False)
+        bar.set_postfix(loss=f"{rec['loss']:.2f}", refresh=False)
         window = []
       if eval_every and eval_fn is not None and done % eval_every == 0:
         log.write({"step": done, "epoch": done / steps_per_epoch,

@@ -117,6 +117,58 @@ def test_make_loss_is_the_negative_bound():
     training.make_loss(model, "wake-sleep", 5)
 
 
+@pytest.mark.parametrize("objective,kwargs", [
+    ("dreg", {}), ("piwae", {"num_groups": 2}), ("piwae_dreg", {"num_groups": 2}),
+    ("miwae", {"num_groups": 2}), ("ciwae", {"beta": 0.05}), ("stl", {}), ("rws", {}),
+    ("rws_dreg", {}), ("reinforce", {}), ("vimco", {})])
+def test_estimator_objectives_step_and_equal_the_negative_bound(objective, kwargs):
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  x = (_grey(3) > 0.5).astype(np.float32)
+  with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
+    key = jax.random.key(1)
+    lw = model.log_weights(params, x, key, 8)
+    loss_fn = training.make_loss(model, objective, 8, **kwargs)
+    loss, aux = loss_fn(params, x, key)
+  want = {"miwae": objectives.miwae_bound(lw, 2),
+          "ciwae": objectives.ciwae_bound(lw, 0.05)}.get(objective, objectives.iwae_bound(lw))
+  np.testing.assert_allclose(loss, -jnp.mean(want), rtol=1e-6)
+  np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
+  opt = optax.adam(1e-3)
+  step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True)
+  state, metrics = step(training.init_state(params, opt), _grey(4))
+  assert bool(metrics["finite"]) and int(state.step) == 1
+  assert np.isfinite(float(metrics["loss"]))
+
+
+def test_dreg_and_piwae_gradients_route_by_network():
+  """Same samples: DReG's decoder gradient is IWAE's; PIWAE's decoder gradient is IWAE(MK)'s and
+  its encoder gradient is MIWAE(M, K)'s (exact identities of the routing)."""
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  x = (_grey(3) > 0.5).astype(np.float32)
+
+  def grad(objective, **kw):
+    with jax.debug_key_reuse(False):
+      f = training.make_loss(model, objective, 8, **kw)
+      return jax.grad(lambda p: f(p, x, jax.random.key(1))[0])(params)["params"]
+
+  close = lambda a, b: jax.tree.all(jax.tree.map(
+      lambda u, v: bool(np.allclose(u, v, rtol=1e-5, atol=1e-6)), a, b))
+  g_iwae, g_dreg = grad("iwae"), grad("dreg")
+  g_miwae, g_piwae = grad("miwae", num_groups=2), grad("piwae", num_groups=2)
+  assert close(g_dreg["decoder"], g_iwae["decoder"])
+  assert not close(g_dreg["encoders_0"], g_iwae["encoders_0"])
+  assert close(g_piwae["decoder"], g_iwae["decoder"])
+  assert close(g_piwae["encoders_0"], g_miwae["encoders_0"])
+  with pytest.raises(ValueError, match="num_groups"):
+    training.make_loss(model, "piwae", 8)
+  with pytest.raises(ValueError, match="num_groups"):
+    training.make_loss(model, "miwae", 8, num_groups=3)
+  with pytest.raises(ValueError, match="beta"):
+    training.make_loss(model, "ciwae", 8)
+
+
 def test_train_step_is_traced_once():
   model = _tiny()
   traces = []
