@@ -226,6 +226,11 @@ class GroupSNR(NamedTuple):
     mean_std: mean over parameters of ``std[g]`` (the noise).
     total_variance: ``sum`` over parameters of ``Var[g]`` (trace of the covariance).
     num_params: number of scalar parameters.
+    rms_snr: ``sqrt(mean_i mean_i^2 / Var_i)``, the root-mean-square per-parameter SNR.
+    rms_snr_debiased: the same with ``mean_i^2`` replaced by ``mean_i^2 - Var_i / N``, which is
+      unbiased for ``E[g_i]^2`` when the signal is the sample mean of the ``N`` draws themselves
+      (clipped at 0; equal to ``rms_snr`` when no ``N`` is given). The plain estimate cannot fall
+      below the noise floor ``~1/sqrt(N)``; this one can, on average over the group.
   """
   mean_snr: Array
   median_snr: Array
@@ -234,6 +239,8 @@ class GroupSNR(NamedTuple):
   mean_std: Array
   total_variance: Array
   num_params: int
+  rms_snr: Array | None = None
+  rms_snr_debiased: Array | None = None
 
 
 class GradientSNR(NamedTuple):
@@ -256,20 +263,45 @@ class GradientSNR(NamedTuple):
   num_draws: int
 
 
-def snr_summary(mean: PyTree, variance: PyTree) -> tuple[PyTree, PyTree, GroupSNR]:
-  """Per-parameter std and SNR, and the :class:`GroupSNR` of the whole tree.
-
-  .. math:: \\mathrm{SNR}(\\theta_i) = \\frac{|\\mathbb{E}[g_i]|}{\\sqrt{\\mathrm{Var}[g_i]}}
-  """
+@jax.jit
+def _snr_stats(mean: PyTree, variance: PyTree, inv_n):
+  """Per-parameter std and SNR and the group statistics (one compiled call per tree structure)."""
   std = jax.tree.map(jnp.sqrt, variance)
   snr = jax.tree.map(_ratio, jax.tree.map(jnp.abs, mean), std)
   m, v, r, s = _flat(mean), _flat(variance), _flat(snr), _flat(std)
   total = jnp.sum(v)
-  summary = GroupSNR(
+  live = v > 0  # parameters with noise; a noiseless one has no finite SNR to average
+  n_live = jnp.maximum(jnp.sum(live), 1)
+  snr2 = jnp.where(live, jnp.square(m) / jnp.where(live, v, jnp.ones((), v.dtype)),
+                   jnp.zeros((), v.dtype))
+  # mean_i (m_i^2 - v_i / N) / v_i is unbiased for mean_i E[g_i]^2 / Var_i when m is the sample
+  # mean of the N draws (inv_n = 1/N; 0 gives the plain estimate). Clipped at 0, which only acts
+  # where the group's signal is unresolved even on average.
+  debiased = jnp.sum(jnp.where(live, snr2 - inv_n, jnp.zeros((), v.dtype))) / n_live
+  stats = dict(
       mean_snr=jnp.mean(r), median_snr=jnp.median(r),
       norm_snr=_ratio(jnp.sqrt(jnp.sum(jnp.square(m))), jnp.sqrt(total)),
       mean_abs_mean=jnp.mean(jnp.abs(m)), mean_std=jnp.mean(s), total_variance=total,
-      num_params=int(m.size))
+      rms_snr=jnp.sqrt(jnp.sum(snr2) / n_live),
+      rms_snr_debiased=jnp.sqrt(jnp.maximum(debiased, jnp.zeros((), v.dtype))))
+  return std, snr, stats
+
+
+def snr_summary(mean: PyTree, variance: PyTree,
+                num_draws: int | None = None) -> tuple[PyTree, PyTree, GroupSNR]:
+  """Per-parameter std and SNR, and the :class:`GroupSNR` of the whole tree.
+
+  .. math:: \\mathrm{SNR}(\\theta_i) = \\frac{|\\mathbb{E}[g_i]|}{\\sqrt{\\mathrm{Var}[g_i]}}
+
+  Args:
+    mean: the signal ``E[g]`` per parameter.
+    variance: ``Var[g]`` per parameter.
+    num_draws: ``N``, when ``mean`` is the sample mean of the same ``N`` draws: enables the
+      debiased ``rms_snr_debiased`` (``E[mean^2] = E[g]^2 + Var[g] / N``).
+  """
+  inv_n = 0.0 if num_draws is None else 1.0 / float(num_draws)
+  std, snr, stats = _snr_stats(mean, variance, inv_n)
+  summary = GroupSNR(**stats, num_params=int(sum(np.size(a) for a in jax.tree.leaves(mean))))
   return std, snr, summary
 
 
@@ -320,10 +352,11 @@ def snr_from_moments(moments: Moments, *, groups=None, signal: PyTree | None = N
     :class:`GradientSNR`.
   """
   mean = moments.mean if signal is None else signal
+  n = int(moments.num_draws) if signal is None else None
   std, snr, _ = snr_summary(mean, moments.variance)
   summaries = {}
   for name, select in _resolve_groups(mean, groups).items():
-    summaries[name] = snr_summary(select(mean), select(moments.variance))[2]
+    summaries[name] = snr_summary(select(mean), select(moments.variance), n)[2]
   return GradientSNR(mean, std, moments.variance, snr, summaries, int(moments.num_draws))
 
 
@@ -422,21 +455,31 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
     ref_mean = jax.tree.map(jnp.asarray, reference)
     ref_var = jax.tree.map(jnp.zeros_like, ref_mean)
     ref_se2 = ref_var
-  bias = jax.tree.map(jnp.subtract, mean, ref_mean)
-  se = jax.tree.map(lambda v, r: jnp.sqrt(v / num_draws + r), var, ref_se2)
-  z = jax.tree.map(_ratio, bias, se)  # 0/0 -> 0: both means exactly equal
-  mse = jax.tree.map(lambda b, v: jnp.square(b) + v, bias, var)
+  bias, se, z, mse = _bias_stats(mean, var, 1.0 / num_draws, ref_mean, ref_se2)
   summaries = {}
   for name, select in _resolve_groups(bias, groups).items():
-    b, zz = _flat(select(bias)), _flat(select(z))
-    rm, v, rv = _flat(select(ref_mean)), _flat(select(var)), _flat(select(ref_var))
-    bias_norm = jnp.sqrt(jnp.sum(jnp.square(b)))
-    summaries[name] = GroupBias(
-        max_abs_z=jnp.max(jnp.abs(zz)), mean_abs_z=jnp.mean(jnp.abs(zz)), bias_norm=bias_norm,
-        relative_bias=_ratio(bias_norm, jnp.sqrt(jnp.sum(jnp.square(rm)))),
-        total_variance=jnp.sum(v), reference_total_variance=jnp.sum(rv),
-        variance_ratio=_ratio(jnp.sum(v), jnp.sum(rv)))
+    summaries[name] = GroupBias(**_group_bias(select(bias), select(z), select(ref_mean),
+                                              select(var), select(ref_var)))
   return BiasVariance(bias, se, z, var, ref_var, mse, mean, ref_mean, summaries)
+
+
+@jax.jit
+def _bias_stats(mean, var, inv_n, ref_mean, ref_se2):
+  bias = jax.tree.map(jnp.subtract, mean, ref_mean)
+  se = jax.tree.map(lambda v, r: jnp.sqrt(v * inv_n + r), var, ref_se2)
+  z = jax.tree.map(_ratio, bias, se)  # 0/0 -> 0: both means exactly equal
+  mse = jax.tree.map(lambda b, v: jnp.square(b) + v, bias, var)
+  return bias, se, z, mse
+
+
+@jax.jit
+def _group_bias(bias, z, ref_mean, var, ref_var) -> dict:
+  b, zz, rm, v, rv = (_flat(t) for t in (bias, z, ref_mean, var, ref_var))
+  bias_norm = jnp.sqrt(jnp.sum(jnp.square(b)))
+  return dict(max_abs_z=jnp.max(jnp.abs(zz)), mean_abs_z=jnp.mean(jnp.abs(zz)),
+              bias_norm=bias_norm, relative_bias=_ratio(bias_norm, jnp.sqrt(jnp.sum(jnp.square(rm)))),
+              total_variance=jnp.sum(v), reference_total_variance=jnp.sum(rv),
+              variance_ratio=_ratio(jnp.sum(v), jnp.sum(rv)))
 
 
 # ----------------------------------------------------------------------------- power laws
@@ -461,3 +504,205 @@ def fit_power_law(x, y) -> tuple[float, float]:
     raise ValueError("fit_power_law needs at least two positive, finite points")
   slope, intercept = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
   return float(slope), float(intercept)
+
+
+# =============================================================================================
+# ELBO surgery and KL per latent dimension
+#
+# The average KL term of the ELBO splits into the mutual information between the data index and
+# the code, and the KL from the aggregated posterior to the prior (Hoffman & Johnson, 2016):
+#
+#   E_n KL(q(z|x_n) || p(z)) = I_q[n; z] + KL(q_agg(z) || p(z)),  q_agg(z) = (1/N) sum_n q(z|x_n).
+#
+# The functions below take a model exposing
+#   posterior_sample_and_log_prob(params, x, keys) -> (z [K, B, D], log q(z|x) [K, B]),
+#   posterior_log_prob_cross(params, z [S, D], x [N, ...]) -> log q(z_s | x_n) [S, N],
+#   prior_log_prob(params, z [..., D]) -> [...]
+# (e.g. dgmjax.models.vae.PriorVAE). log q_agg is streamed over the dataset in chunks.
+
+
+class SurgeryResult(NamedTuple):
+  """ELBO surgery over a dataset of ``N`` examples (nats; each with its standard error over
+  examples).
+
+  Attributes:
+    average_kl: ``E_n E_q(z|x_n)[log q(z|x_n) - log p(z)]``.
+    mutual_information: ``E_n E_q(z|x_n)[log q(z|x_n) - log q_agg(z)]`` (``<= log N``).
+    marginal_kl: ``E_n E_q(z|x_n)[log q_agg(z) - log p(z)]``, i.e. ``KL(q_agg || p)``.
+    average_kl_stderr, mutual_information_stderr, marginal_kl_stderr: standard errors.
+    num_examples: ``N``.
+    num_samples: draws of ``z`` per example.
+  """
+  average_kl: float
+  mutual_information: float
+  marginal_kl: float
+  average_kl_stderr: float
+  mutual_information_stderr: float
+  marginal_kl_stderr: float
+  num_examples: int
+  num_samples: int
+
+  @property
+  def log_num_examples(self) -> float:
+    """``log N``, the upper bound of the mutual information estimate."""
+    return float(np.log(self.num_examples))
+
+  def as_dict(self) -> dict:
+    return {**self._asdict(), "log_num_examples": self.log_num_examples}
+
+
+def _check_dataset(images, name: str = "images") -> np.ndarray:
+  arr = np.asarray(images)
+  if arr.ndim < 2 or arr.shape[0] < 1:
+    raise ValueError(f"{name} must be a non-empty batch [N, ...], got shape {arr.shape}")
+  if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains NaN or infinite values")
+  return arr.astype(np.float32) if arr.dtype != np.float32 else arr
+
+
+def _chunked(arr: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+  """``[N, ...]`` -> zero-padded ``[C, chunk, ...]`` and a validity mask ``[C, chunk]``."""
+  n = arr.shape[0]
+  c = -(-n // chunk)
+  pad = c * chunk - n
+  padded = np.concatenate([arr, np.zeros((pad,) + arr.shape[1:], arr.dtype)], 0)
+  mask = np.arange(c * chunk) < n
+  return padded.reshape((c, chunk) + arr.shape[1:]), mask.reshape(c, chunk)
+
+
+def _log_q_agg(model, params, z: Array, data_chunks: Array, data_mask: Array) -> Array:
+  """``log (1/N) sum_n q(z|x_n)`` for ``z`` ``[S, D]``: a running logsumexp over data chunks."""
+
+  def body(acc, chunk):
+    x, m = chunk
+    lq = model.posterior_log_prob_cross(params, z, x)                 # [S, chunk]
+    lq = jnp.where(m[None, :], lq, -jnp.inf)
+    return jnp.logaddexp(acc, jax.scipy.special.logsumexp(lq, axis=1)), None
+
+  init = jnp.full((z.shape[0],), -jnp.inf, z.dtype)
+  acc, _ = jax.lax.scan(body, init, (data_chunks, data_mask))
+  return acc - jnp.log(jnp.sum(data_mask).astype(z.dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _aggregate_posterior_log_prob_jit(model, params, z, data_chunks, data_mask):
+  return _log_q_agg(model, params, z, data_chunks, data_mask)
+
+
+def aggregate_posterior_log_prob(model, params, z, images, *, chunk_size: int = 500) -> np.ndarray:
+  """``log q_agg(z) = log (1/N) sum_n q(z | x_n)`` at points ``z`` ``[S, D]`` -> ``[S]``.
+
+  .. math:: \\log q_{agg}(z) = \\log \\frac{1}{N} \\sum_{n=1}^N q(z | x_n)
+
+  Args:
+    model: see the section comment (needs ``posterior_log_prob_cross``).
+    params: model parameters.
+    z: points ``[S, D]``.
+    images: the dataset ``[N, ...]``.
+    chunk_size: data points per chunk (memory ``O(S * chunk_size * D)``).
+  """
+  arr = _check_dataset(images)
+  z = jnp.asarray(z)
+  if z.ndim != 2:
+    raise ValueError(f"z must be [S, D], got shape {z.shape}")
+  if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+  chunks, mask = _chunked(arr, int(min(chunk_size, arr.shape[0])))
+  return np.asarray(_aggregate_posterior_log_prob_jit(model, params, z, chunks, mask))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _surgery_batch(model, params, x, keys, data_chunks, data_mask):
+  z, log_q = model.posterior_sample_and_log_prob(params, x, keys)     # [K, B, D], [K, B]
+  log_p = model.prior_log_prob(params, z)
+  k, b, d = z.shape
+  log_agg = _log_q_agg(model, params, z.reshape(k * b, d), data_chunks, data_mask).reshape(k, b)
+  # per example: mean over the K draws of each term
+  return (jnp.mean(log_q - log_p, 0), jnp.mean(log_q - log_agg, 0), jnp.mean(log_agg - log_p, 0))
+
+
+def elbo_surgery(model, params, images, key: Array, *, num_samples: int = 1,
+                 batch_size: int = 100, chunk_size: int = 500) -> SurgeryResult:
+  """Average KL, mutual information and marginal KL of a model's posterior over a dataset.
+
+  Each example ``x_n`` draws ``num_samples`` codes ``z ~ q(z|x_n)``; at each code the three
+  integrands share ``log q(z|x_n)``, ``log p(z)`` and ``log q_agg(z)`` (over all ``N`` examples,
+  streamed in chunks), so ``average_kl = mutual_information + marginal_kl`` holds per draw up to
+  float rounding, and each term is an unbiased-in-``z`` Monte Carlo estimate (``log q_agg`` is
+  exact for the dataset's empirical distribution).
+
+  .. math:: \\mathbb{E}_n KL(q(z|x_n) \\| p(z)) = I_q[n; z] + KL(q_{agg}(z) \\| p(z))
+
+  Args:
+    model: see the section comment (e.g. :class:`dgmjax.models.vae.PriorVAE`).
+    params: model parameters.
+    images: the dataset ``[N, ...]`` (binarized images for a Bernoulli model).
+    key: PRNG key.
+    num_samples: draws of ``z`` per example.
+    batch_size: examples per query batch (memory ``O(batch_size * num_samples * chunk_size)``).
+    chunk_size: data points per chunk of the ``log q_agg`` sum.
+
+  Returns:
+    :class:`SurgeryResult`.
+
+  References:
+    Hoffman & Johnson, ELBO surgery: yet another way to carve up the variational evidence lower
+    bound, NIPS 2016 Workshop on Advances in Approximate Bayesian Inference.
+  """
+  arr = _check_dataset(images)
+  for name, v in (("num_samples", num_samples), ("batch_size", batch_size),
+                  ("chunk_size", chunk_size)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name} must be a positive int, got {v!r}")
+  n = arr.shape[0]
+  data_chunks, data_mask = _chunked(arr, int(min(chunk_size, n)))
+  data_chunks, data_mask = jnp.asarray(data_chunks), jnp.asarray(data_mask)
+  bs = int(min(batch_size, n))
+  queries, qmask = _chunked(arr, bs)
+  out = []
+  for i in range(queries.shape[0]):
+    keys = jax.random.split(jax.random.fold_in(key, i), num_samples)
+    terms = _surgery_batch(model, params, jnp.asarray(queries[i]), keys, data_chunks, data_mask)
+    m = qmask[i]
+    out.append(np.stack([np.asarray(t, np.float64)[m] for t in terms], 1))
+  per_example = np.concatenate(out, 0)                               # [N, 3]
+  mean = per_example.mean(0)
+  se = per_example.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(3)
+  return SurgeryResult(float(mean[0]), float(mean[1]), float(mean[2]), float(se[0]),
+                       float(se[1]), float(se[2]), int(n), int(num_samples))
+
+
+def kl_per_dimension(encode_fn: Callable, params, images, *, batch_size: int = 500) -> np.ndarray:
+  """Average analytic ``KL(q(z_d|x) || N(0, 1))`` per latent dimension over a dataset: ``[D]``.
+
+  Sums to the average KL of a diagonal Gaussian posterior against a standard Normal prior; a
+  dimension with KL near 0 is inactive (collapsed to the prior).
+
+  .. math:: KL_d = \\mathbb{E}_n \\tfrac12 (\\sigma_d(x_n)^2 + \\mu_d(x_n)^2 - 1 - 2\\log\\sigma_d(x_n))
+
+  Args:
+    encode_fn: ``(params, x) -> (loc, log_scale)``, each ``[B, D]``, e.g.
+      ``lambda p, x: model.encode(p, x, 0)``.
+    params: model parameters.
+    images: the dataset ``[N, ...]``.
+    batch_size: examples per encoder call.
+
+  Returns:
+    ``[D]`` float64 numpy array (nats).
+
+  References:
+    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016 (active units).
+  """
+  arr = _check_dataset(images)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  fn = jax.jit(lambda p, x: _kl_dims(*encode_fn(p, x)))
+  total = None
+  for s in range(0, arr.shape[0], batch_size):
+    kl = np.asarray(fn(params, jnp.asarray(arr[s:s + batch_size])), np.float64).sum(0)
+    total = kl if total is None else total + kl
+  return total / arr.shape[0]
+
+
+def _kl_dims(loc, log_scale):
+  return 0.5 * (jnp.exp(2.0 * log_scale) + jnp.square(loc) - 1.0 - 2.0 * log_scale)

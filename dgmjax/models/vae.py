@@ -374,3 +374,211 @@ def make(name: str, image_shape: Sequence[int], *, latent_dims: Sequence[int] | 
       raise ValueError("model 'custom' needs latent_dims and hidden_dims")
     return VAE(tuple(image_shape), tuple(latent_dims), tuple(tuple(h) for h in hidden_dims))
   raise ValueError(f"model name must be one of 'burda1', 'burda2', 'custom'; got {name!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Learnable priors and IAF posteriors on a one-stochastic-layer VAE
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorVAE:
+  """A one-stochastic-layer :class:`VAE` with a chosen prior ``p(z)`` and, optionally, an IAF
+  posterior; the same interface as :class:`VAE` (``init``, ``log_weights``,
+  ``log_weights_from_keys``, ``posterior_means``, ``sample``, ``reconstruct``).
+
+  Params: ``{"vae": <the base VAE's variables>, "prior": <the prior's params>,
+  "posterior_flow": <the IAF's params or {}>}``. The prior is any of :mod:`dgmjax.priors`; a
+  :class:`~dgmjax.priors.VampPrior` reads the base encoder (with the same params) at its
+  pseudo-inputs. With ``posterior_flow`` (a conditional IAF whose ``context_size`` is the width of
+  the encoder's last hidden layer ``h``), ``z0 = mu + sigma * eps`` is pushed through the flow:
+
+  .. math:: z = f(z_0; h(x)), \\quad \\log q(z|x) = \\log N(z_0; \\mu(x), \\sigma(x)^2) - \\log|\\det \\partial f / \\partial z_0|
+
+  and the log-weights are ``log p(x|z) + log p(z) - log q(z|x)`` ``[K, B]``.
+
+  Attributes:
+    base: the encoder / decoder (``num_layers == 1``).
+    prior: a prior of :mod:`dgmjax.priors` (default: ``StandardNormal``), ``latent_dim`` equal to
+      the base latent size.
+    posterior_flow: ``None`` (diagonal Gaussian ``q``) or a conditional IAF bijector, e.g.
+      ``flows.inverse_autoregressive_flow(D, L, context_size=hidden_dims[0][-1])``.
+
+  References:
+    Tomczak & Welling, VAE with a VampPrior, AISTATS 2018;
+    Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, Improved Variational Inference with
+    Inverse Autoregressive Flow, NeurIPS 2016.
+  """
+  base: VAE
+  prior: object = None
+  posterior_flow: object = None
+
+  def __post_init__(self):
+    from dgmjax import priors as priors_lib  # pylint: disable=import-outside-toplevel
+    if not isinstance(self.base, VAE) or self.base.num_layers != 1:
+      raise ValueError(f"base must be a VAE with one stochastic layer, got {self.base!r}")
+    d = self.base.latent_dims[0]
+    if self.prior is None:
+      object.__setattr__(self, "prior", priors_lib.StandardNormal(d))
+    if getattr(self.prior, "latent_dim", None) != d:
+      raise ValueError(f"prior must have latent_dim={d} (the base VAE's latent size), got "
+                       f"{getattr(self.prior, 'latent_dim', None)!r}")
+    if isinstance(self.prior, priors_lib.VampPrior) and self.prior.x_dim != self.base.x_dim:
+      raise ValueError(f"prior (VampPrior) must have x_dim={self.base.x_dim}, got "
+                       f"{self.prior.x_dim}")
+    if self.posterior_flow is not None:
+      f = self.posterior_flow
+      h = self.base.hidden_dims[0][-1] if self.base.hidden_dims[0] else self.base.x_dim
+      if tuple(f.event_shape) != (d,) or getattr(f, "context_size", 0) != h:
+        raise ValueError(f"posterior_flow must have event_shape ({d},) and context_size {h} "
+                         f"(the encoder's last hidden width), got {tuple(f.event_shape)} and "
+                         f"{getattr(f, 'context_size', 0)}")
+
+  # -- the base model's shape attributes
+  image_shape = property(lambda self: self.base.image_shape)
+  latent_dims = property(lambda self: self.base.latent_dims)
+  hidden_dims = property(lambda self: self.base.hidden_dims)
+  x_dim = property(lambda self: self.base.x_dim)
+  num_layers = property(lambda self: 1)
+  latent_dim = property(lambda self: self.base.latent_dims[0])
+
+  def flatten(self, x: Array) -> Array:
+    return self.base.flatten(x)
+
+  def unflatten(self, x: Array) -> Array:
+    return self.base.unflatten(x)
+
+  def init(self, key: Array, *, data_mean: Array | None = None) -> dict:
+    """``{"vae", "prior", "posterior_flow"}`` params (``data_mean`` as :meth:`VAE.init`)."""
+    k_vae, k_prior, k_flow = jax.random.split(key, 3)
+    return {"vae": self.base.init(k_vae, data_mean=data_mean),
+            "prior": self.prior.init(k_prior),
+            "posterior_flow": ({} if self.posterior_flow is None
+                               else self.posterior_flow.init(k_flow))}
+
+  # -- pieces
+
+  def encoder(self, params):
+    """``u -> (loc, log_scale)`` of the Gaussian ``q(z_0|u)`` with these params."""
+    return lambda u: self.base.encode(params["vae"], u, 0)
+
+  def encoder_features(self, params, x: Array) -> Array:
+    """The encoder's last tanh hidden layer ``h(x)`` ``[B, H]`` (the IAF context)."""
+    h = self.flatten(x)
+    enc = params["vae"]["params"]["encoders_0"]
+    for i in range(len(self.base.hidden_dims[0])):
+      layer = enc[f"hidden_{i}"]
+      bias = layer["bias"].reshape((1,) * (h.ndim - 1) + layer["bias"].shape)
+      h = jnp.tanh(h @ layer["kernel"] + bias)
+    return h
+
+  def prior_log_prob(self, params, z: Array) -> Array:
+    """``log p(z)``: ``[..., D] -> [...]``."""
+    return self.prior.log_prob(params["prior"], z, self.encoder(params))
+
+  def posterior_sample_and_log_prob(self, params, x: Array, keys: Array) -> tuple[Array, Array]:
+    """One draw ``z ~ q(z|x)`` per key: ``z`` ``[K, B, D]`` and ``log q(z|x)`` ``[K, B]``."""
+    if keys.ndim != 1 or keys.shape[0] < 1:
+      raise ValueError(f"keys must be a 1-D array of K >= 1 keys, got shape {keys.shape}")
+    loc, log_scale = self.base.encode(params["vae"], x, 0)
+    z0 = jax.vmap(distributions.sample_normal, in_axes=(0, None, None))(keys, loc, log_scale)
+    log_q = distributions.normal_log_prob(z0, loc, log_scale)
+    if self.posterior_flow is None:
+      return z0, log_q
+    h = self.encoder_features(params, x)
+    context = jnp.broadcast_to(h, z0.shape[:1] + h.shape)
+    z, log_det = self.posterior_flow.forward_and_log_det(params["posterior_flow"], z0, context)
+    return z, log_q - log_det
+
+  def posterior_log_prob_cross(self, params, z: Array, x: Array) -> Array:
+    """``log q(z_s | x_n)`` for every pair: ``z`` ``[S, D]``, ``x`` ``[N, ...]`` -> ``[S, N]``.
+
+    Gaussian posteriors are closed form; an IAF posterior inverts the flow at every pair
+    (``D`` sequential MADE passes on ``[S, N, D]``).
+    """
+    loc, log_scale = self.base.encode(params["vae"], x, 0)          # [N, D]
+    zz = jnp.broadcast_to(z[:, None, :], (z.shape[0],) + loc.shape)  # [S, N, D]
+    if self.posterior_flow is None:
+      return distributions.normal_log_prob(zz, loc[None], log_scale[None])
+    h = self.encoder_features(params, x)
+    context = jnp.broadcast_to(h[None], (z.shape[0],) + h.shape)
+    z0, log_det = self.posterior_flow.inverse_and_log_det(params["posterior_flow"], zz, context)
+    return distributions.normal_log_prob(z0, loc[None], log_scale[None]) + log_det
+
+  # -- bounds
+
+  def log_weight_terms_from_keys(self, params, x: Array, keys: Array) -> LogWeightTerms:
+    """Log-weight terms ``[K, B]`` for one importance sample per key (``log_q_stop`` is None)."""
+    x = self.flatten(x)
+    z, log_q = self.posterior_sample_and_log_prob(params, x, keys)
+    log_prior = self.prior_log_prob(params, z)
+    log_px = distributions.bernoulli_log_prob(x, self.base.decode(params["vae"], z))
+    return LogWeightTerms(log_px, log_prior, log_q)
+
+  def log_weights_from_keys(self, params, x: Array, keys: Array) -> Array:
+    """Log-weights ``[K, B]`` for one importance sample per key in ``keys`` ``[K]``."""
+    return self.log_weight_terms_from_keys(params, x, keys).log_weights
+
+  def log_weights(self, params, x: Array, key: Array, num_samples: int) -> Array:
+    """``log p(x|z_k) + log p(z_k) - log q(z_k|x)``, ``z_k ~ q(z|x)``: ``[K, B]``.
+
+    .. math:: \\log w_k = \\log p(x | z^{(k)}) + \\log p(z^{(k)}) - \\log q(z^{(k)} | x)
+    """
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+      raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    return self.log_weights_from_keys(params, x, jax.random.split(key, num_samples))
+
+  # -- samples
+
+  def sample(self, params, key: Array, num: int, *, binary: bool = False) -> Array:
+    """Samples of ``p(x)``: ``z ~ p(z)``, Bernoulli means (or draws) ``[num, *image_shape]``."""
+    k_z, k_x = jax.random.split(key)
+    z = self.prior.sample(k_z, params["prior"], num, self.encoder(params))
+    logits = self.base.decode(params["vae"], z)
+    out = distributions.sample_bernoulli(k_x, logits) if binary else jax.nn.sigmoid(logits)
+    return self.unflatten(out)
+
+  def reconstruct(self, params, x: Array, key: Array | None = None) -> Array:
+    """Bernoulli means at ``z ~ q(z|x)`` (or at the flow image of the encoder mean if no key)."""
+    if key is None:
+      loc, _ = self.base.encode(params["vae"], x, 0)
+      z = loc
+      if self.posterior_flow is not None:
+        z = self.posterior_flow.forward(params["posterior_flow"], loc,
+                                        self.encoder_features(params, x))
+    else:
+      z = self.posterior_sample_and_log_prob(params, x, key[None])[0][0]
+    return self.unflatten(jax.nn.sigmoid(self.base.decode(params["vae"], z)))
+
+  def posterior_means(self, params, x: Array, key: Array, num_samples: int = 100) -> list[Array]:
+    """``[E_q[z | x]]`` ``[B, D]``: the encoder mean, or a ``num_samples`` average with an IAF."""
+    if self.posterior_flow is None:
+      return [self.base.encode(params["vae"], x, 0)[0]]
+    z, _ = self.posterior_sample_and_log_prob(params, x, jax.random.split(key, num_samples))
+    return [jnp.mean(z, axis=0)]
+
+
+def make_prior_vae(name: str, image_shape: Sequence[int], *, prior: str = "standard",
+                   posterior: str = "gaussian", latent_dims: Sequence[int] | None = None,
+                   hidden_dims: Sequence[Sequence[int]] | None = None, num_components: int = 10,
+                   num_pseudo_inputs: int = 500, flow_layers: int = 4,
+                   flow_hidden: Sequence[int] = (64, 64)) -> PriorVAE:
+  """A :class:`PriorVAE` from names: a one-layer architecture of :func:`make`, a prior of
+  :func:`dgmjax.priors.make_prior` and ``posterior`` ``'gaussian'`` or ``'iaf'``
+  (``flow_layers`` IAF layers with ``flow_hidden`` MADE widths, context = last encoder layer).
+  """
+  from dgmjax import flows, priors  # pylint: disable=import-outside-toplevel
+  base = make(name, image_shape, latent_dims=latent_dims, hidden_dims=hidden_dims)
+  if base.num_layers != 1:
+    raise ValueError(f"model {name!r} has {base.num_layers} stochastic layers; priors need one")
+  d = base.latent_dims[0]
+  p = priors.make_prior(prior, d, x_dim=base.x_dim, num_components=num_components,
+                        num_pseudo_inputs=num_pseudo_inputs, flow_layers=flow_layers,
+                        flow_hidden=flow_hidden)
+  if posterior == "gaussian":
+    flow = None
+  elif posterior == "iaf":
+    flow = flows.inverse_autoregressive_flow(d, flow_layers, tuple(flow_hidden),
+                                             context_size=base.hidden_dims[0][-1])
+  else:
+    raise ValueError(f"posterior must be 'gaussian' or 'iaf', got {posterior!r}")
+  return PriorVAE(base, p, flow)

@@ -1,0 +1,311 @@
+"""``train_and_evaluate(config, workdir)``: one VAE per prior (or IAF posterior) at equal budget.
+
+Every variant shares the architecture, the optimiser, the schedule, the number of steps, the
+initial encoder / decoder weights and the minibatch order; only ``p(z)`` (or ``q(z|x)``) differs.
+Writes into ``workdir``:
+  ``<variant>/results.json``   test ELBO, IWAE bound, k=5000 NLL, ELBO surgery (average KL =
+                               mutual information + marginal KL), active units, timings;
+  ``<variant>/samples.png``, ``<variant>/reconstructions.png``, ``<variant>/training_curve.png``;
+  ``results.json``             the table over every variant found in ``workdir`` (runs sharing a
+                               workdir add up), beside Tomczak & Welling's reported number;
+  ``comparison.png``           NLL per variant, and the average KL split into MI + marginal KL;
+  ``two_d.png``, ``two_d.json`` aggregated posterior against prior for a 2-latent VAE per prior.
+
+References:
+  Tomczak & Welling, VAE with a VampPrior, AISTATS 2018.
+  Hoffman & Johnson, ELBO surgery, NIPS 2016 workshop.
+  Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgmjax import diagnostics, evaluation, plotting, training
+from dgmjax.models import vae
+from experiments.iwae import train as iwae_train
+
+# Test log-likelihoods reported by Tomczak & Welling (2018) for the one-layer VAE on static MNIST
+# (their architecture, warm-up and training length differ from the runs here).
+PAPER = {
+    "source": "Tomczak & Welling, VAE with a VampPrior, AISTATS 2018 (static MNIST, VAE L=1)",
+    "test_log_likelihood": {"vamp": -85.57},
+}
+
+VARIANT_LABELS = {"standard": "N(0, I)", "mog": "MoG", "vamp": "VampPrior",
+                  "realnvp": "RealNVP prior", "maf": "MAF prior", "iaf": "IAF posterior"}
+
+
+def variant_spec(variant: str) -> tuple[str, str]:
+  """``(prior, posterior)`` of a variant name."""
+  if variant == "iaf":
+    return "standard", "iaf"
+  if variant in ("standard", "mog", "vamp", "realnvp", "maf"):
+    return variant, "gaussian"
+  raise ValueError(f"variant must be one of {tuple(VARIANT_LABELS)}, got {variant!r}")
+
+
+def build_model(config, variant: str, image_shape, *, latent_dims=None, hidden_dims=None,
+                model_name=None) -> vae.PriorVAE:
+  prior, posterior = variant_spec(variant)
+  return vae.make_prior_vae(
+      model_name or config.model, image_shape, prior=prior, posterior=posterior,
+      latent_dims=latent_dims or config.get("latent_dims") or None,
+      hidden_dims=hidden_dims or config.get("hidden_dims") or None,
+      num_components=config.num_components, num_pseudo_inputs=config.num_pseudo_inputs,
+      flow_layers=config.flow_layers, flow_hidden=tuple(config.flow_hidden))
+
+
+def eval_subset(config, test_images: np.ndarray) -> np.ndarray:
+  """The binarized test images to evaluate on (a seeded random subset if configured)."""
+  test_x = (iwae_train.binarize_fixed(test_images, config.seed) if config.dynamic_binarization
+            else test_images)
+  n = config.eval.get("num_examples") or 0
+  if n and n < test_x.shape[0]:
+    if config.eval.get("random_subset"):
+      idx = np.sort(np.random.RandomState(config.seed).choice(test_x.shape[0], n, replace=False))
+      test_x = test_x[idx]
+    else:
+      test_x = test_x[:n]
+  return test_x
+
+
+def _train(config, model, train_images, workdir, num_epochs, seed_offset=0):
+  root = jax.random.key(config.seed)
+  init_key = jax.random.fold_in(root, 1 + seed_offset)
+  data_mean = train_images.mean(axis=0) if config.init_output_bias else None
+  params = model.init(init_key, data_mean=data_mean)
+  steps_per_epoch = train_images.shape[0] // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {train_images.shape[0]} "
+                     "training images")
+  cfg = config.copy_and_resolve_references()
+  cfg.num_epochs = float(num_epochs)
+  optimizer, schedule, num_steps = iwae_train.make_optimizer(cfg, steps_per_epoch)
+  loss_fn = training.make_loss(model, config.objective, config.num_samples)
+  log_every = max(1, min(config.log_every_steps, num_steps))
+  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # always a fresh run
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  state, summary = training.fit(
+      loss_fn, params, train_images, optimizer=optimizer, num_steps=num_steps,
+      batch_size=config.batch_size, seed=config.seed, workdir=workdir,
+      dynamic_binarization=config.dynamic_binarization, shuffle=config.shuffle,
+      checkpoint_every=num_steps - num_steps % log_every or log_every, log_every=log_every,
+      max_consecutive_nonfinite=config.max_consecutive_nonfinite,
+      progress=iwae_train._show_progress(config), learning_rate_fn=schedule)  # pylint: disable=protected-access
+  return state.params, summary, num_steps, steps_per_epoch
+
+
+def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dict:
+  """Trains and evaluates one variant; writes ``workdir/<variant>/results.json`` and figures."""
+  t0 = time.time()
+  vdir = os.path.join(workdir, variant)
+  os.makedirs(vdir, exist_ok=True)
+  model = build_model(config, variant, train_images.shape[1:])
+  params, summary, num_steps, steps_per_epoch = _train(config, model, train_images, vdir,
+                                                       config.num_epochs)
+  t_eval = time.time()
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  k_bounds, k_nll, k_surgery, k_au, k_fig = jax.random.split(eval_key, 5)
+  bounds = evaluation.bounds(model.log_weights, params, test_x, k_bounds,
+                             ks=tuple(config.eval.bound_ks), batch_size=config.eval.batch_size)
+  ll = evaluation.log_likelihood(model.log_weights_from_keys, params, test_x, k_nll,
+                                 num_samples=config.eval.num_samples,
+                                 sample_chunk=config.eval.sample_chunk,
+                                 batch_size=config.eval.batch_size,
+                                 progress=iwae_train._show_progress(config))  # pylint: disable=protected-access
+  surgery = diagnostics.elbo_surgery(model, params, test_x, k_surgery,
+                                     num_samples=config.surgery.num_samples,
+                                     batch_size=config.surgery.batch_size,
+                                     chunk_size=config.surgery.chunk_size)
+  au = evaluation.active_units(model.posterior_means, params, test_x, k_au,
+                               threshold=config.eval.active_threshold)
+  figures = evaluation.write_sample_figures(model, params, test_x, k_fig, vdir)
+  figures["training_curve"] = plotting.save_training_curve(
+      os.path.join(vdir, "training_curve.png"), os.path.join(vdir, "metrics.jsonl"))
+  prior, posterior = variant_spec(variant)
+  results = {
+      "variant": variant, "label": VARIANT_LABELS[variant], "prior": prior,
+      "posterior": posterior, "dataset": config.dataset, "model": config.model,
+      "latent_dim": model.latent_dim, "objective": config.objective, "k": config.num_samples,
+      "epochs": num_steps / steps_per_epoch, "steps": num_steps, "seed": config.seed,
+      "num_params": int(sum(a.size for a in jax.tree_util.tree_leaves(params))),
+      "train_examples": int(train_images.shape[0]), "test_examples": int(test_x.shape[0]),
+      "test_elbo": bounds["elbo"],
+      **{f"test_iwae_{k}": bounds[f"iwae_{k}"] for k in config.eval.bound_ks},
+      "test_log_likelihood": float(ll.mean()),
+      "test_nll": float(-ll.mean()),
+      "test_nll_stderr": float(ll.std(ddof=1) / math.sqrt(ll.size)) if ll.size > 1 else 0.0,
+      "eval_num_samples": config.eval.num_samples,
+      **{k: v for k, v in surgery.as_dict().items() if k not in ("num_examples", "num_samples")},
+      "surgery_num_samples": surgery.num_samples,
+      "active_units": int(sum(au["active"])),
+      "nonfinite_steps": summary["nonfinite_total"],
+      "train_seconds": summary["train_seconds"], "eval_seconds": time.time() - t_eval,
+      "total_seconds": time.time() - t0,
+      "figures": {k: os.path.basename(v) for k, v in figures.items()},
+  }
+  if variant == "standard":  # KL per dimension is defined against the factorised N(0, I)
+    kl_dims = diagnostics.kl_per_dimension(lambda p, x: model.base.encode(p["vae"], x, 0),
+                                           params, test_x, batch_size=config.eval.batch_size)
+    results["kl_per_dimension"] = [float(v) for v in kl_dims]
+  with open(os.path.join(vdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+# ----------------------------------------------------------------------------- 2-D figure
+
+
+def run_two_d(config, train_images, workdir: str) -> dict:
+  """A 2-latent VAE per prior: the prior density beside the aggregated posterior ``q_agg(z)``."""
+  plt = plotting._plt()  # pylint: disable=protected-access
+  td = config.two_d
+  n = min(td.num_examples, train_images.shape[0])
+  x_data = iwae_train.binarize_fixed(train_images[:n], config.seed + 1)
+  out, cols = {}, []
+  for i, name in enumerate(td.priors):
+    model = build_model(config, name, train_images.shape[1:], latent_dims=(2,),
+                        hidden_dims=(tuple(td.hidden),), model_name="custom")
+    wdir = os.path.join(workdir, "two_d", name)
+    os.makedirs(wdir, exist_ok=True)
+    params, _, _, _ = _train(config, model, train_images, wdir, td.num_epochs, seed_offset=0)
+    means = np.asarray(model.posterior_means(params, x_data, jax.random.key(0))[0])
+    lim = float(np.clip(np.quantile(np.abs(means), 0.99) * 1.3, 3.0, 10.0))
+    g = np.linspace(-lim, lim, td.grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    log_p = np.asarray(jax.jit(model.prior_log_prob)(params, jnp.asarray(grid)))
+    log_agg = diagnostics.aggregate_posterior_log_prob(model, params, grid, x_data,
+                                                       chunk_size=config.surgery.chunk_size)
+    s = diagnostics.elbo_surgery(model, params, x_data, jax.random.key(1),
+                                 num_samples=config.surgery.num_samples,
+                                 batch_size=config.surgery.batch_size,
+                                 chunk_size=config.surgery.chunk_size)
+    out[name] = {**{k: v for k, v in s.as_dict().items()}, "extent": lim}
+    cols.append((name, g, log_p.reshape(len(g), len(g)), log_agg.reshape(len(g), len(g)),
+                 means, s))
+  fig, axes = plt.subplots(2, len(cols), figsize=(3.2 * len(cols), 6.4), squeeze=False)
+  for j, (name, g, lp, la, means, s) in enumerate(cols):
+    ext = (g[0], g[-1], g[0], g[-1])
+    axes[0, j].imshow(np.exp(lp), origin="lower", extent=ext, cmap="viridis")
+    axes[0, j].set_title(f"prior p(z): {VARIANT_LABELS[name]}", fontsize=9)
+    axes[1, j].imshow(np.exp(la), origin="lower", extent=ext, cmap="viridis")
+    axes[1, j].scatter(means[:, 0], means[:, 1], s=1, c="w", alpha=0.3)
+    axes[1, j].set_title(f"q_agg(z): MI {s.mutual_information:.2f}, "
+                         f"KL(q_agg||p) {s.marginal_kl:.2f}", fontsize=8)
+  fig.suptitle("2-latent VAE: prior (top) vs aggregated posterior with encoder means (bottom)",
+               fontsize=10)
+  path = os.path.join(workdir, "two_d.png")
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  with open(os.path.join(workdir, "two_d.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def collect(workdir: str) -> dict:
+  """Every ``<variant>/results.json`` in ``workdir``, in the standard order."""
+  found = {}
+  for v in VARIANT_LABELS:
+    p = os.path.join(workdir, v, "results.json")
+    if os.path.exists(p):
+      with open(p) as f:
+        found[v] = json.load(f)
+  return found
+
+
+def save_comparison(path: str, variants: dict) -> str:
+  plt = plotting._plt()  # pylint: disable=protected-access
+  names = list(variants)
+  labels = [VARIANT_LABELS[v] for v in names]
+  x = np.arange(len(names))
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+  a.bar(x, [variants[v]["test_nll"] for v in names],
+        yerr=[variants[v]["test_nll_stderr"] for v in names], color="C0")
+  a.set_xticks(x, labels, rotation=30, ha="right")
+  a.set_ylabel("test NLL (nats, k=5000)")
+  lo = min(variants[v]["test_nll"] for v in names)
+  a.set_ylim(lo - 5, max(variants[v]["test_nll"] for v in names) + 3)
+  mi = np.array([variants[v]["mutual_information"] for v in names])
+  mkl = np.array([variants[v]["marginal_kl"] for v in names])
+  b.bar(x, mi, label="mutual information I[n; z]", color="C1")
+  b.bar(x, mkl, bottom=mi, label="marginal KL(q_agg || p)", color="C2")
+  b.plot(x, [variants[v]["average_kl"] for v in names], "k_", ms=20, label="average KL")
+  b.axhline(variants[names[0]]["log_num_examples"], color="gray", ls=":", label="log N")
+  b.set_xticks(x, labels, rotation=30, ha="right")
+  b.set_ylabel("nats")
+  b.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs ``config.variants`` (and the 2-D figure if enabled); returns the combined table.
+
+  Data are validated before any training (see :func:`experiments.iwae.train.load_images`).
+  """
+  t0 = time.time()
+  for v in config.variants:
+    variant_spec(v)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  image_shape = tuple(config.image_shape) if config.get("image_shape") else None
+  train_images = iwae_train.load_images(config, "train", image_shape)
+  test_images = iwae_train.load_images(config, "test", train_images.shape[1:])
+  if config.get("max_train_examples"):
+    train_images = train_images[:config.max_train_examples]
+  test_x = eval_subset(config, test_images)
+  for v in config.variants:
+    run_variant(config, v, train_images, test_x, workdir)
+  two_d = None
+  if config.two_d.enabled and config.two_d.priors:
+    td_images = train_images
+    if config.two_d.dataset and config.two_d.dataset != config.dataset:
+      c2 = config.copy_and_resolve_references()
+      c2.dataset = config.two_d.dataset
+      td_images = iwae_train.load_images(c2, "train")
+    two_d = run_two_d(config, td_images, workdir)
+  elif os.path.exists(os.path.join(workdir, "two_d.json")):
+    with open(os.path.join(workdir, "two_d.json")) as f:
+      two_d = json.load(f)
+  variants = collect(workdir)
+  results = {"dataset": config.dataset, "variants": variants, "paper": PAPER, "two_d": two_d,
+             "seconds": time.time() - t0}
+  if variants:
+    results["figures"] = {"comparison": os.path.basename(
+        save_comparison(os.path.join(workdir, "comparison.png"), variants))}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def format_table(results: dict) -> str:
+  """The comparison table as text (nats; NLL with its standard error)."""
+  lines = [f"{results['dataset']}: " + "variant          ELBO      NLL(k=5000)     MI    "
+           "marg.KL  avg.KL  paper NLL (static MNIST)"]
+  paper = results["paper"]["test_log_likelihood"]
+  for v, r in results["variants"].items():
+    ref = f"{-paper[v]:.2f}" if v in paper else ""
+    lines.append(f"  {r['label']:<15s} {r['test_elbo']:8.2f}  {r['test_nll']:7.2f}+-"
+                 f"{r['test_nll_stderr']:.2f}  {r['mutual_information']:6.2f}  "
+                 f"{r['marginal_kl']:6.2f}  {r['average_kl']:6.2f}  {ref}")
+  if results.get("two_d"):
+    for name, s in results["two_d"].items():
+      lines.append(f"  2-D {VARIANT_LABELS[name]:<15s} MI {s['mutual_information']:.2f}  "
+                   f"marg.KL {s['marginal_kl']:.2f}  avg.KL {s['average_kl']:.2f}")
+  return "\n".join(lines)
