@@ -312,8 +312,9 @@ def gradient_snr(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int, *,
   Draws ``N`` independent gradients ``jax.grad(loss_fn)(params, key_n)`` (vmapped over split keys,
   chunked when ``chunk_size`` is given) and returns their mean, standard deviation, variance and
   the SNR ``|mean| / std`` of every parameter, with summaries per group. The SNR of an estimate
-  from ``N`` draws has a floor near ``1 / sqrt(N)`` (the standard error of the mean): resolve SNRs
-  well above it.
+  from ``N`` draws has a floor near ``1 / sqrt(N)`` (the standard error of the mean); the groups'
+  ``rms_snr_debiased`` subtracts that bias from the squared means and resolves group SNRs below it,
+  and :func:`snr_from_moments` accepts the signal from a lower-variance unbiased estimator.
 
   .. math:: \\mathrm{SNR}(\\theta_i) = \\frac{|\\mathbb{E}[\\hat g_i]|}{\\sigma[\\hat g_i]}
 
@@ -428,7 +429,8 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
       (drawn independently of the estimator's), or a pytree like ``params`` holding the exact
       gradient.
     params: the point at which gradients are compared.
-    key: a JAX PRNG key.
+    key: a JAX PRNG key (unused, and may be ``None``, when both are precomputed moments or an
+      exact gradient).
     num_draws: draws of the estimator.
     reference_draws: draws of the reference (default ``num_draws``).
     chunk_size: draws per vmapped batch.
@@ -437,7 +439,10 @@ def gradient_bias_variance(estimator_fn: LossFn, reference, params: PyTree, key:
   Returns:
     :class:`BiasVariance`.
   """
-  k_est, k_ref = jax.random.split(key)
+  draws_est = not isinstance(estimator_fn, Moments)
+  draws_ref = callable(reference) and not isinstance(reference, Moments)
+  if draws_est or draws_ref:  # the key is only consumed when something is drawn
+    k_est, k_ref = jax.random.split(key)
   if isinstance(estimator_fn, Moments):
     mean, var, num_draws = estimator_fn
   else:
@@ -477,7 +482,8 @@ def _group_bias(bias, z, ref_mean, var, ref_var) -> dict:
   b, zz, rm, v, rv = (_flat(t) for t in (bias, z, ref_mean, var, ref_var))
   bias_norm = jnp.sqrt(jnp.sum(jnp.square(b)))
   return dict(max_abs_z=jnp.max(jnp.abs(zz)), mean_abs_z=jnp.mean(jnp.abs(zz)),
-              bias_norm=bias_norm, relative_bias=_ratio(bias_norm, jnp.sqrt(jnp.sum(jnp.square(rm)))),
+              bias_norm=bias_norm,
+              relative_bias=_ratio(bias_norm, jnp.sqrt(jnp.sum(jnp.square(rm)))),
               total_variance=jnp.sum(v), reference_total_variance=jnp.sum(rv),
               variance_ratio=_ratio(jnp.sum(v), jnp.sum(rv)))
 

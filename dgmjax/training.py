@@ -148,7 +148,7 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- objectives
 
 
-#: Objectives that only need the log-weights ``[K, B]`` (the reparametrization estimator of a bound).
+#: Objectives that only need the log-weights ``[K, B]`` (reparametrization of a bound).
 BOUND_OBJECTIVES = ("vae", "iwae", "miwae", "ciwae")
 #: Objectives whose gradient is a surrogate of :mod:`dgmjax.estimators` (they need the separate
 #: gradient views of the log-weights, see :func:`vae_estimator_terms`).

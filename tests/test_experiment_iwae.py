@@ -112,6 +112,21 @@ def test_configs():
   assert ref.optimizer == "burda_adam" and ref.reference_rounding
   with pytest.raises(ValueError, match="config string"):
     mnist.get_config("iwae-50-l1")
+  # Rainforth et al.'s objectives at a budget of M K = 64 samples.
+  for arg, obj, k, m, beta in (("miwae-m8-k8-l1-e3", "miwae", 64, 8, None),
+                               ("piwae-m8-k8-l1-e3", "piwae", 64, 8, None),
+                               ("ciwae-b0.05-k64-l1-e3", "ciwae", 64, None, 0.05),
+                               ("dreg-k64-l1-e3", "dreg", 64, None, None),
+                               ("iwae-k64-l1-e3", "iwae", 64, None, None)):
+    c = mnist.get_config(arg)
+    assert (c.objective, c.num_samples, c.num_groups, c.beta) == (obj, k, m, beta)
+    assert c.num_epochs == 3.0 and c.model == "burda1"
+  assert mnist.get_config("iwae-k5-l1-short").num_groups is None
+  for bad, match in (("miwae-k8-l1-e3", "m<M>"), ("ciwae-k64-l1-e3", "b<beta>"),
+                     ("ciwae-b2-k64-l1-e3", "b<beta>"), ("iwae-m8-k8-l1-e3", "unexpected"),
+                     ("dreg-l1-e3", "config string")):
+    with pytest.raises(ValueError, match=match):
+      mnist.get_config(bad)
 
 
 def test_table_prints_ours_beside_burda(tmp_path, capsys):

@@ -3,16 +3,18 @@
 On the Gaussian toy model (:mod:`experiments.gradient_snr.toy`) it measures, for each number of
 importance samples ``K``, the per-parameter signal-to-noise ratio ``|E g| / std g`` of the
 gradient of ``theta = mu`` and ``phi = (A, b)`` under IWAE (reparametrization), DReG and STL
-(and, for comparison, the ELBO averaged over ``M`` samples), fits the slopes of ``log SNR``
+(and, for comparison, the ELBO averaged over ``M = K`` samples), fits the slopes of ``log SNR``
 against ``log K``, and compares the variance of REINFORCE-type estimators (plain, running-mean
 baseline, VIMCO) with reparametrization at the same sample budget.
 
 Measuring the signal. The IWAE ``phi`` signal falls as ``1/K`` and soon sinks below the noise
-floor ``~ 1/sqrt(N)`` of an SNR estimated from ``N`` draws. DReG is unbiased for the same gradient
-``grad_phi L_K`` (checked in ``tests/test_estimators.py``) with a far higher SNR, so by default
-(``config.toy.phi_signal = 'dreg'``) the IWAE ``phi`` SNR is ``|mean of DReG draws| / std of IWAE
-draws``, both from the same ``N`` samples; the direct ``|mean of IWAE draws| / std`` is reported
-beside it, with the floor.
+floor ``~ 1/sqrt(N)`` of an SNR estimated from ``N`` draws. DReG differs from the IWAE estimator by
+a term of mean zero (it is unbiased for the same ``grad_phi L_K``; checked in
+``tests/test_estimators.py`` and at every ``K`` here) and has a far smaller variance, so by
+default (``config.toy.phi_signal = 'dreg'``) the IWAE ``phi`` SNR is ``|mean of DReG draws| / std
+of IWAE draws`` (a control variate), with independent draws. The IWAE-only measurement is reported
+beside it twice: with the plain sample mean (floor-limited) and, in a separate sweep with more
+draws and ``K <= 100``, with the debiased root-mean-square SNR (``config.toy.direct``).
 
 Writes into ``workdir``: ``config.json``; ``results.json`` (SNR curves, fitted slopes, the checks
 of the expected slopes, REINFORCE-vs-reparametrization variances, timings); ``snr_vs_k.png``;
@@ -33,7 +35,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dgmjax import diagnostics, estimators
@@ -43,8 +44,20 @@ from experiments.gradient_snr import toy
 EXPECTED = {
     "iwae_theta": (0.4, 0.6),
     "iwae_phi": (-0.6, -0.4),
+    "iwae_phi_direct": (-0.6, -0.4),
     "dreg_phi": (0.3, math.inf),
 }
+
+
+MEASUREMENT = (
+    "SNR = |E g| / std g per parameter, averaged over the group (theta = mu; phi = (A, b)), for "
+    "one datapoint at parameters perturbed from the optimum, N independent draws per K (vmapped "
+    "jax.grad over split keys). The IWAE phi signal E g = grad_phi L_K shrinks like 1/K and sinks "
+    "below the 1/sqrt(N) floor of a sample mean, so it is estimated with a control variate: the "
+    "mean of N independent DReG draws, which differ from the IWAE estimator by a term of mean "
+    "zero (their agreement is checked at every K: iwae_vs_dreg_phi_mean). Independently, the "
+    "'direct' sweep uses IWAE's own draws only (more draws, K <= 100) with the debiased "
+    "root-mean-square SNR, sqrt(mean_i (mean_i^2 - Var_i/N) / Var_i).")
 
 
 def _chunk(config, k: int, b: int, d: int) -> int:
@@ -53,15 +66,34 @@ def _chunk(config, k: int, b: int, d: int) -> int:
 
 def _summary(s: diagnostics.GroupSNR) -> dict:
   return {"mean_snr": float(s.mean_snr), "median_snr": float(s.median_snr),
+          "rms_snr": float(s.rms_snr), "rms_snr_debiased": float(s.rms_snr_debiased),
           "norm_snr": float(s.norm_snr), "mean_abs_mean": float(s.mean_abs_mean),
           "mean_std": float(s.mean_std), "total_variance": float(s.total_variance)}
+
+
+def _estimator_losses(names, x, k: int) -> dict:
+  losses = {}
+  for name in names:
+    if name == "elbo_m":  # the VAE with M = K samples averaged: MIWAE(K, 1)
+      losses[name] = toy.make_loss("miwae", x, k, num_groups=k)
+    else:
+      losses[name] = toy.make_loss(name, x, k)
+  return losses
+
+
+def _fit(ks, rows, field: str, min_k: int = 1) -> float:
+  pts = [(k, r[field]) for k, r in zip(ks, rows) if k >= min_k]
+  return diagnostics.fit_power_law(*zip(*pts))[0]
 
 
 def snr_versus_k(config, problem: toy.Problem, key) -> dict:
   """SNR of ``theta`` and ``phi`` against ``K`` for each estimator of ``config.toy.estimators``.
 
   All estimators at one ``K`` are measured in one compiled pass (:func:`diagnostics.joint_loss`)
-  on common random numbers.
+  with independent keys (so that their means can be compared with the usual standard errors).
+  The IWAE ``phi`` signal is, by default, the mean of the DReG draws (a control variate: DReG
+  differs from the IWAE estimator by a term of mean zero); the agreement of the two means is
+  checked at every ``K`` and reported as ``iwae_vs_dreg_phi_mean``.
   """
   tc = config.toy
   x = problem.data[:tc.batch_size]
@@ -69,20 +101,15 @@ def snr_versus_k(config, problem: toy.Problem, key) -> dict:
   names = list(tc.estimators)
   if tc.phi_signal not in ("dreg", "self"):
     raise ValueError(f"toy.phi_signal must be 'dreg' or 'self', got {tc.phi_signal!r}")
-  if tc.phi_signal == "dreg" and "iwae" in names and "dreg" not in names:
+  if "iwae" in names and "dreg" not in names:
     names.append("dreg")
   curves = {n: {"theta": [], "phi": []} for n in names}
-  iwae_direct, examples = [], {n: {"mu_0": [], "b_0": []} for n in names}
+  iwae_direct, agreement, examples = [], [], {n: {"mu_0": [], "b_0": []} for n in names}
   ks = [int(k) for k in tc.num_samples]
   n_draws = int(tc.num_draws)
   for i, k in enumerate(ks):
-    losses = {}
-    for name in names:
-      if name == "elbo_m":  # the VAE with M = K samples averaged: MIWAE(K, 1)
-        losses[name] = toy.make_loss("miwae", x, k, num_groups=k)
-      else:
-        losses[name] = toy.make_loss(name, x, k)
-    joint = diagnostics.joint_loss(losses, common_random_numbers=True)
+    losses = _estimator_losses(names, x, k)
+    joint = diagnostics.joint_loss(losses, common_random_numbers=False)
     moments = diagnostics.gradient_moments(
         joint, {n: problem.params for n in names}, jax.random.fold_in(key, i), n_draws,
         chunk_size=_chunk(config, k * len(names), b, d))
@@ -92,23 +119,57 @@ def snr_versus_k(config, problem: toy.Problem, key) -> dict:
       phi = r.groups["phi"]
       if name == "iwae":
         iwae_direct.append(_summary(phi))
+        cmp = diagnostics.gradient_bias_variance(own, moments.select("dreg"), problem.params,
+                                                 None, n_draws).groups["phi"]
+        agreement.append({"num_samples": k, "max_abs_z": float(cmp.max_abs_z),
+                          "mean_abs_z": float(cmp.mean_abs_z),
+                          "relative_difference": float(cmp.relative_bias)})
         if tc.phi_signal == "dreg":
           phi = diagnostics.snr_from_moments(own, signal=moments.select("dreg").mean).groups["phi"]
       curves[name]["theta"].append(_summary(r.groups["theta"]))
       curves[name]["phi"].append(_summary(phi))
       examples[name]["mu_0"].append(float(r.snr["theta"]["mu"][0]))
       examples[name]["b_0"].append(float(r.snr["phi"]["b"][0]))
-  slopes = {}
+  slopes, slopes_large_k = {}, {}
+  min_k = int(tc.asymptotic_min_k)
   for name, c in curves.items():
     for group in ("theta", "phi"):
-      slopes[f"{name}_{group}"] = diagnostics.fit_power_law(
-          ks, [row["mean_snr"] for row in c[group]])[0]
+      slopes[f"{name}_{group}"] = _fit(ks, c[group], "mean_snr")
+      if sum(k >= min_k for k in ks) >= 2:
+        slopes_large_k[f"{name}_{group}"] = _fit(ks, c[group], "mean_snr", min_k)
   if iwae_direct:
-    slopes["iwae_phi_direct"] = diagnostics.fit_power_law(
-        ks, [row["mean_snr"] for row in iwae_direct])[0]
-  return {"num_samples": ks, "curves": curves, "iwae_phi_direct": iwae_direct,
+    slopes["iwae_phi_self_signal"] = _fit(ks, iwae_direct, "mean_snr")
+    slopes["iwae_phi_self_signal_debiased"] = _fit(ks, iwae_direct, "rms_snr_debiased")
+  return {"num_samples": ks, "num_draws": n_draws, "curves": curves,
+          "iwae_phi_self_signal": iwae_direct, "iwae_vs_dreg_phi_mean": agreement,
           "single_parameter_snr": examples, "slopes": slopes,
+          "slopes_asymptotic": {"min_k": min_k, "slopes": slopes_large_k},
           "noise_floor": 1.0 / math.sqrt(n_draws)}
+
+
+def direct_snr_versus_k(config, problem: toy.Problem, key) -> dict:
+  """IWAE's SNR with the signal from its own draws only (no control variate), debiased.
+
+  With ``N`` draws the sample mean's square overestimates ``E[g]^2`` by ``Var[g] / N``; the
+  debiased root-mean-square SNR subtracts it (:class:`dgmjax.diagnostics.GroupSNR`), which resolves
+  group SNRs below the per-parameter floor ``1/sqrt(N)``. Many draws and moderate ``K`` keep the
+  signal resolved everywhere on the sweep.
+  """
+  dc = config.toy.direct
+  x = problem.data[:config.toy.batch_size]
+  b, d = x.shape
+  ks = [int(k) for k in dc.num_samples]
+  rows = {"theta": [], "phi": []}
+  for i, k in enumerate(ks):
+    m = diagnostics.gradient_moments(toy.make_loss("iwae", x, k), problem.params,
+                                     jax.random.fold_in(key, i), int(dc.num_draws),
+                                     chunk_size=_chunk(config, k, b, d))
+    r = diagnostics.snr_from_moments(m)
+    for group in rows:
+      rows[group].append(_summary(r.groups[group]))
+  slopes = {f"iwae_{g}_direct": _fit(ks, rows[g], "rms_snr_debiased") for g in rows}
+  return {"num_samples": ks, "num_draws": int(dc.num_draws), "curves": rows, "slopes": slopes,
+          "noise_floor": 1.0 / math.sqrt(int(dc.num_draws))}
 
 
 def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
@@ -157,7 +218,7 @@ def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
         continue
       r = diagnostics.gradient_bias_variance(moments.select(name),
                                              moments.select(f"{o}:reparam"), problem.params,
-                                             k_cmp, int(rc.num_draws))
+                                             None, int(rc.num_draws))
       phi = r.groups["phi"]
       rows.append({
           "num_samples": k, "objective": o, "estimator": est,
@@ -195,11 +256,11 @@ _LABELS = {"iwae": "IWAE", "dreg": "DReG", "stl": "STL", "elbo_m": "VAE (M = K s
 _COLORS = {"iwae": "C0", "dreg": "C2", "stl": "C1", "elbo_m": "C3"}
 
 
-def plot_snr(path: str, snr: dict, phi_signal: str) -> str:
+def plot_snr(path: str, snr: dict, direct: dict | None = None) -> str:
   """Log-log SNR against K for theta and phi, with fitted slopes in the legend."""
   plt = _plt()
   ks = np.asarray(snr["num_samples"], np.float64)
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
   for ax, group in zip(axes, ("theta", "phi")):
     for name, c in snr["curves"].items():
       if group == "theta" and name in ("dreg", "stl"):
@@ -208,21 +269,29 @@ def plot_snr(path: str, snr: dict, phi_signal: str) -> str:
       if not len(vals):
         continue
       slope, icpt = diagnostics.fit_power_law(ks, vals)
-      ax.loglog(ks, vals, "o-", color=_COLORS.get(name), label=f"{_LABELS.get(name, name)} "
-                f"(slope {slope:+.2f})")
+      label = _LABELS.get(name, name)
+      if name == "iwae" and group == "phi":
+        label += " (control-variate signal)"
+      ax.loglog(ks, vals, "o-", color=_COLORS.get(name), label=f"{label}, slope {slope:+.2f}")
       ax.loglog(ks, np.exp(icpt) * ks ** slope, ":", color=_COLORS.get(name), alpha=0.6)
-    if group == "phi" and snr["iwae_phi_direct"]:
-      direct = [row["mean_snr"] for row in snr["iwae_phi_direct"]]
-      ax.loglog(ks, direct, "x", color="C0", alpha=0.7,
-                label=f"IWAE, direct |mean|/std (slope {snr['slopes']['iwae_phi_direct']:+.2f})")
-      ax.axhline(snr["noise_floor"], color="gray", ls="--", lw=1,
-                 label=r"noise floor $1/\sqrt{N}$")
+    if group == "phi" and snr["iwae_phi_self_signal"]:
+      own = [row["mean_snr"] for row in snr["iwae_phi_self_signal"]]
+      ax.loglog(ks, own, "x", color="C0", alpha=0.7,
+                label=f"IWAE, own mean (N={snr['num_draws']}), floor-limited")
+      ax.axhline(0.8 * snr["noise_floor"], color="gray", ls="--", lw=1,
+                 label=r"floor of mean |SNR|: $0.8/\sqrt{N}$")
+    if direct is not None:
+      dk = np.asarray(direct["num_samples"], np.float64)
+      vals = np.asarray([row["rms_snr_debiased"] for row in direct["curves"][group]])
+      slope = direct["slopes"][f"iwae_{group}_direct"]
+      ax.loglog(dk, vals, "^--", color="C4", ms=5,
+                label=f"IWAE direct, debiased rms (N={direct['num_draws']}), slope {slope:+.2f}")
     ax.set_xlabel("K (importance samples)")
-    ax.set_ylabel("mean per-parameter SNR")
+    ax.set_ylabel("per-parameter SNR (mean over the group)")
     ax.set_title({"theta": r"generative network $\theta = \mu$",
                   "phi": r"inference network $\phi = (A, b)$"}[group])
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
   fig.suptitle("Gradient SNR on the Gaussian toy model (Rainforth et al. 2018)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -270,32 +339,41 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns:
     The results dictionary written to ``results.json``.
   """
+  if config.study == "mnist":
+    from experiments.gradient_snr import mnist
+    return mnist.measure(config, workdir)
   if config.study != "toy":
-    raise NotImplementedError(
-        f"study {config.study!r}: only 'toy' is implemented; the MNIST studies compose "
-        "dgmjax.estimators with the MNIST VAE (see experiments/gradient_snr/README.md)")
+    raise ValueError(f"config.study must be 'toy' or 'mnist', got {config.study!r}")
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   tc = config.toy
   key = jax.random.key(int(config.seed))
-  k_problem, k_snr, k_rf = jax.random.split(key, 3)
+  k_problem, k_snr, k_rf, k_direct = jax.random.split(key, 4)
   problem = toy.make_problem(k_problem, int(tc.dim), int(tc.num_data), float(tc.perturbation))
   timings = {}
   t0 = time.perf_counter()
   snr = snr_versus_k(config, problem, k_snr)
   timings["snr_versus_k_s"] = time.perf_counter() - t0
+  slopes = dict(snr["slopes"])
   results = {"study": "toy", "model": "Rainforth et al. (2018) Gaussian, D=%d" % int(tc.dim),
              "num_draws": int(tc.num_draws), "batch_size": int(tc.batch_size),
-             "phi_signal": tc.phi_signal, "snr": snr, "slopes": snr["slopes"],
-             "checks": _checks(snr["slopes"])}
+             "perturbation": float(tc.perturbation), "phi_signal": tc.phi_signal,
+             "measurement": MEASUREMENT, "snr": snr}
+  if tc.direct.enabled:
+    t0 = time.perf_counter()
+    results["direct"] = direct_snr_versus_k(config, problem, k_direct)
+    timings["direct_snr_versus_k_s"] = time.perf_counter() - t0
+    slopes.update(results["direct"]["slopes"])
+  results["slopes"] = slopes
+  results["checks"] = _checks(slopes)
   if config.reinforce.enabled:
     t0 = time.perf_counter()
     results["reinforce_vs_reparam"] = reinforce_versus_reparam(config, problem, k_rf)
     timings["reinforce_vs_reparam_s"] = time.perf_counter() - t0
   results["timings"] = timings
   results["figures"] = [os.path.basename(plot_snr(os.path.join(workdir, "snr_vs_k.png"), snr,
-                                                  tc.phi_signal))]
+                                                  results.get("direct")))]
   if "reinforce_vs_reparam" in results:
     results["figures"].append(os.path.basename(plot_reinforce(
         os.path.join(workdir, "reinforce_vs_reparam.png"), results["reinforce_vs_reparam"])))
@@ -306,11 +384,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def format_results(results: dict) -> str:
   """A short text summary: slopes and checks."""
+  if "points" in results:  # the MNIST study
+    lines = ["fitted slopes of log SNR in log K (debiased rms SNR):"]
+    for p in results["points"]:
+      lines.append(f"  {p['label']}:")
+      for name, v in p["slopes"].items():
+        if v is not None and name.endswith("rms_snr_debiased"):
+          lines.append(f"    {name[:-len('_rms_snr_debiased')]:12s} {v:+.3f}")
+    return "\n".join(lines)
   lines = ["fitted slopes of log SNR in log K:"]
   for name, v in results["slopes"].items():
     check = results["checks"].get(name)
     tag = "" if check is None else ("  [ok]" if check["ok"] else "  [OUT OF RANGE]")
     lines.append(f"  {name:18s} {v:+.3f}{tag}")
+  asym = results["snr"].get("slopes_asymptotic", {})
+  if asym.get("slopes"):
+    lines.append(f"fitted on K >= {asym['min_k']} only:")
+    for name, v in asym["slopes"].items():
+      lines.append(f"  {name:18s} {v:+.3f}")
   for row in results.get("reinforce_vs_reparam", {}).get("rows", []):
     lines.append(f"  K={row['num_samples']:<5d} {row['objective']:4s} {row['estimator']:24s} "
                  f"phi variance x{row['variance_ratio']:.3g} of reparam "

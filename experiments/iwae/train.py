@@ -135,7 +135,8 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {train_images.shape[0]} "
                      f"training images of {config.dataset}")
   optimizer, schedule, num_steps = make_optimizer(config, steps_per_epoch)
-  loss_fn = training.make_loss(model, config.objective, config.num_samples)
+  loss_kwargs = {k: config[k] for k in ("num_groups", "beta") if config.get(k) is not None}
+  loss_fn = training.make_loss(model, config.objective, config.num_samples, **loss_kwargs)
   log_every = max(1, min(config.log_every_steps, num_steps))
   checkpoint_every = _round_up(int(round(config.checkpoint_every_epochs * steps_per_epoch)),
                                log_every)
@@ -191,6 +192,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
       "num_layers": model.num_layers,
       "objective": config.objective,
       "k": config.num_samples,
+      **{k: v for k, v in loss_kwargs.items()},
       "optimizer": config.optimizer,
       "schedule": config.schedule,
       "batch_size": config.batch_size,

@@ -18,12 +18,19 @@ def get_config():
   c.toy.dim = 20                      # D
   c.toy.num_data = 1024               # datapoints drawn from the true model
   c.toy.perturbation = 0.01           # sigma of the N(0, sigma^2) noise on (mu*, A*, b*)
-  c.toy.batch_size = 1                # datapoints the gradient is taken on
+  c.toy.batch_size = 1                # datapoints the gradient is taken on (one, as Rainforth)
   c.toy.num_draws = 10_000            # N independent gradient draws per (estimator, K)
   c.toy.num_samples = (1, 3, 10, 30, 100, 300, 1000)
   c.toy.estimators = ("iwae", "dreg", "stl", "elbo_m")
-  # Signal of the IWAE phi SNR: 'dreg' (mean of DReG draws, unbiased for grad_phi L_K) or 'self'.
+  # Signal of the IWAE phi SNR: 'dreg' (control variate: the mean of DReG draws, unbiased for
+  # grad_phi L_K) or 'self' (IWAE's own sample mean, floor-limited at large K).
   c.toy.phi_signal = "dreg"
+  c.toy.asymptotic_min_k = 10         # slopes are also fitted on K >= this (large-K regime)
+  # IWAE alone, signal from its own draws, debiased: an independent check of the phi slope.
+  c.toy.direct = ml_collections.ConfigDict()
+  c.toy.direct.enabled = True
+  c.toy.direct.num_draws = 100_000
+  c.toy.direct.num_samples = (1, 3, 10, 30, 100)
 
   c.reinforce = ml_collections.ConfigDict()
   c.reinforce.enabled = True
