@@ -56,6 +56,7 @@ def test_vqvae_study_with_priors(tmp_path):
       assert os.path.isfile(tmp_path / name / f)
 
 
+@pytest.mark.slow  # the collapse/restart numbers come from the experiment; see README
 def test_codebook_study(tmp_path):
   c = _tiny("codebook")
   c.variants = {"bad_init": {"ema": False, "restart_every": 0},
