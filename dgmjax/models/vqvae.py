@@ -231,10 +231,14 @@ class VQVAE:
     return [z_b, z_t], [vq.quantize(z_b, cbs[0]), q_t]
 
   def decode_codes(self, params, z_qs: list[Array]) -> tuple[Array, Array]:
-    """Decoder output: discretized-logistic ``(loc, log_scale)``, each ``[B, H, W, C]``."""
+    """Decoder output: discretized-logistic ``(loc, log_scale)``, each ``[B, H, W, C]``.
+
+    ``loc`` is unconstrained (centred on 0.5): a squashed location saturates on data with many
+    pixels at exactly 0 or 1 (MNIST) and stops learning; :meth:`reconstruct` clips it to [0, 1].
+    """
     out = self.module.apply(params["net"], *z_qs, method=_Net.decode)
     loc, log_scale = jnp.split(out, 2, axis=-1)
-    return jax.nn.sigmoid(loc), jnp.maximum(log_scale, -7.0)
+    return 0.5 + loc, jnp.maximum(log_scale, -7.0)
 
   def decode_indices(self, params, indices: list[Array]) -> tuple[Array, Array]:
     z_qs = [vq.lookup(i, c) for i, c in zip(indices, params["codebooks"])]
@@ -258,7 +262,7 @@ class VQVAE:
       loss = loss + codebook
     metrics = {"nll_bits_per_dim_uniform_prior": self.bits_per_dim(-jnp.mean(log_px)),
                "recon_nats": -jnp.mean(log_px),
-               "mse": jnp.mean(jnp.square(loc - x)),
+               "mse": jnp.mean(jnp.square(jnp.clip(loc, 0.0, 1.0) - x)),
                "commitment": commit,
                "aux": {"z_e": [lax.stop_gradient(z) for z in z_es],
                        "indices": [q.indices for q in qs]}}
@@ -296,7 +300,7 @@ class VQVAE:
 
   def reconstruct(self, params, x: Array) -> Array:
     _, qs = self.encode(params, x)
-    return self.decode_codes(params, [q.z_q for q in qs])[0]
+    return jnp.clip(self.decode_codes(params, [q.z_q for q in qs])[0], 0.0, 1.0)
 
   def bits_per_dim(self, nats: Array) -> Array:
     """Nats per image -> bits per (8-bit) dimension."""

@@ -208,7 +208,7 @@ def _vq_eval(model, params, x, batch_size: int) -> dict:
     _, qs = model.encode(p, xb)
     loc, log_scale = model.decode_codes(p, [q.z_q for q in qs])
     return (-model.recon_log_prob(xb, loc, log_scale),
-            jnp.mean(jnp.square(loc - xb), axis=(1, 2, 3)))
+            jnp.mean(jnp.square(jnp.clip(loc, 0.0, 1.0) - xb), axis=(1, 2, 3)))
   nats, mse = [], []
   for i in range(0, len(x), batch_size):
     a, b = batch_stats(params, x[i:i + batch_size])
@@ -301,7 +301,7 @@ def _sample_from_prior(key, model, params, prior, num: int) -> np.ndarray:
     cond = None if cond_lvl is None else cond_of(codes[cond_lvl])
     key, k = jax.random.split(key)
     codes[lvl] = jax.jit(pixelcnn.sample, static_argnums=(1, 3))(k, net, p, (num, h, w), cond)
-  return np.asarray(jax.jit(model.decode_indices)(params, codes)[0])
+  return np.clip(np.asarray(jax.jit(model.decode_indices)(params, codes)[0]), 0.0, 1.0)
 
 
 def run_vqvae(config, workdir: str, resume: bool = False) -> dict:
