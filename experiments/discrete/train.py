@@ -65,6 +65,14 @@ def _subset(x: np.ndarray, num: int, seed: int) -> np.ndarray:
   return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:num])]
 
 
+def _splits(config) -> tuple[np.ndarray, np.ndarray]:
+  """Validated train and test images, cut to ``max_train_examples`` / ``eval.num_examples``."""
+  train_x, test_x = _load(config, "train"), _load(config, "test")
+  if config.get("max_train_examples"):
+    train_x = train_x[:config.max_train_examples]
+  return train_x, _subset(test_x, config.eval.get("num_examples"), config.seed)
+
+
 def _fit(loss_fn, params, train_x, config, workdir, resume, *, pass_step=False, post_update=None):
   steps_per_epoch = train_x.shape[0] // config.batch_size
   if steps_per_epoch < 1:
@@ -96,15 +104,11 @@ def _write(path: str, obj) -> None:
 
 def run_categorical(config, workdir: str, resume: bool = False) -> dict:
   """One run per ``config.estimators``; returns the summary (also ``summary.json``)."""
-  train_x = _load(config, "train")
-  test_x = _load(config, "test")
+  train_x, test_x = _splits(config)
   for name, x in (("train", train_x), ("test", test_x)):
     if not np.all((x == 0) | (x == 1)):
       raise ValueError(f"{config.dataset}/{name}: the categorical VAE study expects fixed-"
                        "binarization data (binarized_mnist)")
-  if config.get("max_train_examples"):
-    train_x = train_x[:config.max_train_examples]
-  test_x = _subset(test_x, config.eval.get("num_examples"), config.seed)
   model = categorical_vae.CategoricalVAE(tuple(train_x.shape[1:]), config.num_vars,
                                          config.num_classes, tuple(config.hidden_dims),
                                          config.codebook_dim)
@@ -208,13 +212,12 @@ def _vq_eval(model, params, x, batch_size: int) -> dict:
     _, qs = model.encode(p, xb)
     loc, log_scale = model.decode_codes(p, [q.z_q for q in qs])
     return (-model.recon_log_prob(xb, loc, log_scale),
-            jnp.mean(jnp.square(jnp.clip(loc, 0.0, 1.0) - xb), axis=(1, 2, 3)))
-  nats, mse = [], []
-  for i in range(0, len(x), batch_size):
-    a, b = batch_stats(params, x[i:i + batch_size])
-    nats.append(np.asarray(a)), mse.append(np.asarray(b))
-  nats, mse = np.concatenate(nats), np.concatenate(mse)
-  codes = _codes(model, params, x, batch_size)
+            jnp.mean(jnp.square(jnp.clip(loc, 0.0, 1.0) - xb), axis=(1, 2, 3)),
+            [q.indices for q in qs])
+  out = [batch_stats(params, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+  nats = np.concatenate([np.asarray(o[0]) for o in out])
+  mse = np.concatenate([np.asarray(o[1]) for o in out])
+  codes = [np.concatenate([np.asarray(o[2][l]) for o in out]) for l in range(model.levels)]
   usage = []
   for lvl, c in enumerate(codes):
     counts = vq.code_counts(jnp.asarray(c), model.num_codes)
@@ -305,11 +308,7 @@ def _sample_from_prior(key, model, params, prior, num: int) -> np.ndarray:
 
 
 def run_vqvae(config, workdir: str, resume: bool = False) -> dict:
-  train_x = _load(config, "train")
-  test_x = _load(config, "test")
-  if config.get("max_train_examples"):
-    train_x = train_x[:config.max_train_examples]
-  test_x = _subset(test_x, config.eval.get("num_examples"), config.seed)
+  train_x, test_x = _splits(config)
   rows = {}
   for levels in config.level_list:
     name = "vqvae" if levels == 1 else "vqvae2"
@@ -384,11 +383,7 @@ def _usage_figure(path: str, usage: list, title: str) -> str:
 
 def run_codebook(config, workdir: str, resume: bool = False) -> dict:
   """A bad initialisation with and without dead-code restarts (and EMA), usage over the test set."""
-  train_x = _load(config, "train")
-  test_x = _load(config, "test")
-  if config.get("max_train_examples"):
-    train_x = train_x[:config.max_train_examples]
-  test_x = _subset(test_x, config.eval.get("num_examples"), config.seed)
+  train_x, test_x = _splits(config)
   rows = {}
   for name, over in config.variants.items():
     d = os.path.join(workdir, name)
