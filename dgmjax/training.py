@@ -271,6 +271,143 @@ def make_loss(model, objective: str, num_samples: int, **kwargs) -> LossFn:
   return loss
 
 
+# ----------------------------------------------------------------------------- KL control
+
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+
+
+def kl_weight_schedule(kind: str = "constant", *, warmup_steps: int = 0, cycle_steps: int = 0,
+                       ramp_fraction: float = 0.5) -> Callable[[Array], Array]:
+  """The KL weight ``beta(step)`` of KL annealing: constant 1, a linear warm-up, or cyclical.
+
+  ``'linear'`` rises from 0 to 1 over ``warmup_steps`` and stays at 1 (Bowman et al. 2016);
+  ``'cyclical'`` repeats cycles of ``cycle_steps``, each rising linearly from 0 to 1 over the first
+  ``ramp_fraction`` of the cycle and then held at 1 (Fu et al. 2019). Built on
+  ``optax.linear_schedule``; jittable in ``step``.
+
+  .. math:: \beta_{\text{cyc}}(t) = \min\big(1, \tfrac{t \bmod T}{R\,T}\big)
+
+  Args:
+    kind: ``'constant'``, ``'linear'`` or ``'cyclical'``.
+    warmup_steps: length of the linear warm-up (``'linear'``), ``>= 1``.
+    cycle_steps: ``T`` (``'cyclical'``), ``>= 1``.
+    ramp_fraction: ``R`` in (0, 1] (``'cyclical'``).
+
+  Returns:
+    ``step -> beta`` (float32 scalar).
+
+  References:
+    Bowman et al., Generating Sentences from a Continuous Space, CoNLL 2016;
+    Fu et al., Cyclical Annealing Schedule: A Simple Approach to Mitigating KL Vanishing, NAACL 2019.
+  """
+  if kind not in KL_SCHEDULES:
+    raise ValueError(f"kind must be one of {KL_SCHEDULES}, got {kind!r}")
+  if kind == "constant":
+    return lambda step: jnp.ones([], jnp.float32)
+  if kind == "linear":
+    if not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 1:
+      raise ValueError(f"warmup_steps must be an int >= 1 for a linear schedule, got "
+                       f"{warmup_steps!r}")
+    ramp = optax.linear_schedule(0.0, 1.0, int(warmup_steps))
+    return lambda step: jnp.asarray(ramp(step), jnp.float32)
+  if not isinstance(cycle_steps, (int, np.integer)) or cycle_steps < 1:
+    raise ValueError(f"cycle_steps must be an int >= 1 for a cyclical schedule, got "
+                     f"{cycle_steps!r}")
+  if not 0.0 < ramp_fraction <= 1.0:
+    raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction!r}")
+  ramp = optax.linear_schedule(0.0, 1.0, max(1, int(round(ramp_fraction * cycle_steps))))
+  return lambda step: jnp.asarray(ramp(jnp.mod(step, int(cycle_steps))), jnp.float32)
+
+
+KL_OBJECTIVES = ("vae", "iwae")
+
+
+def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
+                            kl_weight: Callable | None = None, free_bits: float | None = None,
+                            free_bits_groups: int | None = None) -> Callable:
+  """The ELBO or IWAE loss with a KL weight schedule and / or free bits: ``(params, x, key, step)``.
+
+  Use with ``make_train_step(..., pass_step=True)``. The model needs a diagonal-Gaussian ``q`` and a
+  standard Normal prior (``encode(params, x) -> (loc, log_scale)`` and
+  ``log_weight_terms(params, x, key, K)``, e.g. :class:`dgmjax.models.pixel_vae.PixelVAE`), so the
+  KL of each latent dimension is analytic.
+
+  - ``'vae'``: ``E_q[log p(x|z)] - beta * R`` with ``R`` the analytic KL summed over dimensions,
+    or, with free bits, ``objectives.free_bits(KL_dims, lambda)`` (each dimension, or group,
+    pays at least ``lambda`` nats averaged over the minibatch: below it, no KL gradient).
+  - ``'iwae'``: the IWAE bound of the tempered weights ``log p(x|z) + beta (log p(z) - log q(z|x))``
+    (IWAE at ``beta = 1``), minus ``beta`` times the free-bits shortfall
+    ``sum_j max(lambda - KL_j, 0)``. For ``K = 1`` this has the expected gradient of the free-bits
+    ELBO; for ``K > 1`` the shortfall term pushes collapsed dimensions back up to ``lambda``.
+
+  .. math:: \mathcal{L}_{FB} = \mathbb{E}_q[\log p(x|z)] - \beta \sum_j \max\big(\lambda, \mathbb{E}_{batch} KL(q(z_j|x) \| p(z_j))\big)
+
+  Args:
+    model: see above.
+    objective: ``'vae'`` or ``'iwae'``.
+    num_samples: ``K``.
+    kl_weight: ``step -> beta`` (e.g. :func:`kl_weight_schedule`); default 1.
+    free_bits: ``lambda`` in nats per dimension (or per group), or None.
+    free_bits_groups: split the latent dimensions into this many groups for free bits.
+
+  Returns:
+    ``loss(params, x, key, step) -> (loss, metrics)``; ``metrics`` has ``bound`` (the unmodified
+    ELBO or IWAE bound being approached), ``elbo`` (analytic KL), ``kl`` (batch mean of the total
+    KL), ``beta``, ``kl_below_free_bits`` (dimensions or groups under ``lambda``) and ``au_batch``
+    (units whose encoder mean varies by more than 0.01 over the minibatch, Burda et al.'s test).
+
+  References:
+    Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016
+    (free bits); Bowman et al., CoNLL 2016 (annealing); Burda et al., ICLR 2016 (active units).
+  """
+  from dgmjax import distributions
+
+  if objective not in KL_OBJECTIVES:
+    raise ValueError(f"objective must be one of {KL_OBJECTIVES}, got {objective!r}")
+  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  if free_bits is not None and (not np.isfinite(free_bits) or free_bits < 0):
+    raise ValueError(f"free_bits must be None or a finite lambda >= 0 (nats), got {free_bits!r}")
+  if free_bits_groups is not None and free_bits is None:
+    raise ValueError("free_bits_groups needs free_bits (lambda)")
+  d = model.latent_dims[0]
+  if free_bits_groups is not None and (not isinstance(free_bits_groups, (int, np.integer))
+                                       or free_bits_groups < 1 or d % free_bits_groups):
+    raise ValueError(f"free_bits_groups must be a positive int dividing the {d} latent "
+                     f"dimensions, got {free_bits_groups!r}")
+  kl_weight = kl_weight or kl_weight_schedule("constant")
+
+  def loss(params, x, key, step):
+    beta = kl_weight(step)
+    loc, log_scale = model.encode(params, x)
+    kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0)   # [B, D]
+    kl_total = jnp.mean(jnp.sum(kl_dims, axis=-1))
+    if free_bits is None:
+      penalty, below = kl_total, jnp.zeros([], jnp.int32)
+    else:
+      penalty = objectives.free_bits(kl_dims, free_bits, axis=0, num_groups=free_bits_groups)
+      per = jnp.mean(kl_dims, axis=0)
+      if free_bits_groups is not None:
+        per = jnp.sum(per.reshape(free_bits_groups, -1), axis=-1)
+      below = jnp.sum(per < free_bits)
+    terms = model.log_weight_terms(params, x, key, num_samples)
+    ll = jnp.mean(terms.log_px_given_z)
+    elbo = ll - kl_total
+    if objective == "vae":
+      value = ll - beta * penalty
+      bound = elbo
+    else:
+      tempered = terms.log_px_given_z + beta * (terms.log_prior - terms.log_q)
+      value = jnp.mean(objectives.iwae_bound(tempered)) - beta * (penalty - kl_total)
+      bound = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(terms.log_weights)))
+    au = jnp.sum(jnp.var(jax.lax.stop_gradient(loc), axis=0) > 1e-2)
+    return -value, {"bound": jax.lax.stop_gradient(bound), "elbo": jax.lax.stop_gradient(elbo),
+                    "kl": jax.lax.stop_gradient(kl_total), "beta": beta,
+                    "kl_below_free_bits": below, "au_batch": au}
+
+  return loss
+
+
 # ----------------------------------------------------------------------------- state and step
 
 
