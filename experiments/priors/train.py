@@ -154,6 +154,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
       "total_seconds": time.time() - t0,
       "figures": {k: os.path.basename(v) for k, v in figures.items()},
   }
+  np.save(os.path.join(vdir, "test_log_likelihood.npy"), ll)  # per image, for paired comparisons
   if variant == "standard":  # KL per dimension is defined against the factorised N(0, I)
     kl_dims = diagnostics.kl_per_dimension(lambda p, x: model.base.encode(p["vae"], x, 0),
                                            params, test_x, batch_size=config.eval.batch_size)
@@ -226,6 +227,26 @@ def collect(workdir: str) -> dict:
   return found
 
 
+def paired_differences(workdir: str, variants: dict) -> None:
+  """Adds each variant's NLL minus the standard prior's, with the standard error of the paired
+  per-image differences (every variant is evaluated on the same test images with the same keys).
+  """
+  ref_path = os.path.join(workdir, "standard", "test_log_likelihood.npy")
+  if not os.path.exists(ref_path):
+    return
+  ref = np.load(ref_path)
+  for v, r in variants.items():
+    p = os.path.join(workdir, v, "test_log_likelihood.npy")
+    if v == "standard" or not os.path.exists(p):
+      continue
+    ll = np.load(p)
+    if ll.shape != ref.shape:
+      continue
+    d = ref - ll  # per image: NLL(variant) - NLL(standard) = log p_standard - log p_variant
+    r["nll_minus_standard"] = float(d.mean())
+    r["nll_minus_standard_stderr"] = float(d.std(ddof=1) / math.sqrt(d.size))
+
+
 def save_comparison(path: str, variants: dict) -> str:
   plt = plotting._plt()  # pylint: disable=protected-access
   names = list(variants)
@@ -284,6 +305,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "two_d.json")) as f:
       two_d = json.load(f)
   variants = collect(workdir)
+  paired_differences(workdir, variants)
   results = {"dataset": config.dataset, "variants": variants, "paper": PAPER, "two_d": two_d,
              "seconds": time.time() - t0}
   if variants:
@@ -301,9 +323,11 @@ def format_table(results: dict) -> str:
   paper = results["paper"]["test_log_likelihood"]
   for v, r in results["variants"].items():
     ref = f"{-paper[v]:.2f}" if v in paper else ""
+    diff = (f"  vs N(0, I): {r['nll_minus_standard']:+.2f}+-{r['nll_minus_standard_stderr']:.2f}"
+            if "nll_minus_standard" in r else "")
     lines.append(f"  {r['label']:<15s} {r['test_elbo']:8.2f}  {r['test_nll']:7.2f}+-"
                  f"{r['test_nll_stderr']:.2f}  {r['mutual_information']:6.2f}  "
-                 f"{r['marginal_kl']:6.2f}  {r['average_kl']:6.2f}  {ref}")
+                 f"{r['marginal_kl']:6.2f}  {r['average_kl']:6.2f}  {ref}{diff}")
   if results.get("two_d"):
     for name, s in results["two_d"].items():
       lines.append(f"  2-D {VARIANT_LABELS[name]:<15s} MI {s['mutual_information']:.2f}  "
