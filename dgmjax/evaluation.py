@@ -2,21 +2,38 @@
 
 Burda et al. report ``log p(x) ~ L_5000``. Here the 5000 samples are drawn in chunks and combined
 with a streaming log-sum-exp, and the images are processed in fixed-size batches (the last one
-padded), so peak memory is set by ``batch_size * sample_chunk`` whatever ``K`` and the test-set size,
-and the jitted function is compiled once.
+padded), so peak memory is set by ``batch_size * sample_chunk`` whatever ``K`` and the test-set
+size, and the jitted function is compiled once (and cached across calls).
 
 The estimator needs the model's log-weights as a function of one key per sample,
 ``log_weights_from_keys(params, x, keys[K]) -> [K, B]`` (see
 :meth:`dgmjax.models.vae.VAE.log_weights_from_keys`): sample ``k`` then depends on ``keys[k]`` only,
 so the chunked estimate equals the unchunked ``iwae_bound(log_weights(params, x, key, K))``.
+
+Near the roofline (``benchmarks/bench.py`` measures it):
+
+* **Encoder once per image.** The first chunk is evaluated outside the ``lax.scan`` over the other
+  chunks; XLA merges the two identical encoder computations (CSE) and hoists them out of the loop
+  (loop-invariant code motion), so for :class:`~dgmjax.models.vae.VAE` the deterministic encoder of
+  ``q(h_1|x)`` runs once per image for all ``K`` samples; only the layers that must see each sample
+  run per sample. ``tests/test_evaluation.py`` checks this on the compiled program.
+* **Cheap, stable Bernoulli term.** :func:`dgmjax.distributions.bernoulli_log_prob` is
+  ``x l - max(l, 0) - log1p(exp(-|l|))``, one fused elementwise loop over the ``[c, B, D]`` logits.
+* **Chunk size from available memory** (``sample_chunk="auto"``, :func:`auto_sample_chunk`).
+* **Low-precision matmuls, float32 reductions** (``matmul_precision``, :func:`matmul_precision`):
+  matmul inputs in bfloat16 or TF32, products accumulated in float32, and every elementwise op,
+  pixel sum and log-sum-exp in float32 (at least).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import os
 from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +45,120 @@ Array = jax.Array
 LogWeightsFromKeys = Callable[[object, Array, Array], Array]
 LogWeightsFn = Callable[[object, Array, Array, int], Array]
 
+#: ``matmul_precision`` names: mantissa bits kept in the matmul inputs (float32 has 23).
+MATMUL_PRECISIONS = {"float32": 23, "tensorfloat32": 10, "bfloat16": 7}
+
+
+# ----------------------------------------------------------------------------- compiled cache
+
+
+_JIT_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_JIT_CACHE_SIZE = 64
+
+
+def _cached(key, build: Callable):
+  """``build()`` memoised on ``key`` (LRU); unhashable keys (e.g. a closure over an unhashable
+  model) are built afresh each time, as before caching existed."""
+  try:
+    hash(key)
+  except TypeError:
+    return build()
+  if key in _JIT_CACHE:
+    _JIT_CACHE.move_to_end(key)
+    return _JIT_CACHE[key]
+  fn = _JIT_CACHE[key] = build()
+  if len(_JIT_CACHE) > _JIT_CACHE_SIZE:
+    _JIT_CACHE.popitem(last=False)
+  return fn
+
+
+# ----------------------------------------------------------------------------- matmul precision
+
+
+def _check_precision(name):
+  if name is not None and name not in MATMUL_PRECISIONS:
+    raise ValueError(f"matmul_precision must be None or one of {sorted(MATMUL_PRECISIONS)}, got "
+                     f"{name!r}")
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str | None, *, emulate: bool | None = None):
+  """Trace-time context: every ``flax.linen.Dense`` multiplies in ``name`` precision.
+
+  Inside the context (while a function is traced), a Dense layer computes
+  ``y = dot(round(x), round(W)) + b`` where ``round`` keeps ``MATMUL_PRECISIONS[name]`` mantissa
+  bits (bfloat16: 7, TF32: 10, float32: 23), the products are accumulated in float32 and the
+  output, the bias and everything downstream (activations, log-densities, pixel sums, the
+  log-sum-exp over samples) stay float32. That is what bfloat16 or TF32 tensor-core matmuls
+  compute, so the NLL shift of a low-precision evaluation can be measured on any backend.
+
+  * ``emulate=False`` (default on GPU/TPU): native low-precision matmuls, ``bfloat16``: inputs cast
+    to bfloat16, ``preferred_element_type=float32``; ``tensorfloat32``:
+    ``precision=lax.Precision.HIGH``; ``float32``: ``lax.Precision.HIGHEST`` (true float32,
+    which JAX's default on GPU is not).
+  * ``emulate=True`` (default on CPU, whose XLA dots ignore precision settings): the operands are
+    rounded with ``lax.reduce_precision`` and multiplied in float32: the numerics of the
+    low-precision matmul at float32 speed.
+
+  Matmuls outside ``flax.linen.Dense`` (e.g. ``jnp.dot`` in a prior) follow JAX's
+  ``jax_default_matmul_precision``, which is set to the same name for the traced code.
+
+  Args:
+    name: ``None`` (no change), ``'float32'``, ``'tensorfloat32'`` or ``'bfloat16'``.
+    emulate: round-and-multiply-in-float32 instead of native low-precision matmuls; default: on
+      CPU only.
+
+  Yields:
+    Nothing; trace (``jax.jit`` lowers) the function inside the context.
+
+  References:
+    Kalamkar et al., A Study of BFLOAT16 for Deep Learning Training, 2019; NVIDIA, TensorFloat-32
+    in the A100 GPU, 2020.
+  """
+  _check_precision(name)
+  if name is None:
+    yield
+    return
+  if emulate is None:
+    emulate = jax.default_backend() == "cpu"
+  bits = MATMUL_PRECISIONS[name]
+
+  def dense(next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, nn.Dense) or context.method_name != "__call__" or kwargs:
+      return next_fun(*args, **kwargs)
+    (x,) = args
+    kernel = module.get_variable("params", "kernel")
+    if kernel is None:  # being initialised: nothing to round yet
+      return next_fun(*args, **kwargs)
+    out_dtype = jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    if emulate:
+      rp = lambda a: lax.reduce_precision(a.astype(out_dtype), exponent_bits=8,
+                                          mantissa_bits=bits)
+      y = lax.dot_general(rp(x), rp(kernel), dims, precision=lax.Precision.HIGHEST)
+    elif name == "bfloat16":
+      y = lax.dot_general(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), dims,
+                          preferred_element_type=out_dtype)
+    else:
+      prec = lax.Precision.HIGH if name == "tensorfloat32" else lax.Precision.HIGHEST
+      y = lax.dot_general(x.astype(out_dtype), kernel.astype(out_dtype), dims, precision=prec)
+    if module.use_bias:
+      bias = module.get_variable("params", "bias")
+      y = y + jnp.reshape(bias.astype(out_dtype), (1,) * (y.ndim - 1) + (-1,))
+    return y
+
+  with jax.default_matmul_precision(name), nn.intercept_methods(dense):
+    yield
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+
+def _lse0(lw: Array) -> Array:
+  """``logsumexp`` over samples (axis 0) in at least float32, whatever the log-weights' dtype."""
+  return jax.nn.logsumexp(lw.astype(jnp.promote_types(lw.dtype, jnp.float32)), axis=0)
+
 
 def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: Array,
                          keys: Array, sample_chunk: int) -> Array:
@@ -36,7 +167,8 @@ def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: A
   .. math:: \\mathcal{L}_K = \\log \\sum_{c} \\sum_{k \\in c} w_k - \\log K, \\quad \\text{accumulated as } a \\leftarrow \\operatorname{logaddexp}(a, \\operatorname{LSE}_{k \\in c} \\log w_k)
 
   Jittable; ``sample_chunk`` is static. Peak memory holds one chunk of ``[sample_chunk, B]``
-  log-weights and its activations.
+  log-weights and its activations. The accumulation is in float32 (float64 under x64) even if the
+  log-weights are bfloat16.
 
   Args:
     log_weights_from_keys: ``(params, x, keys[c]) -> [c, B]``.
@@ -54,18 +186,162 @@ def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: A
   num_samples = keys.shape[0]
   chunk = max(1, min(int(sample_chunk), num_samples))
   num_chunks, rem = divmod(num_samples, chunk)
-  lse = lambda lw: jax.nn.logsumexp(lw, axis=0)
-  acc = lse(log_weights_from_keys(params, x, keys[:chunk]))
+  # The first chunk outside the scan: XLA merges its encoder pass with the loop body's and hoists
+  # it out of the loop, so the per-image work runs once (see the module docstring).
+  acc = _lse0(log_weights_from_keys(params, x, keys[:chunk]))
   if num_chunks > 1:
     rest = keys[chunk:num_chunks * chunk].reshape(num_chunks - 1, chunk)
 
     def body(a, k):
-      return jnp.logaddexp(a, lse(log_weights_from_keys(params, x, k))), None
+      return jnp.logaddexp(a, _lse0(log_weights_from_keys(params, x, k))), None
 
     acc, _ = lax.scan(body, acc, rest)
   if rem:
-    acc = jnp.logaddexp(acc, lse(log_weights_from_keys(params, x, keys[num_chunks * chunk:])))
+    acc = jnp.logaddexp(acc, _lse0(log_weights_from_keys(params, x, keys[num_chunks * chunk:])))
   return acc - math.log(num_samples)
+
+
+# ----------------------------------------------------------------------------- chunk size
+
+
+def _cpu_cache_bytes() -> int | None:
+  """Size of the last-level CPU cache (Linux sysfs or ``sysconf``), or None if unknown."""
+  best = 0
+  base = "/sys/devices/system/cpu/cpu0/cache"
+  try:
+    for d in os.listdir(base):
+      try:
+        with open(os.path.join(base, d, "size")) as f:
+          txt = f.read().strip().upper()
+      except OSError:
+        continue
+      mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+      num = txt[:-1] if txt[-1:] in "KMG" else txt
+      best = max(best, int(num) * mult)
+  except (OSError, ValueError):
+    pass
+  if not best:
+    try:
+      best = int(os.sysconf("SC_LEVEL3_CACHE_SIZE") or 0)
+    except (ValueError, OSError, AttributeError):
+      best = 0
+  return best or None
+
+
+def _host_available_bytes() -> int | None:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def memory_budget(device=None, *, fraction: float = 0.25) -> dict:
+  """The working-set budget of one chunk of the k=5000 estimator, and where it comes from.
+
+  The rule:
+
+  * accelerators: ``fraction`` of the free device memory, ``bytes_limit - bytes_in_use`` from
+    ``device.memory_stats()``;
+  * CPU: the smaller of ``fraction`` of the host's available memory (``MemAvailable``) and an
+    eighth of the last-level cache. On CPU each matmul's output is streamed through elementwise
+    passes (tanh, the Bernoulli term) that run at cache speed only while the chunk stays
+    cache-resident. On the 2-core EPYC of ``benchmarks/bench.py`` (32 MiB L3) Burda's 1-layer
+    model evaluates at the same speed (within 10%) from 1,000 to 8,000 rows (``batch * chunk``)
+    and 4-5x slower at 50,000 rows; an eighth of the L3 (4 MiB) at XLA's 1.2 KiB per row gives
+    about 3,300 rows, the middle of that plateau, while RAM would allow far more.
+
+  Args:
+    device: a ``jax.Device`` (default: the first device).
+    fraction: share of the free memory one chunk may use.
+
+  Returns:
+    ``{"bytes": int, "source": str}``.
+  """
+  device = device or jax.devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats)
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return {"bytes": max(int(fraction * free), 1 << 20),
+            "source": f"{fraction:g} x free device memory ({free / 2**30:.2f} GiB)"}
+  avail = _host_available_bytes() or (4 << 30)
+  budget, source = int(fraction * avail), f"{fraction:g} x MemAvailable ({avail / 2**30:.2f} GiB)"
+  cache = _cpu_cache_bytes() if device.platform == "cpu" else None
+  if cache and cache // 8 < budget:
+    budget, source = cache // 8, f"1/8 of the last-level cache ({cache / 2**20:.0f} MiB)"
+  return {"bytes": max(budget, 1 << 18), "source": source}
+
+
+def _bytes_per_sample(log_weights_from_keys: LogWeightsFromKeys, params, x, probe: int,
+                      precision) -> float:
+  """Working set of one importance sample for the batch ``x``: XLA's temporary + output bytes of
+  ``log_weights_from_keys`` at ``probe`` samples, divided by ``probe``."""
+
+  def fn(p, xx, keys):
+    with matmul_precision(precision):
+      return log_weights_from_keys(p, xx, keys)
+
+  def measure():
+    keys = jax.random.split(jax.random.key(0), probe)  # compiled, never run: values irrelevant
+    try:
+      mem = jax.jit(fn).lower(params, x, keys).compile().memory_analysis()
+      total = int(mem.temp_size_in_bytes) + int(mem.output_size_in_bytes)
+    except Exception:  # pylint: disable=broad-except  (no memory analysis on this backend)
+      total = 0
+    if total <= 0:  # fall back to the sizes of every intermediate value (an upper bound)
+      jaxpr = jax.make_jaxpr(fn)(params, x, keys)
+      total = sum(int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize
+                  for eqn in jaxpr.eqns for v in eqn.outvars if hasattr(v.aval, "shape"))
+    return max(total / probe, 1.0)
+
+  leaves, tree = jax.tree.flatten(params)
+  shapes = tuple((np.shape(a), str(getattr(a, "dtype", np.asarray(a).dtype))) for a in leaves)
+  x = jnp.asarray(x)
+  return _cached(("bytes_per_sample", log_weights_from_keys, tree, shapes, x.shape, str(x.dtype),
+                  probe, precision), measure)
+
+
+def auto_sample_chunk(log_weights_from_keys: LogWeightsFromKeys, params, x, *,
+                      num_samples: int = 5000, budget_bytes: int | None = None,
+                      matmul_precision_name: str | None = None, probe: int = 16) -> int:
+  """The number of importance samples per chunk that fits the memory budget.
+
+  .. math:: c = \\min\\big(K, \\max(1, \\lfloor \\text{budget} / \\text{bytes per sample} \\rfloor)\\big), \\text{ then } c \\leftarrow \\lceil K / \\lceil K / c \\rceil \\rceil
+
+  The bytes per sample (for the whole batch ``x``) come from XLA's memory analysis of the
+  compiled log-weights at ``probe`` samples; the budget from :func:`memory_budget`. The last step
+  spreads ``K`` evenly over the chunks so that the final chunk is not a small remainder.
+
+  Args:
+    log_weights_from_keys: ``(params, x, keys[c]) -> [c, B]``.
+    params: model parameters.
+    x: ``[B, ...]`` one batch (its size sets the bytes per sample).
+    num_samples: ``K``.
+    budget_bytes: the budget; default :func:`memory_budget`.
+    matmul_precision_name: see :func:`matmul_precision`.
+    probe: samples compiled to measure the bytes per sample.
+
+  Returns:
+    ``sample_chunk``, an int in ``[1, K]``.
+  """
+  if budget_bytes is None:
+    budget_bytes = memory_budget()["bytes"]
+  if budget_bytes <= 0:
+    raise ValueError(f"budget_bytes must be > 0, got {budget_bytes}")
+  per_sample = _bytes_per_sample(log_weights_from_keys, params, x, probe, matmul_precision_name)
+  chunk = int(min(num_samples, max(1, budget_bytes // per_sample)))
+  num_chunks = -(-num_samples // chunk)
+  return -(-num_samples // num_chunks)
 
 
 def _batches(images: np.ndarray, batch_size: int):
@@ -86,12 +362,34 @@ def _check_eval_images(images, name: str = "images") -> np.ndarray:
   return images.astype(np.float32, copy=False)
 
 
+def _streaming_fn(log_weights_from_keys, num_samples: int, sample_chunk: int, precision,
+                  emulate):
+  """The jitted per-batch estimator, cached so that repeated evaluations compile once."""
+
+  def build():
+    @jax.jit
+    def fn(p, x, k):
+      with matmul_precision(precision, emulate=emulate):
+        return streaming_iwae_bound(log_weights_from_keys, p, x,
+                                    jax.random.split(k, num_samples), sample_chunk)
+    return fn
+
+  return _cached(("streaming", log_weights_from_keys, num_samples, sample_chunk, precision,
+                  emulate), build)
+
+
 def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, key: Array, *,
-                   num_samples: int = 5000, sample_chunk: int = 500, batch_size: int = 100,
-                   progress: bool = False) -> np.ndarray:
+                   num_samples: int = 5000, sample_chunk: int | str = "auto",
+                   batch_size: int = 100, progress: bool = False,
+                   matmul_precision: str | None = None, emulate_precision: bool | None = None,
+                   memory_budget_bytes: int | None = None) -> np.ndarray:
   """Per-example importance-sampled estimate of ``log p(x)``: the bound ``L_K`` with ``K = 5000``.
 
   .. math:: \\log p(x) \\approx \\mathcal{L}_K = \\log \\frac1K \\sum_{k=1}^K \\frac{p(x, z_k)}{q(z_k|x)}, \\quad z_k \\sim q(z|x)
+
+  Peak memory is one batch's chunk of activations (``batch_size * sample_chunk`` rows), whatever
+  ``K`` and the number of images: batches are evaluated one at a time by one compiled function and
+  only their ``[B]`` results are kept.
 
   Args:
     log_weights_from_keys: ``(params, x, keys[K]) -> [K, B]``, e.g.
@@ -100,9 +398,16 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
     images: ``[N, ...]`` binary images.
     key: PRNG key; batch ``b`` uses the sample keys ``split(fold_in(key, b), num_samples)``.
     num_samples: ``K`` (5000 in Burda et al.).
-    sample_chunk: samples drawn at once; peak memory grows with ``batch_size * sample_chunk``.
+    sample_chunk: samples drawn at once (peak memory grows with ``batch_size * sample_chunk``), or
+      ``"auto"``: :func:`auto_sample_chunk` fits one chunk into :func:`memory_budget`. The
+      estimate does not depend on it (up to float rounding).
     batch_size: images per batch (the last batch is padded, then trimmed).
     progress: show a tqdm progress bar.
+    matmul_precision: ``None`` (backend default), ``'float32'``, ``'tensorfloat32'`` or
+      ``'bfloat16'``: the precision of the Dense layers' matmul inputs, with float32 accumulation
+      and float32 elementwise ops and reductions (see :func:`matmul_precision`).
+    emulate_precision: emulate the low-precision matmuls by rounding (default: on CPU).
+    memory_budget_bytes: the budget of ``sample_chunk="auto"`` (default: :func:`memory_budget`).
 
   Returns:
     ``[N]`` float64 numpy array. The test NLL is ``-mean``.
@@ -111,16 +416,25 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
   from tqdm.auto import tqdm
-  if num_samples < 1 or sample_chunk < 1 or batch_size < 1:
+  _check_precision(matmul_precision)
+  if isinstance(sample_chunk, str):
+    if sample_chunk != "auto":
+      raise ValueError(f"sample_chunk must be a positive int or 'auto', got {sample_chunk!r}")
+  elif sample_chunk < 1:
+    raise ValueError(f"num_samples, sample_chunk and batch_size must be >= 1; got "
+                     f"{num_samples}, {sample_chunk}, {batch_size}")
+  if num_samples < 1 or batch_size < 1:
     raise ValueError(f"num_samples, sample_chunk and batch_size must be >= 1; got "
                      f"{num_samples}, {sample_chunk}, {batch_size}")
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
-
-  @jax.jit
-  def fn(p, x, k):
-    return streaming_iwae_bound(log_weights_from_keys, p, x, jax.random.split(k, num_samples),
-                                sample_chunk)
+  if sample_chunk == "auto":
+    first = next(_batches(images, batch_size))[1]
+    sample_chunk = auto_sample_chunk(log_weights_from_keys, params, first,
+                                     num_samples=num_samples, budget_bytes=memory_budget_bytes,
+                                     matmul_precision_name=matmul_precision)
+  fn = _streaming_fn(log_weights_from_keys, num_samples, int(sample_chunk), matmul_precision,
+                     emulate_precision)
 
   out = []
   num_batches = -(-images.shape[0] // batch_size)
@@ -153,17 +467,22 @@ def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
   """
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
+  ks = tuple(int(k) for k in ks)
   kmax = max(ks)
 
-  @jax.jit
-  def one(p, x, k):
-    lw = log_weights_fn(p, x, k, kmax)
-    res = {"elbo": objectives.elbo(lw)}
-    for kk in ks:
-      g = kmax // kk
-      res[f"iwae_{kk}"] = objectives.miwae_bound(lw[:g * kk], g)
-    return res
+  def build():
+    @jax.jit
+    def one(p, x, k):
+      lw = log_weights_fn(p, x, k, kmax)
+      lw = lw.astype(jnp.promote_types(lw.dtype, jnp.float32))
+      res = {"elbo": objectives.elbo(lw)}
+      for kk in ks:
+        g = kmax // kk
+        res[f"iwae_{kk}"] = objectives.miwae_bound(lw[:g * kk], g)
+      return res
+    return one
 
+  one = _cached(("bounds", log_weights_fn, ks), build)
   acc = {}
   for b, x, m in _batches(images, batch_size):
     r = jax.device_get(one(params, x, jax.random.fold_in(key, b)))

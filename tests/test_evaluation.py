@@ -1,6 +1,7 @@
 """Tests of dgmjax.evaluation (chunked k=5000 estimator, bounds, active units) and plotting."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,183 @@ def test_image_grid_and_pngs(tmp_path):
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.basename(paths["samples"]) == "samples.png"
+
+
+# ----------------------------------------------------------------------------- near the roofline
+
+
+def test_bernoulli_stable_form_matches_softplus_with_exact_derivatives(x64):
+  from dgmjax import distributions
+  logits = jnp.array([-1e4, -50.0, -3.0, -1e-3, 0.0, 1e-3, 2.5, 40.0, 1e4])
+  for xv in (0.0, 0.3, 1.0):
+    x = jnp.full_like(logits, xv)
+    got = distributions.bernoulli_log_prob(x, logits, event_ndims=0)
+    np.testing.assert_allclose(got, xv * logits - jax.nn.softplus(logits), rtol=1e-14, atol=1e-300)
+    g = jax.vmap(jax.grad(lambda l, xx: distributions.bernoulli_log_prob(xx, l, event_ndims=0)))(
+        logits, x)
+    s = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(g, xv - s, rtol=1e-14, atol=1e-300)  # 1/2 at l = 0, not 0 or 1
+    h = jax.vmap(jax.grad(jax.grad(
+        lambda l, xx: distributions.bernoulli_log_prob(xx, l, event_ndims=0))))(logits, x)
+    np.testing.assert_allclose(h, -s * (1 - s), rtol=1e-12, atol=1e-300)
+  assert distributions.bernoulli_log_prob(jnp.ones(3, jnp.bfloat16),
+                                          jnp.zeros(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_auto_chunk_follows_the_memory_budget_and_leaves_the_estimate_unchanged():
+  model = vae.VAE((4, 4, 1), (3,), ((8,),))
+  params = model.init(jax.random.key(0))
+  x = _binary(4)
+  per_sample = evaluation._bytes_per_sample(model.log_weights_from_keys, params, x, 16, None)
+  assert per_sample > 4 * 16 * 4  # at least the [B, D] pixel terms of one sample
+  auto = lambda budget: evaluation.auto_sample_chunk(
+      model.log_weights_from_keys, params, x, num_samples=1000, budget_bytes=budget)
+  assert auto(10**12) == 1000 and auto(1) == 1
+  small, large = auto(int(40 * per_sample)), auto(int(300 * per_sample))
+  assert 34 <= small <= 40 and 250 <= large <= 334  # floor(budget / per sample), spread evenly
+  assert -(-1000 // small) * small - 1000 < -(-1000 // small)  # the last chunk is not a remnant
+  budget = evaluation.memory_budget()
+  assert budget["bytes"] > 0 and isinstance(budget["source"], str)
+  with jax.debug_key_reuse(False):
+    key = jax.random.key(1)
+    kw = dict(num_samples=120, batch_size=3)
+    got = evaluation.log_likelihood(model.log_weights_from_keys, params, _binary(5), key,
+                                    sample_chunk="auto", memory_budget_bytes=int(37 * per_sample),
+                                    **kw)
+    want = evaluation.log_likelihood(model.log_weights_from_keys, params, _binary(5), key,
+                                     sample_chunk=120, **kw)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+  with pytest.raises(ValueError, match="sample_chunk"):
+    evaluation.log_likelihood(model.log_weights_from_keys, params, x, key, sample_chunk="big")
+
+
+def _computations(hlo: str) -> dict:
+  """Optimized HLO text -> {computation name: its text}."""
+  comps, name, lines = {}, None, []
+  for line in hlo.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+    if name is None and m:
+      name, lines = m.group(1), [line]
+    elif name is not None:
+      lines.append(line)
+      if line.startswith("}"):
+        comps[name] = "\n".join(lines)
+        name = None
+  return comps
+
+
+def _reachable_from_loops(comps: dict) -> set:
+  refs = lambda text: set(re.findall(r"(?:body|calls|to_apply|condition)=%?([\w.\-]+)", text)) | {
+      n.strip().lstrip("%") for group in re.findall(r"branch_computations=\{([^}]*)\}", text)
+      for n in group.split(",")}
+  todo = [n for text in comps.values() for n in re.findall(r"body=%?([\w.\-]+)", text)]
+  seen = set()
+  while todo:
+    n = todo.pop()
+    if n in seen or n not in comps:
+      continue
+    seen.add(n)
+    todo.extend(refs(comps[n]))
+  return seen
+
+
+@pytest.mark.parametrize("latent_dims,hidden_dims", [((3,), ((9,),)), ((3, 2), ((9,), (6,)))])
+def test_encoder_runs_once_per_image_in_the_compiled_estimator(latent_dims, hidden_dims):
+  # The first encoder's kernel is f32[37,9]; the per-sample loop (lax.scan over chunks) must not
+  # touch it: XLA hoists the first encoder out of the loop, so it runs once per image for all K
+  # samples. The decoder (kernel f32[9,37]) necessarily runs inside the loop.
+  model = vae.VAE((37, 1, 1), latent_dims, hidden_dims)
+  params = model.init(jax.random.key(0))
+  fn = evaluation._streaming_fn(model.log_weights_from_keys, 1000, 100, None, None)
+  hlo = fn.lower(params, jnp.zeros((5, 37, 1, 1)), jax.random.key(1)).compile().as_text()
+  comps = _computations(hlo)
+  in_loop = _reachable_from_loops(comps)
+  assert in_loop, "expected a while loop over the sample chunks"
+  loop_text = "\n".join(comps[n] for n in in_loop)
+  assert "f32[9,37]" in loop_text        # the decoder runs per sample
+  assert "f32[37,9]" not in loop_text    # the encoder does not
+  assert "f32[37,9]" in hlo
+
+
+def test_matmul_precision_rounds_the_dense_inputs_and_keeps_float32():
+  import flax.linen as nn
+  dense = nn.Dense(5)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(7, 33)).astype(np.float32))
+  params = dense.init(jax.random.key(0), x)
+  k = np.asarray(params["params"]["kernel"], np.float64)
+  b = np.asarray(params["params"]["bias"], np.float64)
+  exact = np.asarray(x, np.float64) @ k + b
+  for name, bits in evaluation.MATMUL_PRECISIONS.items():
+    rnd = lambda a: np.asarray(jax.lax.reduce_precision(jnp.asarray(a, jnp.float32), 8, bits),
+                               np.float64)
+    want = rnd(x) @ rnd(k) + b
+
+    def f(p, xx, name=name):
+      with evaluation.matmul_precision(name, emulate=True):
+        return dense.apply(p, xx)
+
+    got = jax.jit(f)(params, x)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if bits < 23:
+      assert np.abs(np.asarray(got, np.float64) - exact).max() > 1e-5  # really rounded
+  with evaluation.matmul_precision("bfloat16", emulate=False):  # native: bf16 in, f32 out
+    native = dense.apply(params, x)
+  assert native.dtype == jnp.float32
+  emulated = jax.jit(lambda p, xx: f(p, xx, "bfloat16"))(params, x)
+  np.testing.assert_allclose(native, emulated, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="matmul_precision"):
+    with evaluation.matmul_precision("float8"):
+      pass
+
+
+def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32():
+  model = vae.VAE((4, 4, 1), (3,), ((8,),))
+  params = model.init(jax.random.key(0))
+  x = _binary(6)
+  with jax.debug_key_reuse(False):
+    key = jax.random.key(1)
+    kw = dict(num_samples=200, sample_chunk=50, batch_size=3)
+    fp32 = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key, **kw)
+    bf16 = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+                                     matmul_precision="bfloat16", **kw)
+    with evaluation.matmul_precision("bfloat16"):
+      lw = model.log_weights_from_keys(params, x, jax.random.split(key, 4))
+  assert lw.dtype == jnp.float32
+  shift = np.abs(bf16 - fp32)
+  assert 0 < shift.max() < 0.05  # bf16 inputs (8 bits), float32 sums: a tiny, nonzero shift
+  with pytest.raises(ValueError, match="matmul_precision"):
+    evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+                              matmul_precision="fp8")
+
+
+def test_low_precision_log_weights_are_accumulated_in_float32():
+  lw = jnp.asarray(np.random.default_rng(0).normal(size=(300, 4)) * 30 - 200, jnp.bfloat16)
+
+  def fn(p, x, keys):
+    del p, x
+    return lw[:keys.shape[0]] if keys.shape[0] == 300 else lw[jnp.arange(keys.shape[0])]
+
+  with jax.debug_key_reuse(False):
+    keys = jax.random.split(jax.random.key(0), 300)
+    got = evaluation.streaming_iwae_bound(fn, None, jnp.zeros((4, 1)), keys, 300)
+  assert got.dtype == jnp.float32
+  want = jax.nn.logsumexp(lw.astype(jnp.float32), axis=0) - np.log(300)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_log_likelihood_compiles_once_for_any_number_of_images():
+  model = vae.VAE((4, 4, 1), (3,), ((8,),))
+  params = model.init(jax.random.key(0))
+  traces = []
+
+  def lw(p, x, keys):
+    traces.append(1)
+    return model.log_weights_from_keys(p, x, keys)
+
+  kw = dict(num_samples=100, sample_chunk=50, batch_size=3)
+  evaluation.log_likelihood(lw, params, _binary(7), jax.random.key(1), **kw)
+  n = len(traces)
+  evaluation.log_likelihood(lw, params, _binary(40, seed=1), jax.random.key(2), **kw)
+  assert len(traces) == n  # same compiled batch function: memory does not grow with N
