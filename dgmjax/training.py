@@ -285,7 +285,7 @@ def kl_weight_schedule(kind: str = "constant", *, warmup_steps: int = 0, cycle_s
   ``ramp_fraction`` of the cycle and then held at 1 (Fu et al. 2019). Built on
   ``optax.linear_schedule``; jittable in ``step``.
 
-  .. math:: \beta_{\text{cyc}}(t) = \min\big(1, \tfrac{t \bmod T}{R\,T}\big)
+  .. math:: \\beta_{\\text{cyc}}(t) = \\min\\big(1, \\tfrac{t \\bmod T}{R\\,T}\\big)
 
   Args:
     kind: ``'constant'``, ``'linear'`` or ``'cyclical'``.
@@ -340,7 +340,7 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
     ``sum_j max(lambda - KL_j, 0)``. For ``K = 1`` this has the expected gradient of the free-bits
     ELBO; for ``K > 1`` the shortfall term pushes collapsed dimensions back up to ``lambda``.
 
-  .. math:: \mathcal{L}_{FB} = \mathbb{E}_q[\log p(x|z)] - \beta \sum_j \max\big(\lambda, \mathbb{E}_{batch} KL(q(z_j|x) \| p(z_j))\big)
+  .. math:: \\mathcal{L}_{FB} = \\mathbb{E}_q[\\log p(x|z)] - \\beta \\sum_j \\max\\big(\\lambda, \\mathbb{E}_{batch} KL(q(z_j|x) \\| p(z_j))\\big)
 
   Args:
     model: see above.
