@@ -155,8 +155,8 @@ def burda_two_layer() -> TorchVAE:
 
 
 def _load_linear(linear: nn.Linear, p: dict) -> None:
-  kernel = torch.as_tensor(np.asarray(p["kernel"]), dtype=linear.weight.dtype)
-  bias = torch.as_tensor(np.asarray(p["bias"]), dtype=linear.bias.dtype)
+  kernel = torch.from_numpy(np.array(p["kernel"])).to(linear.weight.dtype)  # a writable copy
+  bias = torch.from_numpy(np.array(p["bias"])).to(linear.bias.dtype)
   if tuple(kernel.shape[::-1]) != tuple(linear.weight.shape):
     raise ValueError(f"kernel of shape {tuple(kernel.shape)} does not fit nn.Linear with weight "
                      f"{tuple(linear.weight.shape)}")
