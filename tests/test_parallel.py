@@ -181,3 +181,18 @@ def test_sharded_training_on_4_host_devices_matches_one_device():
   for name in ("data4", "data2_samples2"):
     assert out[name + "_param_max_abs_diff"] < 1e-5, out   # float rounding only
     assert out[name + "_metric_max_rel_diff"] < 1e-5, out
+
+
+def test_vmap_table_smoke(tmp_path):
+  from experiments.iwae import vmap_table
+  res = vmap_table.train_table(dataset="digits", model_name="custom", latent_dims=(2,),
+                               hidden_dims=((8,),), epochs=0.05, seeds=(0,), eval_images=6,
+                               eval_k=20, bound_ks=(5,), log=lambda *_: None)
+  assert [(r["objective"], r["k"]) for r in res["rows"]] == list(vmap_table.ROWS)
+  assert res["steps"] >= 8 and all(np.isfinite(r["test_nll"]) for r in res["rows"])
+  assert all(r["elbo"] <= r["iwae_5"] + 1e-3 for r in res["rows"])
+  # rows with the same K and seed start from the same weights and see the same data and noise,
+  # so VAE and IWAE at K=5 differ only by their objective
+  nll = {(r["objective"], r["k"]): r["test_nll"] for r in res["rows"]}
+  assert nll[("vae", 5)] != nll[("iwae", 5)]
+  assert "| VAE | 1 |" in vmap_table.format_table(res)
