@@ -373,7 +373,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     t64 = torch_peer.TorchVAE(model.x_dim, model.latent_dims, model.hidden_dims).double()
     torch_peer.load_dgmjax_params(t64, params)
     with torch.no_grad():
-      tlw64 = t64.log_weights(xt.double(), [torch.from_numpy(np.asarray(e)) for e in e64]).numpy()
+      tlw64 = t64.log_weights(xt.double(), [torch.from_numpy(np.array(e)) for e in e64]).numpy()
     out["log_weights_rel_f64"] = float(np.max(np.abs(lw64 - tlw64) / np.maximum(np.abs(tlw64), 1)))
 
   checks = {"log_weights_rel": (out["log_weights_rel"], lw_tol),
@@ -512,7 +512,7 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   rates = interleave(sides, args.reps, machine)
   for s in sides:  # memory after timing: a few more steps per side
     if not s.error:
-      s.peak_rss = peak_rss_delta(lambda s=s: s.run(3)) if ctx["device"] == "cpu" else None
+      s.peak_rss = peak_rss_delta(lambda s=s: s.run(2)) if ctx["device"] == "cpu" else None
   try:
     mem = step.lower(holder["state"], jbatches[0]).compile().memory_analysis()
     sides[0].xla_bytes = float(mem.temp_size_in_bytes + mem.output_size_in_bytes)
