@@ -263,6 +263,32 @@ def test_iaf_sample_and_log_prob_is_one_pass(monkeypatch):
   np.testing.assert_allclose(lq, jax.jit(flow.log_prob)(params, x), atol=1e-4)
 
 
+@pytest.mark.parametrize("cls", [F.MAF, F.IAF])
+def test_sequential_solve_survives_overflow_of_entries_not_yet_final(cls, monkeypatch):
+  """A pass may overflow entries that are not final yet; the masked zeros must not turn them into
+  NaN in the final entries (0 * inf). With a linear autoregressive conditioner the solution is
+  y_i = t_i exp(40 sum_{j<i} y_j); for t = (-1, 4, 0.5) the second pass overflows entry 2
+  (0.5 e^120) while the solution is finite (-1, 4 e^-40, 0.5 e^-40...)."""
+  d = 3
+  upper = jnp.triu(jnp.ones((d, d), jnp.float32), 1)  # entry i reads y_j for j < i
+  sign = -1.0 if cls is F.IAF else 1.0                 # IAF solves with exp(-alpha), MAF exp(alpha)
+
+  def linear_made(params, y, masks, activation, context=None):
+    return jnp.concatenate([jnp.zeros_like(y), sign * 40.0 * (y @ upper)], -1)
+
+  monkeypatch.setattr(autoregressive, "made_apply", linear_made)
+  b = cls(d, (4,))
+  params = random_params(b, 0)
+  target = np.array([-1.0, 4.0, 0.5])
+  solve = b.inverse_and_log_det if cls is F.IAF else b.forward_and_log_det
+  y, log_det = solve(params, jnp.asarray(target[None], jnp.float32))
+  ref = np.zeros(d)
+  for i in range(d):  # the exact solution, sequentially in float64
+    ref[i] = target[i] * np.exp(40.0 * ref[:i].sum())
+  np.testing.assert_allclose(np.asarray(y[0], np.float64), ref, rtol=1e-5)
+  assert np.isfinite(float(log_det[0]))
+
+
 # ----------------------------------------------------------------------------- linear flows
 
 

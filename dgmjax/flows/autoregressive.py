@@ -118,7 +118,7 @@ class _AffineAutoregressive(base.Bijector):
     target = target.astype(base.compute_dtype(params, target))  # a loop-invariant carry dtype
     def body(_, carry):
       y, _ = carry
-      shift, log_scale = self.conditioner(params, y, context)
+      shift, log_scale = self.conditioner(params, _bounded(y), context)
       return target * jnp.exp(log_scale) + shift, jnp.sum(log_scale, axis=-1)
     init = (jnp.zeros_like(target), jnp.zeros(target.shape[:-1], target.dtype))
     return jax.lax.fori_loop(0, self.event_size, body, init)
@@ -128,10 +128,24 @@ class _AffineAutoregressive(base.Bijector):
     target = target.astype(base.compute_dtype(params, target))  # a loop-invariant carry dtype
     def body(_, carry):
       y, _ = carry
-      shift, log_scale = self.conditioner(params, y, context)
+      shift, log_scale = self.conditioner(params, _bounded(y), context)
       return (target - shift) * jnp.exp(-log_scale), -jnp.sum(log_scale, axis=-1)
     init = (jnp.zeros_like(target), jnp.zeros(target.shape[:-1], target.dtype))
     return jax.lax.fori_loop(0, self.event_size, body, init)
+
+
+def _bounded(y: Array) -> Array:
+  """The iterate of a sequential solve, made finite before the conditioner reads it.
+
+  After pass ``t`` only entries ``< t`` are final; the others may have overflowed (an ``exp`` of a
+  not-yet-correct log-scale). The MADE's masked weights multiply them by exact zeros, but
+  ``0 * inf`` is NaN, which would poison the final entries too. Clamping NaN to 0 and
+  magnitudes to ``sqrt(max float)`` keeps every product finite; final entries are unaffected
+  unless their true value exceeds that bound (a density of exactly zero in practice). The last
+  pass's output is returned unclamped.
+  """
+  big = float(np.sqrt(float(jnp.finfo(y.dtype).max)))
+  return jnp.clip(jnp.nan_to_num(y, nan=0.0), -big, big)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -502,7 +502,10 @@ class PriorVAE:
     h = self.encoder_features(params, x)
     context = jnp.broadcast_to(h[None], (z.shape[0],) + h.shape)
     z0, log_det = self.posterior_flow.inverse_and_log_det(params["posterior_flow"], zz, context)
-    return distributions.normal_log_prob(z0, loc[None], log_scale[None]) + log_det
+    lq = distributions.normal_log_prob(z0, loc[None], log_scale[None]) + log_det
+    # A pair far outside q(.|x_n)'s support can overflow the sequential inversion (|z0| beyond
+    # sqrt(max float), see flows.autoregressive._bounded); its density is zero, not NaN.
+    return jnp.where(jnp.isfinite(lq), lq, -jnp.inf)
 
   # -- bounds
 
