@@ -157,12 +157,13 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   eval_seconds = time.time() - t1
   samples = np.asarray(jax.jit(lambda p, k: model.sample(p, k, config.eval.num_model_samples,
                                                          binary=True))(params, keys[2]))
-  recon = np.asarray(jax.jit(model.reconstruct)(params, test_x[:16], keys[3]))
+  shown = test_x[np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)]  # all classes
+  recon = np.asarray(jax.jit(model.reconstruct)(params, shown, keys[3]))
   figs = {
       "samples": os.path.basename(plotting.save_image_grid(
           os.path.join(d, "samples.png"), samples, title=f"{name}: samples x ~ p(x|z), z ~ p(z)")),
       "reconstructions": os.path.basename(plotting.save_reconstructions(
-          os.path.join(d, "reconstructions.png"), test_x[:16], recon)),
+          os.path.join(d, "reconstructions.png"), shown, recon)),
   }
   rf = model.receptive_field((14, 14)) if run.decoder == "pixelcnn" else None
   row = {
