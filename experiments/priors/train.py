@@ -201,6 +201,8 @@ def run_two_d(config, train_images, workdir: str) -> dict:
     axes[0, j].set_title(f"prior p(z): {VARIANT_LABELS[name]}", fontsize=9)
     axes[1, j].imshow(np.exp(la), origin="lower", extent=ext, cmap="viridis")
     axes[1, j].scatter(means[:, 0], means[:, 1], s=1, c="w", alpha=0.3)
+    axes[1, j].set_xlim(ext[0], ext[1])  # the density's extent; outlying means are clipped
+    axes[1, j].set_ylim(ext[2], ext[3])
     axes[1, j].set_title(f"q_agg(z): MI {s.mutual_information:.2f}, "
                          f"KL(q_agg||p) {s.marginal_kl:.2f}", fontsize=8)
   fig.suptitle("2-latent VAE: prior (top) vs aggregated posterior with encoder means (bottom)",
