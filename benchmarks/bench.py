@@ -19,8 +19,10 @@ What it does, in order:
    (``K = 1``: the VAE; otherwise IWAE): one optimiser step (dynamic binarization, fresh noise,
    loss, gradient, Adam with eps=1e-4) of dgmjax (``training.make_train_step``), PyTorch eager and
    ``torch.compile``. Warm-up first; compile time is the excess of the first three calls over
-   three steady steps, reported apart. Then ``--reps`` repetitions, each timing every side once in
-   a rotating order (interleaved); a repetition runs enough steps for ``--rep_seconds``.
+   three steady steps, reported apart (``torch.compile(dynamic=False)`` reuses inductor's on-disk
+   cache, e.g. ``/tmp/torchinductor_$USER``, so a repeated run compiles faster). Then ``--reps``
+   repetitions, each timing every side once in a rotating order (interleaved); a repetition runs
+   enough steps for ``--rep_seconds``.
    dgmjax is synchronised with ``block_until_ready`` on the state, PyTorch with
    ``torch.cuda.synchronize()`` on GPU (CPU ops are synchronous). Ratios are peer time / dgmjax
    time within each repetition: median, min and max over repetitions.
@@ -320,7 +322,8 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     # 2. evaluation path: per-chunk logsumexp, encoder run once
     with torch.no_grad():
       loc, log_scale = tmodel.encoders[0](xt)
-      tlse = torch_peer._chunk_lse(tmodel, xt, loc, log_scale, eps).double().numpy()  # pylint: disable=protected-access
+      chunk_lse = torch_peer._chunk_lse  # pylint: disable=protected-access
+      tlse = chunk_lse(tmodel, xt, loc, log_scale, eps).double().numpy()
     lse = np.asarray(jax.nn.logsumexp(jnp.asarray(lw), axis=0))
     out["eval_lse_rel"] = float(np.max(np.abs(lse - tlse) / np.maximum(np.abs(tlse), 1.0)))
     # 3. gradients of the VAE and IWAE losses (make_loss splits the key into the same K keys)
@@ -722,7 +725,7 @@ def print_report(res: dict) -> None:
   if res.get("eval"):
     print("\nk=5000 evaluation (ms per image; median over reps), ratio = peer / dgmjax")
     print(f"{'model':<7}{'B':>5}{'chunk':>11}{'rows':>7}{'dgmjax':>9}{'eager':>9}{'compile':>9}"
-          f"{'ratio eager':>20}{'ratio compile':>20}{'GFLOP/s':>9}{'frac':>6}{'10k imgs s':>11}"
+          f"{'ratio eager':>20}{'ratio compile':>20}{'GFLOP/s':>9}{'frac':>6}{'10k extrap s':>13}"
           f"{'MB j/e/c':>16}")
     for r in res["eval"]:
       d, e, c = r["dgmjax"], r["torch_eager"], r.get("torch_compile") or {}
@@ -733,7 +736,7 @@ def print_report(res: dict) -> None:
             f"{ms(c) if 'error' not in c else 'error':>9}"
             f"{_rat(r['ratio_eager']):>20}{_rat(r['ratio_compile']):>20}"
             f"{r['dgmjax_gflops']:>9.1f}{r['flop_fraction']:>6.2f}"
-            f"{r['extrapolated_10000_images_s'].get('dgmjax', float('nan')):>11.0f}{mem:>16}")
+            f"{r['extrapolated_10000_images_s'].get('dgmjax', float('nan')):>13.0f}{mem:>16}")
     for b in res.get("eval_best", []):
       print(f"best chunks ({b['model']}): dgmjax {b['dgmjax_chunk']} "
             f"({b['dgmjax_ms_per_image']:.1f} ms/img), eager {b['eager_chunk']} "
@@ -742,8 +745,8 @@ def print_report(res: dict) -> None:
             f"{b['ratio_eager']:.2f}, compile {_fmt(b.get('ratio_compile'))}; "
             f"10,000 images (extrapolated): {b['dgmjax_10000_s']:.0f} s")
   for b in res.get("eval_best", []):
-    print(f"k=5000 evaluation at the best chunk ({b['model']}): {b['flop_fraction_at_best']:.2f} of "
-          f"the run's median matmul FLOP/s, {b['flop_fraction_at_best_vs_max']:.2f} of its best "
+    print(f"k=5000 evaluation at the best chunk ({b['model']}): "
+          f"{b['flop_fraction_at_best']:.2f} of the run's median matmul FLOP/s, {b['flop_fraction_at_best_vs_max']:.2f} of its best "
           f"sample")
   for p in res.get("precision", []):
     print(f"\nNLL shift vs float32 ({p['model']}, {p['images']} images, K={p['K']}"

@@ -251,7 +251,8 @@ class TrainStep:
 
   ``step(images)``: dynamic binarization (``rand < x``), fresh ``randn`` noise, the loss, backward,
   Adam. With ``compile=True`` the loss (binarization, noise and forward; its backward through
-  AOTAutograd) and the optimiser step are each wrapped in ``torch.compile``.
+  AOTAutograd) and the optimiser step are each wrapped in ``torch.compile(dynamic=False)``
+  (inductor, one graph specialised to each shape).
 
   Args:
     model: a :class:`TorchVAE`.
@@ -269,9 +270,9 @@ class TrainStep:
     self.opt = make_optimizer(model, lr)
     self._loss = self._loss_impl
     self._opt_step = self.opt.step
-    if compile:
-      self._loss = torch.compile(self._loss_impl)
-      self._opt_step = torch.compile(self.opt.step)
+    if compile:  # one specialised graph per shape, as XLA compiles one program per shape
+      self._loss = torch.compile(self._loss_impl, dynamic=False)
+      self._opt_step = torch.compile(self.opt.step, dynamic=False)
 
   def _loss_impl(self, images: torch.Tensor) -> torch.Tensor:
     x = (torch.rand_like(images) < images).to(images.dtype) if self.dynamic_binarization else images
@@ -345,7 +346,7 @@ def log_likelihood(model: TorchVAE, images: torch.Tensor, *, num_samples: int = 
     generator: optional ``torch.Generator`` for the noise.
     compile: ``torch.compile`` the per-chunk function (recompiles for a last, shorter chunk).
   """
-  fn = torch.compile(_chunk_lse) if compile else _chunk_lse
+  fn = torch.compile(_chunk_lse, dynamic=False) if compile else _chunk_lse
   out = [streaming_iwae_bound(model, images[i:i + batch_size], num_samples, sample_chunk,
                               generator=generator, chunk_fn=fn)
          for i in range(0, images.shape[0], batch_size)]

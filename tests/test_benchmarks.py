@@ -56,6 +56,7 @@ def test_flop_model_counts_every_parameter_once():
     fwd1 = bench.matmul_flops(model, 1, 1, train=False)
     assert fwd1 == sum(2 * a * b for a, b, _, _ in layers)
     per_image = sum(2 * a * b for a, b, s, _ in layers if not s)
-    assert bench.matmul_flops(model, 3, 10, train=False) == 3 * (per_image + 10 * (fwd1 - per_image))
+    want = 3 * (per_image + 10 * (fwd1 - per_image))
+    assert bench.matmul_flops(model, 3, 10, train=False) == want
   tm = torch_peer.burda_two_layer()
   assert sum(p.numel() for p in tm.parameters()) == n_params
