@@ -230,18 +230,19 @@ def kl_curves_figure(workdir: str, names) -> str:
     ep = [r["epoch"] for r in rows]
     c = f"C{i}"
     axes[0].plot(ep, [r["diag_kl"] for r in rows], "o-", color=c, label=name)
-    axes[1].plot(ep, [r["diag_au"] for r in rows], "o-", color=c, label=name)
+    axes[1].plot(ep, [r["diag_dims_above_0.1"] for r in rows], "o-", color=c, label=name)
+    axes[1].plot(ep, [r["diag_au"] for r in rows], ":", color=c)
     axes[2].plot(ep, [r["diag_mi"] for r in rows], "o-", color=c, label=name)
     axes[3].plot([r["epoch"] for r in train], [r["beta"] for r in train], "-", color=c, label=name)
   axes[0].set_ylabel("KL(q(z|x) || p(z)) (nats)")
-  axes[1].set_ylabel("active units")
+  axes[1].set_ylabel("dims with KL > 0.1 nat (o-); Burda AU (:)")
   axes[2].set_ylabel("I_q[x; z] (nats, ELBO surgery)")
   axes[3].set_ylabel("KL weight beta (training)")
   for ax in axes:
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-  axes[0].set_yscale("symlog", linthresh=0.1)
-  axes[0].legend()
+  axes[0].set_ylim(bottom=0)
+  axes[0].legend(fontsize=8)
   fig.suptitle("Collapse diagnostics on held-out test images")
   path = os.path.join(workdir, "kl_per_epoch.png")
   fig.savefig(path, dpi=120, bbox_inches="tight")
