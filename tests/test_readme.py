@@ -17,3 +17,12 @@ def test_readme_bounds_example_runs_as_written():
     exec(compile(code, "README.md", "exec"), {})
   printed = out.getvalue().strip()
   assert printed and f"prints `{printed}`" in section
+
+
+def test_readme_links_to_files_in_the_repository_exist():
+  text = open(os.path.join(REPO_ROOT, "README.md")).read()
+  targets = re.findall(r"\]\(([^)#\s]+)\)", text)
+  local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+  assert local, "the README links result files"
+  missing = [t for t in local if not os.path.exists(os.path.join(REPO_ROOT, t))]
+  assert not missing, f"README links to missing files: {missing}"
