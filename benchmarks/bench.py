@@ -730,7 +730,8 @@ def print_report(res: dict) -> None:
             f"{_fmt(d.get('compile_s'), '{:.1f}'):>7}{_fmt(c.get('compile_s'), '{:.1f}'):>7}"
             f"{mem:>16}")
   if res.get("eval"):
-    print(f"\nk={res['eval'][0]['K']} evaluation (ms per image; median over reps), ratio = peer / dgmjax")
+    print(f"\nk={res['eval'][0]['K']} evaluation (ms per image; median over reps), "
+          "ratio = peer / dgmjax")
     print(f"{'model':<7}{'B':>5}{'chunk':>11}{'rows':>7}{'dgmjax':>9}{'eager':>9}{'compile':>9}"
           f"{'ratio eager':>20}{'ratio compile':>20}{'GFLOP/s':>9}{'frac':>6}{'10k extrap s':>13}"
           f"{'MB j/e/c':>16}")
