@@ -45,6 +45,7 @@ def test_study_writes_table_diagnostics_and_figures(tmp_path):
   assert "deep_freebits" in table and "NLL(k=8)" in table
 
 
+@pytest.mark.slow  # training.fit's exact resumption is tested in test_training and test_experiment_iwae
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
   full = train.train_and_evaluate(_tiny("mlp"), str(tmp_path / "full"))
   c = _tiny("mlp")

@@ -183,6 +183,7 @@ def test_sharded_training_on_4_host_devices_matches_one_device():
     assert out[name + "_metric_max_rel_diff"] < 1e-5, out
 
 
+@pytest.mark.slow  # end to end; the vmapped step itself is tested above
 def test_vmap_table_smoke(tmp_path):
   from experiments.iwae import vmap_table
   res = vmap_table.train_table(dataset="digits", model_name="custom", latent_dims=(2,),
