@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import data, diagnostics, evaluation, objectives, plotting, training
+from dgmjax import diagnostics, distributions, evaluation, plotting, training
 from dgmjax.models import pixel_vae
-from experiments.iwae.train import default_data_dir
+from experiments.discrete import train as discrete_train
 
 # Published binarized-MNIST NLLs with PixelCNN-type decoders, for orientation (different, much
 # larger models and budgets): Gulrajani et al. 2017 (PixelVAE, Table 1) 79.02 (bound: <= 79.66);
@@ -42,25 +42,15 @@ def _progress(config) -> bool:
 
 
 def _load(config, split: str) -> np.ndarray:
-  x = np.asarray(data.load(config.dataset, split,
-                           data_dir=config.get("data_dir") or default_data_dir())["image"])
-  if x.ndim == 3:
-    x = x[..., None]
-  x = training.check_images(x, name=f"{config.dataset}/{split} image", binary_likelihood=True)
+  """A validated split (see :func:`experiments.discrete.train._load`) that must be binary."""
+  x = discrete_train._load(config, split)  # pylint: disable=protected-access
   if not np.all((x == 0) | (x == 1)):
     raise ValueError(f"{config.dataset}/{split}: the posterior-collapse study needs fixed-"
                      "binarization images (e.g. binarized_mnist); got grey levels")
   return x
 
 
-def _subset(x: np.ndarray, num: int, seed: int) -> np.ndarray:
-  """``num`` examples drawn without replacement (kept in order), or all when ``num`` is 0.
-
-  A random subset, not the first ``num``: binarized MNIST's test split is ordered by class.
-  """
-  if not num or num >= len(x):
-    return x
-  return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:num])]
+_subset = discrete_train._subset  # pylint: disable=protected-access  (class-ordered test split)
 
 
 def make_model(config, run) -> pixel_vae.PixelVAE:
@@ -202,7 +192,7 @@ def _analytic_elbo(model, params, images, key, batch_size: int) -> dict:
   def fn(p, x, k):
     loc, log_scale = model.encode(p, x)
     terms = model.log_weight_terms(p, x, k, 1)
-    kl = jnp.sum(0.5 * (jnp.exp(2 * log_scale) + loc ** 2 - 1) - log_scale, axis=-1)
+    kl = distributions.kl_normal_standard_normal(loc, log_scale)
     return terms.log_px_given_z[0], kl
 
   lls, kls = [], []
