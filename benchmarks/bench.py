@@ -98,6 +98,9 @@ def parse_args(argv=None):
   p.add_argument("--threads", type=int, default=0, help="CPUs for both sides (0: all allowed)")
   p.add_argument("--omp_wait_policy", default="PASSIVE", help="OMP_WAIT_POLICY for PyTorch")
   p.add_argument("--no_compile", action="store_true", help="skip torch.compile")
+  p.add_argument("--microbatch", default="auto",
+                 help="dgmjax's training microbatch: auto (training.auto_microbatch), none, or N;"
+                      " with a microbatch below B the whole-batch step is timed beside it")
   p.add_argument("--tf32", action="store_true",
                  help="GPU: allow TF32 matmuls on both sides (default: true float32)")
   p.add_argument("--params_from", default="",
@@ -484,17 +487,26 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   sync = ctx["sync"]
 
   opt = training.make_optimizer("adam", 1e-3)
-  step = training.make_train_step(training.make_loss(model, objective, num_samples), opt, seed=0,
-                                  dynamic_binarization=True)
-  holder = {"state": training.init_state(params, opt), "i": 0}
+  loss_fn = training.make_loss(model, objective, num_samples)
+  microbatch = (batch if args.microbatch == "none" else
+                training.auto_microbatch(batch, num_samples) if args.microbatch == "auto"
+                else int(args.microbatch))
 
-  def run_jax(n):
-    st = holder["state"]
-    for _ in range(n):
-      st, _ = step(st, jbatches[holder["i"] % 4])
-      holder["i"] += 1
-    jax.block_until_ready(st)
-    holder["state"] = st
+  def make_jax(mb):
+    step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True,
+                                    microbatch=None if mb >= batch else mb)
+    holder = {"state": training.init_state(params, opt), "i": 0}
+
+    def run(n):
+      st = holder["state"]
+      for _ in range(n):
+        st, _ = step(st, jbatches[holder["i"] % 4])
+        holder["i"] += 1
+      jax.block_until_ready(st)
+      holder["state"] = st
+    return step, holder, run
+
+  step, holder, run_jax = make_jax(microbatch)
 
   def make_torch(compile_):
     tm = torch_peer.TorchVAE(model.x_dim, model.latent_dims, model.hidden_dims)
@@ -513,6 +525,8 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   sides = [Side("dgmjax", run_jax), Side("torch_eager", make_torch(False))]
   if not args.no_compile:
     sides.append(Side("torch_compile", make_torch(True)))
+  if microbatch < batch:  # the same step without microbatches, timed beside it
+    sides.append(Side("dgmjax_whole_batch", make_jax(batch)[2]))
   for s in sides:
     warm_up(s, args.rep_seconds)
   rates = interleave(sides, args.reps, machine)
@@ -531,11 +545,14 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   flops = matmul_flops(model, batch, num_samples, train=True)
   d = sides[0]
   gflops = flops / statistics.median(d.times) / 1e9 if d.times else None
+  whole = [s for s in sides if s.name == "dgmjax_whole_batch"]
   res = {"model": name, "objective": objective, "B": batch, "K": num_samples,
-         "matmul_gflop_per_step": flops / 1e9,
+         "microbatch": microbatch, "matmul_gflop_per_step": flops / 1e9,
          **{s.name: s.result(1e3) for s in sides},  # milliseconds per step
          "ratio_eager": ratios(sides[1], d),
-         "ratio_compile": ratios(sides[2], d) if len(sides) > 2 else None,
+         "ratio_compile": (ratios(sides[2], d) if len(sides) > 2
+                           and sides[2].name == "torch_compile" else None),
+         "microbatch_speedup": ratios(whole[0], d) if whole else None,
          "dgmjax_gflops": gflops,
          "machine_gflops_adjacent": statistics.median(d.rates) / 1e9 if d.rates else None}
   del rates
@@ -716,19 +733,22 @@ def print_report(res: dict) -> None:
           f"{a['eval_lse_rel']:.1e}: {'OK' if a['ok'] else 'FAILED'}")
   if res.get("train"):
     print("\ntraining step (ms; median over reps), ratio = peer / dgmjax: median (min-max)")
-    print(f"{'model':<7}{'obj':<5}{'B':>5}{'K':>4}{'dgmjax':>9}{'eager':>9}{'compile':>9}"
-          f"{'ratio eager':>20}{'ratio compile':>20}{'GFLOP/s':>9}{'frac':>6}"
-          f"{'jit s':>7}{'tc s':>7}{'MB j/e/c':>16}")
+    print(f"{'model':<7}{'obj':<5}{'B':>5}{'K':>4}{'mb':>4}{'dgmjax':>9}{'eager':>9}"
+          f"{'compile':>9}{'ratio eager':>20}{'ratio compile':>20}{'GFLOP/s':>9}{'frac':>6}"
+          f"{'jit s':>7}{'tc s':>7}{'MB j/e/c':>16}{'whole-batch':>13}")
     for r in res["train"]:
       d, e, c = r["dgmjax"], r["torch_eager"], r.get("torch_compile") or {}
       mem = "/".join(_fmt(s.get("peak_rss_mb"), "{:.0f}") for s in (d, e, c))
+      w = r.get("dgmjax_whole_batch")
+      whole = "-" if not w else f"{w['median']:.1f} ({r['microbatch_speedup']['median']:.2f}x)"
       print(f"{r['model']:<7}{r['objective']:<5}{r['B']:>5}{r['K']:>4}"
+            f"{r.get('microbatch', r['B']):>4}"
             f"{_fmt(d.get('median')):>9}{_fmt(e.get('median')):>9}"
             f"{_fmt(c.get('median')) if 'error' not in c else 'error':>9}"
             f"{_rat(r['ratio_eager']):>20}{_rat(r['ratio_compile']):>20}"
             f"{_fmt(r['dgmjax_gflops'], '{:.1f}'):>9}{_fmt(r['flop_fraction']):>6}"
             f"{_fmt(d.get('compile_s'), '{:.1f}'):>7}{_fmt(c.get('compile_s'), '{:.1f}'):>7}"
-            f"{mem:>16}")
+            f"{mem:>16} {whole:>13}")
   if res.get("eval"):
     print(f"\nk={res['eval'][0]['K']} evaluation (ms per image; median over reps), "
           "ratio = peer / dgmjax")

@@ -187,6 +187,79 @@ def test_train_step_is_traced_once():
   assert int(state.step) == 5 and bool(metrics["finite"])
 
 
+def test_microbatched_step_is_the_mean_of_microbatch_gradients():
+  """``microbatch=m``: loss, metrics and gradient are the means over the B/m microbatches, each
+  with key ``split(key_loss, B/m)[i]``; the Adam update is the one of that mean gradient."""
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  loss_fn = training.make_loss(model, "iwae", 5)
+  images = _grey(6)
+  opt = optax.adam(1e-2)
+  step = training.make_train_step(loss_fn, opt, seed=3, dynamic_binarization=True, microbatch=2)
+  state, metrics = step(training.init_state(params, opt), images)
+
+  key_bin, key_loss = jax.random.split(training.step_key(3, 0))
+  from dgmjax import data
+  x = data.binarize(key_bin, images)
+  keys = jax.random.split(key_loss, 3)
+  parts = [jax.value_and_grad(loss_fn, has_aux=True)(params, x[2 * i:2 * i + 2], keys[i])
+           for i in range(3)]
+  grads = jax.tree.map(lambda *g: sum(g) / 3, *[p[1] for p in parts])
+  np.testing.assert_allclose(metrics["loss"], np.mean([p[0][0] for p in parts]), rtol=1e-6)
+  np.testing.assert_allclose(metrics["elbo"], np.mean([p[0][1]["elbo"] for p in parts]), rtol=1e-6)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  want = optax.apply_updates(params, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               state.params, want)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
+
+
+def test_microbatch_of_a_mean_loss_gives_the_full_batch_gradient():
+  # A key-free loss that is a mean over images: microbatching changes nothing but rounding.
+  def loss(params, x, key):
+    del key
+    value = jnp.mean(jnp.sum(jnp.tanh(x.reshape(x.shape[0], -1) @ params["w"]) ** 2, axis=-1))
+    return value, {"bound": -value}
+
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)), jnp.float32)}
+  opt = optax.adam(1e-2)
+  outs = []
+  for mb in (None, 8, 4, 1):
+    step = training.make_train_step(loss, opt, seed=0, microbatch=mb)
+    state, m = step(training.init_state(params, opt), _grey(8))
+    outs.append((state.params["w"], m["loss"]))
+  for w, l in outs[1:]:
+    np.testing.assert_allclose(w, outs[0][0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(l, outs[0][1], rtol=1e-6)
+
+
+def test_microbatch_bad_values_raise():
+  model = _tiny()
+  opt = optax.adam(1e-3)
+  state = training.init_state(model.init(jax.random.key(0)), opt)
+  loss_fn = training.make_loss(model, "iwae", 3)
+  step = training.make_train_step(loss_fn, opt, seed=0, microbatch=4)
+  with pytest.raises(ValueError, match="microbatch=4 must divide the batch size 6"):
+    step(state, _grey(6))
+  for bad in (0, -2, 2.5, True):
+    with pytest.raises(ValueError, match="microbatch"):
+      training.make_train_step(loss_fn, opt, seed=0, microbatch=bad)
+  with pytest.raises(ValueError, match="post_update"):
+    training.make_train_step(loss_fn, opt, seed=0, microbatch=2,
+                             post_update=lambda p, aux, k, s: p)
+
+
+@pytest.mark.parametrize("batch,k,want", [
+    (20, 50, 20), (100, 50, 25), (1000, 50, 40), (20, 1, 20), (20, 5, 20), (7, 5000, 1),
+    (96, 64, 32), (1024, 1, 1024)])
+def test_auto_microbatch(batch, k, want):
+  got = training.auto_microbatch(batch, k, backend="cpu")
+  assert got == want and batch % got == 0 and (got * k <= 2048 or got == 1)
+  assert training.auto_microbatch(batch, k, backend="gpu") == batch
+  with pytest.raises(ValueError, match="batch_size"):
+    training.auto_microbatch(0, k)
+
+
 def test_nonfinite_steps_are_skipped_and_counted():
   # loss = sum sqrt(w^2 + s) with s = mean(x): value 0 but gradient 0/0 = NaN when w = 0 and
   # s = 0; finite otherwise. A batch of NaN gives a NaN loss.
