@@ -31,6 +31,7 @@ TensorFlow and tensorflow-datasets are imported lazily, inside the functions tha
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -220,22 +221,50 @@ def load(
   cache = _cache_dir(cache_dir)
   arrays = _read_npz(name, cache, _split_keys(name, split))
   if arrays is None:
-    manual = _resolve_manual_dir(name, data_dir)
-    if backend == "numpy":
-      if manual is None:
-        raise ValueError(
-            f"backend='numpy' reads local files: pass data_dir= or set DGMJAX_DATA_DIR to a "
-            f"folder holding {name}/ ({', '.join(_FILES[name])}).")
-      if name not in _NUMPY_READERS:
-        raise ValueError(f"backend='numpy' does not support {name!r}; use backend='tfds'.")
-      _verify_files(name, manual)
-      arrays = _NUMPY_READERS[name](manual)
-    else:
-      if manual is not None:
-        _verify_files(name, manual)
-      arrays = _load_tfds(name, cache, manual)
-    _write_npz(name, cache, arrays)
+    # One process prepares, others wait and read its cache (parallel test workers, several jobs
+    # of one node): two tfds preparations of one dataset in one folder would collide.
+    with _exclusive(os.path.join(cache, "dgmjax_npz", f"{name}.lock")):
+      arrays = _read_npz(name, cache, _split_keys(name, split))
+      if arrays is None:
+        arrays = _prepare(name, cache, data_dir, backend)
   return _select(name, split, arrays)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  """An exclusive advisory lock on ``lock_path`` (``fcntl.flock``; a no-op where unavailable)."""
+  try:
+    import fcntl
+  except ImportError:  # not POSIX
+    yield
+    return
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(name, cache, data_dir, backend):
+  """Reads ``name`` from local files or tfds and writes the ``.npz`` cache; returns all arrays."""
+  manual = _resolve_manual_dir(name, data_dir)
+  if backend == "numpy":
+    if manual is None:
+      raise ValueError(
+          f"backend='numpy' reads local files: pass data_dir= or set DGMJAX_DATA_DIR to a "
+          f"folder holding {name}/ ({', '.join(_FILES[name])}).")
+    if name not in _NUMPY_READERS:
+      raise ValueError(f"backend='numpy' does not support {name!r}; use backend='tfds'.")
+    _verify_files(name, manual)
+    arrays = _NUMPY_READERS[name](manual)
+  else:
+    if manual is not None:
+      _verify_files(name, manual)
+    arrays = _load_tfds(name, cache, manual)
+  _write_npz(name, cache, arrays)
+  return arrays
 
 
 def binarize(key, images):

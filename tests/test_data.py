@@ -325,3 +325,34 @@ def test_module_imports_no_training_stack_or_tensorflow():
   out = subprocess.run([sys.executable, "-c", code, data.__file__], capture_output=True,
                        text=True, check=True)
   assert out.stdout.strip() == "[]"
+
+
+def test_preparation_lock_excludes_other_processes(tmp_path):
+  """While one process prepares a dataset, another cannot take the same lock (it waits)."""
+  lock = tmp_path / "dgmjax_npz" / "mnist.lock"
+  probe = ("import fcntl, sys\n"
+           "f = open(sys.argv[1], 'a')\n"
+           "try:\n"
+           "  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+           "except BlockingIOError:\n"
+           "  sys.exit(3)\n")
+  with data._exclusive(str(lock)):
+    held = subprocess.run([sys.executable, "-c", probe, str(lock)], check=False)
+  free = subprocess.run([sys.executable, "-c", probe, str(lock)], check=False)
+  assert held.returncode == 3 and free.returncode == 0
+
+
+@needs_data
+def test_concurrent_loads_share_one_preparation(tmp_path):
+  code = ("import sys, numpy as np\n"
+          "from dgmjax import data\n"
+          "x = data.load('mnist', 'test', data_dir=sys.argv[1], cache_dir=sys.argv[2],"
+          " backend='numpy')['image']\n"
+          "print(float(np.mean(x)), x.shape[0])\n")
+  procs = [subprocess.Popen([sys.executable, "-c", code, DATA_DIR, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300)[0].split() for p in procs]
+  assert all(p.returncode == 0 for p in procs)
+  assert outs[0] == outs[1] and outs[0][1] == "10000"
+  assert sorted(os.listdir(tmp_path / "dgmjax_npz")) == ["mnist-v%d.npz" % data._NPZ_VERSION,
+                                                         "mnist.lock"]

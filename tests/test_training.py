@@ -202,8 +202,8 @@ def test_microbatched_step_is_the_mean_of_microbatch_gradients():
   from dgmjax import data
   x = data.binarize(key_bin, images)
   keys = jax.random.split(key_loss, 3)
-  parts = [jax.value_and_grad(loss_fn, has_aux=True)(params, x[2 * i:2 * i + 2], keys[i])
-           for i in range(3)]
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  parts = [grad_fn(params, x[2 * i:2 * i + 2], keys[i]) for i in range(3)]
   grads = jax.tree.map(lambda *g: sum(g) / 3, *[p[1] for p in parts])
   np.testing.assert_allclose(metrics["loss"], np.mean([p[0][0] for p in parts]), rtol=1e-6)
   np.testing.assert_allclose(metrics["elbo"], np.mean([p[0][1]["elbo"] for p in parts]), rtol=1e-6)
