@@ -188,8 +188,13 @@ def test_vmap_table_smoke(tmp_path):
   from experiments.iwae import vmap_table
   res = vmap_table.train_table(dataset="digits", model_name="custom", latent_dims=(2,),
                                hidden_dims=((8,),), epochs=0.05, seeds=(0,), eval_images=6,
-                               eval_k=20, bound_ks=(5,), log=lambda *_: None)
+                               eval_k=20, bound_ks=(5,), compare_steps=2, log=lambda *_: None)
   assert [(r["objective"], r["k"]) for r in res["rows"]] == list(vmap_table.ROWS)
+  t = res["timing"]
+  assert len(t["alone_step_ms"]) == len(vmap_table.ROWS) and t["together_step_ms"] > 0
+  assert t["alone_sum_step_ms"] == pytest.approx(sum(t["alone_step_ms"].values()))
+  vmap_table.plot_history(res, str(tmp_path / "curves.png"))
+  assert (tmp_path / "curves.png").stat().st_size > 1000
   assert res["steps"] >= 8 and all(np.isfinite(r["test_nll"]) for r in res["rows"])
   assert all(r["elbo"] <= r["iwae_5"] + 1e-3 for r in res["rows"])
   # rows with the same K and seed start from the same weights and see the same data and noise,

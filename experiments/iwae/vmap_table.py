@@ -36,8 +36,13 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
                 seeds=(0,), batch_size: int = 20, learning_rate: float = 1e-3,
                 rows=ROWS, max_train_examples: int = 0, eval_images: int = 500,
                 eval_k: int = 5000, bound_ks=(5, 50), latent_dims=None, hidden_dims=None,
-                data_dir: str | None = None, log=print) -> dict:
-  """Trains every ``(objective, K)`` row for every seed together; returns their results."""
+                data_dir: str | None = None, compare_steps: int = 0, log=print) -> dict:
+  """Trains every ``(objective, K)`` row for every seed together; returns their results.
+
+  With ``compare_steps > 0`` every row is also timed alone (``training.make_train_step`` with
+  its own ``make_loss``, after warm-up) for that many steps, and the sum of the rows' step times
+  is reported beside the step time of all rows together (``timing`` in the result).
+  """
   train = np.asarray(data.load(dataset, "train", data_dir=data_dir)["image"], np.float32)
   test = np.asarray(data.load(dataset, "test", data_dir=data_dir)["image"], np.float32)
   if max_train_examples:
@@ -68,18 +73,47 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
   states, seeds_g, index_g = tuple(states), tuple(seeds_g), tuple(index_g)
   log(f"{sum(len(m) for m in members)} runs in {len(groups)} groups, {num_steps} steps each")
 
-  t0, history = time.time(), []
+  t0, history, first_step_seconds = time.time(), [], None
   for s in range(num_steps):
     xs = tuple(parallel.runs_batches(train, [int(v) for v in sd], s, batch_size, shuffle=False)
                for sd in seeds_g)
     states, metrics = step(states, xs, seeds_g, index_g)
+    if s == 0:
+      jax.block_until_ready(states)
+      first_step_seconds = time.time() - t0
     if (s + 1) % max(1, num_steps // 10) == 0 or s + 1 == num_steps:
       m = jax.device_get(metrics)
       history.append({"step": s + 1, **{f"{n}-k{k}-s{sd}": float(m[g]["bound"][i])
                                         for g, mem in enumerate(members)
                                         for i, (n, k, sd) in enumerate(mem)}})
       log(f"step {s + 1}/{num_steps} ({time.time() - t0:.0f} s)")
+  jax.block_until_ready(states)
   train_seconds = time.time() - t0
+  timing = {"train_seconds": train_seconds, "first_step_seconds": first_step_seconds,
+            "together_step_ms": (1e3 * (train_seconds - first_step_seconds) / (num_steps - 1)
+                                 if num_steps > 1 else None)}
+  if compare_steps:
+    alone = {}
+    for mem in members:
+      for name, k, seed in mem:
+        one = training.make_train_step(training.make_loss(model, name, k), opt, seed=seed,
+                                       dynamic_binarization=True)
+        st = training.init_state(init(jax.random.key(seed)), opt)
+        batches = [train[i * batch_size:(i + 1) * batch_size] for i in range(compare_steps + 2)]
+        for x in batches[:2]:  # compile and warm up
+          st, _ = one(st, x)
+        jax.block_until_ready(st)
+        t = time.time()
+        for x in batches[2:]:
+          st, _ = one(st, x)
+        jax.block_until_ready(st)
+        alone[f"{name}-k{k}-s{seed}"] = 1e3 * (time.time() - t) / compare_steps
+    timing.update(alone_step_ms=alone, alone_sum_step_ms=sum(alone.values()),
+                  compare_steps=compare_steps)
+    if timing["together_step_ms"]:
+      timing["speedup_together"] = timing["alone_sum_step_ms"] / timing["together_step_ms"]
+    log(f"one step of all rows together {timing['together_step_ms']:.1f} ms; the rows alone "
+        f"{timing['alone_sum_step_ms']:.1f} ms in sum")
 
   test_x = np.asarray(data.binarize(jax.random.fold_in(jax.random.key(0), 0x5EED),
                                     jnp.asarray(test)))[:eval_images]
@@ -100,8 +134,9 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
                       "active_units": au["active"]})
   return {"dataset": dataset, "model": model_name, "epochs": epochs, "steps": num_steps,
           "batch_size": batch_size, "seeds": list(seeds), "eval_images": int(len(test_x)),
-          "eval_k": eval_k, "train_seconds": train_seconds, "rows": results,
-          "history": history}
+          "eval_k": eval_k, "train_seconds": train_seconds, "timing": timing, "rows": results,
+          "history": history, "backend": jax.default_backend(),
+          "device": str(jax.devices()[0].device_kind)}
 
 
 def format_table(res: dict) -> str:
@@ -116,6 +151,26 @@ def format_table(res: dict) -> str:
   return "\n".join(lines)
 
 
+def plot_history(res: dict, path: str) -> None:
+  """The training bound of every row against the step (one figure, one line a row)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  steps = [h["step"] for h in res["history"]]
+  for name in (res["history"][0] if res["history"] else {}):
+    if name != "step":
+      ax.plot(steps, [h[name] for h in res["history"]], marker="o", ms=3, label=name)
+  t = res["timing"]
+  ax.set(xlabel="step", ylabel="training bound (minibatch, nats)",
+         title=f"{res['model']}: {len(res['rows'])} rows in one program, "
+               f"{t['train_seconds']:.0f} s ({res['backend']})")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True)
@@ -128,17 +183,21 @@ def main(argv=None) -> int:
   p.add_argument("--eval_images", type=int, default=500)
   p.add_argument("--eval_k", type=int, default=5000)
   p.add_argument("--data_dir", default="")
+  p.add_argument("--compare_steps", type=int, default=0,
+                 help="also time each row alone for this many steps (0: don't)")
   a = p.parse_args(argv)
   res = train_table(dataset=a.dataset, model_name=a.model, epochs=a.epochs,
                     seeds=tuple(int(s) for s in a.seeds.split(",")), batch_size=a.batch_size,
                     max_train_examples=a.max_train_examples, eval_images=a.eval_images,
-                    eval_k=a.eval_k, data_dir=a.data_dir or os.environ.get("DGMJAX_DATA_DIR"))
+                    eval_k=a.eval_k, data_dir=a.data_dir or os.environ.get("DGMJAX_DATA_DIR"),
+                    compare_steps=a.compare_steps)
   os.makedirs(a.workdir, exist_ok=True)
   with open(os.path.join(a.workdir, "results.json"), "w") as f:
     json.dump(res, f, indent=2)
   table = format_table(res)
   with open(os.path.join(a.workdir, "table.md"), "w") as f:
     f.write(table + "\n")
+  plot_history(res, os.path.join(a.workdir, "training_bounds.png"))
   print(table)
   return 0
 
