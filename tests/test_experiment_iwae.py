@@ -36,7 +36,10 @@ _TIMING = ("train_seconds", "eval_seconds", "total_seconds", "resumed_from")
 
 
 def test_train_and_evaluate_smoke(tmp_path):
-  res = train.train_and_evaluate(_tiny_config(), str(tmp_path))
+  c = _tiny_config()
+  c.microbatch = "25"  # two microbatches of 25 images per step
+  res = train.train_and_evaluate(c, str(tmp_path))
+  assert res["microbatch"] == 25
   steps_per_epoch = len(data.load("digits", "train")["image"]) // 50
   assert res["dataset"] == "digits" and res["steps"] == 2 * steps_per_epoch
   assert res["test_elbo"] < res["test_iwae_5"] < 0
@@ -92,6 +95,17 @@ def test_configured_image_shape_must_match_the_data(tmp_path):
   c = _tiny_config()
   c.image_shape = (28, 28, 1)
   with pytest.raises(ValueError, match=r"model expects images of shape \(28, 28, 1\)"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("setting,match", [("7", "must divide config.batch_size=50"),
+                                           ("half", "'auto', 'none' or a positive integer"),
+                                           ("0", "'auto', 'none' or a positive integer")])
+def test_bad_microbatch_raises_before_loading(tmp_path, monkeypatch, setting, match):
+  monkeypatch.setattr(train, "load_images", lambda *a, **k: pytest.fail("data was loaded"))
+  c = _tiny_config()
+  c.microbatch = setting
+  with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(c, str(tmp_path))
 
 

@@ -84,6 +84,23 @@ def make_optimizer(config, steps_per_epoch: int):
 # ----------------------------------------------------------------------------- main entry
 
 
+def _microbatch(config) -> int | None:
+  """``config.microbatch``: 'auto' (``training.auto_microbatch``), 'none' or a number of images."""
+  setting = str(config.get("microbatch", "none")).strip().lower()
+  if setting == "none":
+    return None
+  if setting == "auto":
+    mb = training.auto_microbatch(config.batch_size, config.num_samples)
+  elif setting.isdigit() and int(setting) >= 1:
+    mb = int(setting)
+  else:
+    raise ValueError(f"config.microbatch must be 'auto', 'none' or a positive integer, got "
+                     f"{config.microbatch!r}")
+  if config.batch_size % mb:
+    raise ValueError(f"config.microbatch={mb} must divide config.batch_size={config.batch_size}")
+  return None if mb >= config.batch_size else mb
+
+
 def _show_progress(config) -> bool:
   p = config.get("progress")
   return sys.stderr.isatty() if p is None else bool(p)
@@ -111,6 +128,8 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+
+  microbatch = _microbatch(config)  # a bad setting fails here, before anything is loaded
 
   # -- data, validated before anything else
   image_shape = tuple(config.image_shape) if config.get("image_shape") else None
@@ -161,7 +180,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
       max_consecutive_nonfinite=config.max_consecutive_nonfinite, resume=resume,
       progress=_show_progress(config), learning_rate_fn=schedule,
       eval_every=checkpoint_every if eval_fn else 0, eval_fn=eval_fn,
-      stop_after=config.get("stop_after_steps") or None)
+      stop_after=config.get("stop_after_steps") or None, microbatch=microbatch)
   if "stopped_at" in summary:
     return {"stopped_at": summary["stopped_at"]}
   params = state.params
@@ -196,6 +215,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
       "optimizer": config.optimizer,
       "schedule": config.schedule,
       "batch_size": config.batch_size,
+      "microbatch": microbatch or config.batch_size,
       "epochs": num_steps / steps_per_epoch,
       "steps": num_steps,
       "seed": config.seed,

@@ -23,6 +23,7 @@ def get_config():
   # optimisation
   c.seed = 0
   c.batch_size = 20
+  c.microbatch = "auto"           # auto (training.auto_microbatch: CPU cache-sized) | none | N
   c.optimizer = "adam"            # adam (b1=0.9, b2=0.999, eps=1e-4) | burda_adam (reference code)
   c.learning_rate = 1e-3
   c.schedule = "burda"            # burda (pass i: 3^i epochs at lr*10^(-i/7)) | constant
