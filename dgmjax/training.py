@@ -447,8 +447,8 @@ def auto_microbatch(batch_size: int, num_samples: int, *, max_rows: int = 2048,
   activations and logits of a large batch fall out of the caches and every elementwise pass and
   matmul of the step becomes memory-bound. Splitting the batch into microbatches of at most
   ``max_rows`` rows (``2048 x 784`` float32 is 6.4 MB) and summing their gradients keeps them in
-  cache: measured on a 2-core AMD EPYC (Burda 1-layer, K=50) 1.24x faster at B=100 and 1.6x at
-  B=1000 (``benchmarks/bench.py``). On accelerators one large batch is fastest, so there the whole
+  cache: measured on a 2-core AMD EPYC (Burda 1-layer / 2-layer, K=50) 1.31x faster at B=100 and
+  1.57x / 1.72x at B=1000 (``benchmarks/bench.py``). On accelerators one large batch is fastest, so there the whole
   batch is returned.
 
   Args:
