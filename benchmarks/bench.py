@@ -109,6 +109,12 @@ def parse_args(argv=None):
   p.add_argument("--data_dir", default="", help="MNIST files (default: DGMJAX_DATA_DIR)")
   p.add_argument("--report", default="", help="only print the report of a saved JSON")
   a = p.parse_args(argv)
+  mb = a.microbatch.strip().lower()
+  if mb not in ("auto", "none"):  # checked before any work (training.resolve_microbatch again later)
+    batches = [int(c.split("x")[0]) for c in a.train_cases.split(",") if c.strip()]
+    if not mb.isdigit() or int(mb) < 1 or any(b % int(mb) for b in batches):
+      p.error(f"--microbatch must be auto, none or a positive divisor of every B in "
+              f"--train_cases {batches}, got {a.microbatch!r}")
   if a.quick:
     a.reps, a.eval_reps, a.rep_seconds = min(a.reps, 3), min(a.eval_reps, 2), 0.3
     a.eval_images = min(a.eval_images, 100)
@@ -488,9 +494,8 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
 
   opt = training.make_optimizer("adam", 1e-3)
   loss_fn = training.make_loss(model, objective, num_samples)
-  microbatch = (batch if args.microbatch == "none" else
-                training.auto_microbatch(batch, num_samples) if args.microbatch == "auto"
-                else int(args.microbatch))
+  microbatch = training.resolve_microbatch(args.microbatch, batch, num_samples,
+                                           name="--microbatch", batch_name="B") or batch
 
   def make_jax(mb):
     step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True,

@@ -470,6 +470,32 @@ def auto_microbatch(batch_size: int, num_samples: int, *, max_rows: int = 2048,
   return max(d for d in range(1, min(batch_size, limit) + 1) if batch_size % d == 0)
 
 
+def resolve_microbatch(setting, batch_size: int, num_samples: int, *, name: str = "microbatch",
+                       batch_name: str = "batch_size") -> int | None:
+  """A microbatch setting (``None``/``'none'``, ``'auto'``, or a number of images, also as a string
+  from a command line or config) -> the ``microbatch`` of :func:`make_train_step`.
+
+  Returns:
+    ``None`` for the whole batch at once (also when the setting covers the whole batch), else the
+    number of images per microbatch, a divisor of ``batch_size``.
+
+  Raises:
+    ValueError: naming ``name`` (and ``batch_name``) for an unknown setting or a non-divisor.
+  """
+  text = "none" if setting is None else str(setting).strip().lower()
+  if text == "none":
+    return None
+  if text == "auto":
+    mb = auto_microbatch(batch_size, num_samples)
+  elif text.isdigit() and int(text) >= 1 and not isinstance(setting, bool):
+    mb = int(text)
+  else:
+    raise ValueError(f"{name} must be 'auto', 'none' or a positive integer, got {setting!r}")
+  if batch_size % mb:
+    raise ValueError(f"{name}={mb} must divide {batch_name}={batch_size}")
+  return None if mb >= batch_size else mb
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, seed: int,
                     dynamic_binarization: bool = False, pass_step: bool = False,
                     post_update: Callable | None = None, microbatch: int | None = None):

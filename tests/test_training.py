@@ -260,6 +260,19 @@ def test_auto_microbatch(batch, k, want):
     training.auto_microbatch(0, k)
 
 
+def test_resolve_microbatch_parses_settings_and_names_the_argument():
+  r = training.resolve_microbatch
+  assert r(None, 100, 50) is None and r("none", 100, 50) is None and r(" NONE ", 100, 50) is None
+  assert r("25", 100, 50) == 25 and r(25, 100, 50) == 25 and r(np.int64(20), 100, 50) == 20
+  assert r("100", 100, 50) is None  # the whole batch
+  assert r("auto", 100, 50) == training.auto_microbatch(100, 50)
+  for bad in ("half", "0", -5, 2.5, True):
+    with pytest.raises(ValueError, match="--mb must be 'auto', 'none' or a positive integer"):
+      r(bad, 100, 50, name="--mb")
+  with pytest.raises(ValueError, match="--mb=30 must divide B=100"):
+    r("30", 100, 50, name="--mb", batch_name="B")
+
+
 def test_nonfinite_steps_are_skipped_and_counted():
   # loss = sum sqrt(w^2 + s) with s = mean(x): value 0 but gradient 0/0 = NaN when w = 0 and
   # s = 0; finite otherwise. A batch of NaN gives a NaN loss.

@@ -84,23 +84,6 @@ def make_optimizer(config, steps_per_epoch: int):
 # ----------------------------------------------------------------------------- main entry
 
 
-def _microbatch(config) -> int | None:
-  """``config.microbatch``: 'auto' (``training.auto_microbatch``), 'none' or a number of images."""
-  setting = str(config.get("microbatch", "none")).strip().lower()
-  if setting == "none":
-    return None
-  if setting == "auto":
-    mb = training.auto_microbatch(config.batch_size, config.num_samples)
-  elif setting.isdigit() and int(setting) >= 1:
-    mb = int(setting)
-  else:
-    raise ValueError(f"config.microbatch must be 'auto', 'none' or a positive integer, got "
-                     f"{config.microbatch!r}")
-  if config.batch_size % mb:
-    raise ValueError(f"config.microbatch={mb} must divide config.batch_size={config.batch_size}")
-  return None if mb >= config.batch_size else mb
-
-
 def _show_progress(config) -> bool:
   p = config.get("progress")
   return sys.stderr.isatty() if p is None else bool(p)
@@ -129,7 +112,10 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  microbatch = _microbatch(config)  # a bad setting fails here, before anything is loaded
+  # a bad setting fails here, before anything is loaded
+  microbatch = training.resolve_microbatch(config.get("microbatch"), config.batch_size,
+                                           config.num_samples, name="config.microbatch",
+                                           batch_name="config.batch_size")
 
   # -- data, validated before anything else
   image_shape = tuple(config.image_shape) if config.get("image_shape") else None
