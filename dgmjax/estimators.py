@@ -21,8 +21,9 @@ falls in one of three channels, and :class:`LogWeightTerms` carries one ``[K, B]
 plus ``log_w`` itself with every path live (the plain reparametrization estimator). The routing is
 by *role*: ``theta`` is whatever ``log p`` depends on, ``phi`` whatever ``q`` depends on, so one
 ``params`` pytree serves (a parameter shared by both gets both gradients, as it should).
-:func:`log_weight_terms` builds the four arrays from a :class:`LatentModel` of three pure functions;
-inside ``jit`` the arrays a surrogate does not use are dead code and cost nothing.
+:func:`dgmjax.models.log_weight_terms` builds the four arrays from any model of the contract
+(:mod:`dgmjax.models.base`); inside ``jit`` the arrays a surrogate does not use are dead code and
+cost nothing.
 
 A surrogate is the bound evaluated on ``log_w_theta`` (giving the ``theta`` gradient
 ``sum_k w~_k grad log p``) plus terms ``sum_k sg(c_k) (t_k - sg(t_k))`` with ``t`` one of the
@@ -63,26 +64,7 @@ Params = Any
 _OBJECTIVES = ("iwae", "elbo")
 
 
-# ----------------------------------------------------------------------------- model interface
-
-
-class LatentModel(NamedTuple):
-  """A latent-variable model and its variational family as three pure functions.
-
-  ``z`` may be an array or a pytree of arrays (several stochastic layers), with the batch first;
-  ``params`` is any pytree (the same one is handed to all three functions).
-
-  Attributes:
-    sample_q: ``(key, params, x) -> z``, one draw of ``z ~ q(z | x)`` per datapoint ``[B, ...]``;
-      reparametrized (differentiable in ``params``) when the latent is continuous, a plain draw
-      otherwise (then the path channel carries no gradient and only score-function estimators
-      train ``phi``).
-    log_q: ``(params, x, z) -> [B]``, ``log q_phi(z | x)``.
-    log_p: ``(params, x, z) -> [B]``, the joint ``log p_theta(x, z)``.
-  """
-  sample_q: Callable[[Array, Params, Array], Any]
-  log_q: Callable[[Params, Array, Any], Array]
-  log_p: Callable[[Params, Array, Any], Array]
+# ----------------------------------------------------------------------------- gradient views
 
 
 class LogWeightTerms(NamedTuple):
@@ -101,63 +83,6 @@ class LogWeightTerms(NamedTuple):
   log_w_theta: Array
   log_w_path: Array
   log_q_score: Array
-
-
-def _sg_tree(tree):
-  return jax.tree.map(lax.stop_gradient, tree)
-
-
-def sample_latents(key: Array, model: LatentModel, params: Params, x: Array,
-                   num_samples: int):
-  """``K`` independent draws ``z_k ~ q(z | x)``, stacked on axis 0: ``[K, B, ...]``.
-
-  Args:
-    key: a JAX PRNG key, split into one key per sample.
-    model: the model (its ``sample_q`` is used).
-    params: parameters.
-    x: data ``[B, ...]``.
-    num_samples: ``K >= 1`` (static).
-
-  Returns:
-    ``z`` with a leading sample axis (a pytree if ``sample_q`` returns one).
-  """
-  if not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-  keys = jax.random.split(key, num_samples)
-  return jax.vmap(lambda k: model.sample_q(k, params, x))(keys)
-
-
-def log_weight_terms(model: LatentModel, params: Params, x: Array, z) -> LogWeightTerms:
-  """Evaluates the log-weights of samples ``z`` ``[K, B, ...]`` under every gradient view.
-
-  .. math:: \\log w_k = \\log p_\\theta(x, z_k) - \\log q_\\phi(z_k | x)
-
-  Args:
-    model: the model.
-    params: parameters (``theta`` and ``phi`` in one pytree; routing is by role).
-    x: data ``[B, ...]``.
-    z: samples with a leading sample axis, as returned by :func:`sample_latents`.
-
-  Returns:
-    :class:`LogWeightTerms`, each field ``[K, B]``.
-  """
-  z_sg = _sg_tree(z)
-  p_sg = _sg_tree(params)
-  over_k = lambda f, prm, zz: jax.vmap(lambda zk: f(prm, x, zk))(zz)
-  log_p = over_k(model.log_p, params, z)
-  log_q = over_k(model.log_q, params, z)
-  log_w = log_p - log_q
-  log_w_theta = over_k(model.log_p, params, z_sg) - lax.stop_gradient(log_q)
-  log_w_path = over_k(model.log_p, p_sg, z) - over_k(model.log_q, p_sg, z)
-  log_q_score = over_k(model.log_q, params, z_sg)
-  return LogWeightTerms(log_w, log_w_theta, log_w_path, log_q_score)
-
-
-def sample_terms(key: Array, model: LatentModel, params: Params, x: Array,
-                 num_samples: int) -> LogWeightTerms:
-  """:func:`sample_latents` then :func:`log_weight_terms`: ``K`` samples, ``[K, B]`` terms."""
-  z = sample_latents(key, model, params, x, num_samples)
-  return log_weight_terms(model, params, x, z)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -401,7 +326,7 @@ def learning_signal(log_w: Array, axis: int = 0, *, objective: str = "iwae") -> 
 
 
 def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, axis: int = 0, *,
-                        objective: str = "iwae") -> Array:
+                        objective: str = "iwae", analytic_kl: bool = False) -> Array:
   """Score-function (REINFORCE, likelihood-ratio) estimator, for any latent.
 
   Needs no path through ``z``, so it serves discrete latents. ``theta`` gets the usual gradient.
@@ -419,9 +344,12 @@ def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, a
     baseline: ``None``, a scalar or ``[B]``; subtracted from the learning signal.
     axis: sample axis.
     objective: ``'iwae'`` or ``'elbo'``.
+    analytic_kl: the "log-weights" are the log-likelihoods ``log p(x | z_k)`` alone, the KL being
+      analytic and differentiated apart (``objective='elbo'``): ``log q`` then does not appear in
+      the signal, so its direct term ``-w~_k`` is dropped.
 
   Returns:
-    ``[B]``, equal to the bound.
+    ``[B]``, equal to the bound (the expected log-likelihood with ``analytic_kl``).
 
   References:
     Williams, Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
@@ -438,7 +366,9 @@ def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, a
     centred = jnp.broadcast_to(centred[None], lw.shape)
   else:
     centred = centred / lw.shape[0]
-  coeff = centred - _sample_weights(lw, objective)
+  if analytic_kl and objective != "elbo":
+    raise ValueError("analytic_kl needs objective='elbo' (the KL of the ELBO is analytic)")
+  coeff = centred if analytic_kl else centred - _sample_weights(lw, objective)
   return _bound(lw, objective) + _route(coeff, lq)
 
 
@@ -693,7 +623,8 @@ ESTIMATORS = ("iwae", "elbo", "stl", "dreg", "reinforce", "vimco", "rws", "rws_d
 
 
 def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, beta=None,
-              baseline=None, objective: str = "iwae", axis: int = 0) -> Array:
+              baseline=None, objective: str = "iwae", analytic_kl: bool = False,
+              axis: int = 0) -> Array:
   """Dispatches to the surrogate of ``estimator`` on the right fields of ``terms``.
 
   Args:
@@ -703,6 +634,7 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, bet
     beta: ELBO weight for ``ciwae``.
     baseline: baseline for ``reinforce``.
     objective: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
+    analytic_kl: for ``reinforce``, see :func:`reinforce_surrogate`.
     axis: sample axis.
 
   Returns:
@@ -718,7 +650,8 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, bet
   if estimator == "dreg":
     return dreg_surrogate(t.log_w_theta, t.log_w_path, axis, num_groups=num_groups)
   if estimator == "reinforce":
-    return reinforce_surrogate(t.log_w_theta, t.log_q_score, baseline, axis, objective=objective)
+    return reinforce_surrogate(t.log_w_theta, t.log_q_score, baseline, axis, objective=objective,
+                               analytic_kl=analytic_kl)
   if estimator == "vimco":
     return vimco_surrogate(t.log_w_theta, t.log_q_score, axis)
   if estimator == "rws":

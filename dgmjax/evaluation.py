@@ -5,17 +5,17 @@ with a streaming log-sum-exp, and the images are processed in fixed-size batches
 padded), so peak memory is set by ``batch_size * sample_chunk`` whatever ``K`` and the test-set
 size, and the jitted function is compiled once (and cached across calls).
 
-The estimator needs the model's log-weights as a function of one key per sample,
-``log_weights_from_keys(params, x, keys[K]) -> [K, B]`` (see
-:meth:`dgmjax.models.vae.VAE.log_weights_from_keys`): sample ``k`` then depends on ``keys[k]`` only,
-so the chunked estimate equals the unchunked ``iwae_bound(log_weights(params, x, key, K))``.
+Every evaluator takes a model of the contract (:mod:`dgmjax.models.base`): a library model or
+your own. The estimator draws one importance sample per key
+(:func:`dgmjax.models.log_weights_from_keys`): sample ``k`` depends on ``keys[k]`` only, so the
+chunked estimate equals the unchunked ``iwae_bound(models.log_weights(model, params, x, key, K))``.
 
 Near the roofline (``benchmarks/bench.py`` measures it):
 
 * **Encoder once per image.** The first chunk is evaluated outside the ``lax.scan`` over the other
   chunks; XLA merges the two identical encoder computations (CSE) and hoists them out of the loop
-  (loop-invariant code motion), so for :class:`~dgmjax.models.vae.VAE` the deterministic encoder of
-  ``q(h_1|x)`` runs once per image for all ``K`` samples; only the layers that must see each sample
+  (loop-invariant code motion), so the deterministic encoder of a model (for
+  :class:`~dgmjax.models.vae.VAE`, that of ``q(h_1|x)``) runs once per image for all ``K`` samples; only the layers that must see each sample
   run per sample. ``tests/test_evaluation.py`` checks this on the compiled program.
 * **Cheap, stable Bernoulli term.** :func:`dgmjax.distributions.bernoulli_log_prob` is
   ``x l - max(l, 0) - log1p(exp(-|l|))``, one fused elementwise loop over the ``[c, B, D]`` logits.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 from typing import Callable, Sequence
@@ -40,10 +41,10 @@ import numpy as np
 from jax import lax
 
 from dgmjax import objectives
+from dgmjax.models import base as models_base
 
 Array = jax.Array
 LogWeightsFromKeys = Callable[[object, Array, Array], Array]
-LogWeightsFn = Callable[[object, Array, Array, int], Array]
 
 #: ``matmul_precision`` names: mantissa bits kept in the matmul inputs (float32 has 23).
 MATMUL_PRECISIONS = {"float32": 23, "tensorfloat32": 10, "bfloat16": 7}
@@ -160,8 +161,7 @@ def _lse0(lw: Array) -> Array:
   return jax.nn.logsumexp(lw.astype(jnp.promote_types(lw.dtype, jnp.float32)), axis=0)
 
 
-def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: Array,
-                         keys: Array, sample_chunk: int) -> Array:
+def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int) -> Array:
   """``L_K`` for one batch, accumulating ``logsumexp`` over chunks of ``sample_chunk`` samples.
 
   .. math:: \\mathcal{L}_K = \\log \\sum_{c} \\sum_{k \\in c} w_k - \\log K, \\quad \\text{accumulated as } a \\leftarrow \\operatorname{logaddexp}(a, \\operatorname{LSE}_{k \\in c} \\log w_k)
@@ -171,14 +171,15 @@ def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: A
   log-weights are bfloat16.
 
   Args:
-    log_weights_from_keys: ``(params, x, keys[c]) -> [c, B]``.
+    model: a model of the contract.
     params: model parameters.
     x: ``[B, ...]`` one batch of images.
     keys: ``[K]`` PRNG keys, one per importance sample.
     sample_chunk: samples evaluated at once.
 
   Returns:
-    ``[B]``: equal (up to float rounding) to ``iwae_bound(log_weights_from_keys(params, x, keys))``.
+    ``[B]``: equal (up to float rounding) to
+    ``iwae_bound(models.log_weights_from_keys(model, params, x, keys))``.
 
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
@@ -186,18 +187,25 @@ def streaming_iwae_bound(log_weights_from_keys: LogWeightsFromKeys, params, x: A
   num_samples = keys.shape[0]
   chunk = max(1, min(int(sample_chunk), num_samples))
   num_chunks, rem = divmod(num_samples, chunk)
+  batch = models_base._batch_size(x)  # pylint: disable=protected-access
+  log_weights_from_keys = _FromKeys(model)
+
+  def lse(k):
+    lw = log_weights_from_keys(params, x, k)
+    return _lse0(models_base.check_log_weights(lw, k.shape[0], batch))
+
   # The first chunk outside the scan: XLA merges its encoder pass with the loop body's and hoists
   # it out of the loop, so the per-image work runs once (see the module docstring).
-  acc = _lse0(log_weights_from_keys(params, x, keys[:chunk]))
+  acc = lse(keys[:chunk])
   if num_chunks > 1:
     rest = keys[chunk:num_chunks * chunk].reshape(num_chunks - 1, chunk)
 
     def body(a, k):
-      return jnp.logaddexp(a, _lse0(log_weights_from_keys(params, x, k))), None
+      return jnp.logaddexp(a, lse(k)), None
 
     acc, _ = lax.scan(body, acc, rest)
   if rem:
-    acc = jnp.logaddexp(acc, _lse0(log_weights_from_keys(params, x, keys[num_chunks * chunk:])))
+    acc = jnp.logaddexp(acc, lse(keys[num_chunks * chunk:]))
   return acc - math.log(num_samples)
 
 
@@ -311,7 +319,7 @@ def _bytes_per_sample(log_weights_from_keys: LogWeightsFromKeys, params, x, prob
                   probe, precision), measure)
 
 
-def auto_sample_chunk(log_weights_from_keys: LogWeightsFromKeys, params, x, *,
+def auto_sample_chunk(model, params, x, *,
                       num_samples: int = 5000, budget_bytes: int | None = None,
                       matmul_precision_name: str | None = None, probe: int = 16) -> int:
   """The number of importance samples per chunk that fits the memory budget.
@@ -323,7 +331,7 @@ def auto_sample_chunk(log_weights_from_keys: LogWeightsFromKeys, params, x, *,
   spreads ``K`` evenly over the chunks so that the final chunk is not a small remainder.
 
   Args:
-    log_weights_from_keys: ``(params, x, keys[c]) -> [c, B]``.
+    model: a model of the contract.
     params: model parameters.
     x: ``[B, ...]`` one batch (its size sets the bytes per sample).
     num_samples: ``K``.
@@ -338,7 +346,7 @@ def auto_sample_chunk(log_weights_from_keys: LogWeightsFromKeys, params, x, *,
     budget_bytes = memory_budget()["bytes"]
   if budget_bytes <= 0:
     raise ValueError(f"budget_bytes must be > 0, got {budget_bytes}")
-  per_sample = _bytes_per_sample(log_weights_from_keys, params, x, probe, matmul_precision_name)
+  per_sample = _bytes_per_sample(_FromKeys(model), params, x, probe, matmul_precision_name)
   chunk = int(min(num_samples, max(1, budget_bytes // per_sample)))
   num_chunks = -(-num_samples // chunk)
   return -(-num_samples // num_chunks)
@@ -359,26 +367,37 @@ def _check_eval_images(images, name: str = "images") -> np.ndarray:
   images = np.asarray(images)
   if images.ndim < 2 or images.shape[0] == 0:
     raise ValueError(f"{name} is empty or has no example axis: shape {images.shape}")
-  return images.astype(np.float32, copy=False)
+  images = images.astype(np.float32, copy=False)
+  if not np.all(np.isfinite(images)):
+    raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+  return images
 
 
-def _streaming_fn(log_weights_from_keys, num_samples: int, sample_chunk: int, precision,
-                  emulate):
+@dataclasses.dataclass(frozen=True)
+class _FromKeys:
+  """``(params, x, keys) -> [K, B]`` of a model, hashable (equal for equal models), so the jitted
+  evaluators are cached per model."""
+  model: object
+
+  def __call__(self, params, x, keys):
+    return models_base.log_weights_from_keys(self.model, params, x, keys)
+
+
+def _streaming_fn(model, num_samples: int, sample_chunk: int, precision, emulate):
   """The jitted per-batch estimator, cached so that repeated evaluations compile once."""
 
   def build():
     @jax.jit
     def fn(p, x, k):
       with matmul_precision(precision, emulate=emulate):
-        return streaming_iwae_bound(log_weights_from_keys, p, x,
-                                    jax.random.split(k, num_samples), sample_chunk)
+        return streaming_iwae_bound(model, p, x, jax.random.split(k, num_samples), sample_chunk)
     return fn
 
-  return _cached(("streaming", log_weights_from_keys, num_samples, sample_chunk, precision,
+  return _cached(("streaming", _FromKeys(model), num_samples, sample_chunk, precision,
                   emulate), build)
 
 
-def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, key: Array, *,
+def log_likelihood(model, params, images, key: Array, *,
                    num_samples: int = 5000, sample_chunk: int | str = "auto",
                    batch_size: int = 100, progress: bool = False,
                    matmul_precision: str | None = None, emulate_precision: bool | None = None,
@@ -392,10 +411,9 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
   only their ``[B]`` results are kept.
 
   Args:
-    log_weights_from_keys: ``(params, x, keys[K]) -> [K, B]``, e.g.
-      ``model.log_weights_from_keys``.
+    model: a model of the contract (:mod:`dgmjax.models.base`).
     params: model parameters.
-    images: ``[N, ...]`` binary images.
+    images: ``[N, ...]`` data in the support of the model's likelihood (finite; checked).
     key: PRNG key; batch ``b`` uses the sample keys ``split(fold_in(key, b), num_samples)``.
     num_samples: ``K`` (5000 in Burda et al.).
     sample_chunk: samples drawn at once (peak memory grows with ``batch_size * sample_chunk``), or
@@ -416,7 +434,9 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
   from tqdm.auto import tqdm
+  models_base._check_contract(model)  # pylint: disable=protected-access
   _check_precision(matmul_precision)
+  num_samples = models_base.check_num_samples(num_samples)
   if isinstance(sample_chunk, str):
     if sample_chunk != "auto":
       raise ValueError(f"sample_chunk must be a positive int or 'auto', got {sample_chunk!r}")
@@ -430,10 +450,10 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
   batch_size = min(batch_size, images.shape[0])
   if sample_chunk == "auto":
     first = next(_batches(images, batch_size))[1]
-    sample_chunk = auto_sample_chunk(log_weights_from_keys, params, first,
+    sample_chunk = auto_sample_chunk(model, params, first,
                                      num_samples=num_samples, budget_bytes=memory_budget_bytes,
                                      matmul_precision_name=matmul_precision)
-  fn = _streaming_fn(log_weights_from_keys, num_samples, int(sample_chunk), matmul_precision,
+  fn = _streaming_fn(model, num_samples, int(sample_chunk), matmul_precision,
                      emulate_precision)
 
   out = []
@@ -444,7 +464,7 @@ def log_likelihood(log_weights_from_keys: LogWeightsFromKeys, params, images, ke
   return np.concatenate(out)
 
 
-def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
+def bounds(model, params, images, key: Array, *,
            ks: Sequence[int] = (1, 5, 50), batch_size: int = 100) -> dict:
   """Average test bounds: the ELBO ``L_1`` and the IWAE bounds ``L_k``, each ``mean_x``.
 
@@ -455,9 +475,9 @@ def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
   .. math:: \\hat{\\mathcal{L}}_k = \\frac{k}{K} \\sum_{g=1}^{K/k} \\log \\frac1k \\sum_{j \\in g} w_j
 
   Args:
-    log_weights_fn: ``(params, x, key, K) -> [K, B]``, e.g. ``model.log_weights``.
+    model: a model of the contract.
     params: model parameters.
-    images: ``[N, ...]`` binary images.
+    images: ``[N, ...]`` data (finite; checked).
     key: PRNG key; batch ``b`` uses ``fold_in(key, b)``.
     ks: the ``k`` of the reported bounds.
     batch_size: images per batch.
@@ -465,15 +485,19 @@ def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
   Returns:
     ``{"elbo": float, "iwae_k": float for k in ks}``.
   """
+  models_base._check_contract(model)  # pylint: disable=protected-access
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
-  ks = tuple(int(k) for k in ks)
+  if not ks:
+    raise ValueError("ks must name at least one k")
+  ks = tuple(models_base.check_num_samples(k, "every k of ks") for k in ks)
   kmax = max(ks)
+  from_keys = _FromKeys(model)
 
   def build():
     @jax.jit
     def one(p, x, k):
-      lw = log_weights_fn(p, x, k, kmax)
+      lw = from_keys(p, x, jax.random.split(k, kmax))
       lw = lw.astype(jnp.promote_types(lw.dtype, jnp.float32))
       res = {"elbo": objectives.elbo(lw)}
       for kk in ks:
@@ -482,7 +506,7 @@ def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
       return res
     return one
 
-  one = _cached(("bounds", log_weights_fn, ks), build)
+  one = _cached(("bounds", from_keys, ks), build)
   acc = {}
   for b, x, m in _batches(images, batch_size):
     r = jax.device_get(one(params, x, jax.random.fold_in(key, b)))
@@ -491,20 +515,22 @@ def bounds(log_weights_fn: LogWeightsFn, params, images, key: Array, *,
   return {name: float(np.concatenate(v).mean()) for name, v in acc.items()}
 
 
-def active_units(posterior_means_fn: Callable, params, images, key: Array, *,
-                 threshold: float = 1e-2, batch_size: int = 500) -> dict:
+def active_units(model, params, images, key: Array, *, threshold: float = 1e-2,
+                 batch_size: int = 500, num_samples: int = 100) -> dict:
   """Burda et al.'s active units: a latent unit ``u`` is active if ``Cov_x(E_q[u | x]) > 1e-2``.
 
   .. math:: A_u = \\mathrm{Cov}_x\\big(\\mathbb{E}_{u \\sim q(u|x)}[u]\\big) > 10^{-2}
 
   Args:
-    posterior_means_fn: ``(params, x, key) -> [E_q[h_l | x] for each layer]`` (``[B, D_l]``
-      each), e.g. ``model.posterior_means``.
+    model: a model of the contract; its ``posterior_mean`` is used where it has one, else a
+      ``num_samples`` Monte Carlo average (:func:`dgmjax.models.posterior_means`), per latent leaf
+      (stochastic layer).
     params: model parameters.
     images: ``[N, ...]`` images over which the covariance is taken.
     key: PRNG key (for layers whose mean needs samples of the layer below).
     threshold: activity threshold on the variance (1e-2 in the paper).
     batch_size: images per call.
+    num_samples: draws of the Monte Carlo mean (models without ``posterior_mean``).
 
   Returns:
     ``{"active": [count per layer], "variances": [[D_l] per layer]}``.
@@ -514,11 +540,11 @@ def active_units(posterior_means_fn: Callable, params, images, key: Array, *,
   """
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
-  fn = jax.jit(posterior_means_fn)
+  fn = jax.jit(lambda p, x, k: models_base.posterior_means(model, p, x, k, num_samples))
   chunks = []
   for b, x, m in _batches(images, batch_size):
     means = jax.device_get(fn(params, x, jax.random.fold_in(key, b)))
-    chunks.append([np.asarray(a, np.float64)[:m] for a in means])
+    chunks.append([np.asarray(a, np.float64)[:m].reshape(m, -1) for a in means])
   layers = [np.concatenate([c[l] for c in chunks], 0) for l in range(len(chunks[0]))]
   variances = [np.var(a, axis=0) for a in layers]
   return {"active": [int((v > threshold).sum()) for v in variances],
@@ -530,7 +556,7 @@ def write_sample_figures(model, params, images, key: Array, workdir: str, *,
   """Writes ``samples.png`` (ancestral samples) and ``reconstructions.png`` into ``workdir``.
 
   Args:
-    model: a model with ``sample(params, key, num)`` and ``reconstruct(params, x)``.
+    model: a contract model with ``sample_prior`` and ``decode``.
     params: model parameters.
     images: data to reconstruct ``[N, H, W, C]`` (the first ``num_reconstructions`` are used).
     key: PRNG key.
@@ -542,9 +568,10 @@ def write_sample_figures(model, params, images, key: Array, workdir: str, *,
     ``{"samples": path, "reconstructions": path}``.
   """
   from dgmjax import plotting
-  samples = np.asarray(jax.jit(model.sample, static_argnums=2)(params, key, num_samples))
+  samples = np.asarray(jax.jit(lambda p, k: models_base.sample_x(model, p, k, num_samples))(
+      params, key))
   x = np.asarray(images[:num_reconstructions], np.float32)
-  recon = np.asarray(jax.jit(model.reconstruct)(params, x))
+  recon = np.asarray(jax.jit(lambda p, xx: models_base.reconstruct(model, p, xx))(params, x))
   os.makedirs(workdir, exist_ok=True)
   return {
       "samples": plotting.save_image_grid(os.path.join(workdir, "samples.png"), samples,

@@ -148,125 +148,169 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- objectives
 
 
-#: Objectives that only need the log-weights ``[K, B]`` (reparametrization of a bound).
-BOUND_OBJECTIVES = ("vae", "iwae", "miwae", "ciwae")
-#: Objectives whose gradient is a surrogate of :mod:`dgmjax.estimators` (they need the separate
-#: gradient views of the log-weights, see :func:`vae_estimator_terms`).
-ESTIMATOR_OBJECTIVES = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
+#: Estimators of :func:`make_loss` that differentiate the bound itself (the reparametrization
+#: estimator of the ELBO, IWAE, MIWAE, CIWAE); ``'vae'`` is another name for ``'elbo'``.
+BOUND_ESTIMATORS = ("elbo", "vae", "iwae", "miwae", "ciwae")
+#: Estimators whose gradient is a surrogate of :mod:`dgmjax.estimators` over the gradient views of
+#: :func:`dgmjax.models.log_weight_terms` (routing by role: what ``q`` reads vs what ``p`` reads).
+SURROGATE_ESTIMATORS = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
                         "vimco")
+#: Baselines of ``'reinforce'`` by name (a function ``(params, x) -> [B]`` is NVIL's).
+BASELINES = ("batch_mean",)
 
 
-def _is_encoder_path(path) -> bool:
-  """A VAE parameter of ``q`` (an ``encoders_<l>`` submodule) rather than of ``p``."""
-  return any(str(getattr(p, "key", getattr(p, "name", ""))).startswith("encoders")
-             for p in path)
+def _batch_mean_baseline(signal: Array) -> Array:
+  """Leave-one-out minibatch mean of the learning signal ``[B]`` (or ``[K, B]``, averaged over
+  ``K``): example ``i``'s baseline depends on the other examples only, so REINFORCE stays unbiased."""
+  f = jax.lax.stop_gradient(signal)
+  if f.ndim == 2:
+    f = jnp.mean(f, axis=0)
+  b = f.shape[0]
+  if b < 2:
+    raise ValueError("baseline='batch_mean' needs a batch of at least 2 (the baseline of an example "
+                     "is the mean signal of the others)")
+  return (jnp.sum(f) - f) / (b - 1)
 
 
-def vae_estimator_terms(model, params, x: Array, key: Array, num_samples: int):
-  """The gradient views of a VAE's log-weights that the surrogate estimators need, ``[K, B]`` each.
+def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None = None,
+              beta=None, bound: str = "iwae", baseline=None, kl: str | None = None) -> LossFn:
+  """The training loss of any contract model: the negative bound, with ``estimator``'s gradient.
 
-  ``theta`` (the generative networks ``priors_*`` and ``decoder``) and ``phi`` (the inference
-  networks ``encoders_*``) are disjoint in a :class:`dgmjax.models.vae.VAE`, so each view is one
-  evaluation of the model's own log-weights with one of the two groups behind ``stop_gradient``:
-  with ``phi`` stopped the samples ``h = mu_phi(x) + sigma_phi(x) eps`` are constants and only the
-  direct ``theta`` dependence of ``log p`` is live; with ``theta`` stopped and ``q``'s density
-  evaluated with stopped parameters (``stop_q``) only the path through ``h`` is live. Both passes
-  draw the same samples (a clone of ``key``), so every view has the value ``log w_k``.
-
-  Args:
-    model: a :class:`dgmjax.models.vae.VAE` (anything with ``log_weight_terms(params, x, key, K,
-      stop_q=True)`` returning ``log_px_given_z``, ``log_prior``, ``log_q``, ``log_q_stop``, and
-      parameters of ``q`` under ``encoders*`` keys).
-    params: model parameters.
-    x: ``[B, ...]`` data.
-    key: PRNG key (split into one key per sample, as ``model.log_weights``).
-    num_samples: ``K`` (static).
-
-  Returns:
-    :class:`dgmjax.estimators.LogWeightTerms`.
-  """
-  from dgmjax import estimators
-
-  sg = jax.lax.stop_gradient
-  theta_live = jax.tree_util.tree_map_with_path(
-      lambda p, a: sg(a) if _is_encoder_path(p) else a, params)
-  phi_live = jax.tree_util.tree_map_with_path(
-      lambda p, a: a if _is_encoder_path(p) else sg(a), params)
-  a = model.log_weight_terms(theta_live, x, key, num_samples)
-  # Same samples: the clone of the key is an intentional reuse (legal under key-reuse checking).
-  b = model.log_weight_terms(phi_live, x, jax.random.clone(key), num_samples, stop_q=True)
-  log_w_theta = a.log_px_given_z + a.log_prior - a.log_q        # theta direct only
-  log_p_b = b.log_px_given_z + b.log_prior                      # phi through h only
-  log_w_path = log_p_b - b.log_q_stop                           # path only
-  log_q_score = (b.log_q - b.log_q_stop) + sg(b.log_q_stop)     # direct phi (score) only
-  log_w_phi = log_p_b - b.log_q                                 # every phi path
-  log_w = log_w_theta + estimators.zero_with_grad(log_w_phi)    # every path
-  return estimators.LogWeightTerms(log_w, log_w_theta, log_w_path, log_q_score)
-
-
-def make_loss(model, objective: str, num_samples: int, **kwargs) -> LossFn:
-  """The negative bound averaged over the batch, as a function ``(params, x, key)``.
-
-  The bound objectives differentiate the bound itself (reparametrization). The estimator
-  objectives are surrogates from :mod:`dgmjax.estimators`: the loss has the value of the negative
-  bound and ``jax.grad`` of it is the estimator.
+  The bound estimators differentiate the bound itself (reparametrization, one pass of the
+  log-weights). The surrogate estimators evaluate the gradient views of
+  :func:`dgmjax.models.log_weight_terms` and a surrogate of :mod:`dgmjax.estimators`: the loss has
+  the value of the negative bound and ``jax.grad`` of it is the estimator. Gradients are routed by
+  role (what ``q`` reads vs what ``p`` reads), never by parameter names, so a model with its
+  encoder under any name gets the estimator it asked for.
 
   Args:
-    model: anything with ``log_weights(params, x, key, num_samples) -> [K, B]``; the estimator
-      objectives need a :class:`dgmjax.models.vae.VAE` (see :func:`vae_estimator_terms`).
-    objective: ``'vae'`` (the K-sample ELBO average), ``'iwae'``, ``'miwae'`` (``num_groups``),
-      ``'ciwae'`` (``beta``), or an estimator: ``'dreg'`` (DReG for the encoder, IWAE for the
-      decoder; with ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'``
-      (``num_groups``: IWAE(M K) for the decoder, MIWAE(M, K) for the encoder), ``'stl'``,
-      ``'rws'``, ``'rws_dreg'``, ``'reinforce'``, ``'vimco'``.
-    num_samples: ``K`` (``M * K`` for MIWAE, PIWAE).
-    **kwargs: ``num_groups`` (``M``), ``beta``.
+    model: a model of the contract (:mod:`dgmjax.models.base`).
+    estimator: ``'elbo'`` (or ``'vae'``: the ``K``-sample ELBO average), ``'iwae'``, ``'miwae'``
+      (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
+      ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
+      ``p``, MIWAE(M, K) for ``q``), ``'stl'`` (``bound``), ``'rws'``, ``'rws_dreg'``,
+      ``'reinforce'`` (``bound``, ``baseline``), ``'vimco'`` (``K >= 2``).
+    num_samples: ``K`` (``M * K`` for MIWAE and PIWAE).
+    num_groups: ``M``.
+    beta: the ELBO weight of CIWAE, in [0, 1].
+    bound: ``'iwae'`` or ``'elbo'``, the target of ``'stl'`` and ``'reinforce'``.
+    baseline: for ``'reinforce'``: ``None``, ``'batch_mean'`` (leave-one-out minibatch mean) or a
+      function ``(params, x) -> [B]`` reading its own entries of ``params`` (an input-dependent
+      baseline, NVIL): it is regressed onto the learning signal by
+      :func:`dgmjax.estimators.baseline_loss`, added to the loss (its gradient reaches only the
+      baseline's parameters).
+    kl: ``None`` or ``'analytic'``: the ELBO as ``E_q[log p(x|z)] - KL`` with the model's analytic
+      ``kl(params, x)`` (for ``'elbo'`` and ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s
+      Gumbel-softmax objective).
 
   Returns:
-    ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose
-    negative the loss equals (IWAE(M K) for PIWAE, MIWAE(M, K) for DReG with groups).
-  """
-  from dgmjax import estimators
+    ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose negative
+    the loss equals (IWAE(M K) for PIWAE, MIWAE(M, K) for DReG with groups), ``metrics['elbo']``
+    the ELBO of the same samples.
 
-  if objective not in BOUND_OBJECTIVES + ESTIMATOR_OBJECTIVES:
-    raise ValueError(f"objective must be one of {sorted(BOUND_OBJECTIVES + ESTIMATOR_OBJECTIVES)}, "
-                     f"got {objective!r}")
-  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-  num_groups = kwargs.get("num_groups")
-  beta = kwargs.get("beta")
-  if objective in ("miwae", "piwae", "piwae_dreg") and num_groups is None:
-    raise ValueError(f"objective {objective!r} needs num_groups (M)")
-  if num_groups is not None and (not isinstance(num_groups, (int, np.integer)) or num_groups < 1
-                                 or num_samples % num_groups):
+  Raises:
+    ValueError: an unknown estimator or setting, naming it and the valid ones.
+  """
+  from dgmjax import estimators  # pylint: disable=import-outside-toplevel
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
+
+  names = BOUND_ESTIMATORS + SURROGATE_ESTIMATORS
+  if estimator not in names:
+    raise ValueError(f"estimator must be one of {sorted(names)}, got {estimator!r}")
+  base._check_contract(model)  # pylint: disable=protected-access
+  num_samples = base.check_num_samples(num_samples)
+  if estimator in ("miwae", "piwae", "piwae_dreg") and num_groups is None:
+    raise ValueError(f"estimator {estimator!r} needs num_groups (M)")
+  if num_groups is not None and (isinstance(num_groups, bool)
+                                 or not isinstance(num_groups, (int, np.integer))
+                                 or num_groups < 1 or num_samples % num_groups):
     raise ValueError(f"num_groups must be a positive int dividing num_samples={num_samples}, got "
                      f"{num_groups!r}")
-  if objective == "ciwae" and beta is None:
-    raise ValueError("objective 'ciwae' needs beta")
-  if objective == "vimco" and num_samples < 2:
-    raise ValueError(f"objective 'vimco' needs num_samples >= 2, got {num_samples}")
+  if estimator == "ciwae":
+    if beta is None:
+      raise ValueError("estimator 'ciwae' needs beta (the ELBO weight, in [0, 1])")
+    if not 0.0 <= float(beta) <= 1.0:
+      raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+  if estimator == "vimco" and num_samples < 2:
+    raise ValueError(f"estimator 'vimco' needs num_samples >= 2, got {num_samples}")
+  if bound not in ("iwae", "elbo"):
+    raise ValueError(f"bound must be 'iwae' or 'elbo', got {bound!r}")
+  if baseline is not None:
+    if estimator != "reinforce":
+      raise ValueError(f"baseline applies to estimator 'reinforce' only, got {estimator!r}")
+    if not callable(baseline) and baseline not in BASELINES:
+      raise ValueError(f"baseline must be None, one of {BASELINES} or a function (params, x) -> "
+                       f"[B]; got {baseline!r}")
+  if kl not in (None, "analytic"):
+    raise ValueError(f"kl must be None or 'analytic', got {kl!r}")
+  analytic = kl == "analytic"
+  if analytic:
+    if estimator not in ("elbo", "vae", "reinforce"):
+      raise ValueError(f"kl='analytic' applies to the ELBO ('elbo', 'reinforce'), not "
+                       f"{estimator!r}")
+    if estimator == "reinforce" and bound != "elbo":
+      raise ValueError("kl='analytic' with 'reinforce' needs bound='elbo'")
+    base._need(model, "kl", "kl='analytic'")  # pylint: disable=protected-access
   num_groups = int(num_groups) if num_groups is not None else 1
 
-  if objective in BOUND_OBJECTIVES:
+  def analytic_kl(params, x):
+    kls = model.kl(params, x)
+    return jnp.sum(kls.reshape(kls.shape[0], -1), axis=-1)
+
+  if analytic and estimator in ("elbo", "vae"):
+    def loss(params, x, key):
+      keys = jax.random.split(key, num_samples)
+      z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
+      ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
+      base.check_log_weights(ll, num_samples, base._batch_size(x),  # pylint: disable=protected-access
+                             name="log_likelihood")
+      kl_b = analytic_kl(params, x)
+      value = jnp.mean(jnp.mean(ll, axis=0) - kl_b)
+      return -value, {"bound": value, "elbo": value, "kl": jnp.mean(kl_b),
+                      "recon": jnp.mean(ll)}
+
+    return loss
+
+  if estimator in BOUND_ESTIMATORS:
     reduce = {
+        "elbo": objectives.elbo,
         "vae": objectives.elbo,
         "iwae": objectives.iwae_bound,
         "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
         "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
-    }[objective]
+    }[estimator]
 
     def loss(params, x, key):
-      lw = model.log_weights(params, x, key, num_samples)
-      bound = jnp.mean(reduce(lw))
-      return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
+      lw = base.log_weights(model, params, x, key, num_samples)
+      value = jnp.mean(reduce(lw))
+      return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
 
     return loss
 
   def loss(params, x, key):
-    terms = vae_estimator_terms(model, params, x, key, num_samples)
-    value = jnp.mean(estimators.surrogate(objective, terms, num_groups=num_groups))
+    terms = base.log_weight_terms(model, params, x, key, num_samples, analytic_kl=analytic)
+    metrics = {}
+    b = None
+    if estimator == "reinforce" and baseline is not None:
+      signal = estimators.learning_signal(terms.log_w_theta, objective=bound)
+      if callable(baseline):
+        b = baseline(params, x)
+        base.check_log_weights(jnp.asarray(b)[None], 1, base._batch_size(x),  # pylint: disable=protected-access
+                               name="baseline(params, x)")
+        metrics["baseline_loss"] = jnp.mean(estimators.baseline_loss(signal, b))
+      else:
+        b = _batch_mean_baseline(signal)
+    value = jnp.mean(estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=b,
+                                          objective=bound, analytic_kl=analytic))
     lw = jax.lax.stop_gradient(terms.log_w)
-    return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
+    if analytic:
+      kl_b = analytic_kl(params, x)
+      value = value - jnp.mean(kl_b)
+      metrics.update(elbo=jax.lax.stop_gradient(value), kl=jax.lax.stop_gradient(jnp.mean(kl_b)))
+    else:
+      metrics["elbo"] = jnp.mean(objectives.elbo(lw))
+    total = -value + metrics.get("baseline_loss", 0.0)
+    return total, dict(metrics, bound=value)
 
   return loss
 
@@ -327,10 +371,10 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
                             free_bits_groups: int | None = None) -> Callable:
   """The ELBO or IWAE loss with a KL weight schedule and / or free bits: ``(params, x, key, step)``.
 
-  Use with ``make_train_step(..., pass_step=True)``. The model needs a diagonal-Gaussian ``q`` and a
-  standard Normal prior (``encode(params, x) -> (loc, log_scale)`` and
-  ``log_weight_terms(params, x, key, K)``, e.g. :class:`dgmjax.models.pixel_vae.PixelVAE`), so the
-  KL of each latent dimension is analytic.
+  Use with ``make_train_step(..., pass_step=True)``. The model is any contract model with an
+  analytic ``kl(params, x) -> [B, D]`` (the KL of each latent dimension, e.g. a diagonal-Gaussian
+  ``q`` and a standard Normal prior: :class:`~dgmjax.models.vae.VAE` with one stochastic layer,
+  :class:`~dgmjax.models.pixel_vae.PixelVAE`, a model of :func:`~dgmjax.models.from_networks`).
 
   - ``'vae'``: ``E_q[log p(x|z)] - beta * R`` with ``R`` the analytic KL summed over dimensions,
     or, with free bits, ``objectives.free_bits(KL_dims, lambda)`` (each dimension, or group,
@@ -360,27 +404,32 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
     Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016
     (free bits); Bowman et al., CoNLL 2016 (annealing); Burda et al., ICLR 2016 (active units).
   """
-  from dgmjax import distributions
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
 
   if objective not in KL_OBJECTIVES:
     raise ValueError(f"objective must be one of {KL_OBJECTIVES}, got {objective!r}")
-  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  base._check_contract(model)  # pylint: disable=protected-access
+  base._need(model, "kl", "a KL-controlled loss")  # pylint: disable=protected-access
+  num_samples = base.check_num_samples(num_samples)
   if free_bits is not None and (not np.isfinite(free_bits) or free_bits < 0):
     raise ValueError(f"free_bits must be None or a finite lambda >= 0 (nats), got {free_bits!r}")
   if free_bits_groups is not None and free_bits is None:
     raise ValueError("free_bits_groups needs free_bits (lambda)")
-  d = model.latent_dims[0]
-  if free_bits_groups is not None and (not isinstance(free_bits_groups, (int, np.integer))
-                                       or free_bits_groups < 1 or d % free_bits_groups):
+  d = getattr(model, "latent_dim", None)
+  if free_bits_groups is not None and (isinstance(free_bits_groups, bool)
+                                       or not isinstance(free_bits_groups, (int, np.integer))
+                                       or free_bits_groups < 1 or (d and d % free_bits_groups)):
     raise ValueError(f"free_bits_groups must be a positive int dividing the {d} latent "
                      f"dimensions, got {free_bits_groups!r}")
   kl_weight = kl_weight or kl_weight_schedule("constant")
 
   def loss(params, x, key, step):
     beta = kl_weight(step)
-    loc, log_scale = model.encode(params, x)
-    kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0)   # [B, D]
+    kl_dims = model.kl(params, x)
+    kl_dims = kl_dims.reshape(kl_dims.shape[0], -1)                               # [B, D]
+    if free_bits_groups is not None and kl_dims.shape[-1] % free_bits_groups:
+      raise ValueError(f"free_bits_groups={free_bits_groups} must divide the "
+                       f"{kl_dims.shape[-1]} latent dimensions")
     kl_total = jnp.mean(jnp.sum(kl_dims, axis=-1))
     if free_bits is None:
       penalty, below = kl_total, jnp.zeros([], jnp.int32)
@@ -390,17 +439,18 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
       if free_bits_groups is not None:
         per = jnp.sum(per.reshape(free_bits_groups, -1), axis=-1)
       below = jnp.sum(per < free_bits)
-    terms = model.log_weight_terms(params, x, key, num_samples)
-    ll = jnp.mean(terms.log_px_given_z)
+    d = base.draws(model, params, x, jax.random.split(key, num_samples))
+    ll = jnp.mean(d.log_likelihood)
     elbo = ll - kl_total
     if objective == "vae":
       value = ll - beta * penalty
       bound = elbo
     else:
-      tempered = terms.log_px_given_z + beta * (terms.log_prior - terms.log_q)
+      tempered = d.log_likelihood + beta * (d.log_prior - d.log_q)
       value = jnp.mean(objectives.iwae_bound(tempered)) - beta * (penalty - kl_total)
-      bound = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(terms.log_weights)))
-    au = jnp.sum(jnp.var(jax.lax.stop_gradient(loc), axis=0) > 1e-2)
+      bound = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(d.log_weights)))
+    mean = jax.lax.stop_gradient(base.posterior_means(model, params, x, jax.random.fold_in(key, 1))[0])
+    au = jnp.sum(jnp.var(mean.reshape(mean.shape[0], -1), axis=0) > 1e-2)
     return -value, {"bound": jax.lax.stop_gradient(bound), "elbo": jax.lax.stop_gradient(elbo),
                     "kl": jax.lax.stop_gradient(kl_total), "beta": beta,
                     "kl_below_free_bits": below, "au_batch": au}

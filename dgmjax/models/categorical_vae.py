@@ -2,17 +2,18 @@
 
 ``N`` independent categorical variables with ``C`` classes each, a uniform prior, an MLP encoder
 giving ``q(z|x) = prod_n Cat(z_n; softmax(l_n(x)))`` and an MLP Bernoulli decoder reading the
-one-hot ``z`` (``[N, C]``, flattened). Training needs a gradient through a discrete sample; the
-estimators here:
+one-hot ``z`` (``[N, C]``, flattened). Training needs a gradient through a discrete sample.
 
-- ``'gumbel'``: the Gumbel-softmax (Concrete) relaxation ``y = softmax((l + g) / tau)`` fed to the
-  decoder; biased, low variance. The KL to the uniform prior is the exact categorical one,
-  ``sum_n (log C - H(q_n))``, as in Jang et al.'s code.
-- ``'st'``: straight-through Gumbel-softmax, the one-hot ``argmax`` forward and the relaxed
-  gradient backward.
-- ``'reinforce'``: the score-function estimator on the reconstruction term with a leave-one-out
-  minibatch-mean baseline (unbiased: the baseline of example ``i`` depends only on the other
-  examples' samples), the exact KL gradient on the KL term.
+:class:`CategoricalVAE` is a model of the contract (:mod:`dgmjax.models.base`) with one-hot
+samples ``z ~ q`` ``[B, N, C]``, so the generic score-function estimators of
+:func:`dgmjax.training.make_loss` train it: ``'reinforce'`` (with a leave-one-out minibatch
+baseline or a learned input-dependent one, NVIL), ``'vimco'``, ``'rws'``. Its analytic
+``kl(params, x)`` (``log C - H(q_n)`` per variable) serves ``make_loss(..., kl='analytic')``.
+
+:meth:`CategoricalVAE.relaxed` gives the Gumbel-softmax relaxations as contract models of their own:
+``hard=False`` (``'gumbel'``: ``y = softmax((l + g) / tau)`` fed to the decoder; biased, low
+variance) and ``hard=True`` (``'st'``: straight-through, the one-hot ``argmax`` forward and the
+relaxed gradient backward); Jang et al. train both with the exact categorical KL.
 
 With ``codebook_dim > 0`` the decoder reads ``z = sum_c y_c e_c`` for a learned codebook
 ``e in R^{C x D}`` shared by the ``N`` variables: the discrete VAE (dVAE) of DALL-E, with the relaxed
@@ -33,18 +34,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from dgmjax import distributions, gumbel
+from dgmjax.models.base import LatentModel
 from dgmjax.networks import MLP, flatten_images
 
 Array = jax.Array
 
-ESTIMATORS = ("gumbel", "st", "reinforce")
+#: The relaxations of :meth:`CategoricalVAE.relaxed` by name (``'st'``: straight-through).
+RELAXATIONS = ("gumbel", "st")
 
 
 class _Net(nn.Module):
@@ -76,7 +79,7 @@ class _Net(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class CategoricalVAE:
+class CategoricalVAE(LatentModel):
   """``N`` categorical latents with ``C`` classes, uniform prior, Bernoulli decoder.
 
   Attributes:
@@ -126,81 +129,108 @@ class CategoricalVAE:
     """Bernoulli logits of ``x`` given ``y`` (one-hot or relaxed) ``[..., N, C]`` -> ``[..., D]``."""
     return self.module.apply(params, y, method=_Net.decode)
 
-  def kl(self, logits: Array) -> Array:
-    """Exact ``KL(q(z|x) || Uniform) = sum_n (log C - H(q_n))``: ``[B, N, C] -> [B]``."""
-    return jnp.sum(distributions.kl_categorical_uniform(logits), axis=-1)
+  def kl(self, params, x: Array) -> Array:
+    """Exact ``KL(q(z_n|x) || Uniform) = log C - H(q_n)`` per variable: ``[B, N]``."""
+    return distributions.kl_categorical_uniform(self.encoder_logits(params, x))
 
-  def loss(self, params, x: Array, key: Array, temperature, estimator: str = "gumbel"):
-    """Negative training ELBO averaged over the batch, and metrics.
+  # ------------------------------------------------------------------------------ contract
 
-    Args:
-      params: parameters.
-      x: ``[B, H, W, C]`` binary images.
-      key: PRNG key.
-      temperature: Gumbel-softmax ``tau > 0`` (ignored by ``'reinforce'``); may be traced.
-      estimator: ``'gumbel'``, ``'st'`` or ``'reinforce'``.
-
-    Returns:
-      ``(loss, metrics)``; ``metrics['elbo']`` is the ELBO estimate of this step (with relaxed
-      samples for ``'gumbel'``).
-    """
-    if estimator not in ESTIMATORS:
-      raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    xf = self._flat(x)
+  def sample_and_log_q(self, params, x: Array, key: Array) -> tuple[Array, Array]:
+    """One-hot ``z ~ q(z|x)`` ``[B, N, C]`` (no gradient path: a discrete draw) and ``log q``."""
     logits = self.encoder_logits(params, x)
-    kl = self.kl(logits)
-    if estimator == "reinforce":
-      idx = gumbel.gumbel_max(key, logits)                                   # [B, N]
-      y = jax.nn.one_hot(idx, self.num_classes, dtype=logits.dtype)
-      recon = distributions.bernoulli_log_prob(xf, self.decoder_logits(params, y))
-      log_q = jnp.sum(distributions.categorical_log_prob(idx, logits), axis=-1)
-      b = recon.shape[0]
-      if b < 2:
-        raise ValueError("estimator='reinforce' needs a batch of at least 2 (its baseline is the "
-                         "mean over the other examples)")
-      f = lax.stop_gradient(recon)
-      baseline = (jnp.sum(f) - f) / (b - 1)
-      surrogate = recon + (f - baseline) * (log_q - lax.stop_gradient(log_q))
-    else:
-      y = gumbel.gumbel_softmax(key, logits, temperature, hard=estimator == "st")
-      recon = distributions.bernoulli_log_prob(xf, self.decoder_logits(params, y))
-      surrogate = recon
-    elbo = recon - kl
-    return -jnp.mean(surrogate - kl), {"elbo": jnp.mean(elbo), "kl": jnp.mean(kl),
-                                       "recon": jnp.mean(recon)}
+    z = jax.nn.one_hot(gumbel.gumbel_max(key, logits), self.num_classes, dtype=logits.dtype)
+    return z, jnp.sum(jnp.sum(z * logits, axis=-1), axis=-1)
 
-  def log_weights_from_keys(self, params, x: Array, keys: Array) -> Array:
-    """``log p(x, z_k) - log q(z_k | x)`` for one-hot ``z_k ~ q``, one per key: ``[K, B]``.
+  def sample_q(self, params, x: Array, key: Array) -> Array:
+    return self.sample_and_log_q(params, x, key)[0]
 
-    The encoder runs once; the decoder once per sample.
-    """
-    xf = self._flat(x)
-    logits = self.encoder_logits(params, x)
-    log_prior = -self.num_vars * math.log(self.num_classes)
+  def log_q(self, params, x: Array, z: Array) -> Array:
+    """``sum_n log q(z_n | x)`` for one-hot ``z`` ``[B, N, C]``: ``[B]``."""
+    return jnp.sum(distributions.categorical_log_prob_one_hot(z, self.encoder_logits(params, x)),
+                   axis=-1)
 
-    def one(key):
-      idx = gumbel.gumbel_max(key, logits)
-      y = jax.nn.one_hot(idx, self.num_classes, dtype=logits.dtype)
-      log_px = distributions.bernoulli_log_prob(xf, self.decoder_logits(params, y))
-      return log_px + log_prior - jnp.sum(distributions.categorical_log_prob(idx, logits), -1)
+  def log_prior(self, params, z: Array) -> Array:
+    """The uniform prior, ``-N log C`` for every one-hot ``z``: ``[B]``."""
+    del params
+    return jnp.full(z.shape[:1], -self.num_vars * math.log(self.num_classes), z.dtype)
 
-    return jax.vmap(one)(keys)
+  def log_likelihood(self, params, x: Array, z: Array) -> Array:
+    """Bernoulli ``log p(x | z)`` of the decoder reading ``z`` (one-hot or relaxed): ``[B]``."""
+    return distributions.bernoulli_log_prob(self._flat(x), self.decoder_logits(params, z))
 
-  def log_weights(self, params, x: Array, key: Array, num_samples: int) -> Array:
-    """``[K, B]`` log-weights with discrete samples (see :meth:`log_weights_from_keys`)."""
-    return self.log_weights_from_keys(params, x, jax.random.split(key, num_samples))
+  def posterior_mean(self, params, x: Array, key: Array | None = None) -> Array:
+    """``E_q[z | x]``: the class probabilities ``[B, N, C]``."""
+    del key
+    return jnp.exp(self.encoder_logits(params, x))
 
-  def sample(self, params, key: Array, num: int) -> Array:
-    """Bernoulli means of ``p(x|z)`` for ``z`` from the uniform prior: ``[num, H, W, C]``."""
+  def sample_prior(self, params, key: Array, num: int) -> Array:
+    """One-hot codes from the uniform prior: ``[num, N, C]``."""
+    del params
     idx = jax.random.randint(key, (num, self.num_vars), 0, self.num_classes)
-    y = jax.nn.one_hot(idx, self.num_classes)
-    return jax.nn.sigmoid(self.decoder_logits(params, y)).reshape((num,) + self.image_shape)
+    return jax.nn.one_hot(idx, self.num_classes)
 
-  def reconstruct(self, params, x: Array) -> Array:
-    """Bernoulli means of ``p(x | argmax q(z|x))``."""
-    idx = jnp.argmax(self.encoder_logits(params, x), axis=-1)
-    y = jax.nn.one_hot(idx, self.num_classes)
-    return jax.nn.sigmoid(self.decoder_logits(params, y)).reshape(x.shape)
+  def decode(self, params, z: Array, key: Array | None = None) -> Array:
+    """Bernoulli means of ``p(x|z)``: ``[B, *image_shape]``."""
+    del key
+    return jax.nn.sigmoid(self.decoder_logits(params, z)).reshape(z.shape[:1] + self.image_shape)
+
+  def relaxed(self, temperature, *, hard: bool = False) -> "RelaxedCategoricalVAE":
+    """The Gumbel-softmax relaxation of this model at ``temperature`` (may be traced)."""
+    return RelaxedCategoricalVAE(self, temperature, hard)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaxedCategoricalVAE(LatentModel):
+  """The Concrete (Gumbel-softmax) relaxation of a :class:`CategoricalVAE`, a contract model.
+
+  ``sample_q`` draws ``y = softmax((log q + g) / tau)`` per variable (reparametrized); with
+  ``hard=True`` the straight-through sample, one-hot forward. ``log_q`` and ``log_prior`` are the
+  Concrete densities of ``q`` and of the uniform prior at ``tau`` (Maddison et al.), so the
+  relaxed ELBO and IWAE bounds exist; Jang et al.'s objective is the relaxed reconstruction with
+  the exact categorical KL: ``training.make_loss(model.relaxed(tau), 'elbo', 1, kl='analytic')``.
+  The straight-through sample sits on a vertex of the simplex, where the Concrete density is not
+  defined: with ``hard=True`` only the analytic-KL objective applies.
+
+  Attributes:
+    model: the discrete model.
+    temperature: ``tau > 0`` (a float or a traced scalar, e.g. a schedule of the step).
+    hard: straight-through.
+
+  References:
+    Jang, Gu & Poole, ICLR 2017; Maddison, Mnih & Teh, ICLR 2017.
+  """
+  model: CategoricalVAE
+  temperature: Any
+  hard: bool = False
+
+  def sample_q(self, params, x: Array, key: Array) -> Array:
+    logits = self.model.encoder_logits(params, x)
+    return gumbel.gumbel_softmax(key, logits, self.temperature, hard=self.hard)
+
+  def _no_density(self):
+    if self.hard:
+      raise ValueError("the straight-through relaxation (hard=True) has no density at its one-hot "
+                       "samples; train it with make_loss(model, 'elbo', K, kl='analytic')")
+
+  def log_q(self, params, x: Array, z: Array) -> Array:
+    self._no_density()
+    logits = self.model.encoder_logits(params, x)
+    return jnp.sum(gumbel.concrete_log_prob(z, logits, self.temperature), axis=-1)
+
+  def log_prior(self, params, z: Array) -> Array:
+    self._no_density()
+    uniform = jnp.zeros(z.shape, z.dtype)
+    return jnp.sum(gumbel.concrete_log_prob(z, uniform, self.temperature), axis=-1)
+
+  def log_likelihood(self, params, x: Array, z: Array) -> Array:
+    return self.model.log_likelihood(params, x, z)
+
+  def kl(self, params, x: Array) -> Array:
+    """The exact categorical KL of the discrete model, ``[B, N]`` (Jang et al.'s objective)."""
+    return self.model.kl(params, x)
+
+  def decode(self, params, z: Array, key: Array | None = None) -> Array:
+    return self.model.decode(params, z, key)
 
 
 def jang_temperature(step, *, initial: float = 1.0, minimum: float = 0.5, rate: float = 3e-5,

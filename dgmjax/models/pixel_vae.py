@@ -10,11 +10,10 @@ as in PixelVAE and VLAE); a deep one can model the digits alone and, trained wit
 leaves ``z`` unused (posterior collapse). ``decoder='mlp'`` gives the factorised Bernoulli decoder
 of an ordinary VAE with the same encoder and prior.
 
-The model has the interface of :class:`dgmjax.models.vae.PriorVAE` that the evaluation and
-diagnostics use: ``log_weights(_from_keys)``, ``log_weight_terms(_from_keys)``, ``encode``,
-``posterior_means``, ``posterior_sample_and_log_prob``, ``posterior_log_prob_cross``,
-``prior_log_prob``, ``sample``, ``reconstruct``. The log-likelihood of one image given ``z`` is
-exact and takes one network pass; sampling ``x`` runs the PixelCNN once per pixel (a jitted scan).
+The model follows the contract of :mod:`dgmjax.models.base` (with ``encode``, ``kl``,
+``posterior_mean``, ``sample_prior`` and ``decode``), so every bound, estimator, evaluator and
+diagnostic applies to it. The log-likelihood of one image given ``z`` is exact and takes one
+network pass; sampling ``x`` runs the PixelCNN once per pixel (a jitted scan).
 
 References:
   Gulrajani et al., PixelVAE: A Latent Variable Model for Natural Images, ICLR 2017.
@@ -35,7 +34,8 @@ import numpy as np
 
 from dgmjax import distributions
 from dgmjax import pixelcnn as pixelcnn_lib
-from dgmjax.models.vae import LogWeightTerms, output_bias_from_mean
+from dgmjax.models.base import LatentModel
+from dgmjax.models.vae import output_bias_from_mean
 from dgmjax.networks import MLP, GaussianHead, flatten_images
 
 Array = jax.Array
@@ -44,7 +44,7 @@ DECODERS = ("pixelcnn", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelVAE:
+class PixelVAE(LatentModel):
   """A Gaussian VAE with an autoregressive (PixelCNN) or factorised (MLP) Bernoulli decoder.
 
   Params: ``{"encoder": ..., "decoder": ...}`` for ``decoder='mlp'`` and
@@ -186,47 +186,51 @@ class PixelVAE:
     h, w, _ = self.image_shape
     return self.cond_net.apply(params["cond"], z).reshape(z.shape[:-1] + (h, w, self.cond_channels))
 
-  def prior_log_prob(self, params, z: Array) -> Array:
-    """``log N(z; 0, I)``: ``[..., D] -> [...]``."""
+  # ------------------------------------------------------------------------------ contract
+
+  def sample_and_log_q(self, params, x: Array, key: Array) -> tuple[Array, Array]:
+    """One draw ``z ~ q(z|x)`` ``[B, D]`` per image and ``log q(z|x)`` ``[B]``."""
+    loc, log_scale = self.encode(params, x)
+    z = distributions.sample_normal(key, loc, log_scale)
+    return z, distributions.normal_log_prob(z, loc, log_scale)
+
+  def sample_q(self, params, x: Array, key: Array) -> Array:
+    return self.sample_and_log_q(params, x, key)[0]
+
+  def log_q(self, params, x: Array, z: Array) -> Array:
+    loc, log_scale = self.encode(params, x)
+    return distributions.normal_log_prob(z, loc, log_scale)
+
+  def log_prior(self, params, z: Array) -> Array:
+    """``log N(z; 0, I)``: ``[B, D] -> [B]``."""
     del params
     return distributions.standard_normal_log_prob(z)
 
-  def posterior_sample_and_log_prob(self, params, x: Array, keys: Array) -> tuple[Array, Array]:
-    """One draw ``z ~ q(z|x)`` per key: ``z`` ``[K, B, D]`` and ``log q(z|x)`` ``[K, B]``."""
-    if keys.ndim != 1 or keys.shape[0] < 1:
-      raise ValueError(f"keys must be a 1-D array of K >= 1 keys, got shape {keys.shape}")
-    loc, log_scale = self.encode(params, x)
-    z = jax.vmap(distributions.sample_normal, in_axes=(0, None, None))(keys, loc, log_scale)
-    return z, distributions.normal_log_prob(z, loc, log_scale)
+  def log_likelihood(self, params, x: Array, z: Array) -> Array:
+    """``log p(x | z) = sum_j log p(x_j | x_{<j}, z)`` (exact, one pass): ``[B]``.
 
-  def posterior_log_prob_cross(self, params, z: Array, x: Array) -> Array:
-    """``log q(z_s | x_n)`` for every pair: ``z`` ``[S, D]``, ``x`` ``[N, ...]`` -> ``[S, N]``."""
-    loc, log_scale = self.encode(params, x)
-    return distributions.normal_log_prob(z[:, None, :], loc[None], log_scale[None])
-
-  # ------------------------------------------------------------------------------ bounds
-
-  def log_weight_terms_from_keys(self, params, x: Array, keys: Array) -> LogWeightTerms:
-    """``log p(x|z)``, ``log p(z)``, ``log q(z|x)``, each ``[K, B]``, one sample per key."""
-    z, log_q = self.posterior_sample_and_log_prob(params, x, keys)
-    return LogWeightTerms(self.decoder_log_prob(params, x, z), self.prior_log_prob(params, z),
-                          log_q)
-
-  def log_weight_terms(self, params, x: Array, key: Array, num_samples: int) -> LogWeightTerms:
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-      raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    return self.log_weight_terms_from_keys(params, x, jax.random.split(key, num_samples))
-
-  def log_weights_from_keys(self, params, x: Array, keys: Array) -> Array:
-    """Log-weights ``[K, B]`` for one importance sample per key in ``keys`` ``[K]``."""
-    return self.log_weight_terms_from_keys(params, x, keys).log_weights
-
-  def log_weights(self, params, x: Array, key: Array, num_samples: int) -> Array:
-    """``log p(x|z_k) + log p(z_k) - log q(z_k|x)``, ``z_k ~ q(z|x)``: ``[K, B]``.
-
-    .. math:: \\log w_k = \\sum_j \\log p(x_j | x_{<j}, z^{(k)}) + \\log p(z^{(k)}) - \\log q(z^{(k)} | x)
+    .. math:: \\log p(x | z) = \\sum_j \\log p(x_j | x_{<j}, z)
     """
-    return self.log_weight_terms(params, x, key, num_samples).log_weights
+    return self.decoder_log_prob(params, x, z)
+
+  def kl(self, params, x: Array) -> Array:
+    """Analytic ``KL(q(z|x) || N(0, I))`` per latent dimension: ``[B, D]``."""
+    loc, log_scale = self.encode(params, x)
+    return distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0)
+
+  def posterior_mean(self, params, x: Array, key: Array | None = None) -> Array:
+    """``E_q[z | x]``, ``[B, D]`` (the encoder mean)."""
+    del key
+    return self.encode(params, x)[0]
+
+  def sample_prior(self, params, key: Array, num: int) -> Array:
+    """``z ~ N(0, I)``: ``[num, D]``."""
+    del params
+    return jax.random.normal(key, (num, self.latent_dim))
+
+  def decode(self, params, z: Array, key: Array | None = None) -> Array:
+    """Images for codes ``z`` (see :meth:`decode_sample`; the PixelCNN draws with ``key``)."""
+    return self.decode_sample(params, jax.random.key(0) if key is None else key, z)
 
   # ------------------------------------------------------------------------------ samples
 
@@ -243,32 +247,6 @@ class PixelVAE:
     h, w, _ = self.image_shape
     return pixelcnn_lib.sample(key, self.pixelcnn, params["pixelcnn"], (z.shape[0], h, w),
                                self.cond_map(params, z))
-
-  def sample(self, params, key: Array, num: int, *, binary: bool = False) -> Array:
-    """Ancestral samples ``z ~ N(0, I)``, ``x ~ p(x|z)``: ``[num, H, W, 1]``."""
-    k_z, k_x = jax.random.split(key)
-    z = jax.random.normal(k_z, (num, self.latent_dim))
-    return self.decode_sample(params, k_x, z, binary=binary)
-
-  def reconstruct(self, params, x: Array, key: Array | None = None) -> Array:
-    """Decoded images at the posterior mean (or a draw of ``q`` if ``key`` is given).
-
-    For the PixelCNN a reconstruction is a sample of ``p(x | z)`` (seeded by a fixed key when
-    ``key`` is None).
-    """
-    loc, log_scale = self.encode(params, x)
-    if key is None:
-      z, k_x = loc, jax.random.key(0)
-    else:
-      k_z, k_x = jax.random.split(key)
-      z = distributions.sample_normal(k_z, loc, log_scale)
-    return self.decode_sample(params, k_x, z)
-
-  def posterior_means(self, params, x: Array, key: Array | None = None,
-                      num_samples: int = 1) -> list[Array]:
-    """``[E_q[z | x]]``, ``[B, D]`` (the encoder mean)."""
-    del key, num_samples
-    return [self.encode(params, x)[0]]
 
 
 def make(decoder: str = "pixelcnn", *, image_shape: Sequence[int] = (28, 28, 1),

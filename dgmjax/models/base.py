@@ -1,0 +1,683 @@
+"""The model contract: a latent-variable model as a few pure functions of a params pytree.
+
+Every bound, gradient estimator, training loss, evaluator and diagnostic of dgmjax is written once,
+over this contract; a library model (Burda's VAE, PixelVAE, the categorical VAE, a prior VAE) and a
+model built from a user's own networks (:func:`from_networks`, :func:`from_functions`) are the same
+kind of object.
+
+The contract
+------------
+``x`` is a batch ``[B, ...]`` (any per-example shape); ``z`` is one latent draw per datapoint, an
+array ``[B, ...]`` or a pytree of such arrays (several stochastic layers); ``params`` is any pytree,
+handed whole to every function. Required:
+
+=============================================  ==========================================  ======
+function                                       meaning                                     returns
+=============================================  ==========================================  ======
+``sample_q(params, x, key) -> z``              one draw ``z ~ q(z|x)`` per datapoint,       ``z``
+                                               reparametrized (differentiable in
+                                               ``params``) where the latent is continuous
+``log_q(params, x, z)``                        ``log q(z | x)``                             ``[B]``
+``log_prior(params, z)``                       ``log p(z)``                                 ``[B]``
+``log_likelihood(params, x, z)``               ``log p(x | z)``                             ``[B]``
+=============================================  ==========================================  ======
+
+Optional (used where present; the generic code says which it needs):
+
+* ``sample_and_log_q(params, x, key) -> (z, [B])``: the two above in one pass (the default
+  composes them; a model overrides it to share its encoder pass);
+* ``posterior_mean(params, x, key) -> z``: ``E_q[z | x]`` (default: a Monte Carlo average);
+* ``sample_prior(params, key, num) -> z`` (``[num, ...]``) and ``decode(params, z, key) -> x``
+  (an image for each code: the mean of ``p(x|z)`` where it has one, else a draw): sampling and
+  reconstructions;
+* ``kl(params, x) -> [B, D]``: the analytic ``KL(q(z|x) || p(z))`` per latent dimension, for the
+  KL-controlled losses (annealing, free bits);
+* ``encode(params, x) -> (loc, log_scale)`` of a diagonal-Gaussian ``q`` (a VampPrior reads it)
+  and ``features(params, x) -> [B, H]`` (the context of a conditional posterior flow);
+* ``shard_keys(keys)`` and ``shard_log_weights(log_w)``: sharding constraints on the per-sample
+  keys ``[K]`` and the log-weights ``[K, B]`` (:class:`dgmjax.parallel.SampleSharded`).
+
+Samplers draw one sample; ``K`` importance samples come from ``jax.vmap`` over ``split(key, K)``
+with ``params`` and ``x`` unbatched, so everything a model computes from ``x`` alone (its encoder)
+is traced once and runs once per image for all ``K`` samples. Log-weights live as ``[K, B]``
+(samples on axis 0) and every generic function checks that shape.
+
+Gradient views for the estimators are taken by **role**, never by parameter name: ``theta`` is
+whatever ``log p`` reads, ``phi`` whatever ``q`` reads (see :func:`log_weight_terms`); a parameter
+read by both (a VampPrior's encoder) gets both gradients.
+
+References:
+  Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014.
+  Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dgmjax import distributions, estimators
+
+Array = jax.Array
+Params = Any
+
+__all__ = [
+    "Draws", "LatentModel", "FunctionModel", "NetworkModel", "LIKELIHOODS", "as_network",
+    "check_log_weights", "check_model", "check_num_samples", "draws", "from_functions",
+    "from_networks", "has", "log_weight_terms", "log_weights", "log_weights_from_keys",
+    "posterior_log_prob_cross", "posterior_means", "reconstruct", "sample_x",
+]
+
+
+class LatentModel(abc.ABC):
+  """The model contract (see the module docstring for every function and its shapes).
+
+  Subclass it and implement the four abstract methods (and any optional ones), or build one from
+  functions (:func:`from_functions`) or from networks (:func:`from_networks`). Library models are
+  frozen dataclasses, hashable, so a jitted evaluator is compiled once per model.
+  """
+
+  @abc.abstractmethod
+  def sample_q(self, params: Params, x: Array, key: Array) -> Any:
+    """One draw ``z ~ q(z | x)`` per datapoint: ``x`` ``[B, ...]`` -> ``z`` (``[B, ...]`` leaves)."""
+
+  @abc.abstractmethod
+  def log_q(self, params: Params, x: Array, z: Any) -> Array:
+    """``log q(z | x)``: ``[B]``."""
+
+  @abc.abstractmethod
+  def log_prior(self, params: Params, z: Any) -> Array:
+    """``log p(z)``: ``[B]``."""
+
+  @abc.abstractmethod
+  def log_likelihood(self, params: Params, x: Array, z: Any) -> Array:
+    """``log p(x | z)``: ``[B]``."""
+
+  def sample_and_log_q(self, params: Params, x: Array, key: Array) -> tuple[Any, Array]:
+    """``(z, log q(z | x))`` for one draw per datapoint (override to share the encoder pass)."""
+    z = self.sample_q(params, x, key)
+    return z, self.log_q(params, x, z)
+
+
+def has(model, name: str) -> bool:
+  """Whether ``model`` provides the optional contract function ``name``."""
+  return callable(getattr(model, name, None))
+
+
+def _need(model, name: str, purpose: str) -> None:
+  if not has(model, name):
+    raise TypeError(f"{purpose} needs the model to provide {name}(...); {type(model).__name__} "
+                    f"does not (see dgmjax.models.base for the optional contract functions)")
+
+
+def _check_contract(model) -> None:
+  missing = [n for n in ("sample_q", "log_q", "log_prior", "log_likelihood") if not has(model, n)]
+  if missing:
+    raise TypeError(f"model must follow the dgmjax model contract (sample_q, log_q, log_prior, "
+                    f"log_likelihood); {type(model).__name__} lacks {missing}")
+
+
+def _sample_and_log_q(model, params, x, key):
+  if has(model, "sample_and_log_q"):
+    return model.sample_and_log_q(params, x, key)
+  z = model.sample_q(params, x, key)
+  return z, model.log_q(params, x, z)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_num_samples(num_samples, name: str = "num_samples") -> int:
+  """``num_samples`` as an int >= 1 (numpy integers accepted, bools and floats refused)."""
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+      or num_samples < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {num_samples!r}")
+  return int(num_samples)
+
+
+def _batch_size(x) -> int:
+  leaves = jax.tree.leaves(x)
+  if not leaves or jnp.ndim(leaves[0]) < 1:
+    raise ValueError(f"x must be a batch [B, ...] with the batch on axis 0, got "
+                     f"{jax.tree.map(jnp.shape, x)}")
+  return int(jnp.shape(leaves[0])[0])
+
+
+def check_log_weights(log_w: Array, num_samples: int, batch_size: int | None = None, *,
+                      name: str = "log-weights") -> Array:
+  """Checks that ``log_w`` is ``[K, B]`` for the ``K`` (and ``B``) asked for; returns it.
+
+  Shapes are static, so this check runs at trace time, inside ``jit`` too.
+
+  Raises:
+    ValueError: naming ``name``, the shape expected and the shape given (and saying so when the
+      axes look transposed, ``[B, K]``).
+  """
+  shape = tuple(jnp.shape(log_w))
+  want = (num_samples, batch_size if batch_size is not None else "B")
+  ok = len(shape) == 2 and shape[0] == num_samples and (batch_size is None
+                                                        or shape[1] == batch_size)
+  if not ok:
+    hint = ""
+    if len(shape) == 2 and batch_size is not None and shape == (batch_size, num_samples):
+      hint = " (it looks transposed: importance samples must be on axis 0)"
+    raise ValueError(f"{name} must have shape [K, B] = {want}, got {shape}{hint}")
+  return log_w
+
+
+def _check_per_datapoint(name: str, model, value: Array, num_samples: int, batch_size: int):
+  shape = tuple(jnp.shape(value))
+  if shape != (num_samples, batch_size):
+    raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, shape "
+                     f"[B] = ({batch_size},) for a batch of {batch_size}; got "
+                     f"{shape[1:] if shape[:1] == (num_samples,) else shape}")
+
+
+def _check_keys(keys: Array) -> Array:
+  if not (jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) and keys.ndim == 1) \
+      or keys.shape[0] < 1:
+    raise ValueError(f"keys must be a 1-D array of K >= 1 typed PRNG keys (jax.random.split of a "
+                     f"jax.random.key), got dtype {keys.dtype} and shape {keys.shape}")
+  return keys
+
+
+# ----------------------------------------------------------------------------- log-weights
+
+
+class Draws(NamedTuple):
+  """``K`` draws ``z_k ~ q(z | x)`` and the pieces of their log-weights, each ``[K, B]``.
+
+  Attributes:
+    z: the samples, leaves ``[K, B, ...]``.
+    log_likelihood: ``log p(x | z_k)``.
+    log_prior: ``log p(z_k)``.
+    log_q: ``log q(z_k | x)``.
+  """
+  z: Any
+  log_likelihood: Array
+  log_prior: Array
+  log_q: Array
+
+  @property
+  def log_weights(self) -> Array:
+    """``log p(x | z_k) + log p(z_k) - log q(z_k | x)``, ``[K, B]``."""
+    return self.log_likelihood + self.log_prior - self.log_q
+
+
+def draws(model, params: Params, x: Array, keys: Array) -> Draws:
+  """One importance sample per key and its log-weight pieces (:class:`Draws`, ``[K, B]`` each).
+
+  Sample ``k`` depends on ``keys[k]`` only, so evaluating the keys in chunks gives exactly the
+  log-weights of evaluating them at once (the chunked ``K = 5000`` estimator relies on this).
+
+  Args:
+    model: a contract model.
+    params: its parameters.
+    x: ``[B, ...]``.
+    keys: ``[K]`` typed PRNG keys.
+  """
+  _check_contract(model)
+  keys = _check_keys(keys)
+  if has(model, "shard_keys"):
+    keys = model.shard_keys(keys)
+  num, b = keys.shape[0], _batch_size(x)
+  z, lq = jax.vmap(lambda k: _sample_and_log_q(model, params, x, k))(keys)
+  ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
+  lp = jax.vmap(lambda zk: model.log_prior(params, zk))(z)
+  for name, value in (("log_likelihood", ll), ("log_prior", lp), ("log_q", lq)):
+    _check_per_datapoint(name, model, value, num, b)
+  return Draws(z, ll, lp, lq)
+
+
+def log_weights_from_keys(model, params: Params, x: Array, keys: Array) -> Array:
+  """``log w_k = log p(x, z_k) - log q(z_k | x)`` for one sample per key: ``[K, B]``.
+
+  .. math:: \\log w_k = \\log p(x | z_k) + \\log p(z_k) - \\log q(z_k | x), \\quad z_k \\sim q(z|x)
+  """
+  lw = draws(model, params, x, keys).log_weights
+  if has(model, "shard_log_weights"):
+    lw = model.shard_log_weights(lw)
+  return check_log_weights(lw, keys.shape[0], _batch_size(x))
+
+
+def log_weights(model, params: Params, x: Array, key: Array, num_samples: int) -> Array:
+  """:func:`log_weights_from_keys` with ``jax.random.split(key, num_samples)``: ``[K, B]``.
+
+  The input of every bound in :mod:`dgmjax.objectives` (``elbo``, ``iwae_bound``, ...).
+
+  References:
+    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, eq. (8).
+  """
+  num_samples = check_num_samples(num_samples)
+  return log_weights_from_keys(model, params, x, jax.random.split(key, num_samples))
+
+
+def _sg(tree):
+  return jax.tree.map(lax.stop_gradient, tree)
+
+
+def log_weight_terms(model, params: Params, x: Array, key: Array, num_samples: int, *,
+                     analytic_kl: bool = False) -> estimators.LogWeightTerms:
+  """The log-weights ``[K, B]`` under the gradient views the estimators need, by role.
+
+  With ``z_k = z(eps_k; params)`` drawn by ``sample_q`` and ``sg`` the stop-gradient:
+
+  * ``log_w``: every path live (the reparametrization estimator);
+  * ``log_w_theta = log p(x, sg z; params) - sg log q``: only what ``log p`` reads directly;
+  * ``log_w_path = log p(x, z; sg params) - log q(z | x; sg params)``: only the path through the
+    sample (zero for a discrete latent);
+  * ``log_q_score = log q(sg z | x; params)``: the score function (value ``log q``).
+
+  Inside ``jit`` the views a surrogate does not use are dead code; the forward passes of the
+  others are shared (the stop-gradients change no value).
+
+  .. math:: \\log w_k = \\log p_\\theta(x, z_k) - \\log q_\\phi(z_k | x)
+
+  Args:
+    model: a contract model.
+    params: its parameters.
+    x: ``[B, ...]``.
+    key: PRNG key, split into ``num_samples`` sample keys.
+    num_samples: ``K``.
+    analytic_kl: the views of ``log p(x | z_k)`` alone instead of ``log w_k`` (for an ELBO whose
+      KL is analytic and differentiated apart; ``log_q_score`` is unchanged).
+
+  Returns:
+    :class:`dgmjax.estimators.LogWeightTerms`, each field ``[K, B]`` (checked).
+  """
+  _check_contract(model)
+  num_samples = check_num_samples(num_samples)
+  keys = jax.random.split(key, num_samples)
+  if has(model, "shard_keys"):
+    keys = model.shard_keys(keys)
+  b = _batch_size(x)
+  if analytic_kl:
+    z, lq = jax.vmap(lambda k: model.sample_q(params, x, k))(keys), None
+  else:
+    z, lq = jax.vmap(lambda k: _sample_and_log_q(model, params, x, k))(keys)
+
+  def log_p(prm, zz):
+    if analytic_kl:
+      return jax.vmap(lambda zk: model.log_likelihood(prm, x, zk))(zz)
+    return jax.vmap(lambda zk: model.log_prior(prm, zk) + model.log_likelihood(prm, x, zk))(zz)
+
+  def log_qf(prm, zz):
+    return jax.vmap(lambda zk: model.log_q(prm, x, zk))(zz)
+
+  z_sg, p_sg = _sg(z), _sg(params)
+  if analytic_kl:
+    terms = estimators.LogWeightTerms(
+        log_w=log_p(params, z), log_w_theta=log_p(params, z_sg), log_w_path=log_p(p_sg, z),
+        log_q_score=log_qf(params, z_sg))
+  else:
+    terms = estimators.LogWeightTerms(
+        log_w=log_p(params, z) - lq,
+        log_w_theta=log_p(params, z_sg) - lax.stop_gradient(lq),
+        log_w_path=log_p(p_sg, z) - log_qf(p_sg, z),
+        log_q_score=log_qf(params, z_sg))
+  if has(model, "shard_log_weights"):
+    terms = estimators.LogWeightTerms(*(model.shard_log_weights(t) for t in terms))
+  for name, t in zip(terms._fields, terms):
+    check_log_weights(t, num_samples, b, name=name)
+  return terms
+
+
+# ----------------------------------------------------------------------------- posterior tools
+
+
+def posterior_means(model, params: Params, x: Array, key: Array, num_samples: int = 100) -> list:
+  """``E_q[z | x]`` per latent leaf (stochastic layer), each ``[B, ...]``.
+
+  The model's ``posterior_mean(params, x, key)`` where it has one, else the average of
+  ``num_samples`` draws of ``sample_q``.
+  """
+  if has(model, "posterior_mean"):
+    means = model.posterior_mean(params, x, key)
+  else:
+    num_samples = check_num_samples(num_samples)
+    zs = jax.vmap(lambda k: model.sample_q(params, x, k))(jax.random.split(key, num_samples))
+    means = jax.tree.map(lambda a: jnp.mean(a.astype(jnp.result_type(a, jnp.float32)), 0), zs)
+  return jax.tree.leaves(means)
+
+
+def posterior_log_prob_cross(model, params: Params, z: Array, x: Array) -> Array:
+  """``log q(z_s | x_n)`` for every pair: ``z`` ``[S, ...]``, ``x`` ``[N, ...]`` -> ``[S, N]``.
+
+  ``vmap`` over the samples with ``x`` unbatched, so the encoder runs once for the ``N`` images.
+  """
+  n = _batch_size(x)
+
+  def one(zs):
+    zz = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), zs)
+    lq = model.log_q(params, x, zz)
+    # A pair far outside q(.|x_n)'s support can overflow an inverted flow; its density is zero.
+    return jnp.where(jnp.isfinite(lq), lq, -jnp.inf)
+
+  return jax.vmap(one)(z)
+
+
+def sample_x(model, params: Params, key: Array, num: int) -> Array:
+  """``num`` samples of ``p(x)``: ``z ~ p(z)`` then the model's ``decode`` (``[num, ...]``)."""
+  _need(model, "sample_prior", "sampling x")
+  _need(model, "decode", "sampling x")
+  k_z, k_x = jax.random.split(key)
+  return model.decode(params, model.sample_prior(params, k_z, num), k_x)
+
+
+def reconstruct(model, params: Params, x: Array, key: Array | None = None) -> Array:
+  """``decode`` at the posterior mean (``key=None``) or at a draw of ``q(z|x)``."""
+  _need(model, "decode", "reconstruction")
+  if key is None:
+    key = jax.random.key(0)
+    if has(model, "posterior_mean"):
+      z = model.posterior_mean(params, x, key)
+    else:
+      z = model.sample_q(params, x, key)
+  else:
+    key, sub = jax.random.split(key)
+    z = model.sample_q(params, x, sub)
+  return model.decode(params, z, key)
+
+
+# ----------------------------------------------------------------------------- check_model
+
+
+def check_model(model, params: Params, x, key: Array | None = None) -> dict:
+  """Runs each contract function once on ``x`` and checks its shape; returns the shapes.
+
+  Call it once on a new model, before training: every later shape error would surface inside a
+  jitted step.
+
+  Args:
+    model: the model.
+    params: its parameters.
+    x: a small batch ``[B, ...]`` (``B >= 2`` makes a transposed output detectable).
+    key: PRNG key (default ``jax.random.key(0)``).
+
+  Returns:
+    ``{"z": shapes of one draw, "batch": B}``.
+
+  Raises:
+    TypeError: the model lacks a required function.
+    ValueError: a function returns the wrong shape, naming the function and the shape expected.
+  """
+  _check_contract(model)
+  key = jax.random.key(0) if key is None else key
+  x = jax.tree.map(jnp.asarray, x)
+  b = _batch_size(x)
+  z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, key)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
+    if len(leaf.shape) < 1 or leaf.shape[0] != b:
+      raise ValueError(f"{type(model).__name__}.sample_q must return z with the batch first "
+                       f"([B, ...] with B={b}) for every leaf; leaf {jax.tree_util.keystr(path)!r}"
+                       f" has shape {leaf.shape}")
+  z = model.sample_q(params, x, key)
+  checks = {"log_q": lambda: model.log_q(params, x, z),
+            "log_prior": lambda: model.log_prior(params, z),
+            "log_likelihood": lambda: model.log_likelihood(params, x, z),
+            "sample_and_log_q": lambda: _sample_and_log_q(model, params, x, key)[1]}
+  for name, fn in checks.items():
+    shape = tuple(jax.eval_shape(fn).shape)
+    if shape != (b,):
+      raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, "
+                       f"shape [B] = ({b},); got {shape}")
+  lw = log_weights(model, params, x, key, 3)
+  check_log_weights(lw, 3, b)
+  return {"z": jax.tree.map(lambda a: tuple(a.shape), z), "batch": b}
+
+
+# ----------------------------------------------------------------------------- from functions
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionModel(LatentModel):
+  """A contract model from plain functions (see :func:`from_functions`)."""
+  sample_q_fn: Callable
+  log_q_fn: Callable
+  log_prior_fn: Callable
+  log_likelihood_fn: Callable
+  extras: tuple = ()
+
+  def sample_q(self, params, x, key):
+    return self.sample_q_fn(params, x, key)
+
+  def log_q(self, params, x, z):
+    return self.log_q_fn(params, x, z)
+
+  def log_prior(self, params, z):
+    return self.log_prior_fn(params, z)
+
+  def log_likelihood(self, params, x, z):
+    return self.log_likelihood_fn(params, x, z)
+
+  def __getattr__(self, name):
+    for k, fn in object.__getattribute__(self, "extras"):
+      if k == name:
+        return fn
+    raise AttributeError(name)
+
+
+_OPTIONAL = ("sample_and_log_q", "posterior_mean", "sample_prior", "decode", "kl", "encode",
+             "features")
+
+
+def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
+                   log_likelihood: Callable, **optional: Callable) -> FunctionModel:
+  """A contract model from four pure functions (and any optional ones, by name).
+
+  Any framework's networks fit: write the functions over its params pytree (an equinox model
+  split with ``eqx.partition``, a Haiku ``transform``, hand-written ``jnp``).
+
+  Args:
+    sample_q: ``(params, x, key) -> z``.
+    log_q: ``(params, x, z) -> [B]``.
+    log_prior: ``(params, z) -> [B]``.
+    log_likelihood: ``(params, x, z) -> [B]``.
+    **optional: any of ``sample_and_log_q``, ``posterior_mean``, ``sample_prior``, ``decode``,
+      ``kl``, ``encode``, ``features``.
+  """
+  unknown = sorted(set(optional) - set(_OPTIONAL))
+  if unknown:
+    raise TypeError(f"unknown optional contract functions {unknown}; expected among {_OPTIONAL}")
+  for name, fn in dict(sample_q=sample_q, log_q=log_q, log_prior=log_prior,
+                       log_likelihood=log_likelihood, **optional).items():
+    if not callable(fn):
+      raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
+  return FunctionModel(sample_q, log_q, log_prior, log_likelihood,
+                       tuple(sorted(optional.items())))
+
+
+# ----------------------------------------------------------------------------- from networks
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A network as ``apply(params, *inputs)`` and, where it can make them, ``init(key, *inputs)``."""
+  apply: Callable
+  init: Callable | None = None
+  kind: str = "function"
+
+
+def as_network(net, name: str = "network") -> Network:
+  """Adapts a Flax Linen module, a Flax NNX module or a function ``(params, *inputs)``.
+
+  * Linen: ``apply = module.apply``, ``init = module.init``.
+  * NNX: the module is split once (``nnx.split``); its params are the state as a pure dict
+    (``state.to_pure_dict()``, what ``init`` returns) and ``apply`` merges them back.
+  * A function of ``(params, *inputs)``: used as is; its params come from the user.
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  if isinstance(net, Network):
+    return net
+  if isinstance(net, nn.Module):
+    return Network(net.apply, net.init, "linen")
+  if isinstance(net, nnx.Module):
+    graphdef, state = nnx.split(net)
+    pure = state.to_pure_dict()
+
+    def apply(params, *inputs):
+      st = jax.tree.map(lambda a: a, state)
+      nnx.replace_by_pure_dict(st, params)
+      return nnx.merge(graphdef, st)(*inputs)
+
+    return Network(apply, lambda key, *inputs: pure, "nnx")
+  if callable(net):
+    return Network(net, None, "function")
+  raise TypeError(f"{name} must be a Flax Linen module, a Flax NNX module or a function "
+                  f"(params, *inputs); got {type(net).__name__}")
+
+
+def _bernoulli(x, logits):
+  return distributions.bernoulli_log_prob(x, logits, event_ndims=jnp.ndim(x) - 1)
+
+
+def _gaussian(x, out):
+  loc, log_scale = out
+  return distributions.normal_log_prob(x, loc, log_scale, event_ndims=jnp.ndim(x) - 1)
+
+
+def _discretized_logistic(x, out):
+  loc, log_scale = out
+  return distributions.discretized_logistic_log_prob(x, loc, log_scale,
+                                                     event_ndims=jnp.ndim(x) - 1)
+
+
+#: Likelihoods of :func:`from_networks`: ``(log_prob(x, decoder_output) -> [B], mean(output))``.
+#: Bernoulli reads logits; Gaussian and discretized logistic read ``(loc, log_scale)``.
+LIKELIHOODS = {
+    "bernoulli": (_bernoulli, jax.nn.sigmoid),
+    "gaussian": (_gaussian, lambda out: out[0]),
+    "discretized_logistic": (_discretized_logistic, lambda out: jnp.clip(out[0], 0.0, 1.0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkModel(LatentModel):
+  """A VAE from a user's encoder and decoder networks, standard Normal prior (see
+  :func:`from_networks`). Params: ``{"encoder": ..., "decoder": ...}``."""
+  encoder: Network
+  decoder: Network
+  likelihood: str | Callable = "bernoulli"
+
+  def _encode(self, params, x):
+    out = self.encoder.apply(params["encoder"], x)
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+      raise ValueError(f"encoder must return (loc, log_scale) or (loc, log_scale, features) of a "
+                       f"diagonal Gaussian q(z|x); got {type(out).__name__}")
+    return out
+
+  def encode(self, params, x):
+    """``(loc, log_scale)`` of ``q(z|x)``, ``[B, ...]`` each."""
+    loc, log_scale = self._encode(params, x)[:2]
+    return loc, log_scale
+
+  def features(self, params, x):
+    """The encoder's third output ``[B, H]`` (the context of a conditional posterior flow)."""
+    out = self._encode(params, x)
+    if len(out) != 3:
+      raise ValueError("a conditional posterior_flow needs the encoder to return "
+                       "(loc, log_scale, features)")
+    return out[2]
+
+  def sample_and_log_q(self, params, x, key):
+    loc, log_scale = self.encode(params, x)
+    z = distributions.sample_normal(key, loc, log_scale)
+    return z, distributions.normal_log_prob(z, loc, log_scale, event_ndims=z.ndim - 1)
+
+  def sample_q(self, params, x, key):
+    loc, log_scale = self.encode(params, x)
+    return distributions.sample_normal(key, loc, log_scale)
+
+  def log_q(self, params, x, z):
+    loc, log_scale = self.encode(params, x)
+    return distributions.normal_log_prob(z, loc, log_scale, event_ndims=z.ndim - 1)
+
+  def log_prior(self, params, z):
+    del params
+    return distributions.standard_normal_log_prob(z, event_ndims=z.ndim - 1)
+
+  def _log_prob(self):
+    return LIKELIHOODS[self.likelihood][0] if isinstance(self.likelihood, str) \
+        else self.likelihood
+
+  def log_likelihood(self, params, x, z):
+    return self._log_prob()(x, self.decoder.apply(params["decoder"], z))
+
+  def posterior_mean(self, params, x, key):
+    del key
+    return self.encode(params, x)[0]
+
+  def decode(self, params, z, key=None):
+    del key
+    if not isinstance(self.likelihood, str):
+      raise ValueError("decode needs a named likelihood (its mean); got a function")
+    return LIKELIHOODS[self.likelihood][1](self.decoder.apply(params["decoder"], z))
+
+  def kl(self, params, x):
+    """Analytic ``KL(q(z|x) || N(0, I))`` per latent dimension, ``[B, ...]``."""
+    loc, log_scale = self.encode(params, x)
+    return distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0)
+
+  def init(self, key: Array, x: Array, *, encoder_params=None, decoder_params=None) -> dict:
+    """Parameters of both networks, from their own ``init`` (Linen, NNX) or as given.
+
+    Args:
+      key: PRNG key.
+      x: an example batch ``[B, ...]`` (its shape only).
+      encoder_params, decoder_params: the params of networks given as plain functions.
+    """
+    k_enc, k_dec = jax.random.split(key)
+    x = jnp.asarray(x)
+
+    def make(net, k, given, inp, name):
+      if given is not None:
+        return given
+      if net.init is None:
+        raise ValueError(f"the {name} is a plain function: pass {name}_params to init")
+      return net.init(k, inp)
+
+    enc = make(self.encoder, k_enc, encoder_params, x, "encoder")
+    loc = self.encoder.apply(enc, x)[0]
+    return {"encoder": enc, "decoder": make(self.decoder, k_dec, decoder_params, loc, "decoder")}
+
+
+def from_networks(encoder, decoder, *, likelihood: str | Callable = "bernoulli", prior=None,
+                  posterior_flow=None) -> LatentModel:
+  """A contract model (a VAE) from your own encoder and decoder networks.
+
+  .. math:: q(z|x) = f_\\#N(\\mu(x), \\mathrm{diag}\\,\\sigma(x)^2), \\quad p(z) \\text{ any prior}, \\quad p(x|z) = \\text{likelihood}(x; \\mathrm{dec}(z))
+
+  Args:
+    encoder: a Flax Linen or NNX module, or a function ``(params, x)``, returning ``(loc,
+      log_scale)`` of a diagonal Gaussian over ``z`` (``[B, D]`` each), or ``(loc, log_scale,
+      features)`` when a conditional ``posterior_flow`` reads ``features`` ``[B, H]``.
+    decoder: the same kinds, ``(params, z) -> output`` of ``likelihood``.
+    likelihood: ``'bernoulli'`` (decoder returns logits shaped like ``x``), ``'gaussian'`` or
+      ``'discretized_logistic'`` (decoder returns ``(loc, log_scale)``), or a function
+      ``(x, output) -> [B]``. All sum over every non-batch axis.
+    prior: ``None`` (standard Normal) or any prior of :mod:`dgmjax.priors` (a
+      :class:`~dgmjax.priors.VampPrior` reads this encoder).
+    posterior_flow: ``None`` or a bijector of :mod:`dgmjax.flows` applied to the Gaussian sample
+      (e.g. ``flows.inverse_autoregressive_flow(D, L, context_size=H)``).
+
+  Returns:
+    A :class:`NetworkModel` (wrapped in a :class:`~dgmjax.models.prior_vae.PriorVAE` when a
+    prior or a posterior flow is given); ``model.init(key, x)`` makes its params.
+  """
+  if isinstance(likelihood, str) and likelihood not in LIKELIHOODS:
+    raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)} or a function (x, output) "
+                     f"-> [B]; got {likelihood!r}")
+  if not isinstance(likelihood, str) and not callable(likelihood):
+    raise TypeError(f"likelihood must be a name or a function, got {type(likelihood).__name__}")
+  model = NetworkModel(as_network(encoder, "encoder"), as_network(decoder, "decoder"), likelihood)
+  if prior is None and posterior_flow is None:
+    return model
+  from dgmjax.models.prior_vae import PriorVAE  # pylint: disable=import-outside-toplevel
+  return PriorVAE(model, prior, posterior_flow)
