@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgmjax.models import base as models_base
+
 Array = jax.Array
 PyTree = Any
 LossFn = Callable[[PyTree, Array], Array]
@@ -338,6 +340,51 @@ def gradient_snr(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int, *,
                                           chunk_size=chunk_size), groups=groups)
 
 
+def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: int,
+                  key: Array, num_draws: int, *, chunk_size: int | None = None, groups=None,
+                  **loss_kwargs) -> GradientSNR:
+  """:func:`gradient_snr` of a contract model's training estimator on a fixed batch ``x``.
+
+  The loss is ``training.make_loss(model, estimator, num_samples, **loss_kwargs)`` evaluated at
+  ``(params, x, key_n)``; each draw redraws the ``K`` importance samples only (the batch is fixed),
+  which is the gradient noise Rainforth et al. study.
+
+  Args:
+    model: a contract model (:mod:`dgmjax.models.base`).
+    params: its parameters (the point at which gradients are measured).
+    x: a batch ``[B, ...]``.
+    estimator: an estimator of :func:`dgmjax.training.make_loss` (``'iwae'``, ``'dreg'``, ...).
+    num_samples: ``K``.
+    key: PRNG key.
+    num_draws: ``N >= 2`` gradient draws.
+    chunk_size: draws per vmapped batch.
+    groups: as :func:`gradient_snr` (default: one group per top-level key of ``params``, e.g.
+      ``'encoder'`` and ``'decoder'`` of a :func:`~dgmjax.models.from_networks` model).
+    **loss_kwargs: ``num_groups``, ``beta``, ``bound``, ``baseline``, ``kl`` of ``make_loss``.
+
+  Returns:
+    :class:`GradientSNR`.
+
+  References:
+    Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
+  """
+  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(x)
+  loss = training.make_loss(model, estimator, num_samples, **loss_kwargs)
+  return gradient_snr(_FixedBatchLoss(loss, x), params, key, num_draws, chunk_size=chunk_size,
+                      groups=groups)
+
+
+class _FixedBatchLoss:
+  """``(params, key) -> loss`` of a training loss at a fixed batch (hashable by identity)."""
+
+  def __init__(self, loss, x):
+    self.loss, self.x = loss, x
+
+  def __call__(self, params, key):
+    return self.loss(params, self.x, key)[0]
+
+
 def snr_from_moments(moments: Moments, *, groups=None, signal: PyTree | None = None) -> GradientSNR:
   """:class:`GradientSNR` from precomputed :class:`Moments` (e.g. one estimator of a joint loss).
 
@@ -520,11 +567,8 @@ def fit_power_law(x, y) -> tuple[float, float]:
 #
 #   E_n KL(q(z|x_n) || p(z)) = I_q[n; z] + KL(q_agg(z) || p(z)),  q_agg(z) = (1/N) sum_n q(z|x_n).
 #
-# The functions below take a model exposing
-#   posterior_sample_and_log_prob(params, x, keys) -> (z [K, B, D], log q(z|x) [K, B]),
-#   posterior_log_prob_cross(params, z [S, D], x [N, ...]) -> log q(z_s | x_n) [S, N],
-#   prior_log_prob(params, z [..., D]) -> [...]
-# (e.g. dgmjax.models.vae.PriorVAE). log q_agg is streamed over the dataset in chunks.
+# The functions below take any model of the contract (dgmjax.models.base) whose latent is one
+# array z [B, D]: its sample_q / log_q / log_prior. log q_agg is streamed over the dataset in chunks.
 
 
 class SurgeryResult(NamedTuple):
@@ -581,7 +625,7 @@ def _log_q_agg(model, params, z: Array, data_chunks: Array, data_mask: Array) ->
 
   def body(acc, chunk):
     x, m = chunk
-    lq = model.posterior_log_prob_cross(params, z, x)                 # [S, chunk]
+    lq = models_base.posterior_log_prob_cross(model, params, z, x)    # [S, chunk]
     lq = jnp.where(m[None, :], lq, -jnp.inf)
     return jnp.logaddexp(acc, jax.scipy.special.logsumexp(lq, axis=1)), None
 
@@ -601,7 +645,7 @@ def aggregate_posterior_log_prob(model, params, z, images, *, chunk_size: int = 
   .. math:: \\log q_{agg}(z) = \\log \\frac{1}{N} \\sum_{n=1}^N q(z | x_n)
 
   Args:
-    model: see the section comment (needs ``posterior_log_prob_cross``).
+    model: a contract model with one latent array (its ``log_q`` is evaluated for every pair).
     params: model parameters.
     z: points ``[S, D]``.
     images: the dataset ``[N, ...]``.
@@ -619,8 +663,11 @@ def aggregate_posterior_log_prob(model, params, z, images, *, chunk_size: int = 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _surgery_batch(model, params, x, keys, data_chunks, data_mask):
-  z, log_q = model.posterior_sample_and_log_prob(params, x, keys)     # [K, B, D], [K, B]
-  log_p = model.prior_log_prob(params, z)
+  z, log_q = jax.vmap(lambda k: models_base._sample_and_log_q(model, params, x, k))(keys)  # pylint: disable=protected-access
+  log_p = jax.vmap(lambda zk: model.log_prior(params, zk))(z)         # [K, B]
+  if z.ndim != 3:
+    raise ValueError(f"elbo_surgery needs one latent array z [B, D] per datapoint; the model's "
+                     f"sample_q gives shape {z.shape[1:]}")
   k, b, d = z.shape
   log_agg = _log_q_agg(model, params, z.reshape(k * b, d), data_chunks, data_mask).reshape(k, b)
   # per example: mean over the K draws of each term
@@ -640,7 +687,9 @@ def elbo_surgery(model, params, images, key: Array, *, num_samples: int = 1,
   .. math:: \\mathbb{E}_n KL(q(z|x_n) \\| p(z)) = I_q[n; z] + KL(q_{agg}(z) \\| p(z))
 
   Args:
-    model: see the section comment (e.g. :class:`dgmjax.models.vae.PriorVAE`).
+    model: a contract model with one latent array ``z`` ``[B, D]`` (a library VAE with one
+      stochastic layer, a :class:`~dgmjax.models.PriorVAE`, a model of
+      :func:`~dgmjax.models.from_networks`).
     params: model parameters.
     images: the dataset ``[N, ...]`` (binarized images for a Bernoulli model).
     key: PRNG key.
@@ -678,37 +727,35 @@ def elbo_surgery(model, params, images, key: Array, *, num_samples: int = 1,
                        float(se[1]), float(se[2]), int(n), int(num_samples))
 
 
-def kl_per_dimension(encode_fn: Callable, params, images, *, batch_size: int = 500) -> np.ndarray:
-  """Average analytic ``KL(q(z_d|x) || N(0, 1))`` per latent dimension over a dataset: ``[D]``.
+def kl_per_dimension(model, params, images, *, batch_size: int = 500) -> np.ndarray:
+  """Average analytic ``KL(q(z_d|x) || p(z_d))`` per latent dimension over a dataset: ``[D]``.
 
-  Sums to the average KL of a diagonal Gaussian posterior against a standard Normal prior; a
-  dimension with KL near 0 is inactive (collapsed to the prior).
+  Reads the model's ``kl(params, x) -> [B, D]`` (the optional contract function; a diagonal
+  Gaussian posterior against a standard Normal prior in the library's VAEs and in models of
+  :func:`~dgmjax.models.from_networks`). Sums to the average KL; a dimension with KL near 0 is
+  inactive (collapsed to the prior).
 
   .. math:: KL_d = \\mathbb{E}_n \\tfrac12 (\\sigma_d(x_n)^2 + \\mu_d(x_n)^2 - 1 - 2\\log\\sigma_d(x_n))
 
   Args:
-    encode_fn: ``(params, x) -> (loc, log_scale)``, each ``[B, D]``, e.g.
-      ``lambda p, x: model.encode(p, x, 0)``.
+    model: a contract model with ``kl``.
     params: model parameters.
     images: the dataset ``[N, ...]``.
     batch_size: examples per encoder call.
 
   Returns:
-    ``[D]`` float64 numpy array (nats).
+    ``[D]`` float64 numpy array (nats); a latent ``[B, ...]`` of several axes is flattened.
 
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016 (active units).
   """
+  models_base._need(model, "kl", "kl_per_dimension")  # pylint: disable=protected-access
   arr = _check_dataset(images)
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-  fn = jax.jit(lambda p, x: _kl_dims(*encode_fn(p, x)))
+  fn = jax.jit(lambda p, x: (lambda k: k.reshape(k.shape[0], -1))(model.kl(p, x)))
   total = None
   for s in range(0, arr.shape[0], batch_size):
     kl = np.asarray(fn(params, jnp.asarray(arr[s:s + batch_size])), np.float64).sum(0)
     total = kl if total is None else total + kl
   return total / arr.shape[0]
-
-
-def _kl_dims(loc, log_scale):
-  return 0.5 * (jnp.exp(2.0 * log_scale) + jnp.square(loc) - 1.0 - 2.0 * log_scale)

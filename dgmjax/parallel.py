@@ -45,6 +45,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dgmjax import objectives, training
+from dgmjax.models import base as models_base
 
 Array = jax.Array
 
@@ -99,9 +100,9 @@ def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: in
   .. math:: \\ell_r(\\theta) = -\\frac1B \\sum_b R_{o(r)}(\\log w_{1:K, b}), \\quad R_{\\mathrm{vae}} = \\mathrm{mean}_k, \\; R_{\\mathrm{iwae}} = \\log \\mathrm{mean}_k \\exp
 
   Args:
-    model: anything with ``log_weights(params, x, key, K) -> [K, B]``.
-    objective_names: names from ``dgmjax.training.BOUND_OBJECTIVES`` (``vae``, ``iwae``,
-      ``miwae``, ``ciwae``).
+    model: a contract model (:mod:`dgmjax.models.base`).
+    objective_names: names from ``dgmjax.training.BOUND_ESTIMATORS`` (``elbo`` / ``vae``,
+      ``iwae``, ``miwae``, ``ciwae``).
     num_samples: ``K``, shared by the runs.
     **kwargs: ``num_groups`` (MIWAE), ``beta`` (CIWAE).
 
@@ -109,19 +110,19 @@ def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: in
     ``loss(params, x, key, index) -> (loss, {"bound", "elbo"})``.
   """
   names = tuple(objective_names)
-  bad = [n for n in names if n not in training.BOUND_OBJECTIVES]
+  bad = [n for n in names if n not in training.BOUND_ESTIMATORS]
   if not names or bad:
     raise ValueError(f"objective_names must be non-empty names from "
-                     f"{training.BOUND_OBJECTIVES}, got {objective_names!r}")
+                     f"{training.BOUND_ESTIMATORS}, got {objective_names!r}")
   for n in names:  # validates K, num_groups, beta exactly as make_loss does
     training.make_loss(model, n, num_samples, **kwargs)
   num_groups = int(kwargs.get("num_groups") or 1)
-  reducers = {"vae": objectives.elbo, "iwae": objectives.iwae_bound,
+  reducers = {"vae": objectives.elbo, "elbo": objectives.elbo, "iwae": objectives.iwae_bound,
               "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
               "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs.get("beta"))}
 
   def loss(params, x, key, index):
-    lw = model.log_weights(params, x, key, num_samples)
+    lw = models_base.log_weights(model, params, x, key, num_samples)
     bounds = jnp.stack([jnp.mean(reducers[n](lw)) for n in names])
     bound = bounds[index] if len(names) > 1 else bounds[0]
     return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
@@ -327,34 +328,57 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleSharded:
-  """A model whose importance samples are split along the mesh's ``"samples"`` axis.
+class SampleSharded(models_base.LatentModel):
+  """A contract model whose importance samples are split along the mesh's ``"samples"`` axis.
 
-  ``log_weights(params, x, key, K)`` draws the same ``K`` per-sample keys as the wrapped model
-  (``split(key, K)``), constrains them to ``P("samples")`` and the log-weights ``[K, B]`` to
-  ``P("samples", "data")``, so XLA partitions the per-sample layers over both axes. The values
-  equal the wrapped model's (sample ``k`` depends on ``keys[k]`` only).
+  The contract functions are the wrapped model's; the generic log-weights
+  (:func:`dgmjax.models.log_weights` and every loss and evaluator built on them) call its
+  ``shard_keys`` and ``shard_log_weights``, which constrain the per-sample keys ``[K]`` to
+  ``P("samples")`` and the log-weights ``[K, B]`` to ``P("samples", "data")``, so XLA partitions
+  the per-sample layers over both axes. Values equal the wrapped model's (sample ``k`` depends on
+  ``keys[k]`` only).
 
   Attributes:
-    model: a model with ``log_weights_from_keys(params, x, keys) -> [K, B]``.
+    model: a contract model.
     mesh: a mesh from :func:`make_mesh`; ``K`` must be divisible by its ``"samples"`` size.
   """
   model: Any
   mesh: Mesh
 
-  def log_weights_from_keys(self, params, x: Array, keys: Array) -> Array:
-    keys = jax.lax.with_sharding_constraint(keys, NamedSharding(self.mesh, P("samples")))
-    lw = self.model.log_weights_from_keys(params, x, keys)
-    return jax.lax.with_sharding_constraint(lw, NamedSharding(self.mesh, P("samples", "data")))
+  def __post_init__(self):
+    models_base._check_contract(self.model)  # pylint: disable=protected-access
 
-  def log_weights(self, params, x: Array, key: Array, num_samples: int) -> Array:
-    """``[K, B]``: the wrapped model's log-weights, sharded over samples and batch."""
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-      raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    if num_samples % self.mesh.shape["samples"]:
-      raise ValueError(f"num_samples={num_samples} must be divisible by the mesh's 'samples' "
-                       f"axis ({self.mesh.shape['samples']})")
-    return self.log_weights_from_keys(params, x, jax.random.split(key, num_samples))
+  def __getattr__(self, name):  # the wrapped model's optional functions and attributes
+    if name.startswith("_") or name in ("model", "mesh"):
+      raise AttributeError(name)
+    return getattr(object.__getattribute__(self, "model"), name)
+
+  def sample_q(self, params, x, key):
+    return self.model.sample_q(params, x, key)
+
+  def sample_and_log_q(self, params, x, key):
+    return models_base._sample_and_log_q(self.model, params, x, key)  # pylint: disable=protected-access
+
+  def log_q(self, params, x, z):
+    return self.model.log_q(params, x, z)
+
+  def log_prior(self, params, z):
+    return self.model.log_prior(params, z)
+
+  def log_likelihood(self, params, x, z):
+    return self.model.log_likelihood(params, x, z)
+
+  def shard_keys(self, keys: Array) -> Array:
+    """``keys`` ``[K]`` constrained to ``P("samples")`` (``K`` divisible by its size)."""
+    size = self.mesh.shape["samples"]
+    if keys.shape[0] % size:
+      raise ValueError(f"num_samples={keys.shape[0]} must be divisible by the mesh's 'samples' "
+                       f"axis ({size})")
+    return jax.lax.with_sharding_constraint(keys, NamedSharding(self.mesh, P("samples")))
+
+  def shard_log_weights(self, log_w: Array) -> Array:
+    """``log_w`` ``[K, B]`` constrained to ``P("samples", "data")``."""
+    return jax.lax.with_sharding_constraint(log_w, NamedSharding(self.mesh, P("samples", "data")))
 
 
 def make_sharded_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,

@@ -720,6 +720,69 @@ def checkpoint_manager(directory: str, every: int, max_to_keep: int = 2):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def restore(workdir: str, *, like=None, step="latest") -> tuple[Any, dict | None, int]:
+  """The parameters of a run's checkpoint, without a loss or an optimizer.
+
+  Reads ``workdir/checkpoints`` (as written by :func:`fit`) read-only, and ``workdir/config.json``
+  when the run wrote one (the experiment drivers do).
+
+  Args:
+    workdir: the run's directory.
+    like: optional params template (e.g. ``jax.eval_shape(model.init, key)`` or real params): the
+      restored params are checked against its tree structure and leaf shapes and cast to its
+      dtypes; without it they come back as stored (a tree of arrays).
+    step: ``'latest'`` or a step with a checkpoint.
+
+  Returns:
+    ``(params, config, step)``; ``config`` is the parsed ``config.json`` or ``None``.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+    ValueError: ``step`` is not among the saved steps, or the params do not match ``like``
+      (naming the first differing leaf).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints directory in {workdir!r} (expected "
+                            f"{directory}, written by training.fit)")
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = sorted(int(s) for s in mngr.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    if step == "latest":
+      chosen = steps[-1]
+    elif isinstance(step, (int, np.integer)) and not isinstance(step, bool) and int(step) in steps:
+      chosen = int(step)
+    else:
+      raise ValueError(f"step must be 'latest' or one of the saved steps {steps}, got {step!r}")
+    restored = mngr.restore(chosen, args=ocp.args.StandardRestore())
+  finally:
+    mngr.close()
+  params = restored["params"]
+  if like is not None:
+    got = jax.tree_util.tree_flatten_with_path(params)[0]
+    want, treedef = jax.tree_util.tree_flatten_with_path(like)
+    if len(got) != len(want) or jax.tree.structure(params) != jax.tree.structure(like):
+      raise ValueError(f"the checkpoint of {workdir!r} at step {chosen} does not have the tree "
+                       f"structure of `like`: {len(got)} leaves vs {len(want)}")
+    for (path, a), (_, t) in zip(got, want):
+      if tuple(np.shape(a)) != tuple(np.shape(t)):
+        raise ValueError(f"the checkpoint of {workdir!r} at step {chosen} has leaf "
+                         f"{jax.tree_util.keystr(path)} of shape {np.shape(a)}; `like` expects "
+                         f"{tuple(np.shape(t))}")
+    params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), params, like)
+  else:
+    params = jax.tree.map(jnp.asarray, params)
+  config = None
+  cfg_path = os.path.join(workdir, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      config = json.load(f)
+  return params, config, chosen
+
+
 def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_steps: int,
         batch_size: int, seed: int, workdir: str, dynamic_binarization: bool = False,
         shuffle: bool = True, checkpoint_every: int = 1000, log_every: int = 100,
