@@ -411,23 +411,24 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
   key = jax.random.key(0) if key is None else key
   x = jax.tree.map(jnp.asarray, x)
   b = _batch_size(x)
-  z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, key)
+  k_shape, k_z, k_joint, k_lw = jax.random.split(key, 4)
+  z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, k_shape)
   for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
     if len(leaf.shape) < 1 or leaf.shape[0] != b:
       raise ValueError(f"{type(model).__name__}.sample_q must return z with the batch first "
                        f"([B, ...] with B={b}) for every leaf; leaf {jax.tree_util.keystr(path)!r}"
                        f" has shape {leaf.shape}")
-  z = model.sample_q(params, x, key)
+  z = model.sample_q(params, x, k_z)
   checks = {"log_q": lambda: model.log_q(params, x, z),
             "log_prior": lambda: model.log_prior(params, z),
             "log_likelihood": lambda: model.log_likelihood(params, x, z),
-            "sample_and_log_q": lambda: _sample_and_log_q(model, params, x, key)[1]}
+            "sample_and_log_q": lambda: _sample_and_log_q(model, params, x, k_joint)[1]}
   for name, fn in checks.items():
     shape = tuple(jax.eval_shape(fn).shape)
     if shape != (b,):
       raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, "
                        f"shape [B] = ({b},); got {shape}")
-  lw = log_weights(model, params, x, key, 3)
+  lw = log_weights(model, params, x, k_lw, 3)
   check_log_weights(lw, 3, b)
   return {"z": jax.tree.map(lambda a: tuple(a.shape), z), "batch": b}
 

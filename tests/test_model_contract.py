@@ -1,0 +1,517 @@
+"""The model contract: one set of generic bounds, estimators and evaluators for any model.
+
+Oracles: the surrogate of every estimator has the value of its bound on every library model; on
+a linear-Gaussian model every estimator's gradient equals a closed-form computation (per-sample
+gradients written out by hand, in float64 numpy); routing is by role, whatever the parameters are
+called; user models in Flax Linen, Flax NNX and equinox train and evaluate through the same entry
+points; bad shapes raise errors that name the function.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dgmjax import diagnostics, evaluation, objectives, parallel, training
+from dgmjax import models as M
+from dgmjax.models import categorical_vae, pixel_vae, vae
+
+def _key(seed=0):
+  return jax.random.key(seed)
+
+
+SURROGATES = training.SURROGATE_ESTIMATORS
+ALL_ESTIMATORS = training.BOUND_ESTIMATORS + SURROGATES
+
+
+def _kwargs(est):
+  return {"num_groups": 2} if est in ("miwae", "piwae", "piwae_dreg") else (
+      {"beta": 0.3} if est == "ciwae" else {})
+
+
+def _binary(shape, seed=0):
+  return (np.random.default_rng(seed).uniform(size=shape) > 0.5).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- library models
+
+
+def _library_models():
+  small = dict(latent_dims=(3,), hidden_dims=((8,),))
+  one = vae.make("custom", (4, 4, 1), **small)
+  return {
+      "vae_1layer": one,
+      "vae_2layer": vae.make("custom", (4, 4, 1), latent_dims=(3, 2), hidden_dims=((8,), (6,))),
+      "vamp_prior": vae.make_prior_vae("custom", (4, 4, 1), prior="vamp", num_pseudo_inputs=3,
+                                       **small),
+      "iaf_posterior": vae.make_prior_vae("custom", (4, 4, 1), posterior="iaf", flow_layers=2,
+                                          flow_hidden=(8,), **small),
+      "pixel_vae": pixel_vae.make("pixelcnn", image_shape=(4, 4, 1), latent_dim=2, hidden=(8,),
+                                  num_layers=2, features=4),
+      "categorical": categorical_vae.CategoricalVAE((4, 4, 1), num_vars=2, num_classes=3,
+                                                    hidden_dims=(8,)),
+  }
+
+
+LIBRARY = _library_models()
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY))
+def test_every_estimator_value_is_its_bound_on_every_library_model(name):
+  model = LIBRARY[name]
+  params = model.init(_key())
+  x = _binary((3, 4, 4, 1))
+  M.check_model(model, params, x)
+  k = 4
+  lw = M.log_weights(model, params, x, _key(), k)
+  iwae = float(jnp.mean(objectives.iwae_bound(lw)))
+  want = {"elbo": float(jnp.mean(objectives.elbo(lw))), "miwae":
+          float(jnp.mean(objectives.miwae_bound(lw, 2))),
+          "ciwae": float(jnp.mean(objectives.ciwae_bound(lw, 0.3)))}
+  want["vae"] = want["elbo"]
+  for est in ALL_ESTIMATORS:
+    loss, metrics = training.make_loss(model, est, k, **_kwargs(est))(params, x, _key())
+    np.testing.assert_allclose(float(loss), -want.get(est, iwae), rtol=1e-5, err_msg=est)
+    np.testing.assert_allclose(float(metrics["bound"]), want.get(est, iwae), rtol=1e-5,
+                               err_msg=est)
+    g = jax.grad(lambda p: training.make_loss(model, est, k, **_kwargs(est))(p, x, _key())[0])(params)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g)), (name, est)
+
+
+# ----------------------------------------------------------------------------- linear-Gaussian oracle
+# q(z|x) = N(A x + c, diag s^2), p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I). Parameters live
+# under names that say nothing of their role ("alpha" is the decoder, "omega" the encoder), so a
+# gradient routed by name could not be right.
+
+DX, DZ, B, K = 3, 2, 3, 4
+
+
+def _lg_params(seed=1):
+  r = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(r.normal(size=s) * 0.5, jnp.float32)
+  return {"alpha": {"w": f(DX, DZ), "b": f(DX), "log_sigma": jnp.asarray(-0.3, jnp.float32)},
+          "omega": {"a": f(DZ, DX), "c": f(DZ), "log_s": f(DZ) - 0.5}}
+
+
+def _lg_model():
+  def enc(p, x):
+    loc = x @ p["omega"]["a"].T
+    return loc + jnp.broadcast_to(p["omega"]["c"], loc.shape), jnp.broadcast_to(
+        p["omega"]["log_s"], loc.shape)
+
+  def sample_q(p, x, key):
+    loc, log_s = enc(p, x)
+    return loc + jnp.exp(log_s) * jax.random.normal(key, loc.shape)
+
+  def log_q(p, x, z):
+    loc, log_s = enc(p, x)
+    u = (z - loc) / jnp.exp(log_s)
+    return jnp.sum(-0.5 * u ** 2 - log_s - 0.5 * math.log(2 * math.pi), -1)
+
+  def log_prior(p, z):
+    return jnp.sum(-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi), -1)
+
+  def log_likelihood(p, x, z):
+    a = p["alpha"]
+    mean = z @ a["w"].T
+    r = x - mean - jnp.broadcast_to(a["b"], mean.shape)
+    return jnp.sum(-0.5 * (r / jnp.exp(a["log_sigma"])) ** 2 - a["log_sigma"]
+                   - 0.5 * math.log(2 * math.pi), -1)
+
+  return M.from_functions(sample_q=sample_q, log_q=log_q, log_prior=log_prior,
+                          log_likelihood=log_likelihood)
+
+
+def _lg_reference(params, x, key, k, est, num_groups=1, beta=0.3):
+  """The estimator's gradient of the batch-mean loss, from closed-form per-sample gradients."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  w, b0, ls = p["alpha"]["w"], p["alpha"]["b"], float(p["alpha"]["log_sigma"])
+  a, c, log_s = p["omega"]["a"], p["omega"]["c"], p["omega"]["log_s"]
+  x = np.asarray(x, np.float64)
+  eps = np.stack([np.asarray(jax.random.normal(kk, (x.shape[0], DZ)), np.float64)
+                  for kk in jax.random.split(key, k)])                      # [K, B, DZ]
+  s, s2 = np.exp(log_s), np.exp(2 * ls)
+  mu = x @ a.T + c
+  z = mu + s * eps
+  r = x - z @ w.T - b0                                                      # [K, B, DX]
+  log_w = (-0.5 * np.sum(r ** 2, -1) / s2 - DX * ls - 0.5 * np.sum(z ** 2, -1)
+           + 0.5 * np.sum(eps ** 2, -1) + np.sum(log_s) - 0.5 * DX * np.log(2 * np.pi))
+  g_z = r @ w / s2 - z + eps / s                                            # d log w / d z
+  # theta: d log p(x, z) / d theta at fixed z; phi: path (through z) and score (log q at fixed z)
+  d_theta = {"w": r[..., :, None] * z[..., None, :] / s2, "b": r / s2,
+             "log_sigma": np.sum(r ** 2, -1) / s2 - DX}
+  path = {"a": g_z[..., :, None] * x[None, :, None, :], "c": g_z, "log_s": g_z * s * eps}
+  score = {"a": (eps / s)[..., :, None] * x[None, :, None, :], "c": eps / s,
+           "log_s": eps ** 2 - 1.0}
+
+  def norm_w(lw):
+    e = np.exp(lw - lw.max(0))
+    return e / e.sum(0)
+
+  def group_w(lw, m):
+    g = lw.reshape(m, -1, lw.shape[-1])
+    return np.concatenate([norm_w(gi) for gi in g], 0) / m
+
+  wt = norm_w(log_w)
+  lhat = np.log(np.mean(np.exp(log_w - log_w.max(0)), 0)) + log_w.max(0)
+  uniform = np.full_like(log_w, 1.0 / k)
+  if est in ("elbo", "vae"):
+    ct, cp, cs = uniform, uniform, -uniform
+  elif est == "iwae":
+    ct, cp, cs = wt, wt, -wt
+  elif est == "miwae":
+    gw = group_w(log_w, num_groups)
+    ct, cp, cs = gw, gw, -gw
+  elif est == "ciwae":
+    mix = beta * uniform + (1 - beta) * wt
+    ct, cp, cs = mix, mix, -mix
+  elif est == "stl":
+    ct, cp, cs = wt, wt, 0 * wt
+  elif est == "dreg":
+    ct, cp, cs = wt, wt ** 2, 0 * wt
+  elif est == "rws":
+    ct, cp, cs = wt, 0 * wt, wt
+  elif est == "rws_dreg":
+    ct, cp, cs = wt, wt - wt ** 2, 0 * wt
+  elif est == "reinforce":
+    ct, cp, cs = wt, 0 * wt, lhat[None] - wt
+  elif est == "vimco":
+    loo = np.empty_like(log_w)
+    for j in range(k):
+      rows = log_w.copy()
+      rows[j] = (log_w.sum(0) - log_w[j]) / (k - 1)
+      loo[j] = np.log(np.mean(np.exp(rows - rows.max(0)), 0)) + rows.max(0)
+    ct, cp, cs = wt, 0 * wt, lhat[None] - loo - wt
+  elif est == "piwae":
+    gw = group_w(log_w, num_groups)
+    ct, cp, cs = wt, gw, -gw
+  elif est == "piwae_dreg":
+    gw = group_w(log_w, num_groups)
+    ct, cp, cs = wt, num_groups * gw ** 2, 0 * wt
+  else:
+    raise AssertionError(est)
+
+  def contract(coeff, grads):
+    return {n: -np.einsum("kb,kb...->...", coeff, g) / x.shape[0] for n, g in grads.items()}
+
+  phi = contract(cp, path)
+  phi = {n: phi[n] + contract(cs, score)[n] for n in phi}
+  return {"alpha": contract(ct, d_theta), "omega": phi}
+
+
+@pytest.mark.parametrize("est", ALL_ESTIMATORS)
+def test_linear_gaussian_gradient_of_every_estimator_equals_closed_form(est):
+  model, params = _lg_model(), _lg_params()
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(B, DX)), jnp.float32)
+  kw = _kwargs(est)
+  loss = training.make_loss(model, est, K, **kw)
+  got = jax.grad(lambda p: loss(p, x, _key())[0])(params)
+  want = _lg_reference(params, x, _key(), K, est, **kw)
+  for path, g in jax.tree_util.tree_flatten_with_path(got)[0]:
+    ref = want[path[0].key][path[1].key]
+    np.testing.assert_allclose(np.asarray(g), ref, rtol=2e-4, atol=2e-5,
+                               err_msg=f"{est} {jax.tree_util.keystr(path)}")
+
+
+def test_dreg_routes_by_role_whatever_the_encoder_is_called():
+  """DReG differs from IWAE on the encoder, equals it on the decoder, for any parameter names."""
+  model, params = _lg_model(), _lg_params()
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(B, DX)), jnp.float32)
+  grads = {e: jax.grad(lambda p: training.make_loss(model, e, K)(p, x, _key())[0])(params)
+           for e in ("iwae", "dreg")}
+  for n in ("w", "b", "log_sigma"):
+    np.testing.assert_allclose(grads["dreg"]["alpha"][n], grads["iwae"]["alpha"][n], rtol=1e-5)
+  diff = max(float(jnp.max(jnp.abs(grads["dreg"]["omega"][n] - grads["iwae"]["omega"][n])))
+             for n in ("a", "c", "log_s"))
+  assert diff > 1e-3
+  # Renaming the branches (the encoder under "encoders_0", the decoder under "encoder") changes
+  # nothing: no name is read.
+  renamed = {"encoder": params["alpha"], "encoders_0": params["omega"]}
+  back = lambda p: {"alpha": p["encoder"], "omega": p["encoders_0"]}
+  ren_model = M.from_functions(
+      sample_q=lambda p, x, k: model.sample_q(back(p), x, k),
+      log_q=lambda p, x, z: model.log_q(back(p), x, z),
+      log_prior=lambda p, z: model.log_prior(back(p), z),
+      log_likelihood=lambda p, x, z: model.log_likelihood(back(p), x, z))
+  g2 = jax.grad(lambda p: training.make_loss(ren_model, "dreg", K)(p, x, _key())[0])(renamed)
+  for n in ("a", "c", "log_s"):
+    np.testing.assert_allclose(g2["encoders_0"][n], grads["dreg"]["omega"][n], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- your own networks
+
+
+class ConvEncoder(nn.Module):
+  latent: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(self.latent)(h), nn.Dense(self.latent)(h)
+
+
+class ConvDecoder(nn.Module):
+  @nn.compact
+  def __call__(self, z):
+    h = nn.relu(nn.Dense(4 * 4 * 8)(z)).reshape(z.shape[0], 4, 4, 8)
+    return nn.ConvTranspose(1, (3, 3), strides=(2, 2))(h)                  # [B, 8, 8, 1] logits
+
+
+def _digits(n=64):
+  from dgmjax import data as data_lib
+  x = data_lib.load("digits", "train")["image"][:n]
+  return np.asarray(data_lib.binarize(jax.random.key(5), jnp.asarray(x)))
+
+
+def _train(model, params, x, estimator, steps=20, k=5):
+  opt = optax.adam(3e-3)
+  step = training.make_train_step(training.make_loss(model, estimator, k), opt, seed=0)
+  state = training.init_state(params, opt)
+  for i in range(steps):
+    state, metrics = step(state, x[(i % 4) * 16:(i % 4 + 1) * 16])
+    assert bool(metrics["finite"])
+  return state.params
+
+
+def _check_trains(model, params, x):
+  M.check_model(model, params, x[:4])
+  before = float(np.mean(evaluation.log_likelihood(model, params, x[:16], _key(), num_samples=50)))
+  for est in ("iwae", "dreg"):
+    trained = _train(model, params, x, est)
+    after = evaluation.log_likelihood(model, trained, x[:16], _key(), num_samples=50)
+    assert after.shape == (16,) and np.all(np.isfinite(after))
+    assert float(np.mean(after)) > before + 1.0, (est, before, float(np.mean(after)))
+
+
+def test_user_linen_conv_vae_trains_with_iwae_and_dreg_and_evaluates():
+  x = _digits()
+  model = M.from_networks(ConvEncoder(), ConvDecoder(), likelihood="bernoulli")
+  params = model.init(_key(), x[:2])
+  assert set(params) == {"encoder", "decoder"}
+  _check_trains(model, params, x)
+  # DReG reaches the encoder, under the name "encoder", and differs from IWAE there.
+  g = {e: jax.grad(lambda p: training.make_loss(model, e, 5)(p, x[:8], _key())[0])(params)
+       for e in ("iwae", "dreg")}
+  enc = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g["iwae"]["encoder"]),
+                                                        jax.tree.leaves(g["dreg"]["encoder"]))]
+  dec = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g["iwae"]["decoder"]),
+                                                        jax.tree.leaves(g["dreg"]["decoder"]))]
+  assert max(enc) > 1e-4 and max(dec) < 1e-5
+
+
+class NNXEncoder(nnx.Module):
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(64, 32, rngs=rngs)
+    self.loc = nnx.Linear(32, 4, rngs=rngs)
+    self.log_scale = nnx.Linear(32, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = jnp.tanh(self.hidden(x.reshape(x.shape[0], -1)))
+    return self.loc(h), self.log_scale(h)
+
+
+class NNXDecoder(nnx.Module):
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(4, 32, rngs=rngs)
+    self.out = nnx.Linear(32, 64, rngs=rngs)
+
+  def __call__(self, z):
+    return self.out(jnp.tanh(self.hidden(z))).reshape(z.shape[0], 8, 8, 1)
+
+
+def test_user_nnx_vae_trains_with_iwae_and_dreg_and_evaluates():
+  x = _digits()
+  model = M.from_networks(NNXEncoder(nnx.Rngs(0)), NNXDecoder(nnx.Rngs(1)))
+  params = model.init(_key(), x[:2])
+  _check_trains(model, params, x)
+
+
+def test_user_equinox_vae_through_plain_functions():
+  eqx = pytest.importorskip("equinox")
+  k1, k2 = jax.random.split(jax.random.key(3))
+  enc = eqx.nn.MLP(64, 8, 32, 1, key=k1)
+  dec = eqx.nn.MLP(4, 64, 32, 1, key=k2)
+  (enc_p, enc_s), (dec_p, dec_s) = eqx.partition(enc, eqx.is_array), eqx.partition(dec,
+                                                                                   eqx.is_array)
+
+  def encode(p, x):
+    out = jax.vmap(eqx.combine(p["enc"], enc_s))(x.reshape(x.shape[0], -1))
+    return out[:, :4], out[:, 4:]
+
+  def decode(p, z):
+    return jax.vmap(eqx.combine(p["dec"], dec_s))(z).reshape(z.shape[0], 8, 8, 1)
+
+  def sample_q(p, x, key):
+    loc, log_scale = encode(p, x)
+    return loc + jnp.exp(log_scale) * jax.random.normal(key, loc.shape)
+
+  def log_q(p, x, z):
+    loc, log_scale = encode(p, x)
+    return jnp.sum(jax.scipy.stats.norm.logpdf(z, loc, jnp.exp(log_scale)), -1)
+
+  model = M.from_functions(
+      sample_q=sample_q, log_q=log_q,
+      log_prior=lambda p, z: jnp.sum(jax.scipy.stats.norm.logpdf(z), -1),
+      log_likelihood=lambda p, x, z: -jnp.sum(optax.sigmoid_binary_cross_entropy(
+          decode(p, z), x), axis=(1, 2, 3)))
+  _check_trains(model, {"enc": enc_p, "dec": dec_p}, _digits())
+
+
+def test_from_networks_with_a_flow_prior_and_an_iaf_posterior():
+  from dgmjax import flows, priors
+
+  class Enc(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.tanh(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+      return nn.Dense(3)(h), nn.Dense(3)(h), h
+
+  dec = lambda p, z: z @ p["w"]
+  model = M.from_networks(Enc(), dec, prior=priors.make_prior("realnvp", 3, flow_layers=2),
+                          posterior_flow=flows.inverse_autoregressive_flow(3, 2, (8,),
+                                                                           context_size=16))
+  x = _binary((4, 8))
+  params = model.init(_key(), x, decoder_params={"w": jnp.zeros((3, 8))})
+  assert set(params) == {"base", "prior", "posterior_flow"}
+  M.check_model(model, params, x)
+  for est in ("iwae", "dreg"):
+    g = jax.grad(lambda p: training.make_loss(model, est, 3)(p, x, _key())[0])(params)
+    assert float(jnp.max(jnp.abs(jax.tree.leaves(g["posterior_flow"])[0]))) >= 0
+    assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g["prior"]))
+
+
+def test_sample_sharded_wrapper_keeps_the_values():
+  model = LIBRARY["vae_1layer"]
+  params, x = model.init(_key()), _binary((4, 4, 4, 1))
+  sharded = parallel.SampleSharded(model, parallel.make_mesh())
+  np.testing.assert_array_equal(M.log_weights(sharded, params, x, _key(), 4),
+                                M.log_weights(model, params, x, _key(), 4))
+  assert M.has(sharded, "kl")
+
+
+def test_estimator_snr_on_a_model():
+  model, params = _lg_model(), _lg_params()
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(B, DX)), jnp.float32)
+  snr = {e: diagnostics.estimator_snr(model, params, x, e, 16, _key(), 64) for e in ("iwae", "dreg")}
+  assert set(snr["iwae"].groups) == {"alpha", "omega"}
+  # Same draws, same decoder estimator: identical decoder SNR; the encoder estimators differ.
+  np.testing.assert_allclose(snr["dreg"].groups["alpha"].rms_snr,
+                             snr["iwae"].groups["alpha"].rms_snr, rtol=1e-5)
+  assert abs(float(snr["dreg"].groups["omega"].rms_snr)
+             - float(snr["iwae"].groups["omega"].rms_snr)) > 1e-2
+  # It is gradient_snr of the training loss at the fixed batch.
+  loss = training.make_loss(model, "dreg", 16)
+  ref = diagnostics.gradient_snr(lambda p, k: loss(p, x, k)[0], params, _key(), 64)
+  for a, b in zip(jax.tree.leaves(ref.snr), jax.tree.leaves(snr["dreg"].snr)):
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- checks at the boundary
+
+
+def test_transposed_log_weights_raise():
+  lw = jnp.zeros((6, 4))
+  M.check_log_weights(lw, 6, 4)
+  with pytest.raises(ValueError, match=r"transposed"):
+    M.check_log_weights(lw.T, 6, 4)
+  with pytest.raises(ValueError, match=r"\[K, B\]"):
+    M.check_log_weights(jnp.zeros((6,)), 6, 4)
+
+
+def _broken(**overrides):
+  base = _lg_model()
+  fns = dict(sample_q=base.sample_q, log_q=base.log_q, log_prior=base.log_prior,
+             log_likelihood=base.log_likelihood)
+  fns.update(overrides)
+  return M.from_functions(**fns)
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("log_likelihood", lambda p, x, z: jnp.zeros((x.shape[0], DX))),       # forgot to sum
+    ("log_prior", lambda p, z: jnp.sum(z)),                                 # summed the batch too
+    ("log_q", lambda p, x, z: jnp.zeros((x.shape[0], 1))),
+])
+def test_wrong_shapes_raise_naming_the_function(name, fn):
+  model, params = _broken(**{name: fn}), _lg_params()
+  x = jnp.zeros((B, DX))
+  with pytest.raises(ValueError, match=name):
+    M.check_model(model, params, x)
+  with pytest.raises(ValueError, match=name):
+    training.make_loss(model, "iwae", K)(params, x, _key())
+  with pytest.raises(ValueError, match=name):
+    evaluation.log_likelihood(model, params, np.zeros((B, DX), np.float32), _key(), num_samples=10)
+
+
+def test_check_model_rejects_missing_functions_and_unbatched_samples():
+  with pytest.raises(TypeError, match="sample_q"):
+    M.check_model(object(), {}, jnp.zeros((2, 3)))
+  model = _broken(sample_q=lambda p, x, k: jnp.zeros((DZ,)))
+  with pytest.raises(ValueError, match="sample_q"):
+    M.check_model(model, _lg_params(), jnp.zeros((B, DX)))
+  with pytest.raises(TypeError, match="unknown optional"):
+    M.from_functions(sample_q=len, log_q=len, log_prior=len, log_likelihood=len, decoder=len)
+  with pytest.raises(ValueError, match="num_samples"):
+    M.log_weights(_lg_model(), _lg_params(), jnp.zeros((B, DX)), _key(), 0)
+
+
+def test_make_loss_rejects_unknown_settings():
+  model = _lg_model()
+  with pytest.raises(ValueError, match="estimator must be one of"):
+    training.make_loss(model, "dreg2", 4)
+  with pytest.raises(ValueError, match="baseline"):
+    training.make_loss(model, "iwae", 4, baseline="batch_mean")
+  with pytest.raises(TypeError, match="kl"):
+    training.make_loss(model, "elbo", 4, kl="analytic")  # the model has no analytic KL
+  with pytest.raises(TypeError, match="contract"):
+    training.make_loss(object(), "iwae", 4)
+
+
+def test_reinforce_baselines_keep_the_value_and_nvil_trains_its_baseline():
+  model = LIBRARY["categorical"]
+  params = model.init(_key())
+  x = _binary((6, 4, 4, 1))
+  plain = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic")
+  loo = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+                           baseline="batch_mean")
+  np.testing.assert_allclose(plain(params, x, _key())[0], loo(params, x, _key())[0], rtol=1e-6)
+  # NVIL: an input-dependent baseline with its own parameters, regressed onto the signal.
+  nvil = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+                            baseline=lambda p, xx: jnp.full((xx.shape[0],), p["baseline"]["b"]))
+  p2 = {**params, "baseline": {"b": jnp.asarray(0.0)}}  # a new top-level entry of the pytree
+  (total, metrics), g = jax.value_and_grad(lambda p: nvil(p, x, _key()), has_aux=True)(p2)
+  assert float(metrics["baseline_loss"]) > 0
+  np.testing.assert_allclose(float(total), float(-metrics["bound"] + metrics["baseline_loss"]),
+                             rtol=1e-6)
+  # The signal is very negative: gradient descent on the loss moves the baseline down to it.
+  assert float(g["baseline"]["b"]) > 0
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+def test_restore_returns_the_params_of_a_run(tmp_path):
+  model = M.from_networks(ConvEncoder(), ConvDecoder())
+  x = _digits()
+  params = model.init(_key(), x[:2])
+  state, _ = training.fit(training.make_loss(model, "dreg", 3), params, x, optimizer=optax.adam(1e-3),
+                          num_steps=4, batch_size=16, seed=0, workdir=str(tmp_path),
+                          checkpoint_every=2, log_every=2)
+  restored, config, step = training.restore(str(tmp_path), like=params)
+  assert step == 4 and config is None
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  r2, _, s2 = training.restore(str(tmp_path), step=2)
+  assert s2 == 2 and jax.tree.structure(r2) == jax.tree.structure(params)
+  with pytest.raises(ValueError, match="saved steps"):
+    training.restore(str(tmp_path), step=3)
+  wrong = M.from_networks(ConvEncoder(latent=5), ConvDecoder()).init(_key(), x[:2])
+  with pytest.raises(ValueError, match="shape"):
+    training.restore(str(tmp_path), like=wrong)
+  with pytest.raises(FileNotFoundError):
+    training.restore(str(tmp_path / "nothing"))
