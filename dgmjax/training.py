@@ -136,8 +136,34 @@ def burda_adam(learning_rate, b1: float = 0.99, b2: float = 0.999,
   return optax.GradientTransformation(init, update)
 
 
+def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
+  """A learning rate (a number or an optax schedule of the step) must be finite and > 0.
+
+  A schedule is checked at its first step and, being a function of a traced step, only there.
+
+  Raises:
+    ValueError: naming ``name`` and the value given.
+  """
+  value = learning_rate(0) if callable(learning_rate) else learning_rate
+  if isinstance(value, bool):
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  try:
+    v = float(np.asarray(value))
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a finite number > 0 (or a schedule giving one), got "
+                     f"{learning_rate!r}") from None
+  if not (np.isfinite(v) and v > 0):
+    what = f"a schedule whose value at step 0 is {v!r}" if callable(learning_rate) else repr(v)
+    raise ValueError(f"{name} must be a finite number > 0, got {what}")
+
+
 def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
-  """``'adam'`` (stock optax Adam with Burda's b1=0.9, b2=0.999, eps=1e-4) or ``'burda_adam'``."""
+  """``'adam'`` (stock optax Adam with Burda's b1=0.9, b2=0.999, eps=1e-4) or ``'burda_adam'``.
+
+  Raises:
+    ValueError: an unknown name, or a learning rate that is not a finite number > 0.
+  """
+  check_learning_rate(learning_rate)
   if name == "adam":
     return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-4)
   if name == "burda_adam":
@@ -686,6 +712,16 @@ class NonFiniteError(FloatingPointError):
   """Raised when too many consecutive steps had a non-finite loss or gradient."""
 
 
+def _parse_line(line: str):
+  """One JSON-lines record, or ``None`` for a blank or torn line (a kill mid-write)."""
+  if not line.strip():
+    return None
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None
+
+
 class MetricsLog:
   """Metrics as JSON lines; on resume, lines past the restored step are dropped.
 
@@ -701,7 +737,8 @@ class MetricsLog:
       open(path, "w").close()
     else:
       with open(path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+        lines = [l if l.endswith("\n") else l + "\n" for l in f
+                 if _parse_line(l) is not None and _parse_line(l).get("step", 0) <= resume_step]
       with open(path, "w") as f:
         f.writelines(lines)
 
@@ -718,6 +755,169 @@ def checkpoint_manager(directory: str, every: int, max_to_keep: int = 2):
                                          save_interval_steps=max(every, 1), create=True,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+# ----------------------------------------------------------------------------- workdir safety
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live process is training into the same workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir, held by the process that trains into it.
+
+  ``fcntl.flock`` on ``workdir/.lock``: the operating system releases it when the holder exits,
+  killed or not, so a resumed run after a kill takes it at once; a second live process fails fast
+  with the holder's pid, host and start time (written into the lock file).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._file = None
+
+  def acquire(self) -> "WorkdirLock":
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import socket  # pylint: disable=import-outside-toplevel
+    f = open(self.path, "a+")
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "an unknown process"
+      f.close()
+      raise WorkdirLockedError(f"workdir {os.path.dirname(self.path)!r} is being trained into by "
+                               f"{holder}; wait for it to finish, stop it, or use another "
+                               f"workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      import fcntl  # pylint: disable=import-outside-toplevel
+      self._file.seek(0)
+      self._file.truncate()
+      fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _check_writable(workdir: str, needed_bytes: int) -> None:
+  """Fails in one line, before training, if ``workdir`` cannot hold a checkpoint."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"workdir {workdir!r} is not writable ({e.strerror}); checkpoints and metrics "
+                  f"could not be saved") from None
+  free = shutil.disk_usage(workdir).free
+  if free < needed_bytes:
+    raise OSError(f"workdir {workdir!r} has {free / 2**20:.1f} MiB free; the checkpoints of this "
+                  f"run need about {needed_bytes / 2**20:.1f} MiB")
+
+
+_CHECKSUMS = "checkpoint_checksums.json"
+
+
+def _step_dir(directory: str, step: int) -> str:
+  return os.path.join(directory, str(int(step)))
+
+
+def _digest(path: str) -> dict:
+  """sha256 of every file under a checkpoint's step directory, by relative path."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      h = hashlib.sha256()
+      with open(full, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      out[os.path.relpath(full, path)] = h.hexdigest()
+  return out
+
+
+def _read_checksums(workdir: str) -> dict:
+  path = os.path.join(workdir, _CHECKSUMS)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return {}
+
+
+def _record_checksum(workdir: str, directory: str, step: int, kept) -> None:
+  sums = {k: v for k, v in _read_checksums(workdir).items() if int(k) in set(kept)}
+  sums[str(int(step))] = _digest(_step_dir(directory, step))
+  tmp = os.path.join(workdir, _CHECKSUMS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(sums, f)
+  os.replace(tmp, os.path.join(workdir, _CHECKSUMS))
+
+
+def verify_checkpoint(workdir: str, step: int) -> str | None:
+  """``None`` if checkpoint ``step`` of ``workdir`` matches its recorded checksums, else why not.
+
+  A checkpoint written before checksums were recorded (no entry) is accepted as is.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  want = _read_checksums(workdir).get(str(int(step)))
+  if want is None:
+    return None if os.path.isdir(_step_dir(directory, step)) else "missing"
+  got = _digest(_step_dir(directory, step))
+  missing = sorted(set(want) - set(got))
+  if missing:
+    return f"missing files {missing[:3]}"
+  bad = sorted(k for k in want if got.get(k) != want[k])
+  return f"checksum mismatch in {bad[:3]}" if bad else None
+
+
+def _restore_intact(mngr, workdir: str, template, log=None, *, delete_corrupt: bool = False):
+  """Restores the newest checkpoint that verifies and loads; reports and skips the others (and
+  deletes them with ``delete_corrupt``, so that the resumed run can write those steps again)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  steps = sorted((int(s) for s in mngr.all_steps()), reverse=True)
+  problems = []
+  for step in steps:
+    why = verify_checkpoint(workdir, step)
+    if why is None:
+      try:
+        args = (ocp.args.StandardRestore(template) if template is not None
+                else ocp.args.StandardRestore())
+        restored = mngr.restore(step, args=args)
+        if delete_corrupt:   # only once an intact one is found: otherwise keep the evidence
+          for bad, _ in problems:
+            mngr.delete(bad)
+        return step, restored, problems
+      except Exception as e:  # pylint: disable=broad-except
+        why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    problems.append((step, why))
+    msg = f"checkpoint at step {step} in {workdir!r} is corrupt ({why}); trying an older one"
+    print(f"dgmjax: {msg}", file=sys.stderr)
+    if log is not None:
+      log({"event": "corrupt_checkpoint", "checkpoint_step": step, "why": why})
+  if steps:
+    raise RuntimeError(f"no intact checkpoint in {workdir!r}: "
+                       + "; ".join(f"step {s}: {w}" for s, w in problems)
+                       + ". Start afresh without resume, or in a new workdir.")
+  return None, None, problems
 
 
 def restore(workdir: str, *, like=None, step="latest") -> tuple[Any, dict | None, int]:
@@ -752,12 +952,15 @@ def restore(workdir: str, *, like=None, step="latest") -> tuple[Any, dict | None
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {directory}")
     if step == "latest":
-      chosen = steps[-1]
+      chosen, restored, _ = _restore_intact(mngr, workdir, None)
     elif isinstance(step, (int, np.integer)) and not isinstance(step, bool) and int(step) in steps:
       chosen = int(step)
+      why = verify_checkpoint(workdir, chosen)
+      if why is not None:
+        raise ValueError(f"the checkpoint of {workdir!r} at step {chosen} is corrupt ({why})")
+      restored = mngr.restore(chosen, args=ocp.args.StandardRestore())
     else:
       raise ValueError(f"step must be 'latest' or one of the saved steps {steps}, got {step!r}")
-    restored = mngr.restore(chosen, args=ocp.args.StandardRestore())
   finally:
     mngr.close()
   params = restored["params"]
@@ -843,14 +1046,37 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
                      f"log_every ({log_every}) for exact resumption")
   if eval_every and checkpoint_every % eval_every:
     raise ValueError(f"eval_every ({eval_every}) must divide checkpoint_every ({checkpoint_every})")
+  if learning_rate_fn is not None:
+    check_learning_rate(learning_rate_fn, "learning_rate_fn")
   os.makedirs(workdir, exist_ok=True)
-  state = init_state(params, optimizer)
-  mngr = checkpoint_manager(os.path.join(workdir, "checkpoints"), checkpoint_every)
-  restored_step = None
-  if resume and mngr.latest_step() is not None:
-    restored_step = int(mngr.latest_step())
-    state = mngr.restore(restored_step, args=ocp.args.StandardRestore(state))
-  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), restored_step)
+  lock = WorkdirLock(workdir).acquire()
+  try:
+    state = init_state(params, optimizer)
+    state_bytes = sum(int(np.size(a)) * np.dtype(a.dtype).itemsize
+                      for a in jax.tree.leaves(state) if hasattr(a, "dtype"))
+    _check_writable(workdir, int(1.2 * state_bytes * 3) + (1 << 20))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    mngr = checkpoint_manager(ckpt_dir, checkpoint_every)
+    restored_step, problems = None, []
+    if resume and mngr.latest_step() is not None:
+      restored_step, state, problems = _restore_intact(mngr, workdir, state, delete_corrupt=True)
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), restored_step)
+    for bad_step, why in problems:
+      log.write({"step": restored_step, "event": "corrupt_checkpoint_skipped",
+                 "checkpoint_step": bad_step, "why": why})
+  except BaseException:
+    lock.release()
+    raise
+
+  def save(step: int, force: bool = False) -> None:
+    try:
+      mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+      mngr.wait_until_finished()
+      _record_checksum(workdir, ckpt_dir, step, mngr.all_steps())
+    except OSError as e:
+      raise OSError(f"could not write the checkpoint of step {step} to {ckpt_dir!r}: "
+                    f"{e.strerror or e}") from None
+
   if train_step is None:
     train_step = make_train_step(loss_fn, optimizer, seed=seed,
                                  dynamic_binarization=dynamic_binarization, microbatch=microbatch)
@@ -877,10 +1103,20 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
       if in_a_row >= max_consecutive_nonfinite:
         log.write({"step": step + 1, "event": "stopped", "nonfinite_in_a_row": in_a_row,
                    "nonfinite_total": int(state.nonfinite_total)})
+        good = mngr.latest_step()
+        first_good = step + 1 - in_a_row   # steps before the run of non-finite ones
+        where = (f"The last checkpoint is step {good} in {ckpt_dir}." if good is not None else
+                 "No checkpoint was written.")
+        hint = ("the run never had a finite step: check the data and the initial parameters "
+                "(and the loss) for NaN or inf" if first_good == 0 else
+                f"the parameters became unusable after step {first_good}"
+                + (" (very soon after the start: the learning rate is probably too large; "
+                   "lower it)" if first_good <= max(10, start + 10) else
+                   ": lower the learning rate, or clip gradients"))
         raise NonFiniteError(
             f"{in_a_row} consecutive steps had a non-finite loss or gradient (last at step "
-            f"{step + 1}, max_consecutive_nonfinite={max_consecutive_nonfinite}); stopping. The "
-            f"last good state is in the checkpoints of {workdir}.")
+            f"{step + 1}, max_consecutive_nonfinite={max_consecutive_nonfinite}); stopping: "
+            f"{hint}. {where}")
       done = step + 1
       if done % log_every == 0 or done == num_steps:
         fetched = jax.device_get(window)
@@ -904,16 +1140,17 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
                    **{k: float(v) for k, v in eval_fn(state.params, done).items()}})
       bar.update(1)
       if done % checkpoint_every == 0:
-        mngr.save(done, args=ocp.args.StandardSave(state))
+        save(done)
       if stop_after is not None and done >= stop_after:
         mngr.wait_until_finished()
         return state, {"stopped_at": done, "resumed_from": restored_step}
     if mngr.latest_step() != num_steps:
-      mngr.save(num_steps, args=ocp.args.StandardSave(state), force=True)
+      save(num_steps, force=True)
     mngr.wait_until_finished()
   finally:
     bar.close()
     mngr.close()
+    lock.release()
   return state, {"steps": num_steps, "train_seconds": time.time() - t0,
                  "steps_per_epoch": steps_per_epoch,
                  "nonfinite_total": int(state.nonfinite_total),

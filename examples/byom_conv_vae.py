@@ -46,7 +46,7 @@ for estimator in ("iwae", "dreg"):
   print(f"{estimator}: step {step}, test NLL (k=5000, {len(test)} images) "
         f"{nll.mean():.2f} +- {nll.std(ddof=1) / np.sqrt(len(nll)):.2f} nats")
   for k in (1, 10, 100):                                    # Rainforth et al.'s encoder SNR
-    snr = diagnostics.estimator_snr(model, params, test[:8], estimator, k, jax.random.key(2), 200,
-                                    chunk_size=50)
+    snr = diagnostics.estimator_snr(model, params, test[:4], estimator, k, jax.random.key(2), 100,
+                                    chunk_size=25)
     print(f"  K={k:3d}: encoder SNR {float(snr.groups['encoder'].rms_snr):.3f}, "
           f"decoder SNR {float(snr.groups['decoder'].rms_snr):.3f}")
