@@ -757,6 +757,85 @@ def checkpoint_manager(directory: str, every: int, max_to_keep: int = 2):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+# ----------------------------------------------------------------------------- run configs
+
+
+def _flatten_config(cfg, prefix: str = "") -> dict:
+  out = {}
+  for k, v in (cfg.items() if isinstance(cfg, dict) else []):
+    name = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten_config(v, name + "."))
+    else:
+      out[name] = v
+  return out
+
+
+def _matches(name: str, patterns) -> bool:
+  import fnmatch  # pylint: disable=import-outside-toplevel
+  return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def config_changes(saved: dict, current: dict, *, ignore=()) -> dict:
+  """``{dotted key: (saved, current)}`` for every setting that differs, nested dicts flattened;
+  keys matching a glob of ``ignore`` (e.g. ``'eval.*'``) are left out."""
+  a, b = _flatten_config(saved), _flatten_config(current)
+  return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+          if not _matches(k, ignore) and json.dumps(a.get(k), sort_keys=True, default=str)
+          != json.dumps(b.get(k), sort_keys=True, default=str)}
+
+
+def record_config(workdir: str, config: dict, *, resume: bool, allow_changes=False,
+                  ignore=()) -> dict:
+  """Writes ``workdir/config.json``, or on resume checks the current config against it.
+
+  A resumed run continues what was trained: a change of any setting outside ``ignore`` (the
+  learning rate, ``K``, the seed, the objective, the number of steps, ...) is refused, listing the
+  differing keys, unless ``allow_changes`` is ``True`` or names those keys (globs). An allowed
+  change is recorded in ``config.json`` under ``resume_changes`` (step-free: the metrics log
+  says when), so the results describe what was trained.
+
+  Args:
+    workdir: the run's directory.
+    config: the current settings (a JSON-serialisable dict, nested dicts allowed).
+    resume: the run resumes from ``workdir``'s checkpoints.
+    allow_changes: ``False``, ``True`` or a sequence of key globs that may change.
+    ignore: key globs that never alter what is trained (evaluation settings, progress bars).
+
+  Returns:
+    The config as saved: the current one, plus ``resume_changes`` when changes were allowed.
+
+  Raises:
+    ValueError: a refused change, naming each key with its saved and current values.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  config = json.loads(json.dumps(config, default=str))
+  if resume and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    history = saved.pop("resume_changes", [])
+    changes = config_changes(saved, config, ignore=ignore)
+    allowed = (lambda k: True) if allow_changes is True else (
+        (lambda k: False) if not allow_changes else (lambda k: _matches(k, allow_changes)))
+    refused = {k: v for k, v in changes.items() if not allowed(k)}
+    if refused:
+      listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+      raise ValueError(f"--resume with a different config would continue {workdir!r} as if it "
+                       f"had been trained with the new settings; changed: {listing}. Resume with "
+                       f"the saved config ({path}), use a new workdir, or allow the change "
+                       f"explicitly")
+    if changes:
+      history = history + [{k: {"saved": a, "now": b} for k, (a, b) in changes.items()}]
+    if history:
+      config["resume_changes"] = history
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return config
+
+
 # ----------------------------------------------------------------------------- workdir safety
 
 

@@ -126,3 +126,23 @@ def test_a_full_disk_is_reported_before_training(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="MiB free"):
     _fit(tmp_path)
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_resume_refuses_a_config_that_changes_what_is_trained(tmp_path):
+  cfg = {"seed": 0, "optim": {"learning_rate": 1e-3}, "num_samples": 5, "eval": {"k": 5000}}
+  assert training.record_config(str(tmp_path), cfg, resume=False) == cfg
+  same = training.record_config(str(tmp_path), dict(cfg, eval={"k": 100}), resume=True,
+                                ignore=("eval.*",))
+  assert "resume_changes" not in same
+  changed = dict(cfg, seed=1, optim={"learning_rate": 3e-4})
+  with pytest.raises(ValueError, match=r"optim.learning_rate: 0.001 -> 0.0003; seed: 0 -> 1"):
+    training.record_config(str(tmp_path), changed, resume=True)
+  with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+    training.record_config(str(tmp_path), changed, resume=True, allow_changes=("optim.*",))
+  kept = training.record_config(str(tmp_path), changed, resume=True, allow_changes=True,
+                                ignore=("eval.*",))
+  assert kept["resume_changes"] == [{"optim.learning_rate": {"saved": 1e-3, "now": 3e-4},
+                                     "seed": {"saved": 0, "now": 1}}]
+  assert json.load(open(tmp_path / "config.json"))["resume_changes"] == kept["resume_changes"]
+  # a fresh (non-resumed) run simply records its config
+  assert training.record_config(str(tmp_path), cfg, resume=False) == cfg
