@@ -138,10 +138,13 @@ class TorchVAE(nn.Module):
     return log_px + log_prior - log_q
 
   def sample_eps(self, num_samples: int, batch_size: int, generator=None,
-                 dtype=torch.float32) -> list[torch.Tensor]:
-    """Fresh standard-normal noise ``[K, B, D_l]`` per layer (``torch.randn``)."""
-    return [torch.randn(num_samples, batch_size, d, generator=generator, dtype=dtype)
-            for d in self.latent_dims]
+                 dtype=torch.float32, device=None) -> list[torch.Tensor]:
+    """Fresh standard-normal noise ``[K, B, D_l]`` per layer (``torch.randn``), on ``device``
+    (default: the model's)."""
+    if device is None:
+      device = next(self.parameters()).device
+    return [torch.randn(num_samples, batch_size, d, generator=generator, dtype=dtype,
+                        device=device) for d in self.latent_dims]
 
 
 def burda_one_layer() -> TorchVAE:
@@ -276,7 +279,7 @@ class TrainStep:
 
   def _loss_impl(self, images: torch.Tensor) -> torch.Tensor:
     x = (torch.rand_like(images) < images).to(images.dtype) if self.dynamic_binarization else images
-    eps = [torch.randn(self.num_samples, x.shape[0], d, dtype=x.dtype)
+    eps = [torch.randn(self.num_samples, x.shape[0], d, dtype=x.dtype, device=x.device)
            for d in self.model.latent_dims]
     return loss_fn(self.model, self.objective, x, eps)
 
