@@ -3,8 +3,13 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from dgmjax import distributions, gumbel
+from dgmjax.models import categorical_vae
 from experiments.discrete import train
 from experiments.discrete.configs import categorical, codebook, quick, vqvae
 
@@ -40,6 +45,89 @@ def test_categorical_study(tmp_path):
   assert json.load(open(tmp_path / "summary.json"))["runs"]["gumbel"]["jang_neg_elbo"] == 101.5
 
 
+def test_categorical_vimco_and_nvil_rows(tmp_path):
+  c = _tiny("categorical")
+  c.estimators = ("vimco", "nvil")
+  c.vimco_num_samples = 3
+  c.nvil.hidden = (8,)
+  out = train.run(c, str(tmp_path))
+  v, n = out["runs"]["vimco"], out["runs"]["nvil"]
+  assert (v["train_num_samples"], n["train_num_samples"]) == (3, 1)
+  # the bound VIMCO trains, on discrete samples: L_3 lies between the ELBO and L_16
+  assert v["test_nll_k16"] - 1.0 < v["test_neg_iwae_k3"] < v["test_neg_elbo_discrete"] + 1.0
+  assert "test_neg_iwae_k1" not in n and n["jang_neg_elbo"] is None
+  rows = [json.loads(l) for l in open(tmp_path / "nvil" / "metrics.jsonl") if "loss" in l]
+  assert rows and all(np.isfinite(r["baseline_loss"]) for r in rows)
+  assert all("baseline_loss" not in r for r in
+             (json.loads(l) for l in open(tmp_path / "vimco" / "metrics.jsonl")))
+  for est in ("vimco", "nvil"):
+    for f in out["runs"][est]["figures"].values():
+      assert os.path.isfile(tmp_path / est / f)
+
+
+def _old_loss(model, params, x, key, tau, estimator):
+  """The categorical VAE's training loss before the model contract (``CategoricalVAE.loss``)."""
+  xf = x.reshape(x.shape[0], -1)
+  logits = model.encoder_logits(params, x)
+  kl = jnp.sum(distributions.kl_categorical_uniform(logits), axis=-1)
+  if estimator == "reinforce":
+    idx = gumbel.gumbel_max(key, logits)
+    y = jax.nn.one_hot(idx, model.num_classes, dtype=logits.dtype)
+    recon = distributions.bernoulli_log_prob(xf, model.decoder_logits(params, y))
+    log_q = jnp.sum(distributions.categorical_log_prob(idx, logits), axis=-1)
+    f = jax.lax.stop_gradient(recon)
+    baseline = (jnp.sum(f) - f) / (recon.shape[0] - 1)
+    surrogate = recon + (f - baseline) * (log_q - jax.lax.stop_gradient(log_q))
+  else:
+    y = gumbel.gumbel_softmax(key, logits, tau, hard=estimator == "st")
+    recon = distributions.bernoulli_log_prob(xf, model.decoder_logits(params, y))
+    surrogate = recon
+  return -jnp.mean(surrogate - kl), jnp.mean(recon - kl)
+
+
+@pytest.mark.parametrize("est", ["gumbel", "st", "reinforce"])
+def test_categorical_losses_match_the_old_estimators(est):
+  """Value, ELBO and gradient of each ported estimator equal the old inline ones (whose sample
+  used the step key itself; the contract's K = 1 sample uses ``split(key, 1)[0]``)."""
+  c = _tiny("categorical")
+  model = categorical_vae.CategoricalVAE((4, 4, 1), 3, 4, (8,))
+  params = model.init(jax.random.key(0))
+  x = (jax.random.uniform(jax.random.key(1), (5, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  step = 2500
+  tau = categorical_vae.jang_temperature(step, initial=c.tau_initial, minimum=c.tau_min,
+                                         rate=c.tau_rate, every=c.tau_every)
+  loss_fn = train.categorical_loss(model, est, c)
+  (new, m), g_new = jax.value_and_grad(loss_fn, has_aux=True)(params, x, jax.random.key(2), step)
+  (old, old_elbo), g_old = jax.value_and_grad(
+      lambda p: _old_loss(model, p, x, jax.random.split(jax.random.key(2), 1)[0], tau, est), has_aux=True)(params)
+  np.testing.assert_allclose(new, old, rtol=1e-5)
+  np.testing.assert_allclose(m["elbo"], old_elbo, rtol=1e-5)
+  np.testing.assert_allclose(m["temperature"], tau)
+  for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_old)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_nvil_baseline_is_trained_apart_from_the_model():
+  c = _tiny("categorical")
+  c.nvil.hidden = (8,)
+  model = categorical_vae.CategoricalVAE((4, 4, 1), 3, 4, (8,))
+  x = (jax.random.uniform(jax.random.key(1), (5, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  params = train.categorical_params(model, "nvil", c, x)
+  assert set(params) == {"params", "baseline"}
+  plain = train.categorical_params(model, "reinforce", c, x)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves({"params": params["params"]})):
+    np.testing.assert_array_equal(a, b)  # the same initial model weights as every other row
+  (_, m), g = jax.value_and_grad(train.categorical_loss(model, "nvil", c), has_aux=True)(
+      params, x, jax.random.key(3), 0)
+  assert m["baseline_loss"] > 0
+  assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(g["baseline"]))
+  # the same samples as REINFORCE (same key): the same bound; the loss adds the regression
+  _, m_reinforce = train.categorical_loss(model, "reinforce", c)(plain, x, jax.random.key(3), 0)
+  np.testing.assert_allclose(m["bound"], m_reinforce["bound"], rtol=1e-6)
+  loss, _ = train.categorical_loss(model, "nvil", c)(params, x, jax.random.key(3), 0)
+  np.testing.assert_allclose(loss, -m["bound"] + m["baseline_loss"], rtol=1e-6)
+
+
 @pytest.mark.slow  # about a minute of CPU: two models, three priors, scan sampling
 def test_vqvae_study_with_priors(tmp_path):
   c = _tiny("vqvae")
@@ -69,6 +157,10 @@ def test_codebook_study(tmp_path):
 def test_configs_and_errors(tmp_path):
   assert categorical.get_config().num_vars == 20 and categorical.get_config().num_classes == 10
   assert vqvae.get_config().level_list == (1, 2) and codebook.get_config().init_offset == 5.0
+  c = quick.get_config("categorical")
+  c.estimators = ("gumbel", "rws")
+  with pytest.raises(ValueError, match="estimators must be among"):
+    train.run(c, str(tmp_path))
   c = quick.get_config("categorical")
   c.study = "nope"
   with pytest.raises(ValueError, match="config.study"):

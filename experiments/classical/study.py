@@ -37,7 +37,7 @@ import optax
 
 from dgmjax import data as data_lib
 from dgmjax import distributions
-from dgmjax import objectives
+from dgmjax import models, objectives, training
 from dgmjax.models import classical
 from dgmjax.models import linear_gaussian as lg
 
@@ -438,9 +438,7 @@ def make_vae_log_joint(model):
     raise ValueError("amortization gaps are defined here for one stochastic layer")
 
   def log_joint(params, x, z):
-    logits = model.decode(params, z)
-    return (distributions.standard_normal_log_prob(z)
-            + distributions.bernoulli_log_prob(model.flatten(x), logits))
+    return model.log_prior(params, z) + model.log_likelihood(params, x, z)
 
   return log_joint
 
@@ -454,11 +452,13 @@ def train_vae(config, key, model, train, objective: str, num_samples: int):
   opt = optax.adam(float(gc.vae_learning_rate))
   n = train.shape[0]
   bs = min(int(gc.vae_batch_size), n)
-  reduce = objectives.elbo if objective == "vae" else objectives.iwae_bound
+  if objective not in ("vae", "iwae"):
+    raise ValueError(f"objective must be 'vae' or 'iwae', got {objective!r}")
   xs = jnp.asarray(train)
+  bound_loss = training.make_loss(model, objective, num_samples)
 
   def loss(p, xb, k):
-    return -jnp.mean(reduce(model.log_weights(p, xb, k, num_samples)))
+    return bound_loss(p, xb, k)[0]
 
   @jax.jit
   def run(params, key):
@@ -478,7 +478,7 @@ def train_vae(config, key, model, train, objective: str, num_samples: int):
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _model_elbo(model, params, x, key, num_samples):
-  return objectives.elbo(model.log_weights(params, x, key, num_samples))
+  return objectives.elbo(models.log_weights(model, params, x, key, num_samples))
 
 
 def vae_gaps(key, model, params, x, name: str, gap_kwargs: dict) -> dict:
@@ -557,7 +557,6 @@ def load_run(run_dir: str):
       checkpoint is not the run's final step.
   """
   import ml_collections
-  import orbax.checkpoint as ocp
   from dgmjax.models import vae as vae_lib
   from experiments.iwae import train as iwae_train
 
@@ -573,23 +572,15 @@ def load_run(run_dir: str):
   model = vae_lib.make(run_config.model, test_images.shape[1:],
                        latent_dims=run_config.get("latent_dims") or None,
                        hidden_dims=run_config.get("hidden_dims") or None)
-  ckpt_dir = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+  template = jax.eval_shape(model.init, jax.random.key(0))
+  try:
+    params, _, step = training.restore(run_dir, like=template)
+  except ValueError as e:
+    raise ValueError(f"the checkpoint of {run_dir} does not hold the parameters of model "
+                     f"{run_config.model!r} {model}: {e}") from e
   if "steps" in run_results and int(step) != int(run_results["steps"]):
     raise ValueError(f"the latest checkpoint of {run_dir} is step {step}, but the run reports "
                      f"{run_results['steps']} steps")
-  restored = mngr.restore(step, args=ocp.args.StandardRestore())
-  mngr.close()
-  params = restored["params"]
-  template = jax.eval_shape(model.init, jax.random.key(0))
-  if jax.tree.structure(params) != jax.tree.structure(template) or any(
-      np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template))):
-    raise ValueError(f"the checkpoint of {run_dir} does not hold the parameters of model "
-                     f"{run_config.model!r} {model}")
-  params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), params, template)
   return model, params, run_config, run_results, int(step), test_images
 
 

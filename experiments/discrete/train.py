@@ -4,9 +4,9 @@ Three studies, chosen by ``config.study``:
 
 ``categorical``  Jang et al. (2017)'s categorical VAE (20 x 10 latents, MLP 512-256, ReLU) on fixed-
                  binarization MNIST, one run per estimator (Gumbel-softmax, straight-through,
-                 REINFORCE) at equal budget; test negative ELBO with discrete samples and the
-                 k=1000 importance-sampled NLL. Figures: samples, reconstructions, temperature
-                 schedule beside the training ELBO.
+                 REINFORCE, VIMCO, NVIL; see :data:`ESTIMATORS`) at equal budget; test negative
+                 ELBO with discrete samples and the k=1000 importance-sampled NLL. Figures:
+                 samples, reconstructions, temperature schedule beside the training ELBO.
 ``vqvae``        VQ-VAE (one level) and VQ-VAE-2 (two levels) on Fashion-MNIST; then a gated
                  PixelCNN prior fitted on the code maps (VQ-VAE-2: top prior, and a bottom prior
                  conditioned on the top codes). Test reconstruction MSE, the VQ-VAE bound in
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import evaluation, pixelcnn, plotting, training, vq
+from dgmjax import estimators, evaluation, pixelcnn, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
 from experiments.iwae.train import default_data_dir
 
@@ -102,8 +102,89 @@ def _write(path: str, obj) -> None:
 # ----------------------------------------------------------------------------- categorical VAE
 
 
+#: The estimators of the categorical study: the Gumbel-softmax relaxations (``gumbel``, ``st``:
+#: straight-through), REINFORCE with the leave-one-out minibatch baseline, VIMCO (``K =
+#: config.vimco_num_samples`` samples, leave-one-out baselines within them) and NVIL (REINFORCE with
+#: a learned input-dependent baseline ``b(x)``, an MLP regressed onto the learning signal).
+ESTIMATORS = ("gumbel", "st", "reinforce", "vimco", "nvil")
+
+
+def _nvil_baseline(config):
+  """NVIL's input-dependent baseline: ``(params, x) -> [B]`` reading ``params["baseline"]``.
+
+  An MLP (``config.nvil.hidden`` tanh layers, :class:`dgmjax.estimators.NVILBaseline`) whose
+  output is multiplied by ``config.nvil.output_scale``: the learning signal is ``log p(x|z)``,
+  hundreds of nats, and Adam moves every weight by about the learning rate per step, so an
+  unscaled output would need far more steps than the run has to reach it (Mnih & Gregor centre
+  and rescale the signal by running moments for the same reason).
+
+  Returns:
+    ``(apply, init)``: ``apply(params, x) -> [B]`` and ``init(key, x) -> baseline params``.
+  """
+  net = estimators.NVILBaseline(tuple(config.nvil.hidden))
+  scale = float(config.nvil.output_scale)
+
+  def apply(params, x):
+    return scale * net.apply(params["baseline"], x)
+
+  return apply, lambda key, x: net.init(key, x)
+
+
+def categorical_loss(model, est: str, config):
+  """The training loss ``(params, x, key, step) -> (loss, metrics)`` of estimator ``est``.
+
+  ``gumbel`` / ``st``: Jang et al.'s objective, the relaxed reconstruction at ``tau(step)`` with the
+  exact categorical KL (``make_loss(model.relaxed(tau), 'elbo', 1, kl='analytic')``);
+  ``reinforce``: the score function on the reconstruction with the leave-one-out minibatch mean as
+  baseline and the exact KL gradient; ``nvil``: the same with the learned ``b(x)`` (its regression
+  loss is part of the loss); ``vimco``: the ``K``-sample IWAE bound with VIMCO's leave-one-out
+  baselines. ``metrics['temperature']`` is ``tau(step)`` (used by the relaxations only).
+  """
+  temp = dict(initial=config.tau_initial, minimum=config.tau_min, rate=config.tau_rate,
+              every=config.tau_every)
+  if est in categorical_vae.RELAXATIONS:
+    hard = est == "st"
+
+    def loss_fn(params, x, key, step):
+      tau = categorical_vae.jang_temperature(step, **temp)
+      loss = training.make_loss(model.relaxed(tau, hard=hard), "elbo", 1, kl="analytic")
+      value, m = loss(params, x, key)
+      return value, dict(m, temperature=tau)
+
+    return loss_fn
+  if est == "reinforce":
+    loss = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+                              baseline="batch_mean")
+  elif est == "nvil":
+    loss = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+                              baseline=_nvil_baseline(config)[0])
+  elif est == "vimco":
+    loss = training.make_loss(model, "vimco", int(config.vimco_num_samples))
+  else:
+    raise ValueError(f"estimators must be among {ESTIMATORS}, got {est!r}")
+
+  def loss_fn(params, x, key, step):
+    value, m = loss(params, x, key)
+    return value, dict(m, temperature=categorical_vae.jang_temperature(step, **temp))
+
+  return loss_fn
+
+
+def categorical_params(model, est: str, config, example):
+  """Initial params: the model's (the same for every estimator), plus NVIL's ``"baseline"``."""
+  params = model.init(jax.random.key(config.seed))
+  if est == "nvil":
+    init = _nvil_baseline(config)[1]
+    params = {**params, "baseline": init(jax.random.fold_in(jax.random.key(config.seed), 5),
+                                         jnp.asarray(example[:1]))}
+  return params
+
+
 def run_categorical(config, workdir: str, resume: bool = False) -> dict:
   """One run per ``config.estimators``; returns the summary (also ``summary.json``)."""
+  for est in config.estimators:
+    if est not in ESTIMATORS:
+      raise ValueError(f"estimators must be among {ESTIMATORS}, got {est!r}")
   train_x, test_x = _splits(config)
   for name, x in (("train", train_x), ("test", test_x)):
     if not np.all((x == 0) | (x == 1)):
@@ -112,36 +193,32 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
   model = categorical_vae.CategoricalVAE(tuple(train_x.shape[1:]), config.num_vars,
                                          config.num_classes, tuple(config.hidden_dims),
                                          config.codebook_dim)
-  for est in config.estimators:
-    if est not in categorical_vae.ESTIMATORS:
-      raise ValueError(f"estimators must be among {categorical_vae.ESTIMATORS}, got {est!r}")
   temp = dict(initial=config.tau_initial, minimum=config.tau_min, rate=config.tau_rate,
               every=config.tau_every)
   rows = {}
   for est in config.estimators:
     d = os.path.join(workdir, est)
     os.makedirs(d, exist_ok=True)
-
-    def loss_fn(params, x, key, step, est=est):
-      tau = categorical_vae.jang_temperature(step, **temp)
-      loss, m = model.loss(params, x, key, tau, est)
-      return loss, dict(m, temperature=tau)
-
+    k_train = int(config.vimco_num_samples) if est == "vimco" else 1
     t0 = time.time()
-    state, summary = _fit(loss_fn, model.init(jax.random.key(config.seed)), train_x, config, d,
+    state, summary = _fit(categorical_loss(model, est, config),
+                          categorical_params(model, est, config, train_x), train_x, config, d,
                           resume, pass_step=True)
     if "stopped_at" in summary:
       return {"stopped_at": summary["stopped_at"]}
     params = state.params
+    if est == "nvil":  # the baseline is a training device, not part of the model
+      params = {k: v for k, v in params.items() if k != "baseline"}
     k_b, k_ll, k_fig, k_rel = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 7), 4)
-    b = evaluation.bounds(model.log_weights, params, test_x, k_b, ks=(1, 10),
-                          batch_size=config.eval.batch_size)
-    ll = evaluation.log_likelihood(model.log_weights_from_keys, params, test_x, k_ll,
+    ks = tuple(sorted({1, 10, k_train}))
+    b = evaluation.bounds(model, params, test_x, k_b, ks=ks, batch_size=config.eval.batch_size)
+    ll = evaluation.log_likelihood(model, params, test_x, k_ll,
                                    num_samples=config.eval.num_samples,
                                    sample_chunk=config.eval.sample_chunk,
                                    batch_size=config.eval.batch_size, progress=_progress(config))
     final_tau = categorical_vae.jang_temperature(summary["steps"], **temp)
-    relaxed = jax.jit(lambda p, xb, k: model.loss(p, xb, k, final_tau, "gumbel")[1]["elbo"])
+    relaxed_loss = training.make_loss(model.relaxed(final_tau), "elbo", 1, kl="analytic")
+    relaxed = jax.jit(lambda p, xb, k: relaxed_loss(p, xb, k)[1]["elbo"])
     bs = config.eval.batch_size
     relaxed_elbo = float(np.mean([relaxed(params, test_x[i:i + bs], jax.random.fold_in(k_rel, i))
                                   for i in range(0, len(test_x) - bs + 1, bs)]))
@@ -150,10 +227,12 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
                                               os.path.join(d, "metrics.jsonl"), est)
     row = {"estimator": est, "dataset": config.dataset, "latents": f"{config.num_vars}x"
            f"{config.num_classes}", "codebook_dim": config.codebook_dim,
+           "train_num_samples": k_train,
            "epochs": summary["epochs"], "steps": summary["steps"],
            "batch_size": config.batch_size, "test_examples": int(test_x.shape[0]),
            "test_neg_elbo_discrete": -b["elbo"],
            "test_neg_elbo_relaxed_final_tau": -relaxed_elbo,
+           **({f"test_neg_iwae_k{k_train}": -b[f"iwae_{k_train}"]} if k_train > 1 else {}),
            f"test_nll_k{config.eval.num_samples}": float(-ll.mean()),
            "test_nll_stderr": float(ll.std(ddof=1) / math.sqrt(ll.size)),
            "jang_neg_elbo": JANG_TABLE2.get(est),
@@ -179,7 +258,8 @@ def _temperature_figure(path: str, metrics: str, est: str) -> str:
   ax2 = ax.twinx()
   ax2.plot([r["epoch"] for r in rows], [r["temperature"] for r in rows], "C1--",
            label="temperature")
-  ax2.set_ylabel("Gumbel-softmax temperature" + (" (unused)" if est == "reinforce" else ""))
+  ax2.set_ylabel("Gumbel-softmax temperature"
+                 + ("" if est in categorical_vae.RELAXATIONS else " (unused)"))
   ax.set_title(f"estimator: {est}")
   fig.legend(loc="lower right")
   fig.savefig(path, dpi=120, bbox_inches="tight")

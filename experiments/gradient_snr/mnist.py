@@ -23,7 +23,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -45,24 +44,15 @@ def groups() -> dict:
 
 def load_point(run_dir: str, step, model: vae.VAE, data_mean: np.ndarray, seed: int):
   """Parameters of ``run_dir`` at checkpoint ``step`` (``'latest'``), or the initialisation
-  of ``train_and_evaluate`` for ``step = 0`` (same seed, same output bias). Read-only."""
+  of ``train_and_evaluate`` for ``step = 0`` (same seed, same output bias). Read-only
+  (:func:`dgmjax.training.restore`, checked against the model's parameter shapes)."""
+  init_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
   if step == 0:
-    root = jax.random.key(seed)
-    init_key, _ = jax.random.split(jax.random.fold_in(root, 1))
     return model.init(init_key, data_mean=data_mean), 0
-  import orbax.checkpoint as ocp
-  directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints directory in {run_dir!r}")
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = mngr.all_steps()
-  if step == "latest":
-    step = max(steps)
-  if int(step) not in steps:
-    raise ValueError(f"{run_dir!r} has checkpoints at steps {sorted(steps)}, not {step}")
-  state = mngr.restore(int(step), args=ocp.args.StandardRestore())
-  mngr.close()
-  return jax.tree.map(jnp.asarray, state["params"]), int(step)
+  like = jax.eval_shape(lambda k: model.init(k, data_mean=data_mean), init_key)
+  params, _, step = training.restore(run_dir, like=like,
+                                     step=step if step == "latest" else int(step))
+  return params, int(step)
 
 
 def _summary(s: diagnostics.GroupSNR) -> dict:
@@ -93,7 +83,9 @@ def measure(config, workdir: str) -> dict:
   if run_cfg.get("max_train_examples"):
     train_images = train_images[:run_cfg["max_train_examples"]]
   steps_per_epoch = train_images.shape[0] // int(run_cfg["batch_size"])
-  model = vae.make(run_cfg["model"], train_images.shape[1:])
+  model = vae.make(run_cfg["model"], train_images.shape[1:],
+                   latent_dims=run_cfg.get("latent_dims") or None,
+                   hidden_dims=run_cfg.get("hidden_dims") or None)
   data_mean = train_images.mean(axis=0)
   test = iwae_train.load_images(data_cfg, "test")
   x = iwae_train.binarize_fixed(test[:int(mc.batch_size)], int(config.seed))

@@ -37,7 +37,7 @@ import time
 import jax
 import numpy as np
 
-from dgmjax import diagnostics, estimators
+from dgmjax import diagnostics, estimators, models
 from experiments.gradient_snr import toy
 
 # Expected slopes of log SNR in log K (Rainforth et al. 2018, Theorem 1; Tucker et al. 2019).
@@ -191,7 +191,7 @@ def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
     @jax.jit
     def pilot(keys, k=k):
       def step(states, kk):
-        terms = estimators.sample_terms(kk, toy.MODEL, problem.params, x, k)
+        terms = models.log_weight_terms(toy.MODEL, problem.params, x, kk, k)
         return tuple(estimators.running_mean_update(
             st, estimators.learning_signal(terms.log_w, objective=o), float(rc.baseline_decay))
                      for st, o in zip(states, objectives_)), None

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dgmjax import distributions, estimators
+from dgmjax import distributions, estimators, models
 
 Array = jax.Array
 
@@ -72,7 +72,7 @@ def _q_loc(params, x: Array) -> Array:
   return x @ phi["A"].T + phi["b"][None]
 
 
-def sample_q(key: Array, params, x: Array) -> Array:
+def sample_q(params, x: Array, key: Array) -> Array:
   """One reparametrized draw ``z = Ax + b + sqrt(2/3) eps``, ``[B, D]``."""
   loc = _q_loc(params, x)
   return distributions.sample_normal(key, loc, jnp.full(loc.shape, _Q_LOG_SCALE, loc.dtype))
@@ -83,14 +83,25 @@ def log_q(params, x: Array, z: Array) -> Array:
   return distributions.normal_log_prob(z, _q_loc(params, x), _Q_LOG_SCALE)
 
 
+def log_prior(params, z: Array) -> Array:
+  """``log p_theta(z) = log N(z; mu, I)``, ``[B]``."""
+  return distributions.normal_log_prob(z, params["theta"]["mu"][None], 0.0)
+
+
+def log_likelihood(params, x: Array, z: Array) -> Array:
+  """``log p(x | z) = log N(x; z, I)``, ``[B]``."""
+  del params
+  return distributions.normal_log_prob(x, z, 0.0)
+
+
 def log_p(params, x: Array, z: Array) -> Array:
   """``log p_theta(x, z) = log N(z; mu, I) + log N(x; z, I)``, ``[B]``."""
-  mu = params["theta"]["mu"]
-  return (distributions.normal_log_prob(z, mu[None], 0.0)
-          + distributions.normal_log_prob(x, z, 0.0))
+  return log_prior(params, z) + log_likelihood(params, x, z)
 
 
-MODEL = estimators.LatentModel(sample_q=sample_q, log_q=log_q, log_p=log_p)
+#: The toy model on the contract of :mod:`dgmjax.models.base`.
+MODEL = models.from_functions(sample_q=sample_q, log_q=log_q, log_prior=log_prior,
+                              log_likelihood=log_likelihood)
 
 
 def log_marginal(params, x: Array) -> Array:
@@ -112,7 +123,7 @@ def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int = 1
   """
 
   def loss(params, key):
-    terms = estimators.sample_terms(key, MODEL, params, x, num_samples)
+    terms = models.log_weight_terms(MODEL, params, x, key, num_samples)
     s = estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=baseline,
                              objective=objective)
     return -jnp.mean(s)

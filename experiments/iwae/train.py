@@ -152,7 +152,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
                   else val_images)
 
     def eval_fn(p, step):
-      b = evaluation.bounds(model.log_weights, p, val_binary,
+      b = evaluation.bounds(model, p, val_binary,
                             jax.random.fold_in(jax.random.fold_in(root, 3), step),
                             ks=(1, config.num_samples), batch_size=config.eval.batch_size)
       return {f"validation_{k}": v for k, v in b.items()}
@@ -178,13 +178,13 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
   if config.eval.get("num_examples"):
     test_x = test_x[:config.eval.num_examples]
   k_bounds, k_nll, k_au, k_fig = jax.random.split(eval_key, 4)
-  bounds = evaluation.bounds(model.log_weights, params, test_x, k_bounds,
+  bounds = evaluation.bounds(model, params, test_x, k_bounds,
                              ks=tuple(config.eval.bound_ks), batch_size=config.eval.batch_size)
   ll = evaluation.log_likelihood(
-      model.log_weights_from_keys, params, test_x, k_nll, num_samples=config.eval.num_samples,
+      model, params, test_x, k_nll, num_samples=config.eval.num_samples,
       sample_chunk=config.eval.sample_chunk, batch_size=config.eval.batch_size,
       progress=_show_progress(config))
-  au = evaluation.active_units(model.posterior_means, params, test_x, k_au,
+  au = evaluation.active_units(model, params, test_x, k_au,
                                threshold=config.eval.active_threshold)
   eval_seconds = time.time() - t_eval
   figures = evaluation.write_sample_figures(model, params, test_x, k_fig, workdir)

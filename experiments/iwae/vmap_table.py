@@ -131,11 +131,11 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
       params = jax.tree.map(lambda a, i=i: a[i], states[g].params)
       key = jax.random.key(1000 + seed)
       k_b, k_ll, k_au = jax.random.split(key, 3)
-      b = evaluation.bounds(model.log_weights, params, test_x, k_b, ks=(1,) + tuple(bound_ks),
+      b = evaluation.bounds(model, params, test_x, k_b, ks=(1,) + tuple(bound_ks),
                             batch_size=min(100, len(test_x)))
-      ll = evaluation.log_likelihood(model.log_weights_from_keys, params, test_x, k_ll,
+      ll = evaluation.log_likelihood(model, params, test_x, k_ll,
                                      num_samples=eval_k, batch_size=min(100, len(test_x)))
-      au = evaluation.active_units(model.posterior_means, params, test_x, k_au)
+      au = evaluation.active_units(model, params, test_x, k_au)
       results.append({"objective": name, "k": k, "seed": seed, "test_nll": -float(ll.mean()),
                       "test_nll_se": float(ll.std(ddof=1) / np.sqrt(len(ll))) if len(ll) > 1
                       else None, **{kk: float(v) for kk, v in b.items()},

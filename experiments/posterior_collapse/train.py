@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import diagnostics, distributions, evaluation, plotting, training
+from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import pixel_vae
 from experiments.discrete import train as discrete_train
 
@@ -72,8 +72,8 @@ def make_schedule(config, run, num_steps: int):
 
 def collapse_diagnostics(model, params, images, key) -> dict:
   """KL per dimension, active units and ELBO surgery (MI, marginal KL) over ``images``."""
-  kl = diagnostics.kl_per_dimension(model.encode, params, images)
-  au = evaluation.active_units(model.posterior_means, params, images, key)["active"][0]
+  kl = diagnostics.kl_per_dimension(model, params, images)
+  au = evaluation.active_units(model, params, images, key)["active"][0]
   s = diagnostics.elbo_surgery(model, params, images, jax.random.fold_in(key, 1), num_samples=1,
                                batch_size=250, chunk_size=500)
   return {"kl_per_dimension": kl.tolist(), "kl": float(kl.sum()), "active_units": int(au),
@@ -138,17 +138,19 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
 
   keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 7), 4)
   t1 = time.time()
-  ll = evaluation.log_likelihood(model.log_weights_from_keys, params, test_x, keys[0],
+  ll = evaluation.log_likelihood(model, params, test_x, keys[0],
                                  num_samples=config.eval.num_samples,
                                  sample_chunk=config.eval.sample_chunk,
                                  batch_size=config.eval.batch_size, progress=_progress(config))
   elbo = _analytic_elbo(model, params, test_x, keys[1], config.eval.batch_size)
   final = collapse_diagnostics(model, params, diag_x, diag_key)
   eval_seconds = time.time() - t1
-  samples = np.asarray(jax.jit(lambda p, k: model.sample(p, k, config.eval.num_model_samples,
-                                                         binary=True))(params, keys[2]))
+  samples = np.asarray(jax.jit(lambda p, k: model_samples(model, p, k,
+                                                         config.eval.num_model_samples))(
+                                                             params, keys[2]))
   shown = test_x[np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)]  # all classes
-  recon = np.asarray(jax.jit(model.reconstruct)(params, shown, keys[3]))
+  recon = np.asarray(jax.jit(lambda p, x, k: reconstructions(model, p, x, k))(params, shown,
+                                                                              keys[3]))
   figs = {
       "samples": os.path.basename(plotting.save_image_grid(
           os.path.join(d, "samples.png"), samples, title=f"{name}: samples x ~ p(x|z), z ~ p(z)")),
@@ -185,15 +187,32 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   return row
 
 
+def model_samples(model, params, key, num: int):
+  """``num`` binary draws of ``p(x)``: ``z ~ p(z)``, then ``x ~ p(x|z)``.
+
+  :func:`dgmjax.models.sample_x` with the same keys, except that the MLP decoder's images are
+  Bernoulli draws rather than means (the PixelCNN's are draws either way), so every run's samples
+  are binary images like the data.
+  """
+  k_z, k_x = jax.random.split(key)
+  return model.decode_sample(params, k_x, model.sample_prior(params, k_z, num), binary=True)
+
+
+def reconstructions(model, params, x, key):
+  """A draw of ``p(x | z)`` at one ``z ~ q(z|x)`` per image (``z`` from the first half of ``key``,
+  the decoder's draw from the second)."""
+  k_z, k_x = jax.random.split(key)
+  return model.decode(params, model.sample_q(params, x, k_z), k_x)
+
+
 def _analytic_elbo(model, params, images, key, batch_size: int) -> dict:
   """Test ELBO with the analytic KL, split into ``E_q log p(x|z)`` (one draw) and KL: nats."""
 
   @jax.jit
   def fn(p, x, k):
-    loc, log_scale = model.encode(p, x)
-    terms = model.log_weight_terms(p, x, k, 1)
-    kl = distributions.kl_normal_standard_normal(loc, log_scale)
-    return terms.log_px_given_z[0], kl
+    d = models.draws(model, p, x, jax.random.split(k, 1))
+    kl = model.kl(p, x).sum(-1)
+    return d.log_likelihood[0], kl
 
   lls, kls = [], []
   for i in range(0, images.shape[0], batch_size):

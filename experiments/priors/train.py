@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import diagnostics, evaluation, plotting, training
+from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import vae
 from experiments.iwae import train as iwae_train
 
@@ -54,7 +54,7 @@ def variant_spec(variant: str) -> tuple[str, str]:
 
 
 def build_model(config, variant: str, image_shape, *, latent_dims=None, hidden_dims=None,
-                model_name=None) -> vae.PriorVAE:
+                model_name=None) -> models.PriorVAE:
   prior, posterior = variant_spec(variant)
   return vae.make_prior_vae(
       model_name or config.model, image_shape, prior=prior, posterior=posterior,
@@ -116,9 +116,9 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
   t_eval = time.time()
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   k_bounds, k_nll, k_surgery, k_au, k_fig = jax.random.split(eval_key, 5)
-  bounds = evaluation.bounds(model.log_weights, params, test_x, k_bounds,
+  bounds = evaluation.bounds(model, params, test_x, k_bounds,
                              ks=tuple(config.eval.bound_ks), batch_size=config.eval.batch_size)
-  ll = evaluation.log_likelihood(model.log_weights_from_keys, params, test_x, k_nll,
+  ll = evaluation.log_likelihood(model, params, test_x, k_nll,
                                  num_samples=config.eval.num_samples,
                                  sample_chunk=config.eval.sample_chunk,
                                  batch_size=config.eval.batch_size,
@@ -127,7 +127,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
                                      num_samples=config.surgery.num_samples,
                                      batch_size=config.surgery.batch_size,
                                      chunk_size=config.surgery.chunk_size)
-  au = evaluation.active_units(model.posterior_means, params, test_x, k_au,
+  au = evaluation.active_units(model, params, test_x, k_au,
                                threshold=config.eval.active_threshold)
   figures = evaluation.write_sample_figures(model, params, test_x, k_fig, vdir)
   figures["training_curve"] = plotting.save_training_curve(
@@ -156,8 +156,8 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
   }
   np.save(os.path.join(vdir, "test_log_likelihood.npy"), ll)  # per image, for paired comparisons
   if variant == "standard":  # KL per dimension is defined against the factorised N(0, I)
-    kl_dims = diagnostics.kl_per_dimension(lambda p, x: model.base.encode(p["vae"], x, 0),
-                                           params, test_x, batch_size=config.eval.batch_size)
+    kl_dims = diagnostics.kl_per_dimension(model.base, params["base"], test_x,
+                                           batch_size=config.eval.batch_size)
     results["kl_per_dimension"] = [float(v) for v in kl_dims]
   with open(os.path.join(vdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -180,11 +180,11 @@ def run_two_d(config, train_images, workdir: str) -> dict:
     wdir = os.path.join(workdir, "two_d", name)
     os.makedirs(wdir, exist_ok=True)
     params, _, _, _ = _train(config, model, train_images, wdir, td.num_epochs, seed_offset=0)
-    means = np.asarray(model.posterior_means(params, x_data, jax.random.key(0))[0])
+    means = np.asarray(models.posterior_means(model, params, x_data, jax.random.key(0))[0])
     lim = float(np.clip(np.quantile(np.abs(means), 0.99) * 1.3, 3.0, 10.0))
     g = np.linspace(-lim, lim, td.grid_size, dtype=np.float32)
     grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    log_p = np.asarray(jax.jit(model.prior_log_prob)(params, jnp.asarray(grid)))
+    log_p = np.asarray(jax.jit(model.log_prior)(params, jnp.asarray(grid)))
     log_agg = diagnostics.aggregate_posterior_log_prob(model, params, grid, x_data,
                                                        chunk_size=config.surgery.chunk_size)
     s = diagnostics.elbo_surgery(model, params, x_data, jax.random.key(1),

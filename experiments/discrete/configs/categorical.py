@@ -1,8 +1,16 @@
-"""Jang et al. (2017)'s categorical VAE on fixed-binarization MNIST, three estimators.
+"""Jang et al. (2017)'s categorical VAE on fixed-binarization MNIST, one run per estimator.
 
 ``--config=experiments/discrete/configs/categorical.py[:<epochs>]`` (default 10 epochs; the paper's
 code trains 100 epochs: 50,000 steps of batch 100). Temperature: tau = max(0.5, exp(-3e-5 t)),
 updated every 1000 steps, as the paper's code.
+
+Estimators (``config.estimators``, any of ``experiments.discrete.train.ESTIMATORS``): ``gumbel``,
+``st`` (straight-through), ``reinforce`` (leave-one-out minibatch baseline), ``vimco``
+(``vimco_num_samples`` samples per image: it trains the IWAE bound L_K) and ``nvil`` (REINFORCE
+with a learned input-dependent baseline, an MLP of ``nvil.hidden`` tanh units whose output is
+scaled by ``nvil.output_scale`` nats). Every run has the same steps, batch and initial model
+weights; the default is Jang et al.'s three, e.g. ``--config.estimators="('vimco','nvil')"`` for
+the others.
 """
 
 import ml_collections
@@ -15,6 +23,10 @@ def get_config(arg: str = "10"):
   c.data_dir = ""
   c.max_train_examples = 0
   c.estimators = ("gumbel", "st", "reinforce")
+  c.vimco_num_samples = 5       # K of VIMCO (Mnih & Rezende 2016 use 2 to 50)
+  c.nvil = ml_collections.ConfigDict()
+  c.nvil.hidden = (100,)        # Mnih & Gregor's input-dependent baseline: one layer of 100
+  c.nvil.output_scale = 100.0
   c.num_vars = 20
   c.num_classes = 10
   c.hidden_dims = (512, 256)
