@@ -74,6 +74,28 @@ def _patch_data(monkeypatch, images_by_split):
   monkeypatch.setattr(train.data, "load", fake_load)
 
 
+def test_resume_with_a_changed_training_setting_is_refused(tmp_path):
+  c = _tiny_config()
+  c.stop_after_steps = 5
+  train.train_and_evaluate(c, str(tmp_path))
+  changed = _tiny_config()
+  changed.learning_rate = 3e-4
+  changed.seed = 7
+  with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.0003; seed: 0 -> 7"):
+    train.train_and_evaluate(changed, str(tmp_path), resume=True)
+  evaluation_only = _tiny_config()
+  evaluation_only.eval.num_samples = 20           # evaluation settings may change on resume
+  evaluation_only.stop_after_steps = 10
+  assert train.train_and_evaluate(evaluation_only, str(tmp_path), resume=True) == {
+      "stopped_at": 10}
+  allowed = train.train_and_evaluate(changed, str(tmp_path), resume=True,
+                                     allow_config_change=("learning_rate", "seed"))
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["learning_rate"] == 3e-4 and saved["resume_changes"][-1]["seed"] == {
+      "saved": 0, "now": 7}
+  assert allowed["steps"] > 10
+
+
 @pytest.mark.parametrize("bad_split, images, match", [
     ("train", np.full((10, 8, 8, 1), 1.5, np.float32), r"digits/train image values must lie in \[0, 1\]"),
     ("test", -np.ones((10, 8, 8, 1), np.float32), r"digits/test image.*\[-1, -1\]"),

@@ -491,12 +491,13 @@ def run_codebook(config, workdir: str, resume: bool = False) -> dict:
 STUDIES = {"categorical": run_categorical, "vqvae": run_vqvae, "codebook": run_codebook}
 
 
-def run(config, workdir: str, resume: bool = False) -> dict:
+def run(config, workdir: str, resume: bool = False, allow_config_change=False) -> dict:
   if config.study not in STUDIES:
     raise ValueError(f"config.study must be one of {sorted(STUDIES)}, got {config.study!r}")
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  # a resumed run continues what was trained: a changed training setting is refused
+  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
   return STUDIES[config.study](config, workdir, resume)
 
 

@@ -17,6 +17,9 @@ config_flags.DEFINE_config_file("config", None, "Configuration file (configs/*.p
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and figures.")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "With --resume: continue although training settings differ from the saved "
+                  "config.json (the changes are recorded there under resume_changes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,7 +28,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
     logging.set_verbosity(logging.WARNING)
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
+      allow_config_change=FLAGS.allow_config_change)
   if "stopped_at" in results:
     print(f"stopped at step {results['stopped_at']}")
     return

@@ -93,7 +93,8 @@ def _round_up(n: int, multiple: int) -> int:
   return max(multiple, int(math.ceil(n / multiple)) * multiple)
 
 
-def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, *, resume: bool = False,
+                       allow_config_change=False) -> dict:
   """Trains the configured model, evaluates it on the test split, writes results and figures.
 
   All data checks run before any training: an empty split, images outside [0, 1] (the decoder is a
@@ -103,14 +104,17 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     config: an ``ml_collections.ConfigDict`` (see ``configs/``).
     workdir: output directory.
     resume: continue from the latest checkpoint in ``workdir`` (exactly, as if never stopped).
+    allow_config_change: on resume, allow training settings that differ from the saved
+      ``config.json`` (``True`` or key globs; see :func:`dgmjax.training.record_config`).
 
   Returns:
     The results dictionary (also written to ``workdir/results.json``).
   """
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  # a resumed run continues what was trained: a changed training setting is refused
+  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
 
   # a bad setting fails here, before anything is loaded
   microbatch = training.resolve_microbatch(config.get("microbatch"), config.batch_size,

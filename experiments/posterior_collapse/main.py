@@ -19,6 +19,9 @@ config_flags.DEFINE_config_file("config", None, "Configuration file (configs/*.p
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and figures "
                     "(one subfolder per run).")
 flags.DEFINE_bool("resume", False, "Continue each run from its latest checkpoint in --workdir.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "With --resume: continue although training settings differ from the saved "
+                  "config.json (the changes are recorded there under resume_changes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +30,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  out = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
+  out = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
+      allow_config_change=FLAGS.allow_config_change)
   if "stopped_at" in out:
     print(f"stopped at step {out['stopped_at']} of run {out['run']}")
     return

@@ -298,7 +298,8 @@ def samples_figure(workdir: str, names) -> str:
 # ----------------------------------------------------------------------------- study
 
 
-def train_and_evaluate(config, workdir: str, resume: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, resume: bool = False,
+                       allow_config_change=False) -> dict:
   """Runs ``config.selected`` (resuming each from its checkpoints if ``resume``) and writes the
   study's ``summary.json`` and figures."""
   os.makedirs(workdir, exist_ok=True)
@@ -309,8 +310,9 @@ def train_and_evaluate(config, workdir: str, resume: bool = False) -> dict:
   for name in config.selected:
     if name not in config.runs:
       raise ValueError(f"unknown run {name!r}; runs: {sorted(config.runs)}")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  # a resumed run continues what was trained: a changed training setting is refused
+  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
   rows = {}
   for name in config.selected:
     row = run_one(name, config, train_x, test_x, diag_x, workdir, resume)
