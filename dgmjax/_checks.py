@@ -1,8 +1,20 @@
 """Argument checks shared by the core modules.
 
-Checks run at trace time on static information (shapes, Python scalars, concrete arrays), so they
-cost nothing inside a jitted function and raise before any work is done. Values that are traced
-(for example a temperature that is annealed inside a jitted step) cannot be checked and pass.
+Checks run at trace time on static information (shapes, dtypes, Python scalars, concrete arrays),
+so they cost nothing inside a jitted function and raise before any work is done.
+
+The rule for values (data and settings):
+
+* **Concrete** (a Python number, a NumPy array, a JAX array outside ``jit``; anything that is not
+  a ``jax.core.Tracer``): checked on the host; a bad value raises ``ValueError`` naming the
+  argument, what was expected and what was given (the first offending entry and its index).
+* **Traced** (inside ``jit`` / ``vmap`` / ``grad`` with respect to that argument): Python cannot
+  look at the value. Densities then return NaN for the entries off their support
+  (:func:`nan_unless`, one fused elementwise select: on-support values and gradients are
+  unchanged), and functions that cannot produce NaN document their contract instead.
+* Wrong **types** (a bool or float for an int, a float array of class indices) raise
+  :class:`ArgumentTypeError`, a ``TypeError`` that is also a ``ValueError``; dtypes and shapes
+  are static, so these raise under ``jit`` too.
 """
 
 from __future__ import annotations
@@ -44,8 +56,8 @@ def check_broadcast(**arrays) -> tuple[int, ...]:
 
 def normalize_axis(name: str, axis: int, ndim: int) -> int:
   """Returns ``axis`` as a non-negative index into an array of rank ``ndim``."""
-  if not isinstance(axis, (int, np.integer)):
-    raise TypeError(f"axis must be an int, got {axis!r}")
+  if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+    raise ArgumentTypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
   if not -ndim <= axis < ndim:
     raise ValueError(f"axis={axis} is out of range for {name} of rank {ndim}")
   return int(axis) % ndim
@@ -64,8 +76,7 @@ def check_num_samples(name: str, x, axis: int) -> int:
 
 def event_axes(name: str, x, event_ndims: int) -> tuple[int, ...]:
   """The trailing ``event_ndims`` axes of ``x`` (checked to exist)."""
-  if not isinstance(event_ndims, (int, np.integer)) or event_ndims < 0:
-    raise ValueError(f"event_ndims must be a non-negative int, got {event_ndims!r}")
+  event_ndims = check_int("event_ndims", event_ndims, minimum=0)
   if event_ndims > np.ndim(x):
     raise ValueError(
         f"event_ndims={event_ndims} exceeds the rank of {name} (shape {np.shape(x)})")
@@ -80,3 +91,129 @@ def broadcast(**arrays):
   import jax.numpy as jnp
   shape = check_broadcast(**arrays)
   return tuple(jnp.broadcast_to(jnp.asarray(a), shape) for a in arrays.values())
+
+
+# ----------------------------------------------------------------------------- types and values
+
+
+class ArgumentTypeError(TypeError, ValueError):
+  """An argument of the wrong type (a bool or a float where an int is needed, a float array of
+  class indices, ...).
+
+  A :class:`TypeError`, and also a :class:`ValueError`, so that code written to catch the
+  ``ValueError`` of a bad argument keeps catching it.
+  """
+
+
+def check_int(name: str, value, *, minimum: int | None = None) -> int:
+  """A static integer argument as a Python ``int``.
+
+  Accepts Python ints, NumPy integers and 0-d concrete integer arrays. Rejects bools, floats
+  (also integral ones such as ``2.0``), strings and traced values with :class:`ArgumentTypeError`,
+  and values below ``minimum`` with ``ValueError``; both messages name the argument.
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise ArgumentTypeError(
+        f"{name} must be a static Python int, got a traced value ({value.aval}); pass it as a "
+        "static argument (e.g. static_argnames) or close over it")
+  if isinstance(value, (bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be an int, got the bool {value!r}")
+  if isinstance(value, (int, np.integer)):
+    v = int(value)
+  elif (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0
+        and np.issubdtype(value.dtype, np.integer)):
+    v = int(value)
+  else:
+    raise ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+  if minimum is not None and v < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
+  return v
+
+
+def check_bool(name: str, value) -> bool:
+  """A static flag as a Python ``bool`` (``True``/``False`` or a NumPy bool), else a TypeError."""
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  raise ArgumentTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _host(value) -> np.ndarray:
+  """A concrete value as a NumPy array (floating values as float64 for exact comparisons)."""
+  arr = np.asarray(value)
+  if np.issubdtype(arr.dtype, np.floating) or arr.dtype.kind == "V" or str(arr.dtype) in (
+      "bfloat16", "float8_e4m3fn", "float8_e5m2"):
+    arr = arr.astype(np.float64)
+  return arr
+
+
+def _first_bad(shown: np.ndarray, bad: np.ndarray) -> str:
+  idx = tuple(int(i) for i in np.argwhere(bad)[0])
+  first = shown[idx]
+  first = first.item() if hasattr(first, "item") else first
+  return (f"{int(np.count_nonzero(bad))} of {shown.size} value(s) are not, the first "
+          f"{first!r} at index {idx} (shape {shown.shape})")
+
+
+def check_finite(name: str, value, what: str = "") -> None:
+  """Raises ValueError if ``value`` is concrete and holds NaN or infinite entries.
+
+  Traced values pass unchecked (the caller documents what happens to them).
+  """
+  if not is_concrete(value):
+    return
+  arr = _host(value)
+  if not np.issubdtype(arr.dtype, np.inexact):
+    return
+  for kind, bad in (("NaN", np.isnan(arr)), ("infinite", np.isinf(arr))):
+    n = int(np.count_nonzero(bad))
+    if n:
+      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f"{name} contains {n} {kind} value(s), the first at index {first} "
+                       f"(shape {arr.shape}){'; ' + what if what else ''}")
+
+
+def check_values(name: str, value, ok, expected: str) -> None:
+  """Raises ValueError if ``value`` is concrete and ``ok(array)`` is False somewhere.
+
+  Args:
+    name: the argument's name, used in the message.
+    value: the argument.
+    ok: a function of a NumPy array (floating values in float64) returning a boolean mask of the
+      valid entries (NaN must map to False).
+    expected: what the entries must be, e.g. ``"in {0, 1}"``.
+  """
+  if not is_concrete(value):
+    return
+  arr = _host(value)
+  good = np.broadcast_to(np.asarray(ok(arr), bool), arr.shape)
+  if not np.all(good):
+    raise ValueError(f"{name} must be {expected}: {_first_bad(np.asarray(value), ~good)}")
+
+
+def check_dtype(name: str, value, kind: str) -> None:
+  """Raises :class:`ArgumentTypeError` unless ``value``'s dtype is of ``kind``.
+
+  ``kind`` is ``"integer"`` (bool excluded) or ``"floating"``. Dtypes are static, so this also
+  runs on traced values.
+  """
+  dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+  if kind == "integer":
+    good = np.issubdtype(dtype, np.integer) and dtype != np.bool_
+  elif kind == "floating":
+    good = jax.numpy.issubdtype(dtype, jax.numpy.floating)
+  else:
+    raise ValueError(f"unknown dtype kind {kind!r}")
+  if not good:
+    article = "an" if kind == "integer" else "a"
+    raise ArgumentTypeError(f"{name} must have {article} {kind} dtype, got {dtype}")
+
+
+def nan_unless(valid, value):
+  """``value`` where ``valid``, NaN elsewhere (the traced form of a failed check).
+
+  One elementwise select that XLA fuses into its producer; on-support values and their gradients
+  are unchanged.
+  """
+  import jax.numpy as jnp
+  value = jnp.asarray(value)
+  return jnp.where(valid, value, jnp.asarray(jnp.nan, value.dtype))

@@ -268,11 +268,17 @@ def _prepare(name, cache, data_dir, backend):
 
 
 def binarize(key, images):
-  """Dynamic binarization: one Bernoulli draw per pixel, ``x_bin = (u <= x)``, u ~ U[0, 1).
+  """Dynamic binarization: one Bernoulli draw per pixel, ``x_bin = (u < x)``, u ~ U[0, 1).
 
-  Pure and jittable; call it with a fresh key for every minibatch (Burda et al. 2016).
+  Pure and jittable; call it with a fresh key for every minibatch (Burda et al. 2016). The strict
+  ``<`` makes ``P(x_bin = 1) = x`` exactly: a 0 pixel always gives 0 and a 1 pixel always 1.
 
-  .. math:: x_{\\mathrm{bin}} = \\mathbb{1}[u \\le x], \\quad u \\sim \\mathcal{U}[0, 1)
+  .. math:: x_{\\mathrm{bin}} = \\mathbb{1}[u < x], \\quad u \\sim \\mathcal{U}[0, 1)
+
+  Bad input: ``images`` must be grey levels in [0, 1] (8-bit pixels divided by 255). Concrete
+  images with NaN, infinite or out-of-range values (e.g. raw uint8 levels 0..255) raise
+  ``ValueError`` naming ``images`` and the first bad pixel; traced ones give NaN at those pixels
+  (never a silent 0 or 1). A non-numeric dtype raises ``TypeError``.
 
   Args:
     key: a JAX PRNG key.
@@ -282,16 +288,32 @@ def binarize(key, images):
     A JAX array of the shape of ``images`` with values in ``{0, 1}``; dtype follows a floating
     ``images`` (float32 otherwise).
 
+  Raises:
+    ValueError: concrete ``images`` outside [0, 1] or not finite.
+    TypeError: ``images`` of a bool, complex or non-numeric dtype.
+
   References:
     Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dgmjax import _checks  # pylint: disable=g-import-not-at-top
 
-  images = jnp.asarray(images)
+  concrete = _checks.is_concrete(images)
+  images = jnp.asarray(images) if concrete else images
+  if images.dtype == jnp.bool_ or not (jnp.issubdtype(images.dtype, jnp.floating)
+                                       or jnp.issubdtype(images.dtype, jnp.integer)):
+    raise _checks.ArgumentTypeError(
+        f"images must have a real floating or integer dtype, got {images.dtype}")
+  _checks.check_values("images", images, lambda a: (a >= 0) & (a <= 1),
+                       "grey levels in [0, 1] (finite; divide 8-bit pixels by 255)")
   dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
+  x = images.astype(dtype)
   u = jax.random.uniform(key, images.shape, dtype=dtype)
-  return (u <= images.astype(dtype)).astype(dtype)
+  out = (u < x).astype(dtype)
+  if not concrete:
+    out = _checks.nan_unless((x >= 0) & (x <= 1), out)
+  return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from dgmjax import _checks
@@ -34,7 +35,12 @@ def sample_gumbel(key: Array, shape=(), dtype=jnp.float32) -> Array:
 
   Returns:
     ``shape`` array of ``dtype``.
+
+  Raises:
+    TypeError: ``dtype`` is not a floating dtype.
   """
+  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    raise _checks.ArgumentTypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
   tiny = float(jnp.finfo(dtype).tiny)
   u = jax.random.uniform(key, shape, dtype, minval=tiny, maxval=1.0)
   return -jnp.log(-jnp.log(u))
@@ -52,7 +58,11 @@ def gumbel_max(key: Array, logits: Array, axis: int = -1) -> Array:
 
   Returns:
     int32 indices, ``logits`` shape without ``axis``.
+
+  Raises:
+    TypeError: ``logits`` of a non-floating dtype (also under ``jit``).
   """
+  _checks.check_dtype("logits", logits, "floating")
   g = sample_gumbel(key, jnp.shape(logits), jnp.result_type(logits))
   return jnp.argmax(logits + g, axis=axis)
 
@@ -80,8 +90,43 @@ def straight_through(hard: Array, soft: Array) -> Array:
   return lax.stop_gradient(hard) + (soft - lax.stop_gradient(soft))
 
 
+def _temperature(temperature, shape: tuple[int, ...], axis: int, dtype) -> Array:
+  """``temperature`` as an array of ``dtype`` with the rank of ``shape`` and 1 on ``axis``.
+
+  Rule: a scalar, or an array that broadcasts against ``shape`` *with size 1 on the class axis*
+  (one temperature per categorical variable, e.g. ``[B, 1]`` for ``[B, C]`` logits). A ``[B]``
+  temperature for ``[B, C]`` logits would line up with the class axis under NumPy broadcasting
+  (silently, when ``B == C``), so it raises instead. Concrete temperatures must be finite and
+  ``> 0`` (``ValueError``); traced ones that are not become NaN, so the result is NaN.
+  """
+  t = jnp.asarray(temperature) if _checks.is_concrete(temperature) else temperature
+  if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)) or (
+      t.dtype == jnp.bool_):
+    raise _checks.ArgumentTypeError(f"temperature must be a real number, got dtype {t.dtype}")
+  _checks.check_values("temperature", t, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
+  t = t.astype(dtype)
+  if t.ndim:
+    rank = len(shape)
+    full = (1,) * (rank - t.ndim) + tuple(t.shape) if t.ndim <= rank else None
+    if full is None or full[axis] != 1:
+      raise ValueError(
+          f"temperature with shape {tuple(t.shape)} would broadcast against the class axis "
+          f"{axis - rank} of logits with shape {shape}: pass a scalar, or one temperature per "
+          "categorical variable with size 1 on the class axis (e.g. temperature[..., None], "
+          f"shape {tuple(t.shape) + (1,)})")
+    try:
+      jnp.broadcast_shapes(full, shape)
+    except ValueError:
+      raise ValueError(f"temperature with shape {tuple(t.shape)} does not broadcast against "
+                       f"logits with shape {shape}") from None
+    t = jnp.reshape(t, full)
+  if not _checks.is_concrete(t):
+    t = jnp.where(jnp.isfinite(t) & (t > 0), t, jnp.asarray(jnp.nan, dtype))
+  return t
+
+
 def gumbel_softmax(key: Array, logits: Array, temperature, axis: int = -1, *,
-                   hard: bool = False) -> Array:
+                   hard: bool = False, log_space: bool = False) -> Array:
   """A Gumbel-softmax (Concrete) relaxed one-hot sample.
 
   .. math:: y = \\mathrm{softmax}((l + g) / \\tau)
@@ -90,24 +135,46 @@ def gumbel_softmax(key: Array, logits: Array, temperature, axis: int = -1, *,
   for the same noise), and the gradient is that of the relaxed ``y`` (straight-through
   Gumbel-softmax).
 
+  Entries of ``y`` are floored at the smallest normal number of the dtype (``1.2e-38`` in
+  float32), where they would otherwise underflow to 0 at low temperature (at ``tau = 0.05`` in
+  float32 most samples have such entries); so every sample lies in the open simplex and
+  :func:`concrete_log_prob` is finite at it (the density of the point returned). The floor moves
+  a sample by less than ``C * 1.2e-38`` and its entries get no gradient. For the sample itself in
+  log space, exact at any temperature, use ``log_space=True`` (returns ``log y``, to be passed to
+  ``concrete_log_prob(..., log_space=True)``).
+
   Args:
     key: a JAX PRNG key.
     logits: ``[..., C]`` unnormalised log-probabilities.
-    temperature: ``tau > 0`` (Python scalar or array; may be traced for annealing).
+    temperature: ``tau > 0``: a Python scalar or an array, may be traced for annealing. An array
+      must have size 1 on the class axis (e.g. ``[B, 1]`` for ``[B, C]`` logits); a ``[B]``
+      temperature raises ``ValueError`` instead of broadcasting against the classes. Concrete
+      non-positive or non-finite values raise ``ValueError``; traced ones give NaN samples.
     axis: class axis.
     hard: straight-through one-hot forward.
+    log_space: return ``log y`` (``log_softmax``) instead of ``y``; not with ``hard``.
 
   Returns:
-    ``[..., C]`` on the simplex, dtype of ``logits``.
+    ``[..., C]`` on the simplex (or its log), dtype of ``logits``.
 
   References:
     Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
     Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017.
   """
-  _checks.check_positive("temperature", temperature)
+  hard = _checks.check_bool("hard", hard)
+  log_space = _checks.check_bool("log_space", log_space)
+  if hard and log_space:
+    raise ValueError("hard=True and log_space=True do not combine: a one-hot sample has no "
+                     "finite log")
+  _checks.check_dtype("logits", logits, "floating")
+  axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
   dtype = jnp.result_type(logits)
+  tau = _temperature(temperature, jnp.shape(logits), axis, dtype)
   g = sample_gumbel(key, jnp.shape(logits), dtype)
-  y = jax.nn.softmax((logits + g) / jnp.asarray(temperature, dtype), axis=axis)
+  z = (logits + g) / tau
+  if log_space:
+    return jax.nn.log_softmax(z, axis=axis)
+  y = jnp.maximum(jax.nn.softmax(z, axis=axis), jnp.finfo(dtype).tiny)
   if not hard:
     return y
   one_hot = jax.nn.one_hot(jnp.argmax(y, axis=axis), jnp.shape(logits)[axis], dtype=dtype,
@@ -115,7 +182,13 @@ def gumbel_softmax(key: Array, logits: Array, temperature, axis: int = -1, *,
   return straight_through(one_hot, y)
 
 
-def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1) -> Array:
+def _simplex_tolerance(dtype) -> float:
+  """How far ``sum(y)`` may be from 1 for ``y`` to count as a point of the simplex."""
+  return max(1e-4, 16 * float(jnp.finfo(dtype).eps))
+
+
+def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1, *,
+                      log_space: bool = False) -> Array:
   """Log-density of the Concrete (Gumbel-softmax) distribution on the simplex.
 
   Density with respect to Lebesgue measure on the first ``C - 1`` coordinates of the simplex,
@@ -123,11 +196,22 @@ def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1) -> A
 
   .. math:: \\log p(y) = \\log (C-1)! + (C-1)\\log\\tau + \\sum_k (l_k - (\\tau+1)\\log y_k) - C\\,\\mathrm{logsumexp}_k(l_k - \\tau\\log y_k)
 
+  Support: the open simplex, ``y_k > 0`` and ``sum_k y_k = 1`` (to ``max(1e-4, 16 eps)``).
+  Off-support ``y`` (a zero or negative entry, a vertex such as a straight-through sample, a sum
+  away from 1, NaN): concrete ``y`` raises ``ValueError`` naming ``y``; traced ``y`` gives NaN
+  for those vectors. :func:`gumbel_softmax` floors its entries at the smallest normal number, so
+  its samples are always on the support. At low temperature, pass ``log y`` with
+  ``log_space=True`` (e.g. ``gumbel_softmax(..., log_space=True)``): it needs no floor and is
+  exact at any temperature.
+
   Args:
-    y: points on the open simplex, ``[..., C]``.
+    y: points on the open simplex, ``[..., C]`` (or their logs with ``log_space=True``: finite,
+      with ``logsumexp = 0`` on ``axis``).
     logits: ``l = log alpha``, ``[..., C]`` (broadcastable).
-    temperature: ``tau > 0``.
+    temperature: ``tau > 0``, a scalar or an array with size 1 on the class axis (see
+      :func:`gumbel_softmax`).
     axis: simplex axis.
+    log_space: ``y`` holds ``log y``.
 
   Returns:
     ``[...]``.
@@ -135,12 +219,41 @@ def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1) -> A
   References:
     Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017, Definition 1.
   """
-  _checks.check_positive("temperature", temperature)
+  log_space = _checks.check_bool("log_space", log_space)
+  _checks.check_dtype("y", y, "floating")
   y, logits = _checks.broadcast(y=y, logits=logits)
+  axis = _checks.normalize_axis("y", axis, jnp.ndim(y))
   c = jnp.shape(y)[axis]
   dtype = jnp.result_type(y, logits)
-  tau = jnp.asarray(temperature, dtype)
-  log_y = jnp.log(y)
-  return (math.lgamma(c) + (c - 1) * jnp.log(tau)
-          + jnp.sum(logits - (tau + 1.0) * log_y, axis=axis)
-          - c * jax.nn.logsumexp(logits - tau * log_y, axis=axis))
+  tol = _simplex_tolerance(dtype)
+  if _checks.is_concrete(y):
+    if log_space:
+      _checks.check_values("y", y, lambda a: np.isfinite(a) & (a <= tol),
+                           "finite log-probabilities (log y <= 0, no -inf: the open simplex)")
+      total = jax.nn.logsumexp(jnp.asarray(y, jnp.promote_types(dtype, jnp.float32)), axis=axis)
+      _checks.check_values("logsumexp of log y over the simplex axis", total,
+                           lambda a: np.abs(a) <= tol, f"0 (to {tol:g}): y must sum to 1")
+    else:
+      _checks.check_values("y", y, lambda a: np.isfinite(a) & (a > 0),
+                           "in the open simplex (entries > 0; a one-hot vertex has no density)")
+      total = jnp.sum(jnp.asarray(y, jnp.promote_types(dtype, jnp.float32)), axis=axis)
+      _checks.check_values("y summed over the simplex axis", total,
+                           lambda a: np.abs(a - 1) <= tol, f"1 (to {tol:g})")
+  tau = _temperature(temperature, jnp.shape(y), axis, dtype)
+  shape = jnp.broadcast_shapes(jnp.shape(y), jnp.shape(tau))
+  y, logits = jnp.broadcast_to(y, shape), jnp.broadcast_to(logits, shape)
+  tau = jnp.broadcast_to(tau, shape[:axis] + (1,) + shape[axis + 1:])
+  log_y = y if log_space else jnp.log(y)
+  lp = (math.lgamma(c) + (c - 1) * jnp.squeeze(jnp.log(tau), axis)
+        + jnp.sum(logits - (tau + 1.0) * log_y, axis=axis)
+        - c * jax.nn.logsumexp(logits - tau * log_y, axis=axis))
+  if not _checks.is_concrete(y):
+    wide = jnp.promote_types(dtype, jnp.float32)
+    if log_space:
+      ok = (jnp.all(jnp.isfinite(y) & (y <= tol), axis=axis)
+            & (jnp.abs(jax.nn.logsumexp(y.astype(wide), axis=axis)) <= tol))
+    else:
+      ok = (jnp.all(jnp.isfinite(y) & (y > 0), axis=axis)
+            & (jnp.abs(jnp.sum(y.astype(wide), axis=axis) - 1) <= tol))
+    lp = _checks.nan_unless(ok, lp)
+  return lp

@@ -4,6 +4,13 @@ Every bound here takes log-weights ``log w_k = log p(x, z_k) - log q(z_k | x)``,
 ``axis`` (default 0, so ``[K, B]``), and returns one value per remaining index (``[B]``). Models
 build log-weights; these functions reduce them, so one implementation serves every model.
 Averaging over the batch is left to the caller.
+
+Bad input: integer settings (``num_groups``, ``axis``) are Python or NumPy ints; bools, floats
+and traced values raise :class:`~dgmjax._checks.ArgumentTypeError` (a ``TypeError`` that is also a
+``ValueError``) naming the argument, out-of-range ones ``ValueError``. Weights (``beta``,
+``lam``) are checked when concrete (``ValueError``) and, when traced (annealed inside ``jit``),
+make the result NaN if they are out of range. Log-weights are not checked: ``-inf`` is a valid
+log-weight (handled exactly), and NaN in gives NaN out.
 """
 
 from __future__ import annotations
@@ -11,9 +18,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from dgmjax import _checks
 
 Array = jax.Array
+
+
+def _traced_in_range(value, lo, hi):
+  """``value`` itself when concrete (already checked); when traced, NaN where outside [lo, hi]."""
+  if _checks.is_concrete(value):
+    return value
+  ok = jnp.isfinite(value) & (value >= lo)
+  if hi is not None:
+    ok = ok & (value <= hi)
+  return jnp.where(ok, value, jnp.nan)
 
 
 def _all_neg_inf(x: Array, axis: int) -> Array:
@@ -165,7 +184,8 @@ def beta_elbo(log_likelihood: Array, kl: Array, beta=1.0, axis: int = 0) -> Arra
   Args:
     log_likelihood: ``log p(x | z_k)``, ``[K, B]``.
     kl: ``[B]`` (analytic) or ``[K, B]`` (single-sample ``log q - log p``, averaged over ``axis``).
-    beta: KL weight, ``>= 0`` (may be traced for annealing).
+    beta: KL weight, finite and ``>= 0`` (may be traced for annealing; a traced negative or
+      non-finite ``beta`` gives NaN).
     axis: sample axis.
 
   Returns:
@@ -176,11 +196,11 @@ def beta_elbo(log_likelihood: Array, kl: Array, beta=1.0, axis: int = 0) -> Arra
     Space, CoNLL 2016 (annealing).
   """
   axis = _checks.check_num_samples("log_likelihood", log_likelihood, axis)
-  _checks.check_nonnegative("beta", beta)
+  _checks.check_values("beta", beta, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
   ll = jnp.mean(log_likelihood, axis=axis)
   kl = _mean_over_samples(kl, log_likelihood, axis, "kl")
   _checks.check_broadcast(log_likelihood_reduced=ll, kl=kl)
-  return ll - beta * kl
+  return ll - _traced_in_range(beta, 0.0, None) * kl
 
 
 def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -> Array:
@@ -194,10 +214,11 @@ def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -
 
   Args:
     kl: per-dimension KL, ``[B, D]`` (latent dimensions last, batch on ``axis``).
-    lam: the floor ``lambda >= 0`` in nats per dimension (or per group).
+    lam: the floor ``lambda >= 0`` in nats per dimension (or per group); a traced negative or
+      non-finite ``lam`` gives NaN.
     axis: the minibatch axis averaged over.
-    num_groups: if given, the ``D`` dimensions are split into this many equal contiguous groups and
-      the floor applies to each group's summed KL.
+    num_groups: if given (a Python or NumPy int), the ``D`` dimensions are split into this many
+      equal contiguous groups and the floor applies to each group's summed KL.
 
   Returns:
     A scalar: the penalty replacing ``mean_batch(sum_j KL_j)`` in the negative ELBO.
@@ -206,7 +227,7 @@ def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -
     Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016,
     Appendix C.8.
   """
-  _checks.check_nonnegative("lam", lam)
+  _checks.check_values("lam", lam, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
   if jnp.ndim(kl) < 1:
     raise ValueError(f"kl must have a latent-dimension axis last, got shape {jnp.shape(kl)}")
   axis = _checks.normalize_axis("kl", axis, jnp.ndim(kl))
@@ -216,11 +237,13 @@ def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -
   per_dim = jnp.mean(kl, axis=axis)
   if num_groups is not None:
     d = jnp.shape(per_dim)[-1]
+    num_groups = _checks.check_int("num_groups", num_groups)
     if num_groups < 1 or d % num_groups:
       raise ValueError(f"num_groups={num_groups} must be >= 1 and divide the {d} latent "
                        "dimensions of kl")
     per_dim = jnp.sum(per_dim.reshape(per_dim.shape[:-1] + (num_groups, d // num_groups)),
                       axis=-1)
+  lam = _traced_in_range(lam, 0.0, None)
   return jnp.sum(jnp.maximum(per_dim, jnp.asarray(lam, per_dim.dtype)))
 
 
@@ -228,7 +251,8 @@ def _split_groups(log_weights: Array, num_groups: int, axis: int) -> tuple[Array
   log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
   n = jnp.shape(log_weights)[axis]
-  if not isinstance(num_groups, int) or num_groups < 1 or n % num_groups:
+  num_groups = _checks.check_int("num_groups", num_groups)
+  if num_groups < 1 or n % num_groups:
     raise ValueError(f"num_groups must be a positive int dividing the {n} samples on axis "
                      f"{axis} of log_weights, got {num_groups!r}")
   shape = jnp.shape(log_weights)
@@ -246,7 +270,7 @@ def miwae_bound(log_weights: Array, num_groups: int, axis: int = 0) -> Array:
 
   Args:
     log_weights: ``[M * K, B]``.
-    num_groups: ``M``.
+    num_groups: ``M``, a Python or NumPy int ``>= 1`` dividing the number of samples.
     axis: sample axis.
 
   Returns:
@@ -266,7 +290,7 @@ def ciwae_bound(log_weights: Array, beta, axis: int = 0) -> Array:
 
   Args:
     log_weights: ``[K, B]``.
-    beta: weight of the ELBO, in ``[0, 1]``.
+    beta: weight of the ELBO, in ``[0, 1]`` (a traced value outside gives NaN).
     axis: sample axis.
 
   Returns:
@@ -275,11 +299,8 @@ def ciwae_bound(log_weights: Array, beta, axis: int = 0) -> Array:
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
-  if _checks.is_concrete(beta):
-    import numpy as np
-    b = np.asarray(beta)
-    if b.size and not np.all((b >= 0) & (b <= 1)):
-      raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+  _checks.check_values("beta", beta, lambda a: (a >= 0) & (a <= 1), "in [0, 1]")
+  beta = _traced_in_range(beta, 0.0, 1.0)
   return beta * elbo(log_weights, axis) + (1.0 - beta) * iwae_bound(log_weights, axis)
 
 

@@ -9,8 +9,13 @@ Every prior is a frozen (hashable) dataclass of static configuration with pure f
 
 ``encoder`` is only read by :class:`VampPrior`: a function ``x -> (loc, log_scale)`` of the
 model's diagonal Gaussian ``q(z|x)`` (the model closes it over its own parameters, so the prior
-and the encoder share them, as in Tomczak & Welling). Concrete inputs are checked (shape, NaN);
-traced inputs pass unchecked, so everything jits.
+and the encoder share them, as in Tomczak & Welling).
+
+Bad input: sizes (``latent_dim``, ``num_components``, ``num``, ...) are Python or NumPy ints; a
+bool, float or traced value raises :class:`~dgmjax._checks.ArgumentTypeError` (a ``TypeError``
+that is also a ``ValueError``), a value below 1 ``ValueError``, both naming the argument. ``z``
+of the wrong event size raises ``ValueError`` (also under ``jit``); concrete ``z`` with NaN or
+infinite entries raises ``ValueError``; traced NaN gives NaN log-densities.
 
 References:
   Tomczak & Welling, VAE with a VampPrior, AISTATS 2018.
@@ -28,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgmjax import _checks
 from dgmjax import distributions
 from dgmjax import flows
 
@@ -39,9 +45,22 @@ __all__ = ["FlowPrior", "MixtureOfGaussians", "StandardNormal", "VampPrior", "ma
 
 
 def _positive_int(name: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
-  return int(value)
+  return _checks.check_int(name, value, minimum=1)
+
+
+def _num(num) -> int:
+  return _checks.check_int("num", num, minimum=0)
+
+
+def _finite_scale(name: str, value, *, positive: bool = False) -> float:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                   np.floating)):
+    raise _checks.ArgumentTypeError(f"{name} must be a real number, got "
+                                    f"{type(value).__name__} {value!r}")
+  v = float(value)
+  if not np.isfinite(v) or (v <= 0 if positive else v < 0):
+    raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
+  return v
 
 
 def _check_z(z, latent_dim: int) -> Array:
@@ -67,7 +86,22 @@ def mixture_normal_log_prob(z: Array, logits: Array, loc: Array, log_scale: Arra
     logits: unnormalised mixture log-weights ``[M]``.
     loc: component means ``[M, D]``.
     log_scale: component log standard deviations ``[M, D]``.
+
+  Raises:
+    ValueError: shapes that do not fit ``[M]``, ``[M, D]``, ``[M, D]`` and ``[..., D]``
+      (also under ``jit``); concrete ``z`` with NaN or infinite entries.
   """
+  z = jnp.asarray(z)
+  if jnp.ndim(loc) != 2 or jnp.shape(log_scale) != jnp.shape(loc):
+    raise ValueError(f"loc and log_scale must both be [M, D], got shapes {jnp.shape(loc)} and "
+                     f"{jnp.shape(log_scale)}")
+  m, d = jnp.shape(loc)
+  if jnp.shape(logits) != (m,):
+    raise ValueError(f"logits must be [M] = [{m}] (one per component of loc {jnp.shape(loc)}), "
+                     f"got shape {jnp.shape(logits)}")
+  if z.ndim < 1 or z.shape[-1] != d:
+    raise ValueError(f"z must be [..., {d}] (the D of loc {jnp.shape(loc)}), got shape {z.shape}")
+  _checks.check_finite("z", z)
   lead = (1,) * (z.ndim - 1)
   zz = jnp.expand_dims(z, -2)                                     # [..., 1, D]
   comp = distributions.normal_log_prob(
@@ -103,7 +137,7 @@ class StandardNormal:
 
   def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
     del params, encoder
-    return jax.random.normal(key, (num, self.latent_dim))
+    return jax.random.normal(key, (_num(num), self.latent_dim))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +161,7 @@ class MixtureOfGaussians:
     object.__setattr__(self, "latent_dim", _positive_int("latent_dim", self.latent_dim))
     object.__setattr__(self, "num_components",
                        _positive_int("num_components", self.num_components))
+    object.__setattr__(self, "init_scale", _finite_scale("init_scale", self.init_scale))
 
   def init(self, key: Array, dtype=None) -> dict:
     dt = _float(dtype)
@@ -142,7 +177,7 @@ class MixtureOfGaussians:
 
   def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
     del encoder
-    return _sample_mixture(key, params["logits"], params["loc"], params["log_scale"], num)
+    return _sample_mixture(key, params["logits"], params["loc"], params["log_scale"], _num(num))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +204,9 @@ class VampPrior:
     object.__setattr__(self, "x_dim", _positive_int("x_dim", self.x_dim))
     object.__setattr__(self, "num_pseudo_inputs",
                        _positive_int("num_pseudo_inputs", self.num_pseudo_inputs))
+    object.__setattr__(self, "init_std", _finite_scale("init_std", self.init_std))
+    if isinstance(self.init_mean, (bool, np.bool_)) or not np.isfinite(float(self.init_mean)):
+      raise ValueError(f"init_mean must be a finite real number, got {self.init_mean!r}")
 
   def init(self, key: Array, dtype=None) -> dict:
     shape = (self.num_pseudo_inputs, self.x_dim)
@@ -196,6 +234,7 @@ class VampPrior:
     return mixture_normal_log_prob(z, logits, loc, log_scale)
 
   def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
+    num = _num(num)
     loc, log_scale = self.components(params, encoder)
     logits = jnp.zeros((self.num_pseudo_inputs,), loc.dtype)
     return _sample_mixture(key, logits, loc, log_scale, num)
@@ -225,20 +264,22 @@ class FlowPrior:
 
   def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
     del encoder
-    return self.flow.sample(key, params, num)
+    return self.flow.sample(key, params, _num(num))
 
 
 def real_nvp_prior(latent_dim: int, num_layers: int = 4,
                    hidden_sizes: Sequence[int] = (64, 64)) -> FlowPrior:
   """A RealNVP flow prior (``num_layers`` affine couplings, alternating masks)."""
-  _positive_int("latent_dim", latent_dim)
+  latent_dim = _positive_int("latent_dim", latent_dim)
+  num_layers = _positive_int("num_layers", num_layers)
   return FlowPrior(flows.Flow(flows.real_nvp(latent_dim, num_layers, tuple(hidden_sizes))))
 
 
 def maf_prior(latent_dim: int, num_layers: int = 4,
               hidden_sizes: Sequence[int] = (64, 64)) -> FlowPrior:
   """A MAF flow prior (``num_layers`` MADE layers, orders alternating)."""
-  _positive_int("latent_dim", latent_dim)
+  latent_dim = _positive_int("latent_dim", latent_dim)
+  num_layers = _positive_int("num_layers", num_layers)
   return FlowPrior(flows.Flow(flows.masked_autoregressive_flow(latent_dim, num_layers,
                                                                tuple(hidden_sizes))))
 

@@ -13,13 +13,16 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from dgmjax import _checks
 from dgmjax.gumbel import straight_through
 
 Array = jax.Array
@@ -28,15 +31,28 @@ Array = jax.Array
 def _check(z_e: Array, codebook: Array) -> None:
   if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
     raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
-  if jnp.shape(z_e)[-1:] != jnp.shape(codebook)[1:]:
+  if jnp.ndim(z_e) < 1 or jnp.shape(z_e)[-1:] != jnp.shape(codebook)[1:]:
     raise ValueError(f"z_e has embedding dim {jnp.shape(z_e)[-1:]} but the codebook has "
                      f"{jnp.shape(codebook)[1]} (codebook shape {jnp.shape(codebook)})")
+  _checks.check_dtype("z_e", z_e, "floating")
+  _checks.check_finite("z_e", z_e)
+  _checks.check_finite("codebook", codebook)
+
+
+def _check_indices(indices, num_codes: int, name: str = "indices") -> None:
+  """Integer dtype (static, also under jit); values in ``[0, num_codes)`` when concrete."""
+  _checks.check_dtype(name, indices, "integer")
+  _checks.check_values(name, indices, lambda a: (a >= 0) & (a < num_codes),
+                       f"code indices in [0, {num_codes})")
 
 
 def squared_distances(z_e: Array, codebook: Array) -> Array:
   """``||z_e - e_n||^2`` for every code: ``[..., D], [N, D] -> [..., N]``.
 
   Expanded as ``||z||^2 - 2 z.e + ||e||^2`` so the cost is one matrix product.
+
+  Concrete ``z_e`` or ``codebook`` with NaN or infinite entries raise ``ValueError``; traced ones
+  give NaN distances.
   """
   _check(z_e, codebook)
   zz = jnp.sum(jnp.square(z_e), axis=-1, keepdims=True)
@@ -49,13 +65,29 @@ def nearest_code(z_e: Array, codebook: Array) -> Array:
   """Index of the nearest code: ``[..., D] -> [...]`` (int32).
 
   .. math:: k(x) = \\arg\\min_n \\|z_e(x) - e_n\\|_2
+
+  Concrete non-finite ``z_e`` / ``codebook`` raise ``ValueError``. Contract for traced input: an
+  index cannot be NaN, so a NaN ``z_e`` gets an arbitrary valid index; :func:`quantize`'s
+  ``z_q`` and losses are NaN for it, so the failure is visible there.
   """
   return jnp.argmin(squared_distances(z_e, codebook), axis=-1).astype(jnp.int32)
 
 
 def lookup(indices: Array, codebook: Array) -> Array:
-  """Codes of the given indices: ``[...] -> [..., D]``."""
-  return jnp.take(codebook, indices, axis=0)
+  """Codes of the given indices: ``[...] -> [..., D]``.
+
+  ``indices`` must be integers in ``[0, N)``: a float dtype raises
+  :class:`~dgmjax._checks.ArgumentTypeError` (also under ``jit``); concrete out-of-range indices
+  raise ``ValueError``; traced ones (negative ones included: they do not wrap) give NaN codes.
+  """
+  if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
+    raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
+  n = jnp.shape(codebook)[0]
+  _check_indices(indices, n)
+  indices = jnp.asarray(indices)
+  if not _checks.is_concrete(indices):
+    indices = jnp.where((indices >= 0) & (indices < n), indices, n)  # n is out of range: NaN
+  return jnp.take(codebook, indices, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 class Quantized(NamedTuple):
@@ -89,6 +121,10 @@ def quantize(z_e: Array, codebook: Array) -> Quantized:
 
   Returns:
     :class:`Quantized`.
+
+  Raises:
+    ValueError: shapes that do not fit; concrete ``z_e`` or ``codebook`` with NaN or infinite
+      entries. Traced NaN gives NaN ``z_q`` and losses (``indices`` then hold an arbitrary code).
   """
   idx = nearest_code(z_e, codebook)
   e_k = lookup(idx, codebook)
@@ -133,17 +169,33 @@ def ema_update(state: EMAState, z_e: Array, indices: Array, decay: float = 0.99,
   Args:
     state: :class:`EMAState`.
     z_e: ``[..., D]`` encoder outputs (gradients are not taken through this update).
-    indices: ``[...]`` their codes.
+    indices: ``[...]`` their codes (integers, the shape of ``z_e`` less its last axis).
     decay: ``gamma`` in [0, 1).
-    eps: Laplace smoothing.
+    eps: Laplace smoothing, ``> 0``.
 
   Returns:
     The new :class:`EMAState`.
+
+  Raises:
+    ValueError: concrete ``decay`` outside [0, 1) or ``eps <= 0``; ``indices`` of the wrong shape;
+      concrete out-of-range ``indices``; concrete non-finite ``z_e``. Traced ``decay`` / ``eps``
+      outside their ranges and traced out-of-range ``indices`` make the new state NaN.
   """
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f"decay must lie in [0, 1), got {decay}")
+  _checks.check_values("decay", decay, lambda a: (a >= 0) & (a < 1), "in [0, 1)")
+  _checks.check_values("eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
   _check(z_e, state.codebook)
   n, d = state.codebook.shape
+  if jnp.shape(indices) != jnp.shape(z_e)[:-1]:
+    raise ValueError(f"indices must have the shape of z_e less its last axis, "
+                     f"{jnp.shape(z_e)[:-1]}, got {jnp.shape(indices)}")
+  _check_indices(indices, n)
+  bad = jnp.zeros((), bool)
+  if not _checks.is_concrete(indices):
+    bad = bad | jnp.any((indices < 0) | (indices >= n))
+  if not _checks.is_concrete(decay):
+    bad = bad | ~((decay >= 0) & (decay < 1))
+  if not _checks.is_concrete(eps):
+    bad = bad | ~(eps > 0)
   flat = lax.stop_gradient(z_e).reshape(-1, d)
   one_hot = jax.nn.one_hot(indices.reshape(-1), n, dtype=flat.dtype)
   counts = jnp.sum(one_hot, axis=0)
@@ -152,17 +204,29 @@ def ema_update(state: EMAState, z_e: Array, indices: Array, decay: float = 0.99,
   embed_sum = decay * state.embed_sum + (1.0 - decay) * sums
   total = jnp.sum(cluster_size)
   smoothed = (cluster_size + eps) / (total + n * eps) * total
-  return EMAState(cluster_size, embed_sum, embed_sum / smoothed[:, None])
+  nan = jnp.asarray(jnp.nan, cluster_size.dtype)
+  return EMAState(jnp.where(bad, nan, cluster_size), jnp.where(bad, nan, embed_sum),
+                  jnp.where(bad, nan, embed_sum / smoothed[:, None]))
 
 
 # ----------------------------------------------------------------------------- codebook health
 
 
 def code_counts(indices: Array, num_codes: int) -> Array:
-  """How often each code is used: ``[...] -> [num_codes]`` (accumulate over an epoch)."""
-  if num_codes < 1:
-    raise ValueError(f"num_codes must be >= 1, got {num_codes}")
-  return jnp.bincount(indices.reshape(-1), length=num_codes)
+  """How often each code is used: ``[...] -> [num_codes]`` (int32; accumulate over an epoch).
+
+  ``num_codes`` is a Python or NumPy int ``>= 1``; ``indices`` must have an integer dtype (else
+  :class:`~dgmjax._checks.ArgumentTypeError`, also under ``jit``). Concrete indices outside
+  ``[0, num_codes)`` raise ``ValueError``. Contract for traced indices (counts cannot be NaN):
+  an out-of-range index, negative ones included, is counted nowhere (neither clipped into code 0
+  nor wrapped), so ``counts.sum() < indices.size`` exposes it.
+  """
+  num_codes = _checks.check_int("num_codes", num_codes, minimum=1)
+  _check_indices(indices, num_codes)
+  flat = jnp.reshape(jnp.asarray(indices), (-1,))
+  # bincount clips negative values into bin 0; send every out-of-range index past the end instead
+  flat = jnp.where((flat >= 0) & (flat < num_codes), flat, num_codes)
+  return jnp.bincount(flat, length=num_codes)
 
 
 def perplexity(counts: Array) -> Array:
@@ -170,14 +234,35 @@ def perplexity(counts: Array) -> Array:
 
   1 when one code is used, ``N`` when all are used equally. Measure it over an epoch of counts,
   not one batch (a batch under-samples the usage of a large codebook).
+
+  ``counts`` is ``[N]``, finite and ``>= 0``: concrete counts that are not raise ``ValueError``;
+  traced ones give NaN.
   """
+  counts = _check_counts(counts)
   p = counts / jnp.maximum(jnp.sum(counts), 1)
-  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+  out = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+  return _nan_if_bad_counts(counts, out)
 
 
 def usage(counts: Array) -> Array:
-  """Fraction of codes used at least once."""
-  return jnp.mean((counts > 0).astype(jnp.float32))
+  """Fraction of codes used at least once (``counts`` as for :func:`perplexity`)."""
+  counts = _check_counts(counts)
+  return _nan_if_bad_counts(counts, jnp.mean((counts > 0).astype(jnp.float32)))
+
+
+def _check_counts(counts) -> Array:
+  if jnp.ndim(counts) != 1 or jnp.shape(counts)[0] < 1:
+    raise ValueError(f"counts must be [num_codes >= 1], got shape {jnp.shape(counts)}")
+  _checks.check_values("counts", counts, lambda a: np.isfinite(a) & (a >= 0),
+                       "finite usage counts >= 0")
+  return jnp.asarray(counts)
+
+
+def _nan_if_bad_counts(counts, out):
+  if _checks.is_concrete(counts):
+    return out
+  bad = jnp.any(~(counts >= 0)) | jnp.any(~jnp.isfinite(counts))
+  return jnp.where(bad, jnp.asarray(jnp.nan, out.dtype), out)
 
 
 def restart_dead_codes(key: Array, codebook: Array, counts: Array, z_e: Array, *,
@@ -194,12 +279,23 @@ def restart_dead_codes(key: Array, codebook: Array, counts: Array, z_e: Array, *
   Returns:
     ``(new_codebook, dead_mask [N])``.
 
+  Raises:
+    ValueError: ``counts`` not ``[N]`` or (concrete) negative / non-finite; ``z_e`` without a
+      vector to draw from, or (concrete) non-finite.
+
   References:
     Dhariwal et al., Jukebox, 2020 (random restarts of dead codes); Williams et al.,
     Hierarchical Quantized Autoencoders, NeurIPS 2020.
   """
   _check(z_e, codebook)
   n, d = codebook.shape
+  if jnp.shape(counts) != (n,):
+    raise ValueError(f"counts must be [{n}] (one per code of the codebook), got shape "
+                     f"{jnp.shape(counts)}")
+  _check_counts(counts)
+  if math.prod(jnp.shape(z_e)[:-1]) < 1:
+    raise ValueError(f"z_e must hold at least one vector to restart codes from, got shape "
+                     f"{jnp.shape(z_e)}")
   pool = lax.stop_gradient(z_e).reshape(-1, d)
   pick = jax.random.randint(key, (n,), 0, pool.shape[0])
   dead = counts < threshold
@@ -223,8 +319,8 @@ class VectorQuantizer(nn.Module):
 
   @nn.compact
   def __call__(self, z_e: Array) -> Quantized:
-    if self.num_codes < 1:
-      raise ValueError(f"num_codes must be >= 1, got {self.num_codes}")
+    _checks.check_int("num_codes", self.num_codes, minimum=1)
+    _checks.check_int("embedding_dim", self.embedding_dim, minimum=1)
     if z_e.shape[-1] != self.embedding_dim:
       raise ValueError(f"z_e has embedding dim {z_e.shape[-1]}, the quantizer expects "
                        f"embedding_dim={self.embedding_dim}")

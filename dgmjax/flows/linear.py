@@ -5,7 +5,7 @@ make it singular: the diagonal of the triangular factor is ``sign * exp(log_diag
 
 * LU: ``W = P L U`` with a fixed permutation ``P``, unit-lower ``L`` and upper ``U``.
 * QR: ``W = Q R`` with ``Q = H_1 ... H_K`` a product of Householder reflections
-  ``H_k = I - 2 v_k v_k^T / |v_k|^2`` and ``R`` upper triangular.
+  ``H_k = I - 2 v_k v_k^T / |v_k|^2`` (the identity for ``v_k = 0``) and ``R`` upper triangular.
 
 The permutation and the diagonal signs are fixed at initialisation; they are *static* fields of the
 params dataclass (pytree metadata), so gradients and optimisers never see them. ``init(key)`` draws
@@ -105,6 +105,10 @@ class LULinear(base.Bijector):
   event_size: int
   use_bias: bool = True
 
+  def __post_init__(self):
+    object.__setattr__(self, "event_size", _checks.check_int("event_size", self.event_size,
+                                                             minimum=1))
+
   @property
   def event_shape(self):
     return (self.event_size,)
@@ -201,7 +205,8 @@ class QRParams:
   """Params of :class:`QRLinear`.
 
   Attributes:
-    vectors: ``[K, D]`` Householder vectors ``v_k`` (``Q = H_1 ... H_K``); nonzero.
+    vectors: ``[K, D]`` Householder vectors ``v_k`` (``Q = H_1 ... H_K``); any values: a zero
+      vector is the identity (no reflection), so ``Q`` is orthogonal for every parameter value.
     upper: ``[D, D]``; its strictly upper part is ``R``'s off-diagonal.
     log_diag: ``[D]``; ``R_ii = sign_i * exp(log_diag_i)``.
     bias: ``[D]`` or ``None``.
@@ -215,9 +220,20 @@ class QRParams:
 
 
 def _householder(y: Array, v: Array) -> Array:
-  """``H y = y - 2 v (v . y) / |v|^2`` for rows ``y`` ``[N, D]``."""
-  coef = 2.0 * (y @ v) / jnp.sum(jnp.square(v))
-  return y - coef[:, None] * v[None, :]
+  """``H y = y - 2 v (v . y) / |v|^2`` for rows ``y`` ``[N, D]``; the identity for ``v = 0``.
+
+  ``v`` is first divided by its largest magnitude, so ``|v|^2`` neither underflows (a tiny ``v``
+  still reflects along its direction) nor overflows; a zero ``v`` (no direction, and the limit of
+  ``H`` as ``v -> 0`` does not exist) is the identity with zero gradient, so every parameter value
+  gives an orthogonal ``Q`` and an invertible flow. Forward and inverse use the same rule.
+  """
+  # H depends on the direction of v only, so holding the scale constant (stop_gradient) leaves
+  # every derivative exact and keeps 1 / scale^2 (overflowing for a tiny v) out of the gradient.
+  scale = jax.lax.stop_gradient(jnp.max(jnp.abs(v)))
+  u = v / jnp.where(scale > 0, scale, jnp.ones((), v.dtype))
+  norm2 = jnp.sum(jnp.square(u))                   # >= 1 unless v = 0 (then u = 0 and y . u = 0)
+  coef = 2.0 * (y @ u) / jnp.where(norm2 > 0, norm2, jnp.ones((), u.dtype))
+  return y - coef[:, None] * u[None, :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,8 +258,11 @@ class QRLinear(base.Bijector):
   use_bias: bool = True
 
   def __post_init__(self):
-    if self.num_reflections is not None and self.num_reflections < 1:
-      raise ValueError(f"num_reflections must be >= 1, got {self.num_reflections}")
+    object.__setattr__(self, "event_size", _checks.check_int("event_size", self.event_size,
+                                                             minimum=1))
+    if self.num_reflections is not None:
+      object.__setattr__(self, "num_reflections",
+                         _checks.check_int("num_reflections", self.num_reflections, minimum=1))
 
   @property
   def event_shape(self):
