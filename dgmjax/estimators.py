@@ -54,6 +54,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from dgmjax import _checks, objectives
@@ -577,6 +578,38 @@ def rws_dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0) -> 
   return objectives.iwae_bound(lw, 0) + _route(w - jnp.square(w), lp)
 
 
+def renyi_dreg_surrogate(log_w_theta: Array, log_w_path: Array, alpha, axis: int = 0) -> Array:
+  """The doubly reparametrized estimator of the variational Rényi bound ``L_alpha``.
+
+  ``theta`` gets the gradient of ``L_alpha``; ``phi`` the path gradient with coefficients
+  ``alpha w^_k + (1 - alpha) w^_k^2`` (``w^`` the normalised ``w^(1-alpha)``), which is DReG at
+  ``alpha = 0`` and the sticking-the-landing ELBO gradient at ``alpha = 1``; unbiased for the
+  gradient of ``L_alpha`` (the score term of ``q`` replaced by its reparametrized expectation).
+
+  .. math:: \hat g_\phi = \sum_k \big(\alpha \hat w_k + (1-\alpha) \hat w_k^2\big) \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi}, \quad \hat w_k = \frac{w_k^{1-\alpha}}{\sum_j w_j^{1-\alpha}}
+
+  Args:
+    log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
+    log_w_path: ``[K, B]``, :attr:`LogWeightTerms.log_w_path`.
+    alpha: a finite real number.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``, equal to ``L_alpha``.
+
+  References:
+    Li & Turner, NeurIPS 2016; Tucker, Lawson, Gu & Maddison, ICLR 2019 (the DReG identity).
+  """
+  if _checks.is_concrete(alpha) and not np.isfinite(float(np.asarray(alpha))):
+    raise ValueError(f"alpha must be finite for the DReG estimator of L_alpha, got {alpha!r}")
+  _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
+  lw = _to_front(log_w_theta, axis, "log_w_theta")
+  lp = _to_front(log_w_path, axis, "log_w_path")
+  w = objectives.renyi_weights(lw, alpha, 0)
+  return objectives.renyi_bound(lw, alpha, 0) + _route(alpha * w + (1.0 - alpha) * jnp.square(w),
+                                                       lp)
+
+
 # ----------------------------------------------------------------------------- PIWAE
 
 
@@ -619,11 +652,11 @@ def piwae_surrogate(log_w_theta: Array, log_w_path: Array, log_q_score: Array, n
 
 
 ESTIMATORS = ("iwae", "elbo", "stl", "dreg", "reinforce", "vimco", "rws", "rws_dreg", "miwae",
-              "ciwae", "piwae", "piwae_dreg")
+              "ciwae", "piwae", "piwae_dreg", "renyi", "renyi_dreg")
 
 
 def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, beta=None,
-              baseline=None, objective: str = "iwae", analytic_kl: bool = False,
+              baseline=None, objective: str = "iwae", analytic_kl: bool = False, alpha=None,
               axis: int = 0) -> Array:
   """Dispatches to the surrogate of ``estimator`` on the right fields of ``terms``.
 
@@ -635,6 +668,7 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, bet
     baseline: baseline for ``reinforce``.
     objective: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
     analytic_kl: for ``reinforce``, see :func:`reinforce_surrogate`.
+    alpha: the Rényi order for ``renyi`` and ``renyi_dreg``.
     axis: sample axis.
 
   Returns:
@@ -664,6 +698,12 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, bet
     if beta is None:
       raise ValueError("the ciwae estimator needs beta")
     return ciwae_surrogate(t.log_w, beta, axis)
+  if estimator in ("renyi", "renyi_dreg"):
+    if alpha is None:
+      raise ValueError(f"the {estimator} estimator needs alpha")
+    if estimator == "renyi":
+      return objectives.renyi_bound(t.log_w, alpha, axis)
+    return renyi_dreg_surrogate(t.log_w_theta, t.log_w_path, alpha, axis)
   if estimator in ("piwae", "piwae_dreg"):
     return piwae_surrogate(t.log_w_theta, t.log_w_path, t.log_q_score, num_groups, axis,
                            dreg=estimator == "piwae_dreg")

@@ -15,6 +15,8 @@ log-weight (handled exactly), and NaN in gives NaN out.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -323,6 +325,122 @@ def piwae_bounds(log_weights: Array, num_groups: int, axis: int = 0) -> tuple[Ar
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
   return iwae_bound(log_weights, axis), miwae_bound(log_weights, num_groups, axis)
+
+
+def renyi_bound(log_weights: Array, alpha, axis: int = 0) -> Array:
+  """The variational Rényi bound ``L_alpha`` on the ``K`` samples (Li & Turner 2016).
+
+  ``alpha = 0`` is the IWAE bound, ``alpha -> 1`` the ELBO (returned exactly at ``alpha = 1``),
+  ``alpha -> -inf`` VR-max, ``max_k log w_k`` (returned at ``alpha = -inf``). For ``alpha < 0``
+  it is no longer a lower bound of ``log p(x)`` in expectation once ``K`` is large enough;
+  ``L_alpha`` is non-increasing in ``alpha``.
+
+  .. math:: \mathcal{L}_\alpha = \frac{1}{1-\alpha} \log \frac1K \sum_{k=1}^K w_k^{1-\alpha}
+
+  Args:
+    log_weights: ``[K, B]``.
+    alpha: a real number or ``-inf`` (a Python float, or a traced scalar: then ``alpha = 1`` is
+      not special-cased and gives NaN; a traced non-finite value gives NaN).
+    axis: sample axis.
+
+  Returns:
+    ``[B]``.
+
+  References:
+    Li & Turner, Rényi Divergence Variational Inference, NeurIPS 2016, eq. (9) (VR bound) and
+    Section 4.1 (VR-max).
+  """
+  lw = jnp.asarray(log_weights)
+  if _checks.is_concrete(alpha):
+    a = float(np.asarray(alpha))
+    if np.isnan(a) or a == np.inf:
+      raise ValueError(f"alpha must be a real number or -inf, got {alpha!r}")
+    if a == 1.0:
+      return elbo(lw, axis)
+    if a == -np.inf:
+      axis = _checks.check_num_samples("log_weights", lw, axis)
+      return jnp.max(lw, axis=axis)
+  else:
+    alpha = jnp.where(jnp.isfinite(alpha), alpha, jnp.nan)
+  one_minus = (1.0 - jnp.asarray(alpha, lw.dtype))
+  return _log_mean_exp(one_minus * lw, axis, "log_weights") / one_minus
+
+
+def renyi_weights(log_weights: Array, alpha, axis: int = 0) -> Array:
+  """``w_k^(1-alpha) / sum_j w_j^(1-alpha)``: ``d L_alpha / d log w_k`` (``[K, B]``)."""
+  lw = jnp.asarray(log_weights)
+  if _checks.is_concrete(alpha) and float(np.asarray(alpha)) == -np.inf:
+    axis = _checks.check_num_samples("log_weights", lw, axis)
+    return jax.nn.one_hot(jnp.argmax(lw, axis=axis), lw.shape[axis], dtype=lw.dtype, axis=axis)
+  return importance_weights((1.0 - jnp.asarray(alpha, lw.dtype)) * lw, axis)
+
+
+def _loo_logsumexp(lw: Array) -> Array:
+  """``log sum_{j != k} exp(lw_j)`` for every ``k``: ``[K, B] -> [K, B]``, without cancellation.
+
+  For ``k`` other than the largest entry, ``w_k <= S / 2`` and ``log S + log1p(-w_k / S)`` is
+  accurate; for the largest entry the sum over the others is taken directly.
+  """
+  k = lw.shape[0]
+  total = jax.nn.logsumexp(lw, axis=0)                                      # [B]
+  top = jnp.argmax(lw, axis=0)                                              # [B]
+  is_top = jnp.arange(k)[:, None] == top[None]
+  others_of_top = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, lw), axis=0)  # [B]
+  frac = jnp.exp(lw - total[None])
+  loo = total[None] + jnp.log1p(-jnp.minimum(frac, 0.5))
+  return jnp.where(is_top, others_of_top[None], loo)
+
+
+def jackknife_bound(log_weights: Array, order: int = 1, axis: int = 0) -> Array:
+  """Jackknife variational inference (JVI): the IWAE estimate with its bias removed to ``O(K^-m)``.
+
+  The IWAE bound ``L_K`` has bias ``b_1 / K + b_2 / K^2 + ...`` in ``log p(x)``. The generalised
+  jackknife of order ``m`` combines the bounds on every subset of ``K - j`` of the same ``K``
+  samples, ``j = 0..m``, so that the first ``m`` terms cancel (Nowozin 2018, eq. (11)). It is not
+  a bound: its expectation can exceed ``log p(x)``; it is a less biased estimate of it. Order 1
+  costs ``O(K B)``, order 2 ``O(K^2 B)`` (a ``lax.map`` over samples, memory ``O(K B)``).
+
+  .. math:: \hat L^J_{K,m} = \sum_{j=0}^m c(K, m, j)\, \bar L_{K-j}, \quad c(K, m, j) = (-1)^j \frac{(K-j)^m}{(m-j)!\, j!}
+
+  with ``bar L_{K-j}`` the mean of the IWAE bound over all subsets of ``K - j`` samples.
+
+  Args:
+    log_weights: ``[K, B]`` with ``K > order``.
+    order: ``m``, 0 (plain IWAE), 1 or 2.
+    axis: sample axis.
+
+  Returns:
+    ``[B]``.
+
+  References:
+    Nowozin, Debiasing Evidence Approximations: On Importance-weighted Autoencoders and
+    Jackknife Variational Inference, ICLR 2018.
+  """
+  order = _checks.check_int("order", order)
+  if order not in (0, 1, 2):
+    raise ValueError(f"order must be 0, 1 or 2, got {order}")
+  lw = jnp.asarray(log_weights)
+  axis = _checks.check_num_samples("log_weights", lw, axis)
+  lw = jnp.moveaxis(lw, axis, 0)
+  k = lw.shape[0]
+  if k <= order:
+    raise ValueError(f"a jackknife of order {order} needs K > {order} samples, got K={k}")
+  bars = [iwae_bound(lw, 0)]
+  if order >= 1:
+    bars.append(jnp.mean(_loo_logsumexp(lw), axis=0) - jnp.log(float(k - 1)))
+  if order >= 2:
+    idx = jnp.arange(k)
+
+    def leave_two(i):                      # log sum_{j != i, l != i, l != j} w_l for every j
+      lw_i = jnp.where((idx == i)[:, None], -jnp.inf, lw)
+      out = _loo_logsumexp(lw_i)
+      return jnp.sum(jnp.where((idx == i)[:, None], 0.0, out), axis=0)
+
+    pair_sum = jnp.sum(jax.lax.map(leave_two, idx), axis=0)                 # over i != j
+    bars.append(pair_sum / (k * (k - 1)) - jnp.log(float(k - 2)))
+  coeff = [(-1) ** j * (k - j) ** order / (math.factorial(order - j) * math.factorial(j))
+           for j in range(order + 1)]
+  return sum(c * b for c, b in zip(coeff, bars))
 
 
 def naive_log_likelihood(log_likelihood: Array, axis: int = 0) -> Array:

@@ -119,7 +119,8 @@ def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: in
   num_groups = int(kwargs.get("num_groups") or 1)
   reducers = {"vae": objectives.elbo, "elbo": objectives.elbo, "iwae": objectives.iwae_bound,
               "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
-              "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs.get("beta"))}
+              "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs.get("beta")),
+              "renyi": lambda lw: objectives.renyi_bound(lw, kwargs.get("alpha"))}
 
   def loss(params, x, key, index):
     lw = models_base.log_weights(model, params, x, key, num_samples)

@@ -176,11 +176,11 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 
 #: Estimators of :func:`make_loss` that differentiate the bound itself (the reparametrization
 #: estimator of the ELBO, IWAE, MIWAE, CIWAE); ``'vae'`` is another name for ``'elbo'``.
-BOUND_ESTIMATORS = ("elbo", "vae", "iwae", "miwae", "ciwae")
+BOUND_ESTIMATORS = ("elbo", "vae", "iwae", "miwae", "ciwae", "renyi")
 #: Estimators whose gradient is a surrogate of :mod:`dgmjax.estimators` over the gradient views of
 #: :func:`dgmjax.models.log_weight_terms` (routing by role: what ``q`` reads vs what ``p`` reads).
 SURROGATE_ESTIMATORS = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
-                        "vimco")
+                        "vimco", "renyi_dreg")
 #: Baselines of ``'reinforce'`` by name (a function ``(params, x) -> [B]`` is NVIL's).
 BASELINES = ("batch_mean",)
 
@@ -199,7 +199,8 @@ def _batch_mean_baseline(signal: Array) -> Array:
 
 
 def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None = None,
-              beta=None, bound: str = "iwae", baseline=None, kl: str | None = None) -> LossFn:
+              beta=None, bound: str = "iwae", baseline=None, kl: str | None = None,
+              alpha=None) -> LossFn:
   """The training loss of any contract model: the negative bound, with ``estimator``'s gradient.
 
   The bound estimators differentiate the bound itself (reparametrization, one pass of the
@@ -215,7 +216,9 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
       ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
       ``p``, MIWAE(M, K) for ``q``), ``'stl'`` (``bound``), ``'rws'``, ``'rws_dreg'``,
-      ``'reinforce'`` (``bound``, ``baseline``), ``'vimco'`` (``K >= 2``).
+      ``'reinforce'`` (``bound``, ``baseline``), ``'vimco'`` (``K >= 2``); ``'renyi'`` (the
+      variational Rényi bound of order ``alpha``, reparametrized) and ``'renyi_dreg'`` (its
+      doubly reparametrized estimator, finite ``alpha``).
     num_samples: ``K`` (``M * K`` for MIWAE and PIWAE).
     num_groups: ``M``.
     beta: the ELBO weight of CIWAE, in [0, 1].
@@ -225,6 +228,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       baseline, NVIL): it is regressed onto the learning signal by
       :func:`dgmjax.estimators.baseline_loss`, added to the loss (its gradient reaches only the
       baseline's parameters).
+    alpha: the order of ``'renyi'`` / ``'renyi_dreg'`` (0: IWAE, 1: ELBO, ``-inf``: VR-max).
     kl: ``None`` or ``'analytic'``: the ELBO as ``E_q[log p(x|z)] - KL`` with the model's analytic
       ``kl(params, x)`` (for ``'elbo'`` and ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s
       Gumbel-softmax objective).
@@ -257,6 +261,16 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       raise ValueError("estimator 'ciwae' needs beta (the ELBO weight, in [0, 1])")
     if not 0.0 <= float(beta) <= 1.0:
       raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+  if estimator in ("renyi", "renyi_dreg"):
+    if alpha is None:
+      raise ValueError(f"estimator {estimator!r} needs alpha (the Rényi order)")
+    a = float(alpha)
+    if np.isnan(a) or a == np.inf or (estimator == "renyi_dreg" and not np.isfinite(a)):
+      raise ValueError(f"alpha must be a real number{'' if estimator == 'renyi' else ' (finite)'}"
+                       f", got {alpha!r}")
+  elif alpha is not None:
+    raise ValueError(f"alpha applies to 'renyi' and 'renyi_dreg' only, got estimator "
+                     f"{estimator!r}")
   if estimator == "vimco" and num_samples < 2:
     raise ValueError(f"estimator 'vimco' needs num_samples >= 2, got {num_samples}")
   if bound not in ("iwae", "elbo"):
@@ -304,6 +318,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
         "iwae": objectives.iwae_bound,
         "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
         "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
+        "renyi": lambda lw: objectives.renyi_bound(lw, alpha),
     }[estimator]
 
     def loss(params, x, key):
@@ -327,7 +342,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       else:
         b = _batch_mean_baseline(signal)
     value = jnp.mean(estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=b,
-                                          objective=bound, analytic_kl=analytic))
+                                          objective=bound, analytic_kl=analytic, alpha=alpha))
     lw = jax.lax.stop_gradient(terms.log_w)
     if analytic:
       kl_b = analytic_kl(params, x)

@@ -30,8 +30,9 @@ ALL_ESTIMATORS = training.BOUND_ESTIMATORS + SURROGATES
 
 
 def _kwargs(est):
-  return {"num_groups": 2} if est in ("miwae", "piwae", "piwae_dreg") else (
-      {"beta": 0.3} if est == "ciwae" else {})
+  if est in ("miwae", "piwae", "piwae_dreg"):
+    return {"num_groups": 2}
+  return {"beta": 0.3} if est == "ciwae" else ({"alpha": 0.5} if est.startswith("renyi") else {})
 
 
 def _binary(shape, seed=0):
@@ -72,7 +73,9 @@ def test_every_estimator_value_is_its_bound_on_every_library_model(name):
   iwae = float(jnp.mean(objectives.iwae_bound(lw)))
   want = {"elbo": float(jnp.mean(objectives.elbo(lw))), "miwae":
           float(jnp.mean(objectives.miwae_bound(lw, 2))),
-          "ciwae": float(jnp.mean(objectives.ciwae_bound(lw, 0.3)))}
+          "ciwae": float(jnp.mean(objectives.ciwae_bound(lw, 0.3))),
+          "renyi": float(jnp.mean(objectives.renyi_bound(lw, 0.5)))}
+  want["renyi_dreg"] = want["renyi"]
   want["vae"] = want["elbo"]
   for est in ALL_ESTIMATORS:
     loss, metrics = training.make_loss(model, est, k, **_kwargs(est))(params, x, _key())
@@ -127,7 +130,7 @@ def _lg_model():
                           log_likelihood=log_likelihood)
 
 
-def _lg_reference(params, x, key, k, est, num_groups=1, beta=0.3):
+def _lg_reference(params, x, key, k, est, num_groups=1, beta=0.3, alpha=0.5):
   """The estimator's gradient of the batch-mean loss, from closed-form per-sample gradients."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   w, b0, ls = p["alpha"]["w"], p["alpha"]["b"], float(p["alpha"]["log_sigma"])
@@ -187,6 +190,10 @@ def _lg_reference(params, x, key, k, est, num_groups=1, beta=0.3):
       rows[j] = (log_w.sum(0) - log_w[j]) / (k - 1)
       loo[j] = np.log(np.mean(np.exp(rows - rows.max(0)), 0)) + rows.max(0)
     ct, cp, cs = wt, 0 * wt, lhat[None] - loo - wt
+  elif est in ("renyi", "renyi_dreg"):
+    rw = norm_w((1 - alpha) * log_w)
+    ct, cp, cs = (rw, rw, -rw) if est == "renyi" else (rw, alpha * rw + (1 - alpha) * rw ** 2,
+                                                       0 * rw)
   elif est == "piwae":
     gw = group_w(log_w, num_groups)
     ct, cp, cs = wt, gw, -gw
