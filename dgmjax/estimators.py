@@ -586,7 +586,7 @@ def renyi_dreg_surrogate(log_w_theta: Array, log_w_path: Array, alpha, axis: int
   ``alpha = 0`` and the sticking-the-landing ELBO gradient at ``alpha = 1``; unbiased for the
   gradient of ``L_alpha`` (the score term of ``q`` replaced by its reparametrized expectation).
 
-  .. math:: \hat g_\phi = \sum_k \big(\alpha \hat w_k + (1-\alpha) \hat w_k^2\big) \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi}, \quad \hat w_k = \frac{w_k^{1-\alpha}}{\sum_j w_j^{1-\alpha}}
+  .. math:: \\hat g_\\phi = \\sum_k \\big(\\alpha \\hat w_k + (1-\\alpha) \\hat w_k^2\\big) \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}, \\quad \\hat w_k = \\frac{w_k^{1-\\alpha}}{\\sum_j w_j^{1-\\alpha}}
 
   Args:
     log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.

@@ -335,7 +335,7 @@ def renyi_bound(log_weights: Array, alpha, axis: int = 0) -> Array:
   it is no longer a lower bound of ``log p(x)`` in expectation once ``K`` is large enough;
   ``L_alpha`` is non-increasing in ``alpha``.
 
-  .. math:: \mathcal{L}_\alpha = \frac{1}{1-\alpha} \log \frac1K \sum_{k=1}^K w_k^{1-\alpha}
+  .. math:: \\mathcal{L}_\\alpha = \\frac{1}{1-\\alpha} \\log \\frac1K \\sum_{k=1}^K w_k^{1-\\alpha}
 
   Args:
     log_weights: ``[K, B]``.
@@ -400,7 +400,7 @@ def jackknife_bound(log_weights: Array, order: int = 1, axis: int = 0) -> Array:
   a bound: its expectation can exceed ``log p(x)``; it is a less biased estimate of it. Order 1
   costs ``O(K B)``, order 2 ``O(K^2 B)`` (a ``lax.map`` over samples, memory ``O(K B)``).
 
-  .. math:: \hat L^J_{K,m} = \sum_{j=0}^m c(K, m, j)\, \bar L_{K-j}, \quad c(K, m, j) = (-1)^j \frac{(K-j)^m}{(m-j)!\, j!}
+  .. math:: \\hat L^J_{K,m} = \\sum_{j=0}^m c(K, m, j)\\, \\bar L_{K-j}, \\quad c(K, m, j) = (-1)^j \\frac{(K-j)^m}{(m-j)!\\, j!}
 
   with ``bar L_{K-j}`` the mean of the IWAE bound over all subsets of ``K - j`` samples.
 
