@@ -8,8 +8,8 @@ What it does, in order:
 
 1. **Agreement.** For Burda's 1-layer (784-200-200-50) and 2-layer (784-200-200-100-100-100-50)
    models, the PyTorch peer (``benchmarks/torch_peer.py``) is loaded with dgmjax's weights and fed
-   dgmjax's noise (the ``eps`` that ``model.log_weights_from_keys`` draws from its keys); the
-   log-weights must agree to 1e-5 (relative, float32), every gradient of the VAE and IWAE losses
+   dgmjax's noise (the ``eps`` that ``dgmjax.models.log_weights_from_keys`` draws from its keys);
+   the log-weights must agree to 1e-5 (relative, float32), every gradient of the VAE and IWAE losses
    to 1e-4 (relative to the largest entry of its tensor), the parameters after one Adam step to
    1e-4 of the learning rate, the per-chunk ``logsumexp`` of the evaluation path to 1e-5, and the
    log-weights in float64 to 1e-10. Any failure stops the run (exit code 2) before timing.
@@ -266,17 +266,20 @@ def make_models(name: str, data_mean=None, key_seed: int = 0):
 
 
 def dgmjax_noise(model, keys, batch: int, dtype=None) -> list:
-  """The standard-normal ``eps`` ``[K, B, D_l]`` that ``model.log_weights_from_keys(params, x,
-  keys)`` draws for each stochastic layer (same keys, same draws)."""
+  """The standard-normal ``eps`` ``[K, B, D_l]`` that ``dgmjax.models.log_weights_from_keys(model,
+  params, x, keys)`` draws for each stochastic layer (same keys, same draws): sample ``k`` is
+  ``model.sample_q(params, x, keys[k])``, which splits its key into one key per layer."""
   import jax
   import jax.numpy as jnp
   dtype = dtype or jnp.float32
 
   @jax.jit
   def draw(keys):
-    layer_keys = model._layer_keys(keys)  # pylint: disable=protected-access
-    return [jax.vmap(lambda k, d=d: jax.random.normal(k, (batch, d), dtype))(lk)
-            for lk, d in zip(layer_keys, model.latent_dims)]
+    def one(k):
+      layer_keys = model._layer_keys(k)  # pylint: disable=protected-access
+      return [jax.random.normal(lk, (batch, d), dtype)
+              for lk, d in zip(layer_keys, model.latent_dims)]
+    return jax.vmap(one)(keys)
 
   return draw(keys)
 
@@ -310,9 +313,10 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
   import optax
   import torch
   import torch_peer
-  from dgmjax import training
+  from dgmjax import models, training
 
   rng = np.random.default_rng(1)
+  log_weights_from_keys = jax.jit(lambda p, xx, ks: models.log_weights_from_keys(model, p, xx, ks))
   grey = data[:batch] if data is not None else rng.uniform(size=(batch, 28, 28, 1))
   x = (rng.uniform(size=grey.shape) < grey).astype(np.float32)
   mean = (data if data is not None else grey).mean(0)
@@ -325,7 +329,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     keys = jax.random.split(key, num_samples)
     eps = [torch.from_numpy(np.asarray(e).copy()) for e in dgmjax_noise(model, keys, batch)]
     # 1. log-weights, float32
-    lw = np.asarray(jax.jit(model.log_weights_from_keys)(params, x, keys), np.float64)
+    lw = np.asarray(log_weights_from_keys(params, x, keys), np.float64)
     with torch.no_grad():
       tlw = tmodel.log_weights(xt, eps).double().numpy()
     out["log_weights_rel"] = float(np.max(np.abs(lw - tlw) / np.maximum(np.abs(tlw), 1.0)))
@@ -381,8 +385,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     with jax.enable_x64(True):
       p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
       e64 = dgmjax_noise(model, keys, batch, jnp.float64)
-      lw64 = np.asarray(jax.jit(model.log_weights_from_keys)(p64, jnp.asarray(x, jnp.float64),
-                                                             keys))
+      lw64 = np.asarray(log_weights_from_keys(p64, jnp.asarray(x, jnp.float64), keys))
     t64 = torch_peer.TorchVAE(model.x_dim, model.latent_dims, model.hidden_dims).double()
     torch_peer.load_dgmjax_params(t64, params)
     with torch.no_grad():
@@ -581,8 +584,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
   K, B = args.eval_samples, min(args.eval_batch, x.shape[0])
   flops = matmul_flops(model, 1, K, train=False) * x.shape[0]
   chunks = [c.strip() for c in args.eval_chunks.split(",") if c.strip()]
-  auto_chunk = evaluation.auto_sample_chunk(model.log_weights_from_keys, params, x[:B],
-                                            num_samples=K)
+  auto_chunk = evaluation.auto_sample_chunk(model, params, x[:B], num_samples=K)
   budget = evaluation.memory_budget()
   cases = []
   for c in chunks:
@@ -592,7 +594,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
 
     def run_jax(n, chunk=chunk, box=box, key=key):
       for _ in range(n):
-        box["ll"] = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+        box["ll"] = evaluation.log_likelihood(model, params, x, key,
                                               num_samples=K, sample_chunk=chunk, batch_size=B)
 
     def make_torch(compile_, chunk=chunk, box=box, tag=""):
@@ -651,7 +653,7 @@ def precision_case(name, args, ctx, params_override=None) -> dict:
          "emulated": jax.default_backend() == "cpu"}
   lls = {}
   for prec in ("float32", "tensorfloat32", "bfloat16"):
-    lls[prec] = evaluation.log_likelihood(model.log_weights_from_keys, params, x,
+    lls[prec] = evaluation.log_likelihood(model, params, x,
                                           jax.random.key(11), num_samples=args.eval_samples,
                                           sample_chunk="auto",
                                           batch_size=min(args.eval_batch, x.shape[0]),
@@ -690,25 +692,18 @@ def load_data(args):
 
 
 def restore_params(run_dir: str, name: str = "burda1"):
-  """The parameters of the latest checkpoint of an experiments/iwae run (read-only)."""
+  """The parameters of the latest checkpoint of an experiments/iwae run (read-only): ``(params,
+  step)``, checked against the shapes of model ``name`` (:func:`dgmjax.training.restore`)."""
   import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import orbax.checkpoint as ocp
+  from dgmjax import training
   from dgmjax.models import vae
   model = vae.make(name, (28, 28, 1))
-  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoints")),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
-  restored = mngr.restore(step, args=ocp.args.StandardRestore())
-  mngr.close()
   template = jax.eval_shape(model.init, jax.random.key(0))
-  params = restored["params"]
-  if jax.tree.structure(params) != jax.tree.structure(template):
-    raise ValueError(f"the checkpoint of {run_dir} does not hold {name} parameters")
-  return jax.tree.map(lambda a, t: jnp.asarray(np.asarray(a), t.dtype), params, template), step
+  try:
+    params, _, step = training.restore(run_dir, like=template)
+  except ValueError as e:
+    raise ValueError(f"the checkpoint of {run_dir} does not hold {name} parameters: {e}") from e
+  return params, step
 
 
 # ----------------------------------------------------------------------------- report

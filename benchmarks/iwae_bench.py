@@ -45,10 +45,9 @@ def bench_eval(model, params, num_images: int, batch_size: int, chunk: int) -> f
   rng = np.random.default_rng(1)
   x = (rng.uniform(size=(num_images, 28, 28, 1)) < 0.2).astype(np.float32)
   kw = dict(num_samples=5000, sample_chunk=chunk, batch_size=batch_size)
-  evaluation.log_likelihood(model.log_weights_from_keys, params, x[:batch_size],
-                            jax.random.key(0), **kw)  # compile
+  evaluation.log_likelihood(model, params, x[:batch_size], jax.random.key(0), **kw)  # compile
   t = time.perf_counter()
-  evaluation.log_likelihood(model.log_weights_from_keys, params, x, jax.random.key(1), **kw)
+  evaluation.log_likelihood(model, params, x, jax.random.key(1), **kw)
   return num_images / (time.perf_counter() - t)
 
 

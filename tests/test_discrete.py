@@ -14,7 +14,7 @@ import optax
 import pytest
 from scipy import stats
 
-from dgmjax import distributions, pixelcnn, training, vq
+from dgmjax import distributions, gumbel, models, pixelcnn, training, vq
 from dgmjax.models import categorical_vae, vqvae
 
 # ----------------------------------------------------------------------------- categorical VAE
@@ -44,10 +44,29 @@ def _exact(params, x):
   return elbo, jax.scipy.special.logsumexp(jnp.stack(log_joint), axis=0)
 
 
+#: Jang et al.'s three estimators as contract losses: the relaxed ELBO (Gumbel-softmax, and
+#: straight-through) with the exact KL, and REINFORCE on the reconstruction with the leave-one-out
+#: minibatch baseline and the exact KL gradient.
+ESTIMATORS = ("gumbel", "st", "reinforce")
+
+
+def _loss_fn(model, temperature, estimator="gumbel"):
+  if estimator == "reinforce":
+    return training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+                              baseline="batch_mean")
+  return training.make_loss(model.relaxed(temperature, hard=estimator == "st"), "elbo", 1,
+                            kl="analytic")
+
+
+def _loss(params, x, key, temperature, estimator="gumbel", model=_TINY):
+  return _loss_fn(model, temperature, estimator)(params, x, key)
+
+
 def test_log_weights_give_the_exact_elbo_and_log_likelihood():
   params, x = _tiny_setup()
   elbo, log_px = _exact(params, x)
-  lw = jax.jit(_TINY.log_weights, static_argnums=3)(params, x, jax.random.key(1), 20000)
+  lw = jax.jit(lambda p, xx, k: models.log_weights(_TINY, p, xx, k, 20000))(params, x,
+                                                                            jax.random.key(1))
   assert lw.shape == (20000, 2)
   se = jnp.std(lw, axis=0) / math.sqrt(20000)
   assert jnp.all(jnp.abs(jnp.mean(lw, 0) - elbo) < 4 * se)
@@ -58,16 +77,41 @@ def test_log_weights_give_the_exact_elbo_and_log_likelihood():
   assert jnp.all(elbo < log_px)
 
 
+def test_samples_are_one_hot_and_their_densities_are_the_categoricals():
+  params, x = _tiny_setup()
+  d = models.draws(_TINY, params, x, jax.random.split(jax.random.key(5), 7))
+  assert d.z.shape == (7, 2, 2, 3)
+  np.testing.assert_array_equal(np.sum(np.asarray(d.z), -1), 1.0)
+  assert set(np.unique(np.asarray(d.z)).tolist()) == {0.0, 1.0}
+  logits = _TINY.encoder_logits(params, x)
+  np.testing.assert_allclose(d.log_q, jnp.sum(d.z * logits[None], axis=(-1, -2)), rtol=1e-6)
+  np.testing.assert_allclose(d.log_prior, -2 * math.log(3), rtol=1e-6)
+  np.testing.assert_allclose(models.posterior_means(_TINY, params, x, jax.random.key(6))[0],
+                             jnp.exp(logits), rtol=1e-6)
+  assert models.sample_x(_TINY, params, jax.random.key(7), 4).shape == (4, 2, 3, 1)
+  r = models.reconstruct(_TINY, params, x)
+  assert r.shape == x.shape and bool(jnp.all((r >= 0) & (r <= 1)))
+
+
 def test_kl_is_exact_and_loss_value_matches_its_parts():
   params, x = _tiny_setup()
   logits = _TINY.encoder_logits(params, x)
   q = np.exp(np.asarray(logits))
-  kl = np.sum(np.log(3) + np.sum(q * np.log(q), -1), -1)
-  np.testing.assert_allclose(_TINY.kl(logits), kl, rtol=1e-5)
-  for est in categorical_vae.ESTIMATORS:
-    loss, m = _TINY.loss(params, x, jax.random.key(2), 0.7, est)
-    np.testing.assert_allclose(loss, m["kl"] - m["recon"], rtol=1e-5)   # value = -ELBO
-    np.testing.assert_allclose(m["elbo"], m["recon"] - m["kl"], rtol=1e-5)
+  kl_vars = np.log(3) + np.sum(q * np.log(q), -1)                  # [B, N]
+  np.testing.assert_allclose(_TINY.kl(params, x), kl_vars, rtol=1e-5, atol=1e-7)
+  kl = kl_vars.sum(-1)
+  for est in ESTIMATORS:
+    with jax.debug_key_reuse(False):  # the loss and its oracle draw the same sample
+      key = jax.random.key(2)
+      loss, m = _loss(params, x, key, 0.7, est)
+      sample_model = _TINY if est == "reinforce" else _TINY.relaxed(0.7, hard=est == "st")
+      z = sample_model.sample_q(params, x, jax.random.split(key, 1)[0])
+    recon = jnp.mean(_TINY.log_likelihood(params, x, z))
+    np.testing.assert_allclose(m["kl"], np.mean(kl), rtol=1e-5, err_msg=est)
+    np.testing.assert_allclose(loss, m["kl"] - recon, rtol=1e-5, err_msg=est)   # value = -ELBO
+    np.testing.assert_allclose(m["elbo"], recon - m["kl"], rtol=1e-5, err_msg=est)
+    if "recon" in m:
+      np.testing.assert_allclose(m["recon"], recon, rtol=1e-5, err_msg=est)
 
 
 def test_reinforce_gradient_is_unbiased_and_gumbel_gradient_is_close():
@@ -78,7 +122,7 @@ def test_reinforce_gradient_is_unbiased_and_gumbel_gradient_is_close():
 
   def grads(est):
     keys = jax.random.split(jax.random.key(3), n)
-    g = jax.jit(jax.vmap(jax.grad(lambda p, k: 2 * _TINY.loss(p, x, k, 0.5, est)[0]),
+    g = jax.jit(jax.vmap(jax.grad(lambda p, k: 2 * _loss(p, x, k, 0.5, est)[0]),
                          in_axes=(None, 0)))(params, keys)
     return g["params"]["encoder"]["out"]["kernel"]
 
@@ -98,14 +142,33 @@ def test_reinforce_gradient_is_unbiased_and_gumbel_gradient_is_close():
 
 def test_straight_through_decodes_one_hot_samples():
   params, x = _tiny_setup()
-  _, m_st = _TINY.loss(params, x, jax.random.key(4), 0.3, "st")
-  # the ST forward pass is the decoder at the hard sample argmax of the relaxed one
-  logits = _TINY.encoder_logits(params, x)
-  from dgmjax import gumbel
-  y = gumbel.gumbel_softmax(jax.random.key(4), logits, 0.3, hard=True)
+  with jax.debug_key_reuse(False):  # the loss and its oracle draw the same sample
+    key = jax.random.key(4)
+    _, m_st = _loss(params, x, key, 0.3, "st")
+    # the ST forward pass is the decoder at the hard sample argmax of the relaxed one
+    logits = _TINY.encoder_logits(params, x)
+    y = gumbel.gumbel_softmax(jax.random.split(key, 1)[0], logits, 0.3, hard=True)
   assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, 1.0}
   recon = distributions.bernoulli_log_prob(x.reshape(2, -1), _TINY.decoder_logits(params, y))
   np.testing.assert_allclose(m_st["recon"], jnp.mean(recon), rtol=1e-5)
+
+
+def test_relaxed_model_has_the_concrete_densities():
+  """The Gumbel-softmax relaxation as a contract model: Concrete log q and log p(z), so the
+  relaxed IWAE bound exists; its samples lie inside the simplex."""
+  params, x = _tiny_setup()
+  rm = _TINY.relaxed(0.6)
+  d = models.draws(rm, params, x, jax.random.split(jax.random.key(8), 5))
+  assert d.z.shape == (5, 2, 2, 3)
+  np.testing.assert_allclose(np.sum(np.asarray(d.z), -1), 1.0, rtol=1e-5)
+  assert bool(jnp.all((d.z > 0) & (d.z < 1)))
+  logits = _TINY.encoder_logits(params, x)
+  want_q = jnp.sum(gumbel.concrete_log_prob(d.z, logits[None], 0.6), -1)
+  want_p = jnp.sum(gumbel.concrete_log_prob(d.z, jnp.zeros_like(d.z), 0.6), -1)
+  np.testing.assert_allclose(d.log_q, want_q, rtol=1e-5)
+  np.testing.assert_allclose(d.log_prior, want_p, rtol=1e-5)
+  loss, m = training.make_loss(rm, "iwae", 5)(params, x, jax.random.key(9))
+  assert np.isfinite(float(loss)) and float(m["bound"]) >= float(m["elbo"])
 
 
 def test_dvae_codebook_and_temperature_schedule():
@@ -113,7 +176,8 @@ def test_dvae_codebook_and_temperature_schedule():
                                      hidden_dims=(8,), codebook_dim=4)
   params = m.init(jax.random.key(0))
   assert params["params"]["codebook"].shape == (3, 4)
-  g = jax.grad(lambda p: m.loss(p, jnp.zeros((2, 2, 3, 1)), jax.random.key(1), 0.5)[0])(params)
+  g = jax.grad(lambda p: _loss(p, jnp.zeros((2, 2, 3, 1)), jax.random.key(1), 0.5,
+                               model=m)[0])(params)
   assert jnp.any(g["params"]["codebook"] != 0)
   t = categorical_vae.jang_temperature(jnp.array([0, 999, 1000, 10**6]), rate=1e-4, every=1000)
   np.testing.assert_allclose(t, [1.0, 1.0, math.exp(-0.1), 0.5], rtol=1e-6)
@@ -126,11 +190,17 @@ def test_categorical_bad_input():
     categorical_vae.CategoricalVAE(num_vars=0)
   params, x = _tiny_setup()
   with pytest.raises(ValueError, match="temperature"):
-    _TINY.loss(params, x, jax.random.key(0), 0.0, "gumbel")
+    _loss(params, x, jax.random.key(0), 0.0, "gumbel")
   with pytest.raises(ValueError, match="estimator"):
-    _TINY.loss(params, x, jax.random.key(0), 1.0, "vimco")
+    training.make_loss(_TINY, "gumbel", 1)
+  with pytest.raises(ValueError, match="no density"):  # straight-through: analytic KL only
+    training.make_loss(_TINY.relaxed(1.0, hard=True), "iwae", 2)(params, x, jax.random.key(0))
+  with pytest.raises(ValueError, match="kl='analytic'"):
+    training.make_loss(_TINY, "vimco", 2, kl="analytic")
+  with pytest.raises(ValueError, match="batch of at least 2"):
+    _loss(params, x[:1], jax.random.key(0), 1.0, "reinforce")
   with pytest.raises(ValueError, match=r"x must be \[B, 2, 3, 1\]"):
-    _TINY.loss(params, jnp.zeros((2, 3, 3, 1)), jax.random.key(0), 1.0)
+    _loss(params, jnp.zeros((2, 3, 3, 1)), jax.random.key(0), 1.0)
   with pytest.raises(ValueError, match="temperatures must be > 0"):
     categorical_vae.jang_temperature(0, minimum=0.0)
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from dgmjax import diagnostics, distributions, estimators, objectives
+from dgmjax import diagnostics, distributions, estimators, models, objectives
 from dgmjax.models import linear_gaussian as lg
 
 DX, DZ, B = 4, 2, 3
@@ -33,7 +33,7 @@ def _tril(params):
   return jnp.tril(params["phi"]["tril"])
 
 
-def _sample_q(key, params, x):
+def _sample_q(params, x, key):
   return distributions.sample_mvn(key, _q_loc(params, x), _tril(params))
 
 
@@ -41,11 +41,17 @@ def _log_q(params, x, z):
   return distributions.mvn_log_prob(z, _q_loc(params, x), _tril(params))
 
 
-def _log_p(params, x, z):
-  return lg.log_joint(params["theta"], x, z)
+def _log_prior(params, z):
+  del params
+  return distributions.standard_normal_log_prob(z)
 
 
-MODEL = estimators.LatentModel(_sample_q, _log_q, _log_p)
+def _log_likelihood(params, x, z):
+  return lg.log_likelihood(params["theta"], x, z)
+
+
+MODEL = models.from_functions(sample_q=_sample_q, log_q=_log_q, log_prior=_log_prior,
+                              log_likelihood=_log_likelihood)
 
 
 def exact_phi(theta):
@@ -78,7 +84,7 @@ def _make_problem(seed, dtype):
 
 def loss_fn(name, x, k, **kw):
   def loss(params, key):
-    terms = estimators.sample_terms(key, MODEL, params, x, k)
+    terms = models.log_weight_terms(MODEL, params, x, key, k)
     return -jnp.sum(estimators.surrogate(name, terms, **kw))
   return loss
 
@@ -93,7 +99,7 @@ def assert_tree_close(a, b, **kw):
 @pytest.fixture(scope="module")
 def terms():
   x, _, params = make_problem()
-  return jax.jit(lambda p, k: estimators.sample_terms(k, MODEL, p, x, 6))(params,
+  return jax.jit(lambda p, k: models.log_weight_terms(MODEL, p, x, k, 6))(params,
                                                                           jax.random.key(1))
 
 
@@ -102,7 +108,7 @@ def test_terms_share_one_value(terms):
   np.testing.assert_allclose(terms.log_w_theta, terms.log_w, rtol=1e-6)
   np.testing.assert_allclose(terms.log_w_path, terms.log_w, rtol=1e-6)
   x, _, params = make_problem()
-  z = estimators.sample_latents(jax.random.key(1), MODEL, params, x, 6)
+  z = models.draws(MODEL, params, x, jax.random.split(jax.random.key(1), 6)).z
   np.testing.assert_allclose(terms.log_q_score, jax.vmap(lambda zk: _log_q(params, x, zk))(z),
                              rtol=1e-5, atol=1e-5)  # jitted vs eager float32 rounding
 
@@ -120,6 +126,9 @@ def test_surrogate_values_equal_bounds(terms):
       ("miwae", {"num_groups": 3}, objectives.miwae_bound(lw, 3)),
       ("ciwae", {"beta": 0.05}, objectives.ciwae_bound(lw, 0.05)),
       ("piwae", {"num_groups": 2}, iwae), ("piwae_dreg", {"num_groups": 2}, iwae),
+      ("renyi", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
+      ("renyi", {"alpha": 0.0}, iwae),
+      ("renyi_dreg", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
   ]
   assert {name for name, _, _ in expected} == set(estimators.ESTIMATORS)
   values = jax.jit(lambda t: [estimators.surrogate(name, t, **kw) for name, kw, _ in expected])(
@@ -226,7 +235,7 @@ def test_nvil_baseline_learns_the_signal_and_gets_no_estimator_gradient():
   def train(bparams, keys):
     def step(carry, key):
       bparams, opt_state = carry
-      terms = estimators.sample_terms(key, MODEL, params, x, 4)
+      terms = models.log_weight_terms(MODEL, params, x, key, 4)
       signal = estimators.learning_signal(terms.log_w)
       loss, g = jax.value_and_grad(
           lambda bp: jnp.mean(estimators.baseline_loss(signal, net.apply(bp, x))))(bparams)
@@ -240,7 +249,7 @@ def test_nvil_baseline_learns_the_signal_and_gets_no_estimator_gradient():
 
   @jax.jit
   def check(bparams, key):
-    terms = estimators.sample_terms(key, MODEL, params, x, 4)
+    terms = models.log_weight_terms(MODEL, params, x, key, 4)
     g = jax.grad(lambda bp: jnp.sum(estimators.reinforce_surrogate(
         terms.log_w_theta, terms.log_q_score, net.apply(bp, x))))(bparams)
     per_sample = estimators.learning_signal(terms.log_w, objective="elbo")
@@ -259,12 +268,13 @@ def test_nvil_baseline_learns_the_signal_and_gets_no_estimator_gradient():
 def grads_on_shared_samples(x, params, key, k, surrogates):
   """``{name: jax.grad of -sum(surrogate(terms))}`` for several surrogates of one set of samples.
 
-  This is the chain rule ``jax.grad`` applies to a loss built on :func:`estimators.sample_terms`,
+  This is the chain rule ``jax.grad`` applies to a loss built on
+  :func:`dgmjax.models.log_weight_terms`,
   with the model's backward pass shared (vmapped over the surrogates' cotangents) so that one
   small program serves every estimator.
   """
   def run(params, key):
-    terms, vjp = jax.vjp(lambda p: estimators.sample_terms(key, MODEL, p, x, k), params)
+    terms, vjp = jax.vjp(lambda p: models.log_weight_terms(MODEL, p, x, key, k), params)
     cts = [jax.grad(lambda t, f=f: -jnp.sum(f(t)))(terms) for f in surrogates.values()]
     grads = jax.vmap(lambda ct: vjp(ct)[0])(jax.tree.map(lambda *a: jnp.stack(a), *cts))
     return {name: jax.tree.map(lambda g, i=i: g[i], grads) for i, name in enumerate(surrogates)}
@@ -361,7 +371,7 @@ def bias_moments():
   @jax.jit
   def pilot(keys):  # a running-mean baseline from pilot learning signals (pure updates)
     def step(state, k):
-      t = estimators.sample_terms(k, MODEL, params, x, 1)
+      t = models.log_weight_terms(MODEL, params, x, k, 1)
       return estimators.running_mean_update(
           state, estimators.learning_signal(t.log_w, objective="elbo")), None
     return jax.lax.scan(step, estimators.running_mean_init(), keys)[0]

@@ -8,12 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import evaluation, objectives, plotting
+from dgmjax import evaluation, models, objectives, plotting
 from dgmjax.models import vae
 
 
 def _binary(n, shape=(4, 4, 1), seed=0):
   return (np.random.default_rng(seed).uniform(size=(n,) + shape) < 0.4).astype(np.float32)
+
+
+def _counting(model, traces):
+  """``model`` as a contract model of functions that records each trace of its likelihood."""
+
+  def log_likelihood(p, x, z):
+    traces.append(1)
+    return model.log_likelihood(p, x, z)
+
+  return models.from_functions(sample_q=model.sample_q, log_q=model.log_q,
+                               log_prior=model.log_prior, log_likelihood=log_likelihood,
+                               sample_and_log_q=model.sample_and_log_q)
 
 
 @pytest.mark.parametrize("model", [vae.VAE((4, 4, 1), (3,), ((8,),)),
@@ -24,11 +36,11 @@ def test_chunked_k5000_equals_unchunked_iwae_bound(model):
   with jax.debug_key_reuse(False):  # the oracle redraws the same samples on purpose
     key = jax.random.key(1)
     # 3 batches of 2 (the last one padded) and chunks of 700 (5000 = 7 * 700 + 100).
-    got = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+    got = evaluation.log_likelihood(model, params, x, key,
                                     num_samples=5000, sample_chunk=700, batch_size=2)
     want = np.concatenate([
         np.asarray(objectives.iwae_bound(
-            model.log_weights(params, x[i:i + 2], jax.random.fold_in(key, b), 5000)))
+            models.log_weights(model, params, x[i:i + 2], jax.random.fold_in(key, b), 5000)))
         for b, i in enumerate(range(0, 5, 2))])
   assert got.shape == (5,) and got.dtype == np.float64
   np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-4)
@@ -40,7 +52,7 @@ def test_streaming_bound_is_independent_of_the_chunk_size():
   x = jnp.asarray(_binary(3))
   with jax.debug_key_reuse(False):
     keys = jax.random.split(jax.random.key(2), 1000)
-    vals = [evaluation.streaming_iwae_bound(model.log_weights_from_keys, params, x, keys, c)
+    vals = [evaluation.streaming_iwae_bound(model, params, x, keys, c)
             for c in (1000, 250, 300, 1, 5000)]
   for v in vals[1:]:
     np.testing.assert_allclose(v, vals[0], rtol=1e-6, atol=1e-5)
@@ -50,11 +62,7 @@ def test_log_likelihood_is_compiled_once_and_validates():
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))
   traces = []
-
-  def lw(p, x, keys):
-    traces.append(1)
-    return model.log_weights_from_keys(p, x, keys)
-
+  lw = _counting(model, traces)
   evaluation.log_likelihood(lw, params, _binary(7), jax.random.key(1), num_samples=100,
                             sample_chunk=50, batch_size=3)
   assert len(traces) == 2  # the first chunk and the scan body; the padded batches reuse them
@@ -67,7 +75,7 @@ def test_log_likelihood_is_compiled_once_and_validates():
 def test_bounds_are_ordered_and_l1_is_the_elbo():
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))
-  b = evaluation.bounds(model.log_weights, params, _binary(6), jax.random.key(1),
+  b = evaluation.bounds(model, params, _binary(6), jax.random.key(1),
                         ks=(1, 5, 50), batch_size=4)
   assert b["elbo"] == pytest.approx(b["iwae_1"], rel=1e-6)
   assert b["elbo"] < b["iwae_5"] < b["iwae_50"] < 0
@@ -79,13 +87,13 @@ def test_active_units_counts_dimensions_with_variable_posterior_means():
   loc = params["params"]["encoders_0"]["loc"]
   loc["kernel"] = loc["kernel"].at[:, :2].set(0.0)  # two units ignore x: Cov_x(E_q[u]) = 0
   loc["kernel"] = loc["kernel"].at[:, 2:].multiply(10.0)
-  au = evaluation.active_units(model.posterior_means, params, _binary(50), jax.random.key(1),
+  au = evaluation.active_units(model, params, _binary(50), jax.random.key(1),
                                batch_size=16)
   assert au["active"] == [3]
   assert au["variances"][0][0] == pytest.approx(0.0, abs=1e-12)
   # Two layers: a count per layer.
   model2 = vae.VAE((4, 4, 1), (4, 3), ((8,), (6,)))
-  au2 = evaluation.active_units(model2.posterior_means, model2.init(jax.random.key(2)),
+  au2 = evaluation.active_units(model2, model2.init(jax.random.key(2)),
                                 _binary(20), jax.random.key(3))
   assert len(au2["active"]) == 2 and len(au2["variances"][1]) == 3
 
@@ -115,14 +123,15 @@ def test_bernoulli_stable_form_matches_softplus_with_exact_derivatives(x64):
   logits = jnp.array([-1e4, -50.0, -3.0, -1e-3, 0.0, 1e-3, 2.5, 40.0, 1e4])
   for xv in (0.0, 0.3, 1.0):
     x = jnp.full_like(logits, xv)
-    got = distributions.bernoulli_log_prob(x, logits, event_ndims=0)
+    # a grey level is the cross-entropy on [0, 1] (binary data is the default support)
+    support = "binary" if xv in (0.0, 1.0) else "unit_interval"
+    lp = lambda xx, l: distributions.bernoulli_log_prob(xx, l, event_ndims=0, support=support)
+    got = lp(x, logits)
     np.testing.assert_allclose(got, xv * logits - jax.nn.softplus(logits), rtol=1e-14, atol=1e-300)
-    g = jax.vmap(jax.grad(lambda l, xx: distributions.bernoulli_log_prob(xx, l, event_ndims=0)))(
-        logits, x)
+    g = jax.vmap(jax.grad(lambda l, xx: lp(xx, l)))(logits, x)
     s = jax.nn.sigmoid(logits)
     np.testing.assert_allclose(g, xv - s, rtol=1e-14, atol=1e-300)  # 1/2 at l = 0, not 0 or 1
-    h = jax.vmap(jax.grad(jax.grad(
-        lambda l, xx: distributions.bernoulli_log_prob(xx, l, event_ndims=0))))(logits, x)
+    h = jax.vmap(jax.grad(jax.grad(lambda l, xx: lp(xx, l))))(logits, x)
     np.testing.assert_allclose(h, -s * (1 - s), rtol=1e-12, atol=1e-300)
   assert distributions.bernoulli_log_prob(jnp.ones(3, jnp.bfloat16),
                                           jnp.zeros(3, jnp.bfloat16)).dtype == jnp.bfloat16
@@ -132,10 +141,10 @@ def test_auto_chunk_follows_the_memory_budget_and_leaves_the_estimate_unchanged(
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))
   x = _binary(4)
-  per_sample = evaluation._bytes_per_sample(model.log_weights_from_keys, params, x, 16, None)
+  per_sample = evaluation._bytes_per_sample(evaluation._FromKeys(model), params, x, 16, None)
   assert per_sample > 4 * 16 * 4  # at least the [B, D] pixel terms of one sample
   auto = lambda budget: evaluation.auto_sample_chunk(
-      model.log_weights_from_keys, params, x, num_samples=1000, budget_bytes=budget)
+      model, params, x, num_samples=1000, budget_bytes=budget)
   assert auto(10**12) == 1000 and auto(1) == 1
   small, large = auto(int(40 * per_sample)), auto(int(300 * per_sample))
   assert 34 <= small <= 40 and 250 <= large <= 334  # floor(budget / per sample), spread evenly
@@ -145,14 +154,14 @@ def test_auto_chunk_follows_the_memory_budget_and_leaves_the_estimate_unchanged(
   with jax.debug_key_reuse(False):
     key = jax.random.key(1)
     kw = dict(num_samples=120, batch_size=3)
-    got = evaluation.log_likelihood(model.log_weights_from_keys, params, _binary(5), key,
+    got = evaluation.log_likelihood(model, params, _binary(5), key,
                                     sample_chunk="auto", memory_budget_bytes=int(37 * per_sample),
                                     **kw)
-    want = evaluation.log_likelihood(model.log_weights_from_keys, params, _binary(5), key,
+    want = evaluation.log_likelihood(model, params, _binary(5), key,
                                      sample_chunk=120, **kw)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
   with pytest.raises(ValueError, match="sample_chunk"):
-    evaluation.log_likelihood(model.log_weights_from_keys, params, x, key, sample_chunk="big")
+    evaluation.log_likelihood(model, params, x, key, sample_chunk="big")
 
 
 def _computations(hlo: str) -> dict:
@@ -192,7 +201,7 @@ def test_encoder_runs_once_per_image_in_the_compiled_estimator(latent_dims, hidd
   # samples. The decoder (kernel f32[9,37]) necessarily runs inside the loop.
   model = vae.VAE((37, 1, 1), latent_dims, hidden_dims)
   params = model.init(jax.random.key(0))
-  fn = evaluation._streaming_fn(model.log_weights_from_keys, 1000, 100, None, None)
+  fn = evaluation._streaming_fn(model, 1000, 100, None, None)
   hlo = fn.lower(params, jnp.zeros((5, 37, 1, 1)), jax.random.key(1)).compile().as_text()
   comps = _computations(hlo)
   in_loop = _reachable_from_loops(comps)
@@ -243,43 +252,46 @@ def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32
   with jax.debug_key_reuse(False):
     key = jax.random.key(1)
     kw = dict(num_samples=200, sample_chunk=50, batch_size=3)
-    fp32 = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key, **kw)
-    bf16 = evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+    fp32 = evaluation.log_likelihood(model, params, x, key, **kw)
+    bf16 = evaluation.log_likelihood(model, params, x, key,
                                      matmul_precision="bfloat16", **kw)
     with evaluation.matmul_precision("bfloat16"):
-      lw = model.log_weights_from_keys(params, x, jax.random.split(key, 4))
+      lw = models.log_weights_from_keys(model, params, x, jax.random.split(key, 4))
   assert lw.dtype == jnp.float32
   shift = np.abs(bf16 - fp32)
   assert 0 < shift.max() < 0.05  # bf16 inputs (8 bits), float32 sums: a tiny, nonzero shift
   with pytest.raises(ValueError, match="matmul_precision"):
-    evaluation.log_likelihood(model.log_weights_from_keys, params, x, key,
+    evaluation.log_likelihood(model, params, x, key,
                               matmul_precision="fp8")
 
 
 def test_low_precision_log_weights_are_accumulated_in_float32():
-  lw = jnp.asarray(np.random.default_rng(0).normal(size=(300, 4)) * 30 - 200, jnp.bfloat16)
-
-  def fn(p, x, keys):
-    del p, x
-    return lw[:keys.shape[0]] if keys.shape[0] == 300 else lw[jnp.arange(keys.shape[0])]
-
+  # A model whose log-weights are bfloat16 (~N(-200, 30^2), far apart: a bfloat16 log-sum-exp
+  # would be visibly off); the streaming bound must accumulate them in float32.
+  bf16 = jnp.bfloat16
+  model = models.from_functions(
+      sample_q=lambda p, x, key: jax.random.normal(key, x.shape[:1]),
+      log_q=lambda p, x, z: jnp.zeros(z.shape, bf16),
+      log_prior=lambda p, z: jnp.zeros(z.shape, bf16),
+      log_likelihood=lambda p, x, z: (z * 30 - 200).astype(bf16))
+  x = jnp.zeros((4, 1))
   with jax.debug_key_reuse(False):
     keys = jax.random.split(jax.random.key(0), 300)
-    got = evaluation.streaming_iwae_bound(fn, None, jnp.zeros((4, 1)), keys, 300)
-  assert got.dtype == jnp.float32
+    lw = models.log_weights_from_keys(model, None, x, keys)
+    got = evaluation.streaming_iwae_bound(model, None, x, keys, 300)
+    chunked = evaluation.streaming_iwae_bound(model, None, x, keys, 70)
+  assert lw.dtype == bf16 and lw.shape == (300, 4)
   want = jax.nn.logsumexp(lw.astype(jnp.float32), axis=0) - np.log(300)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g in (got, chunked):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, want, rtol=1e-6)
 
 
 def test_log_likelihood_compiles_once_for_any_number_of_images():
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))
   traces = []
-
-  def lw(p, x, keys):
-    traces.append(1)
-    return model.log_weights_from_keys(p, x, keys)
-
+  lw = _counting(model, traces)
   kw = dict(num_samples=100, sample_chunk=50, batch_size=3)
   evaluation.log_likelihood(lw, params, _binary(7), jax.random.key(1), **kw)
   n = len(traces)

@@ -120,7 +120,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_debug_key_reuse", True)
-    from dgmjax import parallel, training
+    from dgmjax import evaluation, models, parallel, training
     from dgmjax.models import vae
 
     assert jax.device_count() == 4, jax.devices()
@@ -152,12 +152,42 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     loss2 = training.make_loss(parallel.SampleSharded(model, mesh2), "iwae", 4)
     st2, ms2 = run(parallel.make_sharded_train_step(loss2, opt, mesh2, seed=7,
                                                     dynamic_binarization=True))
-    for name, (s, m) in {{"data4": (st, ms), "data2_samples2": (st2, ms2)}}.items():
+    # a surrogate estimator (the gradient views of models.log_weight_terms) over the sharded model
+    dreg = training.make_train_step(training.make_loss(model, "dreg", 4), opt, seed=7,
+                                    dynamic_binarization=True)
+    with jax.default_device(jax.devices()[0]):
+      ref3, ref3_m = run(dreg)
+    st3, ms3 = run(parallel.make_sharded_train_step(training.make_loss(
+        parallel.SampleSharded(model, mesh2), "dreg", 4), opt, mesh2, seed=7,
+        dynamic_binarization=True))
+    # the contract wrapper: the wrapped model's log-weights and k-sample estimate, its optional
+    # functions, and K checked against the "samples" axis
+    sm = parallel.SampleSharded(model, mesh2)
+    binary = (images[:16] > 0.5).astype(np.float32)  # the Bernoulli likelihood's support
+    with jax.debug_key_reuse(False):  # the same samples, sharded and not
+      k = jax.random.key(3)
+      lw_s = jax.jit(lambda p, xx, kk: models.log_weights(sm, p, xx, kk, 4))(params, binary[:8], k)
+      lw_m = models.log_weights(model, params, binary[:8], k, 4)
+      kw = dict(num_samples=8, sample_chunk=4, batch_size=8)
+      nll_s = evaluation.log_likelihood(sm, params, binary, k, **kw)
+      nll_m = evaluation.log_likelihood(model, params, binary, k, **kw)
+    out["wrapped_log_weights_max_abs_diff"] = float(np.max(np.abs(np.asarray(lw_s) - lw_m)))
+    out["wrapped_log_weights_sharding"] = list(lw_s.sharding.spec)
+    out["wrapped_nll_max_abs_diff"] = float(np.max(np.abs(nll_s - nll_m)))
+    out["wrapped_has_kl"] = models.base.has(sm, "kl")
+    try:
+      models.log_weights(sm, params, binary[:8], jax.random.key(4), 3)
+      out["odd_k_error"] = ""
+    except ValueError as e:
+      out["odd_k_error"] = str(e)
+    for name, (s, m), (r, r_m) in (("data4", (st, ms), (ref, ref_m)),
+                                   ("data2_samples2", (st2, ms2), (ref, ref_m)),
+                                   ("dreg_data2_samples2", (st3, ms3), (ref3, ref3_m))):
       out[name + "_param_max_abs_diff"] = max(
           float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-          for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(ref.params)))
+          for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(r.params)))
       out[name + "_metric_max_rel_diff"] = max(
-          abs(a[k] - b[k]) / max(abs(b[k]), 1e-6) for a, b in zip(m, ref_m) for k in b)
+          abs(a[k] - b[k]) / max(abs(b[k]), 1e-6) for a, b in zip(m, r_m) for k in b)
     out["param_change"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                               for a, b in zip(jax.tree.leaves(ref.params),
                                               jax.tree.leaves(params)))
@@ -178,9 +208,14 @@ def test_sharded_training_on_4_host_devices_matches_one_device():
   assert out["data4_shards"] == 4 and out["data4_shard_rows"] == 2  # the batch is really split
   assert out["sharded_params_replicated"]
   assert out["param_change"] > 1e-3  # three Adam steps at lr 1e-2 moved the parameters
-  for name in ("data4", "data2_samples2"):
+  for name in ("data4", "data2_samples2", "dreg_data2_samples2"):
     assert out[name + "_param_max_abs_diff"] < 1e-5, out   # float rounding only
     assert out[name + "_metric_max_rel_diff"] < 1e-5, out
+  assert out["wrapped_log_weights_max_abs_diff"] < 1e-5, out
+  assert out["wrapped_log_weights_sharding"] == ["samples", "data"], out
+  assert out["wrapped_nll_max_abs_diff"] < 1e-5, out
+  assert out["wrapped_has_kl"], out
+  assert "num_samples=3 must be divisible by the mesh's 'samples' axis (2)" in out["odd_k_error"]
 
 
 @pytest.mark.slow  # end to end; the vmapped step itself is tested above

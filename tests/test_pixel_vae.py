@@ -8,7 +8,7 @@ import optax
 import pytest
 import scipy.stats as st
 
-from dgmjax import diagnostics, distributions, objectives, training
+from dgmjax import diagnostics, distributions, models, objectives, training
 from dgmjax.models import pixel_vae
 
 H = W = 6
@@ -80,18 +80,20 @@ def test_log_weights_are_the_sum_of_their_terms(decoder):
   m, params = _model(decoder)
   x = _binary(jax.random.key(7), 3)
   keys = jax.random.split(jax.random.key(8), 5)
-  t = m.log_weight_terms_from_keys(params, x, keys)
-  chex.assert_shape([t.log_px_given_z, t.log_prior, t.log_q], (5, 3))
+  t = models.draws(m, params, x, keys)
+  chex.assert_shape([t.log_likelihood, t.log_prior, t.log_q], (5, 3))
   loc, log_scale = m.encode(params, x)
   z = jax.vmap(distributions.sample_normal, (0, None, None))(jax.random.clone(keys), loc,
                                                              log_scale)
+  np.testing.assert_allclose(t.z, z, rtol=1e-6)
   np.testing.assert_allclose(t.log_q, distributions.normal_log_prob(z, loc, log_scale), rtol=1e-6)
   np.testing.assert_allclose(t.log_prior, distributions.standard_normal_log_prob(z), rtol=1e-6)
   for k in range(5):  # the decoder term, one sample at a time
-    np.testing.assert_allclose(t.log_px_given_z[k], m.decoder_log_prob(params, x, z[k]),
+    np.testing.assert_allclose(t.log_likelihood[k], m.decoder_log_prob(params, x, z[k]),
                                rtol=1e-5)
-  np.testing.assert_allclose(m.log_weights_from_keys(params, x, jax.random.clone(keys)),
-                             t.log_weights, rtol=1e-6)
+  np.testing.assert_allclose(models.log_weights_from_keys(m, params, x, jax.random.clone(keys)),
+                             t.log_likelihood + t.log_prior - t.log_q, rtol=1e-6)
+  np.testing.assert_allclose(t.log_weights, t.log_likelihood + t.log_prior - t.log_q, rtol=1e-6)
   # ELBO surgery runs on the model and its identity holds per draw
   s = diagnostics.elbo_surgery(m, params, _binary(jax.random.key(9), 20), jax.random.key(10),
                                num_samples=2, batch_size=8, chunk_size=6)
@@ -109,9 +111,9 @@ def test_bad_configuration_and_input():
     pixel_vae.make(num_layers=-1)
   m, params = _model()
   with pytest.raises(ValueError, match=r"x must be a batch of images \[B, 6, 6, 1\]"):
-    m.log_weights(params, jnp.zeros((2, 5, 5, 1)), jax.random.key(0), 2)
+    models.log_weights(m, params, jnp.zeros((2, 5, 5, 1)), jax.random.key(0), 2)
   with pytest.raises(ValueError, match="num_samples"):
-    m.log_weights(params, jnp.zeros((2, H, W, 1)), jax.random.key(0), 0)
+    models.log_weights(m, params, jnp.zeros((2, H, W, 1)), jax.random.key(0), 0)
 
 
 # ----------------------------------------------------------------------------- KL schedules
@@ -142,9 +144,9 @@ def test_kl_controlled_loss_values_are_the_bounds():
   key = jax.random.key(12)
   # ELBO with the analytic KL at beta = 1
   loss, met = training.make_kl_controlled_loss(m, "vae", 3)(params, x, key, 0)
-  t = m.log_weight_terms(params, x, jax.random.clone(key), 3)
+  t = models.draws(m, params, x, jax.random.split(jax.random.clone(key), 3))
   loc, log_scale = m.encode(params, x)
-  elbo = objectives.elbo_analytic_kl(t.log_px_given_z,
+  elbo = objectives.elbo_analytic_kl(t.log_likelihood,
                                      distributions.kl_normal_standard_normal(loc, log_scale))
   np.testing.assert_allclose(loss, -jnp.mean(elbo), rtol=1e-6)
   np.testing.assert_allclose(met["bound"], jnp.mean(elbo), rtol=1e-6)
@@ -154,14 +156,14 @@ def test_kl_controlled_loss_values_are_the_bounds():
   np.testing.assert_allclose(iw()[0], -jnp.mean(objectives.iwae_bound(t.log_weights)), rtol=1e-6)
   zero = lambda s: jnp.zeros([], jnp.float32)
   np.testing.assert_allclose(iw(kl_weight=zero)[0],
-                             -jnp.mean(objectives.iwae_bound(t.log_px_given_z)), rtol=1e-6)
+                             -jnp.mean(objectives.iwae_bound(t.log_likelihood)), rtol=1e-6)
   # free bits below every dimension's KL change nothing; above them the penalty is D * lambda
   kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0).mean(0)
   np.testing.assert_allclose(iw(free_bits=0.0)[0], iw()[0], rtol=1e-6)
   big = float(kl_dims.max()) + 1.0
   fb_loss, fb_met = training.make_kl_controlled_loss(m, "vae", 3, free_bits=big)(
       params, x, jax.random.clone(key), 0)
-  np.testing.assert_allclose(fb_loss, -jnp.mean(t.log_px_given_z) + 4 * big, rtol=1e-5)
+  np.testing.assert_allclose(fb_loss, -jnp.mean(t.log_likelihood) + 4 * big, rtol=1e-5)
   assert int(fb_met["kl_below_free_bits"]) == 4
 
 

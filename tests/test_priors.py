@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from dgmjax import diagnostics, flows, priors
+from dgmjax import diagnostics, flows, models, priors
 from dgmjax.models import vae
 
 D = 3
@@ -60,11 +60,11 @@ def test_vamp_prior_is_mixture_of_encoder_gaussians(x64):
   params = _perturb(model.init(jax.random.key(4)), jax.random.key(5))
   params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
   z = np.random.RandomState(2).randn(4, 2, D)
-  got = model.prior_log_prob(params, z)
+  got = jax.vmap(lambda zk: model.log_prior(params, zk))(z)
   u = np.clip(np.asarray(params["prior"]["pseudo_inputs"]), 0.0, 1.0)
   comps = []
   for m in range(5):
-    loc, log_scale = model.base.encode(params["vae"], u[m:m + 1], 0)
+    loc, log_scale = model.base.encode(params["base"], u[m:m + 1], 0)
     comps.append(stats.norm(np.asarray(loc[0]), np.exp(np.asarray(log_scale[0]))).logpdf(
         z).sum(-1))
   want = special.logsumexp(np.stack(comps, -1), axis=-1) - math.log(5)
@@ -93,8 +93,8 @@ def test_standard_prior_vae_matches_vae():
   params = model.init(jax.random.key(8))
   x = _images(jax.random.key(9), 6)
   keys = lambda: jax.random.split(jax.random.key(10), 4)  # the same keys, drawn twice
-  np.testing.assert_allclose(model.log_weights_from_keys(params, x, keys()),
-                             model.base.log_weights_from_keys(params["vae"], x, keys()),
+  np.testing.assert_allclose(models.log_weights_from_keys(model, params, x, keys()),
+                             models.log_weights_from_keys(model.base, params["base"], x, keys()),
                              rtol=1e-6)
 
 
@@ -102,21 +102,23 @@ def test_log_weights_shapes_jit_and_posterior_density(prior="maf", posterior="ia
   model = _model(prior, posterior)
   params = _perturb(model.init(jax.random.key(11)), jax.random.key(12), 0.2)
   x = _images(jax.random.key(13), 5)
-  lw = jax.jit(model.log_weights, static_argnums=3)(params, x, jax.random.key(14), 3)
+  lw = jax.jit(lambda p, xx, k: models.log_weights(model, p, xx, k, 3))(params, x,
+                                                                        jax.random.key(14))
   assert lw.shape == (3, 5) and bool(jnp.all(jnp.isfinite(lw)))
 
   @jax.jit
   def densities(p, keys):
-    z, log_q = model.posterior_sample_and_log_prob(p, x, keys)
-    cross = jax.vmap(lambda zk: jnp.diagonal(model.posterior_log_prob_cross(p, zk, x)))(z)
-    return cross, log_q
+    d = models.draws(model, p, x, keys)
+    cross = jax.vmap(lambda zk: jnp.diagonal(models.posterior_log_prob_cross(model, p, zk, x)))(
+        d.z)
+    return cross, d.log_q
 
   cross, log_q = densities(params, jax.random.split(jax.random.key(15), 2))
   np.testing.assert_allclose(cross, log_q, rtol=1e-4, atol=1e-4)  # IAF: inverse vs forward pass
-  grads = jax.jit(jax.grad(lambda p: jnp.mean(model.log_weights(p, x, jax.random.key(16), 2))))(
-      params)
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(
+      models.log_weights(model, p, x, jax.random.key(16), 2))))(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-  assert model.sample(params, jax.random.key(17), 3).shape == (3,) + IMAGE_SHAPE
+  assert models.sample_x(model, params, jax.random.key(17), 3).shape == (3,) + IMAGE_SHAPE
 
 
 # ----------------------------------------------------------------------------- ELBO surgery
@@ -129,8 +131,8 @@ def test_surgery_identity_and_analytic_kl():
   s = diagnostics.elbo_surgery(model, params, x, jax.random.key(21), num_samples=8,
                                batch_size=64, chunk_size=50)
   assert s.average_kl == pytest.approx(s.mutual_information + s.marginal_kl, abs=1e-4)
-  kl_dims = diagnostics.kl_per_dimension(lambda p, xx: model.base.encode(p["vae"], xx, 0),
-                                         params, x, batch_size=64)
+  # A standard prior and a Gaussian posterior: the KL of the base VAE's q and N(0, I).
+  kl_dims = diagnostics.kl_per_dimension(model.base, params["base"], x, batch_size=64)
   assert kl_dims.shape == (2,) and np.all(kl_dims >= 0)
   # MI + marginal KL (Monte Carlo) against the closed-form average KL
   assert abs(s.mutual_information + s.marginal_kl - kl_dims.sum()) < 4 * s.average_kl_stderr
@@ -151,7 +153,7 @@ def test_surgery_vamp_identity_and_mi_bound():
 def test_surgery_uninformative_posterior_is_zero():
   model = _model("standard")
   params = model.init(jax.random.key(26))
-  enc = params["vae"]["params"]["encoders_0"]
+  enc = params["base"]["params"]["encoders_0"]
   for head in ("loc", "log_scale"):   # q(z|x) = N(0, I) = p(z) for every x
     enc[head] = jax.tree.map(jnp.zeros_like, enc[head])
   s = diagnostics.elbo_surgery(model, params, _images(jax.random.key(27), 30),
@@ -180,7 +182,7 @@ def test_bad_input_raises():
   with pytest.raises(ValueError, match="encoder"):
     priors.VampPrior(D, 16, 3).log_prob({"pseudo_inputs": jnp.zeros((3, 16))}, jnp.zeros((2, D)))
   with pytest.raises(ValueError, match="prior must have latent_dim"):
-    vae.PriorVAE(vae.VAE(IMAGE_SHAPE, (D,), ((8,),)), priors.StandardNormal(D + 1))
+    models.PriorVAE(vae.VAE(IMAGE_SHAPE, (D,), ((8,),)), priors.StandardNormal(D + 1))
   with pytest.raises(ValueError, match="prior name"):
     priors.make_prior("laplace", D)
   model = _model()
@@ -192,4 +194,4 @@ def test_bad_input_raises():
     diagnostics.elbo_surgery(model, params, np.zeros((3,) + IMAGE_SHAPE, np.float32),
                              jax.random.key(32), num_samples=0)
   with pytest.raises(ValueError, match="x must be a batch"):
-    model.log_weights(params, jnp.zeros((2, 5)), jax.random.key(33), 2)
+    models.log_weights(model, params, jnp.zeros((2, 5)), jax.random.key(33), 2)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from dgmjax import objectives, training
+from dgmjax import models, objectives, training
 from dgmjax.models import vae
 
 
@@ -108,30 +108,43 @@ def test_make_loss_is_the_negative_bound():
   x = (_grey(3) > 0.5).astype(np.float32)
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(1)
-    lw = model.log_weights(params, x, key, 5)
-    for name, reduce in (("vae", objectives.elbo), ("iwae", objectives.iwae_bound)):
+    lw = models.log_weights(model, params, x, key, 5)
+    for name, reduce in (("vae", objectives.elbo), ("elbo", objectives.elbo),
+                         ("iwae", objectives.iwae_bound)):
       loss, aux = training.make_loss(model, name, 5)(params, x, key)
       np.testing.assert_allclose(loss, -jnp.mean(reduce(lw)), rtol=1e-6)
       np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
-  with pytest.raises(ValueError, match="objective"):
+  with pytest.raises(ValueError, match="estimator must be one of"):
     training.make_loss(model, "wake-sleep", 5)
 
 
-@pytest.mark.parametrize("objective,kwargs", [
+_ESTIMATOR_CASES = [
     ("dreg", {}), ("piwae", {"num_groups": 2}), ("piwae_dreg", {"num_groups": 2}),
     ("miwae", {"num_groups": 2}), ("ciwae", {"beta": 0.05}), ("stl", {}), ("rws", {}),
-    ("rws_dreg", {}), ("reinforce", {}), ("vimco", {})])
+    ("rws_dreg", {}), ("reinforce", {}), ("vimco", {}), ("renyi", {"alpha": 0.5}),
+    ("renyi_dreg", {"alpha": 0.5})]
+
+
+def test_every_estimator_of_make_loss_is_tested():
+  tested = {name for name, _ in _ESTIMATOR_CASES} | {"vae", "elbo", "iwae"}
+  assert tested == set(training.BOUND_ESTIMATORS) | set(training.SURROGATE_ESTIMATORS)
+  assert not set(training.BOUND_ESTIMATORS) & set(training.SURROGATE_ESTIMATORS)
+
+
+@pytest.mark.parametrize("objective,kwargs", _ESTIMATOR_CASES)
 def test_estimator_objectives_step_and_equal_the_negative_bound(objective, kwargs):
   model = _tiny()
   params = model.init(jax.random.key(0))
   x = (_grey(3) > 0.5).astype(np.float32)
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(1)
-    lw = model.log_weights(params, x, key, 8)
+    lw = models.log_weights(model, params, x, key, 8)
     loss_fn = training.make_loss(model, objective, 8, **kwargs)
     loss, aux = loss_fn(params, x, key)
   want = {"miwae": objectives.miwae_bound(lw, 2),
-          "ciwae": objectives.ciwae_bound(lw, 0.05)}.get(objective, objectives.iwae_bound(lw))
+          "ciwae": objectives.ciwae_bound(lw, 0.05),
+          "renyi": objectives.renyi_bound(lw, 0.5),
+          "renyi_dreg": objectives.renyi_bound(lw, 0.5)}.get(objective, objectives.iwae_bound(lw))
   np.testing.assert_allclose(loss, -jnp.mean(want), rtol=1e-6)
   np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
   opt = optax.adam(1e-3)

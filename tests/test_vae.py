@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from dgmjax import objectives
+from dgmjax import estimators, objectives
+from dgmjax import models
 from dgmjax.models import vae
 
 
@@ -35,7 +36,8 @@ def test_burda_architectures_and_log_weights_shape(model):
     assert p["priors_0"]["loc"]["kernel"].shape == (100, 100)
     assert p["decoder"]["hidden_0"]["kernel"].shape == (100, 200)
   x = _binary_images(jax.random.key(1), 3, (28, 28, 1))
-  lw = jax.jit(model.log_weights, static_argnums=3)(params, x, jax.random.key(2), 7)
+  lw = jax.jit(lambda p, xx, k: models.log_weights(model, p, xx, k, 7))(params, x,
+                                                                        jax.random.key(2))
   assert lw.shape == (7, 3)
   assert np.all(np.isfinite(lw)) and np.all(lw < 0)
 
@@ -44,8 +46,8 @@ def test_encoder_runs_once_per_x_not_per_sample():
   model = vae.burda_one_layer((28, 28, 1))
   params = model.init(jax.random.key(0))
   x = _binary_images(jax.random.key(1), 3, (28, 28, 1))
-  jaxpr = jax.make_jaxpr(lambda p, x, k: model.log_weights(p, x, k, 11))(params, x,
-                                                                          jax.random.key(2))
+  jaxpr = jax.make_jaxpr(lambda p, x, k: models.log_weights(model, p, x, k, 11))(
+      params, x, jax.random.key(2))
   first_layer = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"
                  and e.invars[1].aval.shape == (784, 200)]
   assert len(first_layer) == 1
@@ -71,10 +73,10 @@ def test_sample_chunks_are_independent_of_how_keys_are_grouped():
   x = _binary_images(jax.random.key(1), 2, (4, 4, 1))
   with jax.debug_key_reuse(False):  # the same samples, evaluated twice on purpose
     keys = jax.random.split(jax.random.key(2), 10)
-    whole = model.log_weights_from_keys(params, x, keys)
-    parts = jnp.concatenate([model.log_weights_from_keys(params, x, keys[:3]),
-                             model.log_weights_from_keys(params, x, keys[3:])])
-    again = model.log_weights(params, x, jax.random.key(2), 10)
+    whole = models.log_weights_from_keys(model, params, x, keys)
+    parts = jnp.concatenate([models.log_weights_from_keys(model, params, x, keys[:3]),
+                             models.log_weights_from_keys(model, params, x, keys[3:])])
+    again = models.log_weights(model, params, x, jax.random.key(2), 10)
   np.testing.assert_allclose(whole, parts, rtol=1e-6)
   np.testing.assert_array_equal(whole, again)
 
@@ -82,7 +84,8 @@ def test_sample_chunks_are_independent_of_how_keys_are_grouped():
 def _log_marginal_one_layer_by_quadrature(model, params, x):
   """log p(x) = log int N(z; 0, 1) p(x|z) dz for a 1-D latent, on a fine grid."""
   z = np.linspace(-12.0, 12.0, 48001)
-  logits = np.asarray(model.decode(params, jnp.asarray(z[:, None], jnp.float32)), np.float64)
+  logits = np.asarray(model.decoder_logits(params, jnp.asarray(z[:, None], jnp.float32)),
+                      np.float64)
   xf = np.asarray(x, np.float64).reshape(x.shape[0], -1)
   log_lik = xf @ logits.T - np.sum(np.logaddexp(0.0, logits), axis=1)  # [B, G]
   log_prior = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
@@ -108,12 +111,12 @@ def test_iwae_bounds_approach_quadrature_log_marginal():
   model = vae.VAE((3, 3, 1), (1,), ((16,),))
   x = _binary_images(jax.random.key(1), 4, (3, 3, 1), p=0.5)
   params = model.init(jax.random.key(0))  # an untrained encoder: the ELBO is a strict bound
-  lw = model.log_weights(params, x, jax.random.key(2), 2000)
+  lw = models.log_weights(model, params, x, jax.random.key(2), 2000)
   exact = _log_marginal_one_layer_by_quadrature(model, params, x)
   assert np.all(np.asarray(objectives.elbo(lw)) < exact - 0.05)
   params = _tame(params)
   exact = _log_marginal_one_layer_by_quadrature(model, params, x)
-  lw = model.log_weights(params, x, jax.random.key(3), 5000)
+  lw = models.log_weights(model, params, x, jax.random.key(3), 5000)
   iwae = np.asarray(objectives.iwae_bound(lw))
   elbo = np.asarray(objectives.elbo(lw))
   l50 = np.asarray(objectives.miwae_bound(lw, 100))
@@ -134,12 +137,13 @@ def test_two_layer_log_weights_against_quadrature():
   log_p_h1 = (-0.5 * ((g[None, :] - loc[:, None]) / np.exp(log_scale[:, None]))**2
               - log_scale[:, None] - 0.5 * math.log(2 * math.pi))
   log_p_h2 = -0.5 * g**2 - 0.5 * math.log(2 * math.pi)
-  logits = np.asarray(model.decode(params, jnp.asarray(g[:, None], jnp.float32)), np.float64)
+  logits = np.asarray(model.decoder_logits(params, jnp.asarray(g[:, None], jnp.float32)),
+                      np.float64)
   xf = np.asarray(x, np.float64).reshape(3, -1)
   log_lik = xf @ logits.T - np.sum(np.logaddexp(0.0, logits), axis=1)  # [B, h1]
   joint = log_p_h2[None, :, None] + log_p_h1[None] + log_lik[:, None, :]
   exact = special.logsumexp(joint, axis=(1, 2)) + 2 * math.log(dz)
-  lw = model.log_weights(params, x, jax.random.key(2), 5000)
+  lw = models.log_weights(model, params, x, jax.random.key(2), 5000)
   np.testing.assert_allclose(objectives.iwae_bound(lw), exact, atol=0.01)
 
 
@@ -147,51 +151,82 @@ def test_k1_iwae_equals_elbo_and_gradients_are_finite():
   model = vae.burda_one_layer((4, 4, 1))
   params = model.init(jax.random.key(0))
   x = _binary_images(jax.random.key(1), 5, (4, 4, 1))
-  lw = model.log_weights(params, x, jax.random.key(2), 1)
+  lw = models.log_weights(model, params, x, jax.random.key(2), 1)
   np.testing.assert_allclose(objectives.iwae_bound(lw), objectives.elbo(lw), rtol=1e-6)
   grads = jax.grad(lambda p: -jnp.mean(objectives.iwae_bound(
-      model.log_weights(p, x, jax.random.key(3), 4))))(params)
+      models.log_weights(model, p, x, jax.random.key(3), 4))))(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads["params"]["encoders_0"]))
 
 
-def test_stop_q_term_matches_log_q_in_value():
+def test_log_weight_terms_views_share_values_with_the_log_weights():
+  """The gradient views of models.log_weight_terms change no value: log_w, log_w_theta and
+  log_w_path all equal the log-weights, and log_q_score is log q of the same samples."""
   model = vae.burda_two_layer((4, 4, 1))
   params = model.init(jax.random.key(0))
   x = _binary_images(jax.random.key(1), 2, (4, 4, 1))
-  t = model.log_weight_terms(params, x, jax.random.key(2), 3, stop_q=True)
-  np.testing.assert_allclose(t.log_q, t.log_q_stop, rtol=1e-6)
-  assert t.log_weights.shape == (3, 2)
+  with jax.debug_key_reuse(False):  # the same samples, evaluated twice on purpose
+    t = models.log_weight_terms(model, params, x, jax.random.key(2), 3)
+    d = models.draws(model, params, x, jax.random.split(jax.random.key(2), 3))
+  assert isinstance(t, estimators.LogWeightTerms)
+  for field in t:
+    assert field.shape == (3, 2)
+  np.testing.assert_allclose(t.log_w, d.log_weights, rtol=1e-6)
+  np.testing.assert_allclose(t.log_w_theta, t.log_w, rtol=1e-6)
+  np.testing.assert_allclose(t.log_w_path, t.log_w, rtol=1e-6)
+  np.testing.assert_allclose(t.log_q_score, d.log_q, rtol=1e-6)
+  assert isinstance(d.z, tuple) and [h.shape for h in d.z] == [(3, 2, 100), (3, 2, 50)]
+  # the stop-gradient views: log_w_theta carries no gradient to the encoders, the score term
+  # none to the decoder
+  g_theta = jax.grad(lambda p: jnp.sum(models.log_weight_terms(
+      model, p, x, jax.random.key(3), 3).log_w_theta))(params)["params"]
+  g_score = jax.grad(lambda p: jnp.sum(models.log_weight_terms(
+      model, p, x, jax.random.key(4), 3).log_q_score))(params)["params"]
+  assert all(np.all(g == 0) for g in jax.tree.leaves(g_theta["encoders_0"]))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(g_theta["decoder"]))
+  assert all(np.all(g == 0) for g in jax.tree.leaves(g_score["decoder"]))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(g_score["encoders_0"]))
 
 
 def test_sample_reconstruct_and_posterior_means_shapes():
   for model in (vae.burda_one_layer((6, 5, 1)), vae.burda_two_layer((6, 5, 1))):
     params = model.init(jax.random.key(0))
-    s = model.sample(params, jax.random.key(1), 4)
+    s = models.sample_x(model, params, jax.random.key(1), 4)
     assert s.shape == (4, 6, 5, 1) and np.all((s >= 0) & (s <= 1))
-    sb = model.sample(params, jax.random.key(2), 4, binary=True)
-    assert set(np.unique(np.asarray(sb))) <= {0.0, 1.0}
+    z = model.sample_prior(params, jax.random.key(2), 4)
+    assert [h.shape for h in jax.tree.leaves(z)] == [(4, d) for d in model.latent_dims]
+    # decode is the Bernoulli mean, the sigmoid of decoder_logits
+    np.testing.assert_allclose(
+        model.decode(params, z),
+        model.unflatten(jax.nn.sigmoid(model.decoder_logits(params, jax.tree.leaves(z)[0]))),
+        rtol=1e-6)
     x = _binary_images(jax.random.key(3), 3, (6, 5, 1))
-    assert model.reconstruct(params, x).shape == (3, 6, 5, 1)
-    assert model.reconstruct(params, x, jax.random.key(4)).shape == (3, 6, 5, 1)
-    means = model.posterior_means(params, x, jax.random.key(5))
+    r = models.reconstruct(model, params, x)
+    assert r.shape == (3, 6, 5, 1) and np.all((r >= 0) & (r <= 1))
+    # key=None reconstructs from the encoder mean of h_1
+    loc = model.encode(params, x, 0)[0]
+    np.testing.assert_allclose(
+        r, model.unflatten(jax.nn.sigmoid(model.decoder_logits(params, loc))), rtol=1e-6)
+    assert models.reconstruct(model, params, x, jax.random.key(4)).shape == (3, 6, 5, 1)
+    means = models.posterior_means(model, params, x, jax.random.key(5))
     assert [m.shape for m in means] == [(3, d) for d in model.latent_dims]
+    np.testing.assert_allclose(means[0], loc, rtol=1e-6)
 
 
 def test_float64_follows_inputs(x64):
   model = vae.burda_one_layer((4, 4, 1))
   params = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(0)))
   x = _binary_images(jax.random.key(1), 2, (4, 4, 1)).astype(jnp.float64)
-  assert model.log_weights(params, x, jax.random.key(2), 3).dtype == jnp.float64
+  assert models.log_weights(model, params, x, jax.random.key(2), 3).dtype == jnp.float64
 
 
 def test_bad_inputs_raise():
   model = vae.burda_one_layer((28, 28, 1))
   params = model.init(jax.random.key(0))
   with pytest.raises(ValueError, match="28, 28, 1"):
-    model.log_weights(params, jnp.zeros((2, 8, 8, 1)), jax.random.key(1), 2)
+    models.log_weights(model, params, jnp.zeros((2, 8, 8, 1)), jax.random.key(1), 2)
   with pytest.raises(ValueError, match="num_samples"):
-    model.log_weights(params, jnp.zeros((2, 28, 28, 1)), jax.random.key(2), 0)
+    models.log_weights(model, params, jnp.zeros((2, 28, 28, 1)), jax.random.key(2), 0)
   with pytest.raises(ValueError, match="equal length"):
     vae.VAE((4, 4, 1), (2, 3), ((4,),))
   with pytest.raises(ValueError, match="model name"):
