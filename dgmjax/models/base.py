@@ -373,16 +373,13 @@ def sample_x(model, params: Params, key: Array, num: int) -> Array:
 def reconstruct(model, params: Params, x: Array, key: Array | None = None) -> Array:
   """``decode`` at the posterior mean (``key=None``) or at a draw of ``q(z|x)``."""
   _need(model, "decode", "reconstruction")
-  if key is None:
-    key = jax.random.key(0)
-    if has(model, "posterior_mean"):
-      z = model.posterior_mean(params, x, key)
-    else:
-      z = model.sample_q(params, x, key)
+  at_mean = key is None
+  k_z, k_x = jax.random.split(jax.random.key(0) if at_mean else key)
+  if at_mean and has(model, "posterior_mean"):
+    z = model.posterior_mean(params, x, k_z)
   else:
-    key, sub = jax.random.split(key)
-    z = model.sample_q(params, x, sub)
-  return model.decode(params, z, key)
+    z = model.sample_q(params, x, k_z)
+  return model.decode(params, z, k_x)
 
 
 # ----------------------------------------------------------------------------- check_model

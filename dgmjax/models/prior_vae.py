@@ -152,6 +152,16 @@ class PriorVAE(base_lib.LatentModel):
     z = jax.vmap(lambda k: self.sample_q(params, x, k))(jax.random.split(key, 100))
     return jnp.mean(z, axis=0)
 
+  def kl(self, params, x):
+    """The base model's analytic ``KL(q(z|x) || N(0, I))`` per dimension, ``[B, D]``: defined for
+    the standard Normal prior without a flow posterior (else no closed form: raises)."""
+    from dgmjax import priors as priors_lib  # pylint: disable=import-outside-toplevel
+    if self.posterior_flow is not None or not isinstance(self.prior, priors_lib.StandardNormal):
+      raise ValueError("kl has a closed form only for the standard Normal prior without a "
+                       "posterior flow; use a bound of the log-weights instead")
+    base_lib._need(self.base, "kl", "PriorVAE.kl")  # pylint: disable=protected-access
+    return self.base.kl(params["base"], x)
+
   def sample_prior(self, params, key, num):
     return self.prior.sample(key, params["prior"], num, self._encoder(params))
 
