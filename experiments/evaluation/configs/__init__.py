@@ -1,0 +1,1 @@
+"""Configurations of the evaluation study; each file has ``get_config()``."""
