@@ -1,6 +1,7 @@
 """Bring your own model: a Flax conv VAE on binarized MNIST, trained with IWAE and DReG.
 
   DGMJAX_DATA_DIR=../shared/data python examples/byom_conv_vae.py [--steps 1000] [--workdir /tmp/byom]
+  (--steps 300 --eval_images 100: about 35 minutes on 2 CPU cores)
 """
 import argparse, os
 
