@@ -479,6 +479,26 @@ def ratios(peer: Side, ref: Side) -> dict | None:
 # ----------------------------------------------------------------------------- cases
 
 
+def jax_train_runner(loss_fn, opt, params, jbatches, microbatch):
+  """``(step, holder, run)``: the jitted dgmjax step on the minibatches ``jbatches`` (cycled) and
+  ``run(n)``, which takes ``n`` steps and waits for them; ``holder`` keeps the state."""
+  import jax
+  from dgmjax import training
+  batch = int(jbatches[0].shape[0])
+  step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True,
+                                  microbatch=None if microbatch >= batch else microbatch)
+  holder = {"state": training.init_state(params, opt), "i": 0}
+
+  def run(n):
+    st = holder["state"]
+    for _ in range(n):
+      st, _ = step(st, jbatches[holder["i"] % len(jbatches)])
+      holder["i"] += 1
+    jax.block_until_ready(st)
+    holder["state"] = st
+  return step, holder, run
+
+
 def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   import jax
   import numpy as np
@@ -500,19 +520,7 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   microbatch = training.resolve_microbatch(args.microbatch, batch, num_samples,
                                            name="--microbatch", batch_name="B") or batch
 
-  def make_jax(mb):
-    step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True,
-                                    microbatch=None if mb >= batch else mb)
-    holder = {"state": training.init_state(params, opt), "i": 0}
-
-    def run(n):
-      st = holder["state"]
-      for _ in range(n):
-        st, _ = step(st, jbatches[holder["i"] % 4])
-        holder["i"] += 1
-      jax.block_until_ready(st)
-      holder["state"] = st
-    return step, holder, run
+  make_jax = lambda mb: jax_train_runner(loss_fn, opt, params, jbatches, mb)
 
   step, holder, run_jax = make_jax(microbatch)
 

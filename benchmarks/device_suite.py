@@ -536,17 +536,8 @@ def _train_sides(ctx, name, batch, num_samples):
   opt = training.make_optimizer("adam", 1e-3)
   loss_fn = training.make_loss(model, objective, num_samples)
   microbatch = training.resolve_microbatch("auto", batch, num_samples, batch_name="B") or batch
-  step = training.make_train_step(loss_fn, opt, seed=0, dynamic_binarization=True,
-                                  microbatch=None if microbatch >= batch else microbatch)
-  holder = {"state": training.init_state(params, opt), "i": 0}
-
-  def run_jax(n):
-    st = holder["state"]
-    for _ in range(n):
-      st, _ = step(st, jbatches[holder["i"] % 4])
-      holder["i"] += 1
-    jax.block_until_ready(st)
-    holder["state"] = st
+  step, holder, run_jax = ctx["bench"].jax_train_runner(loss_fn, opt, params, jbatches,
+                                                         microbatch)
 
   case = {"model": model, "params": params, "objective": objective, "microbatch": microbatch,
           "runs": {"dgmjax": run_jax}}
