@@ -11,7 +11,7 @@ Shapes must be static inside one ``vmap``, so runs are grouped:
 
 * runs that differ only in their seed, their initial parameters or their data order share a group;
 * runs with the same ``K`` but different *bound* objectives (e.g. the VAE and the IWAE at ``K = 5``)
-  also share a group: :func:`bound_objectives_loss` computes the log-weights once and selects each
+  also share a group: :func:`bounds_loss` computes the log-weights once and selects each
   run's reduction (``elbo``, ``iwae_bound``, ...) by an integer index, a masked formulation whose
   cost is one extra reduction of the ``[K, B]`` log-weights;
 * runs with different ``K`` or batch sizes form different groups; :func:`make_groups_train_step`
@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dgmjax import objectives, training
+from dgmjax import _deprecation, objectives, training
 from dgmjax.models import base as models_base
 
 Array = jax.Array
@@ -89,35 +89,34 @@ def init_runs(params: Sequence[Any] | Any, optimizer: optax.GradientTransformati
 # ----------------------------------------------------------------------------- losses
 
 
-def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: int,
-                          **kwargs) -> Callable:
-  """One loss for runs that differ only in their bound objective: ``loss(params, x, key, index)``.
+def bounds_loss(model, bounds: Sequence[str], num_samples: int, **kwargs) -> Callable:
+  """One loss for runs that differ only in their bound: ``loss(params, x, key, index)``.
 
   The log-weights ``[K, B]`` are computed once; ``index`` (traced, per run) selects the reduction
-  ``objective_names[index]``. For one objective the value, metrics and gradient are those of
+  ``bounds[index]``. For one bound the value, metrics and gradient are those of
   ``dgmjax.training.make_loss(model, name, num_samples, **kwargs)`` (same key, same samples).
 
-  .. math:: \\ell_r(\\theta) = -\\frac1B \\sum_b R_{o(r)}(\\log w_{1:K, b}), \\quad R_{\\mathrm{vae}} = \\mathrm{mean}_k, \\; R_{\\mathrm{iwae}} = \\log \\mathrm{mean}_k \\exp
+  .. math:: \\ell_r(\\theta) = -\\frac1B \\sum_b R_{o(r)}(\\log w_{1:K, b}), \\quad R_{\\mathrm{elbo}} = \\mathrm{mean}_k, \\; R_{\\mathrm{iwae}} = \\log \\mathrm{mean}_k \\exp
 
   Args:
     model: a contract model (:mod:`dgmjax.models.base`).
-    objective_names: names from ``dgmjax.training.BOUND_ESTIMATORS`` (``elbo`` / ``vae``,
-      ``iwae``, ``miwae``, ``ciwae``).
+    bounds: names from ``dgmjax.training.BOUND_ESTIMATORS`` (``elbo``, ``iwae``, ``miwae``,
+      ``ciwae``, ``renyi``).
     num_samples: ``K``, shared by the runs.
     **kwargs: ``num_groups`` (MIWAE), ``beta`` (CIWAE).
 
   Returns:
     ``loss(params, x, key, index) -> (loss, {"bound", "elbo"})``.
   """
-  names = tuple(objective_names)
+  names = tuple(_deprecation.bound_name(n, "bounds") for n in bounds)
   bad = [n for n in names if n not in training.BOUND_ESTIMATORS]
   if not names or bad:
-    raise ValueError(f"objective_names must be non-empty names from "
-                     f"{training.BOUND_ESTIMATORS}, got {objective_names!r}")
+    raise ValueError(f"bounds must be non-empty names from "
+                     f"{training.BOUND_ESTIMATORS}, got {bounds!r}")
   for n in names:  # validates K, num_groups, beta exactly as make_loss does
     training.make_loss(model, n, num_samples, **kwargs)
   num_groups = int(kwargs.get("num_groups") or 1)
-  reducers = {"vae": objectives.elbo, "elbo": objectives.elbo, "iwae": objectives.iwae_bound,
+  reducers = {"elbo": objectives.elbo, "iwae": objectives.iwae_bound,
               "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
               "ciwae": lambda lw: objectives.ciwae_bound(lw, kwargs.get("beta")),
               "renyi": lambda lw: objectives.renyi_bound(lw, kwargs.get("alpha"))}
@@ -129,6 +128,13 @@ def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: in
     return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
 
   return loss
+
+
+def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: int,
+                          **kwargs) -> Callable:
+  """Deprecated name of :func:`bounds_loss` (removed in the next release)."""
+  _deprecation.warn("parallel.bound_objectives_loss is deprecated: use parallel.bounds_loss")
+  return bounds_loss(model, objective_names, num_samples, **kwargs)
 
 
 # ----------------------------------------------------------------------------- runs side by side
@@ -345,6 +351,11 @@ class SampleSharded(models_base.LatentModel):
   """
   model: Any
   mesh: Mesh
+
+  @property
+  def data_support(self):
+    """The wrapped model's."""
+    return getattr(self.model, "data_support", None)
 
   def __post_init__(self):
     models_base._check_contract(self.model)  # pylint: disable=protected-access

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import data, objectives
+from dgmjax import _deprecation, data, objectives
 
 Array = jax.Array
 LossFn = Callable[[Any, Array, Array], tuple[Array, dict]]
@@ -175,8 +175,9 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 
 
 #: Estimators of :func:`make_loss` that differentiate the bound itself (the reparametrization
-#: estimator of the ELBO, IWAE, MIWAE, CIWAE); ``'vae'`` is another name for ``'elbo'``.
-BOUND_ESTIMATORS = ("elbo", "vae", "iwae", "miwae", "ciwae", "renyi")
+#: estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds). ``'vae'``, an old name of ``'elbo'``,
+#: still works for one release with a ``DeprecationWarning``.
+BOUND_ESTIMATORS = ("elbo", "iwae", "miwae", "ciwae", "renyi")
 #: Estimators whose gradient is a surrogate of :mod:`dgmjax.estimators` over the gradient views of
 #: :func:`dgmjax.models.log_weight_terms` (routing by role: what ``q`` reads vs what ``p`` reads).
 SURROGATE_ESTIMATORS = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
@@ -198,6 +199,13 @@ def _batch_mean_baseline(signal: Array) -> Array:
   return (jnp.sum(f) - f) / (b - 1)
 
 
+def _for_model(loss: Callable, model) -> Callable:
+  """Tags a loss with its model, so that :func:`fit` checks the training data against the
+  model's likelihood support (:func:`dgmjax.models.check_data`) before it starts."""
+  loss.model = model
+  return loss
+
+
 def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None = None,
               beta=None, bound: str = "iwae", baseline=None, kl: str | None = None,
               alpha=None) -> LossFn:
@@ -212,7 +220,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
 
   Args:
     model: a model of the contract (:mod:`dgmjax.models.base`).
-    estimator: ``'elbo'`` (or ``'vae'``: the ``K``-sample ELBO average), ``'iwae'``, ``'miwae'``
+    estimator: ``'elbo'`` (the ``K``-sample ELBO average), ``'iwae'``, ``'miwae'``
       (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
       ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
       ``p``, MIWAE(M, K) for ``q``), ``'stl'`` (``bound``), ``'rws'``, ``'rws_dreg'``,
@@ -244,6 +252,8 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
   from dgmjax import estimators  # pylint: disable=import-outside-toplevel
   from dgmjax.models import base  # pylint: disable=import-outside-toplevel
 
+  estimator = _deprecation.bound_name(estimator, "estimator")
+  bound = _deprecation.bound_name(bound, "bound")
   names = BOUND_ESTIMATORS + SURROGATE_ESTIMATORS
   if estimator not in names:
     raise ValueError(f"estimator must be one of {sorted(names)}, got {estimator!r}")
@@ -285,7 +295,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     raise ValueError(f"kl must be None or 'analytic', got {kl!r}")
   analytic = kl == "analytic"
   if analytic:
-    if estimator not in ("elbo", "vae", "reinforce"):
+    if estimator not in ("elbo", "reinforce"):
       raise ValueError(f"kl='analytic' applies to the ELBO ('elbo', 'reinforce'), not "
                        f"{estimator!r}")
     if estimator == "reinforce" and bound != "elbo":
@@ -297,7 +307,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     kls = model.kl(params, x)
     return jnp.sum(kls.reshape(kls.shape[0], -1), axis=-1)
 
-  if analytic and estimator in ("elbo", "vae"):
+  if analytic and estimator == "elbo":
     def loss(params, x, key):
       keys = jax.random.split(key, num_samples)
       z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
@@ -309,12 +319,11 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       return -value, {"bound": value, "elbo": value, "kl": jnp.mean(kl_b),
                       "recon": jnp.mean(ll)}
 
-    return loss
+    return _for_model(loss, model)
 
   if estimator in BOUND_ESTIMATORS:
     reduce = {
         "elbo": objectives.elbo,
-        "vae": objectives.elbo,
         "iwae": objectives.iwae_bound,
         "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
         "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
@@ -326,7 +335,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       value = jnp.mean(reduce(lw))
       return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
 
-    return loss
+    return _for_model(loss, model)
 
   def loss(params, x, key):
     terms = base.log_weight_terms(model, params, x, key, num_samples, analytic_kl=analytic)
@@ -353,7 +362,7 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     total = -value + metrics.get("baseline_loss", 0.0)
     return total, dict(metrics, bound=value)
 
-  return loss
+  return _for_model(loss, model)
 
 
 # ----------------------------------------------------------------------------- KL control
@@ -404,12 +413,14 @@ def kl_weight_schedule(kind: str = "constant", *, warmup_steps: int = 0, cycle_s
   return lambda step: jnp.asarray(ramp(jnp.mod(step, int(cycle_steps))), jnp.float32)
 
 
-KL_OBJECTIVES = ("vae", "iwae")
+#: The bounds of :func:`make_kl_controlled_loss`.
+KL_BOUNDS = ("elbo", "iwae")
 
 
-def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
+def make_kl_controlled_loss(model, bound: str | None = None, num_samples: int | None = None, *,
                             kl_weight: Callable | None = None, free_bits: float | None = None,
-                            free_bits_groups: int | None = None) -> Callable:
+                            free_bits_groups: int | None = None,
+                            objective: str | None = None) -> Callable:
   """The ELBO or IWAE loss with a KL weight schedule and / or free bits: ``(params, x, key, step)``.
 
   Use with ``make_train_step(..., pass_step=True)``. The model is any contract model with an
@@ -417,7 +428,7 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
   ``q`` and a standard Normal prior: :class:`~dgmjax.models.vae.VAE` with one stochastic layer,
   :class:`~dgmjax.models.pixel_vae.PixelVAE`, a model of :func:`~dgmjax.models.from_networks`).
 
-  - ``'vae'``: ``E_q[log p(x|z)] - beta * R`` with ``R`` the analytic KL summed over dimensions,
+  - ``'elbo'``: ``E_q[log p(x|z)] - beta * R`` with ``R`` the analytic KL summed over dimensions,
     or, with free bits, ``objectives.free_bits(KL_dims, lambda)`` (each dimension, or group,
     pays at least ``lambda`` nats averaged over the minibatch: below it, no KL gradient).
   - ``'iwae'``: the IWAE bound of the tempered weights ``log p(x|z) + beta (log p(z) - log q(z|x))``
@@ -429,7 +440,8 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
 
   Args:
     model: see above.
-    objective: ``'vae'`` or ``'iwae'``.
+    bound: ``'elbo'`` or ``'iwae'`` (the old name ``'vae'`` of ``'elbo'`` and the old keyword
+      ``objective=`` work for one release, with a ``DeprecationWarning``).
     num_samples: ``K``.
     kl_weight: ``step -> beta`` (e.g. :func:`kl_weight_schedule`); default 1.
     free_bits: ``lambda`` in nats per dimension (or per group), or None.
@@ -447,8 +459,13 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
   """
   from dgmjax.models import base  # pylint: disable=import-outside-toplevel
 
-  if objective not in KL_OBJECTIVES:
-    raise ValueError(f"objective must be one of {KL_OBJECTIVES}, got {objective!r}")
+  bound = _deprecation.renamed_kwarg(bound, objective, new="bound", old="objective")
+  bound = _deprecation.bound_name(bound, "bound")
+  if bound not in KL_BOUNDS:
+    raise ValueError(f"bound must be one of {KL_BOUNDS}, got {bound!r}")
+  if num_samples is None:
+    raise TypeError("make_kl_controlled_loss needs num_samples (K)")
+  kind = bound
   base._check_contract(model)  # pylint: disable=protected-access
   base._need(model, "kl", "a KL-controlled loss")  # pylint: disable=protected-access
   num_samples = base.check_num_samples(num_samples)
@@ -483,20 +500,21 @@ def make_kl_controlled_loss(model, objective: str, num_samples: int, *,
     d = base.draws(model, params, x, jax.random.split(key, num_samples))
     ll = jnp.mean(d.log_likelihood)
     elbo = ll - kl_total
-    if objective == "vae":
+    if kind == "elbo":
       value = ll - beta * penalty
-      bound = elbo
+      bound_value = elbo
     else:
       tempered = d.log_likelihood + beta * (d.log_prior - d.log_q)
       value = jnp.mean(objectives.iwae_bound(tempered)) - beta * (penalty - kl_total)
-      bound = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(d.log_weights)))
+      bound_value = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(d.log_weights)))
     mean = jax.lax.stop_gradient(base.posterior_means(model, params, x, jax.random.fold_in(key, 1))[0])
     au = jnp.sum(jnp.var(mean.reshape(mean.shape[0], -1), axis=0) > 1e-2)
-    return -value, {"bound": jax.lax.stop_gradient(bound), "elbo": jax.lax.stop_gradient(elbo),
+    return -value, {"bound": jax.lax.stop_gradient(bound_value),
+                    "elbo": jax.lax.stop_gradient(elbo),
                     "kl": jax.lax.stop_gradient(kl_total), "beta": beta,
                     "kl_below_free_bits": below, "au_batch": au}
 
-  return loss
+  return _for_model(loss, model)
 
 
 # ----------------------------------------------------------------------------- state and step
@@ -711,6 +729,29 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
       raise ValueError(f"{name} values must lie in [0, 1] for the Bernoulli decoder, got values "
                        f"in [{lo:g}, {hi:g}]")
   return arr
+
+
+def _check_train_images(loss_fn, images, dynamic_binarization: bool):
+  """The training data of :func:`fit`, checked before any work: an array ``[N, ...]``, finite,
+  in [0, 1] when binarized per minibatch, else in the support of the loss's model (a loss from
+  :func:`make_loss` knows its model; see :func:`dgmjax.models.check_data`)."""
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
+
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"train_images must be an array [N, ...], got {type(images).__name__}")
+  if images.ndim < 2 or images.shape[0] == 0:
+    raise ValueError(f"train_images must be a non-empty array [N, ...], got shape {images.shape}")
+  if dynamic_binarization:
+    if np.dtype(images.dtype) == np.uint8:
+      raise ValueError("train_images is a uint8 array (0..255 grey levels?); dynamic binarization "
+                       "draws pixels with probability x, so pass floats in [0, 1] (e.g. "
+                       "training.check_images(images), which scales uint8 by 1/255)")
+    base.check_data(None, images, "train_images (binarized per minibatch)",
+                    support="unit_interval")
+    return images
+  model = getattr(loss_fn, "model", None)
+  base.check_data(model, images, "train_images")
+  return images
 
 
 def epoch_order(num_examples: int, epoch: int, seed: int, *, shuffle: bool) -> np.ndarray:
@@ -1133,6 +1174,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
   from tqdm.auto import tqdm
   import orbax.checkpoint as ocp
 
+  train_images = _check_train_images(loss_fn, train_images, dynamic_binarization)
   n = train_images.shape[0]
   steps_per_epoch = n // batch_size
   if steps_per_epoch < 1:

@@ -82,8 +82,8 @@ def test_vae_and_iwae_rows_share_a_group_and_groups_share_a_program():
   opt = training.make_optimizer("adam", 1e-2)
   images = _images(8, seed=1)
   p0, p1, p2 = (_init(jax.random.key(i)) for i in range(3))
-  k5 = parallel.bound_objectives_loss(MODEL, ("vae", "iwae"), 5)
-  k1 = training.make_loss(MODEL, "vae", 1)
+  k5 = parallel.bounds_loss(MODEL, ("elbo", "iwae"), 5)
+  k1 = training.make_loss(MODEL, "elbo", 1)
   groups = [parallel.RunGroup(k5, opt, with_index=True, dynamic_binarization=True),
             parallel.RunGroup(k1, opt, dynamic_binarization=True)]
   step = parallel.make_groups_train_step(groups)
@@ -94,15 +94,17 @@ def test_vae_and_iwae_rows_share_a_group_and_groups_share_a_program():
     xs = (parallel.runs_batches(images, [3, 3], s, 4), parallel.runs_batches(images, [4], s, 4))
     states, metrics = step(states, xs, seeds, indices)
   # Each run equals make_loss with its own objective and K, trained alone.
-  for (objective, k, p, seed, st) in [("vae", 5, p0, 3, _run(states[0], 0)),
+  for (objective, k, p, seed, st) in [("elbo", 5, p0, 3, _run(states[0], 0)),
                                       ("iwae", 5, p1, 3, _run(states[0], 1)),
-                                      ("vae", 1, p2, 4, _run(states[1], 0))]:
+                                      ("elbo", 1, p2, 4, _run(states[1], 0))]:
     batches = [parallel.runs_batches(images, [seed], s, 4)[0] for s in range(2)]
     ref, _ = _alone(training.make_loss(MODEL, objective, k), p, batches, seed, opt)
     _assert_trees_close(st.params, ref.params)
   assert metrics[0]["loss"].shape == (2,) and metrics[1]["loss"].shape == (1,)
-  with pytest.raises(ValueError, match="objective_names"):
-    parallel.bound_objectives_loss(MODEL, ("dreg",), 5)
+  with pytest.raises(ValueError, match="bounds must be"):
+    parallel.bounds_loss(MODEL, ("dreg",), 5)
+  with pytest.warns(DeprecationWarning, match="bound_objectives_loss is deprecated"):
+    parallel.bound_objectives_loss(MODEL, ("iwae",), 5)
 
 
 def test_stack_unstack_and_mesh_validation():

@@ -143,7 +143,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   x = _binary(jax.random.key(11), 6)
   key = jax.random.key(12)
   # ELBO with the analytic KL at beta = 1
-  loss, met = training.make_kl_controlled_loss(m, "vae", 3)(params, x, key, 0)
+  loss, met = training.make_kl_controlled_loss(m, "elbo", 3)(params, x, key, 0)
   t = models.draws(m, params, x, jax.random.split(jax.random.clone(key), 3))
   loc, log_scale = m.encode(params, x)
   elbo = objectives.elbo_analytic_kl(t.log_likelihood,
@@ -161,13 +161,13 @@ def test_kl_controlled_loss_values_are_the_bounds():
   kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0).mean(0)
   np.testing.assert_allclose(iw(free_bits=0.0)[0], iw()[0], rtol=1e-6)
   big = float(kl_dims.max()) + 1.0
-  fb_loss, fb_met = training.make_kl_controlled_loss(m, "vae", 3, free_bits=big)(
+  fb_loss, fb_met = training.make_kl_controlled_loss(m, "elbo", 3, free_bits=big)(
       params, x, jax.random.clone(key), 0)
   np.testing.assert_allclose(fb_loss, -jnp.mean(t.log_likelihood) + 4 * big, rtol=1e-5)
   assert int(fb_met["kl_below_free_bits"]) == 4
 
 
-@pytest.mark.parametrize("objective", ["vae", "iwae"])
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
 def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   """Dimensions whose batch KL is under lambda get exactly the reconstruction's gradient.
 
@@ -189,12 +189,12 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   zero = lambda s: jnp.zeros([], jnp.float32)
 
   def grads(**kw):
-    f = training.make_kl_controlled_loss(m, "vae", 1, **kw)
+    f = training.make_kl_controlled_loss(m, "elbo", 1, **kw)
     g = jax.grad(lambda p: f(p, x, jax.random.clone(key), 0)[0])(params)
     enc = g["encoder"]["params"]
     return np.asarray(enc["loc"]["kernel"]), np.asarray(enc["log_scale"]["kernel"])
 
-  if objective == "vae":
+  if objective == "elbo":
     fb, recon, plain = grads(free_bits=lam), grads(kl_weight=zero), grads()
     for a, b, c in zip(fb, recon, plain):
       np.testing.assert_allclose(a[:, below], b[:, below], atol=1e-6)       # no KL gradient
@@ -236,11 +236,17 @@ def test_kl_controlled_train_step_traces_once_and_bad_arguments():
     state, met = step(state, x)
     betas.append(float(met["beta"]))
   np.testing.assert_allclose(betas, [0.0, 0.5, 1.0, 1.0, 0.0])
-  with pytest.raises(ValueError, match="objective"):
+  with pytest.raises(ValueError, match="bound must be one of"):
     training.make_kl_controlled_loss(m, "miwae", 2)
+  with pytest.warns(DeprecationWarning, match="objective= is deprecated"):
+    old = training.make_kl_controlled_loss(m, objective="vae", num_samples=2)
+  with jax.debug_key_reuse(False):
+    k = jax.random.key(16)
+    np.testing.assert_array_equal(old(params, x, k, 0)[0],
+                                  training.make_kl_controlled_loss(m, "elbo", 2)(params, x, k, 0)[0])
   with pytest.raises(ValueError, match="free_bits"):
-    training.make_kl_controlled_loss(m, "vae", 1, free_bits=-1.0)
+    training.make_kl_controlled_loss(m, "elbo", 1, free_bits=-1.0)
   with pytest.raises(ValueError, match="free_bits_groups"):
-    training.make_kl_controlled_loss(m, "vae", 1, free_bits=0.1, free_bits_groups=2)
+    training.make_kl_controlled_loss(m, "elbo", 1, free_bits=0.1, free_bits_groups=2)
   with pytest.raises(ValueError, match="num_samples"):
-    training.make_kl_controlled_loss(m, "vae", 0)
+    training.make_kl_controlled_loss(m, "elbo", 0)

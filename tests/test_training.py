@@ -109,13 +109,26 @@ def test_make_loss_is_the_negative_bound():
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(1)
     lw = models.log_weights(model, params, x, key, 5)
-    for name, reduce in (("vae", objectives.elbo), ("elbo", objectives.elbo),
-                         ("iwae", objectives.iwae_bound)):
+    for name, reduce in (("elbo", objectives.elbo), ("iwae", objectives.iwae_bound)):
       loss, aux = training.make_loss(model, name, 5)(params, x, key)
       np.testing.assert_allclose(loss, -jnp.mean(reduce(lw)), rtol=1e-6)
       np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
   with pytest.raises(ValueError, match="estimator must be one of"):
     training.make_loss(model, "wake-sleep", 5)
+
+
+def test_old_name_vae_of_the_elbo_still_works_with_a_deprecation_warning():
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  x = (_grey(3) > 0.5).astype(np.float32)
+  key = jax.random.key(1)
+  with pytest.warns(DeprecationWarning, match="estimator='vae' is deprecated: use 'elbo'"):
+    old = training.make_loss(model, "vae", 5)
+  new = training.make_loss(model, "elbo", 5)
+  with jax.debug_key_reuse(False):
+    np.testing.assert_array_equal(old(params, x, key)[0], new(params, x, key)[0])
+  with pytest.warns(DeprecationWarning, match="bound='vae' is deprecated"):
+    training.make_loss(model, "reinforce", 5, bound="vae")
 
 
 _ESTIMATOR_CASES = [
@@ -126,7 +139,7 @@ _ESTIMATOR_CASES = [
 
 
 def test_every_estimator_of_make_loss_is_tested():
-  tested = {name for name, _ in _ESTIMATOR_CASES} | {"vae", "elbo", "iwae"}
+  tested = {name for name, _ in _ESTIMATOR_CASES} | {"elbo", "iwae"}
   assert tested == set(training.BOUND_ESTIMATORS) | set(training.SURROGATE_ESTIMATORS)
   assert not set(training.BOUND_ESTIMATORS) & set(training.SURROGATE_ESTIMATORS)
 
@@ -314,14 +327,42 @@ def test_nonfinite_steps_are_skipped_and_counted():
 def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
   model = _tiny()
   opt = optax.adam(1e-3)
-  images = np.full((16, 4, 4, 1), np.nan, np.float32)
+  images = np.ones((16, 4, 4, 1), np.float32)
+  nan_params = jax.tree.map(lambda a: a * jnp.nan, model.init(jax.random.key(0)))
   with pytest.raises(training.NonFiniteError, match="3 consecutive"):
-    training.fit(training.make_loss(model, "vae", 1), model.init(jax.random.key(0)), images,
+    training.fit(training.make_loss(model, "elbo", 1), nan_params, images,
                  optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
                  max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
   events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert events[-1]["event"] == "stopped" and events[-1]["step"] == 3
   assert sum(e.get("event") == "nonfinite_skipped" for e in events) == 3
+
+
+@pytest.mark.parametrize("images, dynamic, match", [
+    (np.full((8, 4, 4, 1), 255, np.uint8), False, r"binary values .* uint8 array of 0\.\.255"),
+    (np.full((8, 4, 4, 1), 255, np.uint8), True, "uint8 array"),
+    (np.full((8, 4, 4, 1), 0.5, np.float32), False, "binary values in {0, 1}.* for VAE"),
+    (np.full((8, 4, 4, 1), 1.5, np.float32), True, r"values in \[0, 1\]"),
+    (np.full((8, 4, 4, 1), np.nan, np.float32), True, "1 NaN|NaN value"),
+])
+def test_fit_checks_the_data_against_the_models_likelihood_before_any_work(
+    tmp_path, images, dynamic, match):
+  model = _tiny()
+  with pytest.raises(ValueError, match=match):
+    training.fit(training.make_loss(model, "elbo", 1), model.init(jax.random.key(0)), images,
+                 optimizer=optax.adam(1e-3), num_steps=2, batch_size=4, seed=0,
+                 workdir=str(tmp_path / "w"), dynamic_binarization=dynamic, log_every=1,
+                 checkpoint_every=2)
+  assert not (tmp_path / "w").exists()  # refused before the workdir was made
+
+
+def test_fit_accepts_grey_levels_when_it_binarizes_them(tmp_path):
+  model = _tiny()
+  state, _ = training.fit(training.make_loss(model, "elbo", 1), model.init(jax.random.key(0)),
+                          _grey(8), optimizer=optax.adam(1e-3), num_steps=2, batch_size=4,
+                          seed=0, workdir=str(tmp_path), dynamic_binarization=True, log_every=1,
+                          checkpoint_every=2)
+  assert int(state.step) == 2
 
 
 # ----------------------------------------------------------------------------- resume

@@ -10,14 +10,15 @@ subclass of :class:`LatentModel`).
 
 from dgmjax.models import base, linear_gaussian
 from dgmjax.models.base import (
-    LIKELIHOODS, Draws, FunctionModel, LatentModel, NetworkModel, as_network, check_log_weights,
-    check_model, draws, from_functions, from_networks, has, log_weight_terms, log_weights,
+    DATA_SUPPORTS, LIKELIHOODS, Draws, FunctionModel, LatentModel, NetworkModel, as_network,
+    check_data, check_log_weights, check_model, draws, from_functions, from_networks, has, log_weight_terms, log_weights,
     log_weights_from_keys, posterior_log_prob_cross, posterior_means, reconstruct, sample_x)
 from dgmjax.models.prior_vae import PriorVAE
 
 __all__ = [
-    "LIKELIHOODS", "Draws", "FunctionModel", "LatentModel", "NetworkModel", "PriorVAE",
-    "as_network", "base", "check_log_weights", "check_model", "draws", "from_functions",
-    "from_networks", "has", "linear_gaussian", "log_weight_terms", "log_weights", "log_weights_from_keys",
-    "posterior_log_prob_cross", "posterior_means", "reconstruct", "sample_x",
+    "DATA_SUPPORTS", "LIKELIHOODS", "Draws", "FunctionModel", "LatentModel", "NetworkModel",
+    "PriorVAE", "as_network", "base", "check_data", "check_log_weights", "check_model", "draws",
+    "from_functions", "from_networks", "has", "linear_gaussian", "log_weight_terms", "log_weights",
+    "log_weights_from_keys", "posterior_log_prob_cross", "posterior_means", "reconstruct",
+    "sample_x",
 ]

@@ -35,7 +35,11 @@ Optional (used where present; the generic code says which it needs):
 * ``encode(params, x) -> (loc, log_scale)`` of a diagonal-Gaussian ``q`` (a VampPrior reads it)
   and ``features(params, x) -> [B, H]`` (the context of a conditional posterior flow);
 * ``shard_keys(keys)`` and ``shard_log_weights(log_w)``: sharding constraints on the per-sample
-  keys ``[K]`` and the log-weights ``[K, B]`` (:class:`dgmjax.parallel.SampleSharded`).
+  keys ``[K]`` and the log-weights ``[K, B]`` (:class:`dgmjax.parallel.SampleSharded`);
+* the attribute ``data_support``: the support of ``p(x|z)``, one of :data:`DATA_SUPPORTS`
+  (``"binary"`` for a Bernoulli likelihood, ``"unit_interval"`` for a discretized logistic over
+  [0, 1], ``"real"``) or ``None`` (unknown: only finiteness is checked). Every entry point that
+  receives data (:func:`check_data`: evaluation, ``training.fit``) checks it eagerly.
 
 Samplers draw one sample; ``K`` importance samples come from ``jax.vmap`` over ``split(key, K)``
 with ``params`` and ``x`` unbatched, so everything a model computes from ``x`` alone (its encoder)
@@ -62,14 +66,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dgmjax import distributions, estimators
+from dgmjax import _checks, distributions, estimators
 
 Array = jax.Array
 Params = Any
 
 __all__ = [
-    "Draws", "LatentModel", "FunctionModel", "NetworkModel", "LIKELIHOODS", "as_network",
-    "check_log_weights", "check_model", "check_num_samples", "draws", "from_functions",
+    "Draws", "LatentModel", "FunctionModel", "NetworkModel", "LIKELIHOODS", "DATA_SUPPORTS",
+    "as_network", "check_data", "check_log_weights", "check_model", "check_num_samples", "draws",
+    "from_functions",
     "from_networks", "has", "log_weight_terms", "log_weights", "log_weights_from_keys",
     "posterior_log_prob_cross", "posterior_means", "reconstruct", "sample_x",
 ]
@@ -82,6 +87,10 @@ class LatentModel(abc.ABC):
   functions (:func:`from_functions`) or from networks (:func:`from_networks`). Library models are
   frozen dataclasses, hashable, so a jitted evaluator is compiled once per model.
   """
+
+  #: The support of ``p(x | z)`` (one of :data:`DATA_SUPPORTS`), checked by :func:`check_data`
+  #: before any work; ``None``: unknown (only finiteness is checked). Override it in a subclass.
+  data_support = None
 
   @abc.abstractmethod
   def sample_q(self, params: Params, x: Array, key: Array) -> Any:
@@ -121,6 +130,62 @@ def _check_contract(model) -> None:
   if missing:
     raise TypeError(f"model must follow the dgmjax model contract (sample_q, log_q, log_prior, "
                     f"log_likelihood); {type(model).__name__} lacks {missing}")
+
+
+#: The values ``data_support`` may take, and what each admits.
+DATA_SUPPORTS = {
+    "binary": "binary values in {0, 1} (a Bernoulli likelihood; binarize grey levels first, "
+              "e.g. with dgmjax.data.binarize)",
+    "unit_interval": "values in [0, 1] (scale 8-bit images by 1/255)",
+    "real": "finite real values",
+}
+
+
+def check_data(model, x, name: str = "images", *, support: str | None = None):
+  """Checks data against ``model.data_support`` where it is concrete; returns ``x`` unchanged.
+
+  Run before any work by the entry points that receive data (``evaluation.log_likelihood``,
+  ``training.fit``, ...), so that 0..255 images or grey levels given to a Bernoulli model fail
+  with a message instead of a plausible number. Values must be finite for every model; a model
+  whose ``data_support`` is ``None`` gets only that check. Traced ``x`` (inside ``jit``) passes
+  unchecked: the likelihood itself then returns NaN off its support.
+
+  Args:
+    model: a contract model (its ``data_support`` attribute, if any, is read).
+    x: the data ``[N, ...]``.
+    name: how ``x`` is named in the message.
+    support: check this support instead of the model's (e.g. ``"unit_interval"`` for grey
+      levels that are binarized later).
+
+  Raises:
+    ValueError: non-finite values, or values outside the model's support (the message says how
+      many, the first and where, and how to fix a uint8 or grey-level array).
+    ArgumentTypeError: a non-numeric dtype.
+  """
+  if not _checks.is_concrete(x):
+    return x
+  if support is None:
+    support = getattr(model, "data_support", None)
+  if support is not None and support not in DATA_SUPPORTS:
+    raise ValueError(f"{type(model).__name__}.data_support must be one of "
+                     f"{sorted(DATA_SUPPORTS)} or None, got {support!r}")
+  dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else np.dtype(x.dtype)
+  if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+    raise _checks.ArgumentTypeError(f"{name} must be a numeric array, got dtype {dtype}")
+  _checks.check_finite(name, x)
+  if support is None or support == "real":
+    return x
+  hint = ""
+  if dtype == np.uint8:
+    hint = " (a uint8 array of 0..255 grey levels: scale it by 1/255"
+    hint += " and binarize it)" if support == "binary" else ")"
+  whose = f" for {type(model).__name__}" if model is not None else ""
+  what = f"{DATA_SUPPORTS[support]}{whose}{hint}"
+  if support == "binary":
+    _checks.check_values(name, x, lambda a: (a == 0) | (a == 1), what)
+  else:
+    _checks.check_values(name, x, lambda a: (a >= 0) & (a <= 1), what)
+  return x
 
 
 def _sample_and_log_q(model, params, x, key):
@@ -441,6 +506,7 @@ class FunctionModel(LatentModel):
   log_prior_fn: Callable
   log_likelihood_fn: Callable
   extras: tuple = ()
+  data_support: str | None = None
 
   def sample_q(self, params, x, key):
     return self.sample_q_fn(params, x, key)
@@ -466,7 +532,8 @@ _OPTIONAL = ("sample_and_log_q", "posterior_mean", "sample_prior", "decode", "kl
 
 
 def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
-                   log_likelihood: Callable, **optional: Callable) -> FunctionModel:
+                   log_likelihood: Callable, data_support: str | None = None,
+                   **optional: Callable) -> FunctionModel:
   """A contract model from four pure functions (and any optional ones, by name).
 
   Any framework's networks fit: write the functions over its params pytree (an equinox model
@@ -477,6 +544,8 @@ def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
     log_q: ``(params, x, z) -> [B]``.
     log_prior: ``(params, z) -> [B]``.
     log_likelihood: ``(params, x, z) -> [B]``.
+    data_support: the support of ``p(x|z)`` (a key of :data:`DATA_SUPPORTS`, e.g. ``"binary"``),
+      checked eagerly by the entry points that receive data; ``None``: only finiteness.
     **optional: any of ``sample_and_log_q``, ``posterior_mean``, ``sample_prior``, ``decode``,
       ``kl``, ``encode``, ``features``.
   """
@@ -487,8 +556,11 @@ def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
                        log_likelihood=log_likelihood, **optional).items():
     if not callable(fn):
       raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
+  if data_support is not None and data_support not in DATA_SUPPORTS:
+    raise ValueError(f"data_support must be one of {sorted(DATA_SUPPORTS)} or None, "
+                     f"got {data_support!r}")
   return FunctionModel(sample_q, log_q, log_prior, log_likelihood,
-                       tuple(sorted(optional.items())))
+                       tuple(sorted(optional.items())), data_support)
 
 
 # ----------------------------------------------------------------------------- from networks
@@ -554,6 +626,8 @@ LIKELIHOODS = {
     "gaussian": (_gaussian, lambda out: out[0]),
     "discretized_logistic": (_discretized_logistic, lambda out: jnp.clip(out[0], 0.0, 1.0)),
 }
+_LIKELIHOOD_SUPPORT = {"bernoulli": "binary", "gaussian": "real",
+                       "discretized_logistic": "unit_interval"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -563,6 +637,11 @@ class NetworkModel(LatentModel):
   encoder: Network
   decoder: Network
   likelihood: str | Callable = "bernoulli"
+
+  @property
+  def data_support(self):
+    """From the named likelihood (``None`` for a likelihood given as a function)."""
+    return _LIKELIHOOD_SUPPORT.get(self.likelihood) if isinstance(self.likelihood, str) else None
 
   def _encode(self, params, x):
     out = self.encoder.apply(params["encoder"], x)

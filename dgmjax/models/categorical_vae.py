@@ -91,6 +91,7 @@ class CategoricalVAE(LatentModel):
   """
   image_shape: tuple[int, ...] = (28, 28, 1)
   num_vars: int = 20
+  data_support = "binary"  # Bernoulli decoder (a class attribute, not a field)
   num_classes: int = 10
   hidden_dims: tuple[int, ...] = (512, 256)
   codebook_dim: int = 0
@@ -199,6 +200,7 @@ class RelaxedCategoricalVAE(LatentModel):
   References:
     Jang, Gu & Poole, ICLR 2017; Maddison, Mnih & Teh, ICLR 2017.
   """
+  data_support = "binary"  # the discrete model's Bernoulli decoder
   model: CategoricalVAE
   temperature: Any
   hard: bool = False

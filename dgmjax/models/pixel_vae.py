@@ -64,6 +64,7 @@ class PixelVAE(LatentModel):
     first_kernel_size: kernel of the mask-A input layer.
     cond_channels: channels of the spatial map of ``z``.
   """
+  data_support = "binary"  # Bernoulli decoder (a class attribute, not a field)
   image_shape: tuple[int, ...] = (28, 28, 1)
   latent_dim: int = 32
   hidden: tuple[int, ...] = (200, 200)

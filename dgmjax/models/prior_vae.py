@@ -48,6 +48,11 @@ class PriorVAE(base_lib.LatentModel):
   prior: Any = None
   posterior_flow: Any = None
 
+  @property
+  def data_support(self):
+    """The base model's (its likelihood is this model's)."""
+    return getattr(self.base, "data_support", None)
+
   def __post_init__(self):
     from dgmjax import priors as priors_lib  # pylint: disable=import-outside-toplevel
     base_lib._check_contract(self.base)  # pylint: disable=protected-access

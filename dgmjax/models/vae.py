@@ -98,6 +98,7 @@ class VAE(LatentModel):
       and ``p(x|h_1)`` uses ``reversed(hidden_dims[0])``).
   """
   image_shape: tuple[int, ...]
+  data_support = "binary"  # Bernoulli decoder (a class attribute, not a field)
   latent_dims: tuple[int, ...] = (50,)
   hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200),)
 
