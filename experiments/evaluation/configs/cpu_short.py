@@ -1,4 +1,4 @@
-"""The study on the 13-epoch Table 1 models at a CPU-sized evaluation budget (about an hour on
+"""The study on the 13-epoch Table 1 models at a CPU-sized evaluation budget (42 minutes on
 2 CPU cores): the models of ``default.py`` at their ``short`` budget (13 epochs, Burda et al.'s
 schedule truncated), 100 test images, AIS at T = 10, 100, 1000, 10,000 with 4 chains per image,
 BDMC on 10 simulated images per model at the same T with 4 chains (2 pilot chains).
