@@ -778,6 +778,54 @@ def _parse_line(line: str):
     return None
 
 
+class TensorBoardWriter:
+  """Metrics lines as TensorBoard scalars (event files), next to the JSON-lines log.
+
+  Every numeric field of a record with a ``step`` becomes a scalar of that name at that step
+  (``loss``, ``bound``, ``elbo``, ``lr``, ``grad_norm``, the validation metrics of ``eval_fn``,
+  ...); text fields (``event``) are skipped. On resume a new event file starts with TensorBoard's
+  ``SessionLog.START`` at the restored step, so TensorBoard discards the points an interrupted run
+  wrote past it, as the JSON-lines log does. Written with TensorBoard's own event-file writer
+  (optional dependency: ``pip install 'dgmjax[tensorboard]'``). Watch a run with
+  ``tensorboard --logdir WORKDIR/tensorboard``.
+
+  Args:
+    logdir: the directory of the event files.
+    resume_step: the restored step, or ``None`` for a fresh run.
+  """
+
+  def __init__(self, logdir: str, resume_step: int | None = None):
+    try:
+      from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError("tensorboard= needs the tensorboard package: "
+                        "pip install 'dgmjax[tensorboard]'") from None
+    self._event, self._summary = event_pb2, summary_pb2
+    os.makedirs(logdir, exist_ok=True)
+    self.logdir = logdir
+    self._writer = EventFileWriter(logdir)
+    if resume_step is not None:
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      # TensorBoard drops the points at steps >= this one from the earlier files
+      self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(resume_step) + 1,
+                                             session_log=start))
+
+  def write(self, record: dict) -> None:
+    """Writes the numeric fields of ``record`` at ``record["step"]``."""
+    if "step" not in record:
+      return
+    values = [self._summary.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in record.items()
+              if k != "step" and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+    if values:
+      self._writer.add_event(self._event.Event(wall_time=time.time(), step=int(record["step"]),
+                                               summary=self._summary.Summary(value=values)))
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricsLog:
   """Metrics as JSON lines; on resume, lines past the restored step are dropped.
 
@@ -785,10 +833,13 @@ class MetricsLog:
     path: the ``.jsonl`` file.
     resume_step: ``None`` starts a fresh file; an int keeps the lines with ``step <= resume_step``
       so the resumed log equals the uninterrupted one.
+    tensorboard: also write each record to this :class:`TensorBoardWriter`.
   """
 
-  def __init__(self, path: str, resume_step: int | None = None):
+  def __init__(self, path: str, resume_step: int | None = None,
+               tensorboard: TensorBoardWriter | None = None):
     self.path = path
+    self.tensorboard = tensorboard
     if resume_step is None or not os.path.exists(path):
       open(path, "w").close()
     else:
@@ -801,6 +852,12 @@ class MetricsLog:
   def write(self, record: dict) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self.tensorboard is not None:
+      self.tensorboard.write(record)
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
 
 
 def checkpoint_manager(directory: str, every: int, max_to_keep: int = 2):
@@ -1131,7 +1188,8 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
         max_consecutive_nonfinite: int = 10, resume: bool = False, progress: bool | None = None,
         learning_rate_fn: Callable | None = None, eval_every: int = 0,
         eval_fn: Callable | None = None, stop_after: int | None = None,
-        train_step=None, microbatch: int | None = None) -> tuple[TrainState, dict]:
+        train_step=None, microbatch: int | None = None,
+        tensorboard: bool | str = False) -> tuple[TrainState, dict]:
   """Trains ``params`` on ``train_images`` with a jitted step, checkpoints and a metrics log.
 
   Every quantity of step ``s`` (its minibatch, binarization and sample keys) is a function of
@@ -1164,6 +1222,9 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
     train_step: a prebuilt step from :func:`make_train_step` (default: built here).
     microbatch: images per microbatch of the step built here (see :func:`make_train_step` and
       :func:`auto_microbatch`); ``None``: the whole minibatch at once.
+    tensorboard: also write the metrics as TensorBoard event files (:class:`TensorBoardWriter`):
+      ``True`` for ``workdir/tensorboard``, or a directory; ``False`` (default): the JSON-lines
+      log only.
 
   Returns:
     ``(state, summary)``.
@@ -1188,6 +1249,8 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
     raise ValueError(f"eval_every ({eval_every}) must divide checkpoint_every ({checkpoint_every})")
   if learning_rate_fn is not None:
     check_learning_rate(learning_rate_fn, "learning_rate_fn")
+  if not isinstance(tensorboard, (bool, str, os.PathLike)) or tensorboard == "":
+    raise TypeError(f"tensorboard must be True, False or a directory, got {tensorboard!r}")
   os.makedirs(workdir, exist_ok=True)
   lock = WorkdirLock(workdir).acquire()
   try:
@@ -1200,7 +1263,11 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
     restored_step, problems = None, []
     if resume and mngr.latest_step() is not None:
       restored_step, state, problems = _restore_intact(mngr, workdir, state, delete_corrupt=True)
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), restored_step)
+    tb = None
+    if tensorboard:
+      tb_dir = os.path.join(workdir, "tensorboard") if tensorboard is True else str(tensorboard)
+      tb = TensorBoardWriter(tb_dir, restored_step)
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), restored_step, tensorboard=tb)
     for bad_step, why in problems:
       log.write({"step": restored_step, "event": "corrupt_checkpoint_skipped",
                  "checkpoint_step": bad_step, "why": why})
@@ -1290,6 +1357,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
   finally:
     bar.close()
     mngr.close()
+    log.close()
     lock.release()
   return state, {"steps": num_steps, "train_seconds": time.time() - t0,
                  "steps_per_epoch": steps_per_epoch,

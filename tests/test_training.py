@@ -380,6 +380,29 @@ def _fit(workdir, **kw):
       learning_rate_fn=sched, **kw)
 
 
+def _scalars(logdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_writer_mirrors_the_metrics_log_across_a_kill(tmp_path):
+  pytest.importorskip("tensorboard")
+  _, killed = _fit(tmp_path / "b", stop_after=10, tensorboard=True)  # killed at 10, checkpoint 8
+  first = _scalars(tmp_path / "b" / "tensorboard", "loss")
+  assert [s for s, _ in first] == [2, 4, 6, 8, 10]
+  _fit(tmp_path / "b", resume=True, tensorboard=True)
+  lines = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
+  want = [(l["step"], l["loss"]) for l in lines if "loss" in l]
+  got = _scalars(tmp_path / "b" / "tensorboard", "loss")  # step 10 of the killed run purged
+  assert [s for s, _ in got] == [s for s, _ in want] == list(range(2, 21, 2))
+  np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+  assert [s for s, _ in _scalars(tmp_path / "b" / "tensorboard", "lr")] == list(range(2, 21, 2))
+  with pytest.raises(TypeError, match="tensorboard must be"):
+    _fit(tmp_path / "c", tensorboard=1.0)
+
+
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
   full, summary = _fit(tmp_path / "a")
   assert summary["resumed_from"] is None
