@@ -1,31 +1,39 @@
-"""dgmjax: deep latent-variable generative models in JAX."""
+"""dgmjax: deep latent-variable generative models in JAX.
 
-from dgmjax import distributions, gumbel, objectives, vq
-from dgmjax.distributions import (
-    bernoulli_log_prob,
-    categorical_entropy,
-    categorical_log_prob,
-    categorical_log_prob_one_hot,
-    kl_categorical_categorical,
-    kl_categorical_uniform,
-    kl_normal_normal,
-    kl_normal_standard_normal,
-    mvn_log_prob,
-    normal_entropy,
-    normal_log_prob,
-    sample_bernoulli,
-    sample_categorical,
-    sample_mvn,
-    sample_normal,
-    standard_normal_log_prob,
-)
-from dgmjax.gumbel import (
-    concrete_log_prob,
-    gumbel_max,
-    gumbel_softmax,
-    sample_gumbel,
-    straight_through,
-)
+The public API, like optax's: the bounds (reductions of log-weights ``[K, B]``, the core of the
+library) at the top level, and every topic in its own subpackage, reachable from ``import
+dgmjax`` (imported on first use, so ``import dgmjax`` stays light):
+
+============================  ========================================================
+``dgmjax.objectives``         the bounds: ``elbo``, ``iwae_bound``, MIWAE / CIWAE / PIWAE, Renyi,
+                              JVI (also at the top level)
+``dgmjax.estimators``         gradient estimators as surrogate losses (reparametrization, STL,
+                              DReG, REINFORCE, VIMCO, RWS, ...)
+``dgmjax.distributions``      log-densities, samplers, KL divergences
+``dgmjax.gumbel``             Gumbel-max, Gumbel-softmax, straight-through, Concrete density
+``dgmjax.vq``                 vector quantization, EMA codebooks
+``dgmjax.flows``              bijectors and flow distributions
+``dgmjax.priors``             learnable and flow priors
+``dgmjax.models``             the model contract and the library's models
+``dgmjax.training``           losses of any model, train step, ``fit``, checkpoints
+``dgmjax.evaluation``         k=5000 log-likelihood, bounds, active units
+``dgmjax.ais``                annealed importance sampling and BDMC
+``dgmjax.diagnostics``        gradient SNR, ELBO surgery
+``dgmjax.data``               datasets and binarization
+``dgmjax.plotting``           figures (needs matplotlib)
+``dgmjax.networks``,          Burda's MLPs; PixelCNN; sharding over devices
+``dgmjax.pixelcnn``,
+``dgmjax.parallel``
+============================  ========================================================
+
+The distribution, Gumbel and VQ functions that used to sit at the top level (``dgmjax.quantize``,
+``dgmjax.normal_log_prob``, ...) still work for one release, with a ``DeprecationWarning`` naming
+their module.
+"""
+
+import importlib as _importlib
+
+from dgmjax import objectives
 from dgmjax.objectives import (
     beta_elbo,
     ciwae_bound,
@@ -35,33 +43,62 @@ from dgmjax.objectives import (
     free_bits,
     importance_weights,
     iwae_bound,
+    jackknife_bound,
     log_mean_exp,
     miwae_bound,
     naive_log_likelihood,
     piwae_bounds,
+    renyi_bound,
+    renyi_weights,
 )
-
-from dgmjax.vq import (
-    code_counts,
-    ema_update,
-    nearest_code,
-    perplexity,
-    quantize,
-    restart_dead_codes,
-)
+from dgmjax._checks import ArgumentTypeError
 
 __version__ = "0.1.0"
 
+#: The subpackages, imported on first attribute access.
+SUBPACKAGES = ("ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
+               "gumbel", "models", "networks", "objectives", "parallel", "pixelcnn", "plotting",
+               "priors", "training", "vq")
+
+# Names that were re-exported at the top level before the subpackages were: module of each.
+_MOVED = {
+    **{n: "distributions" for n in (
+        "bernoulli_log_prob", "categorical_entropy", "categorical_log_prob",
+        "categorical_log_prob_one_hot", "kl_categorical_categorical", "kl_categorical_uniform",
+        "kl_normal_normal", "kl_normal_standard_normal", "mvn_log_prob", "normal_entropy",
+        "normal_log_prob", "sample_bernoulli", "sample_categorical", "sample_mvn", "sample_normal",
+        "standard_normal_log_prob")},
+    **{n: "gumbel" for n in (
+        "concrete_log_prob", "gumbel_max", "gumbel_softmax", "sample_gumbel", "straight_through")},
+    **{n: "vq" for n in (
+        "code_counts", "ema_update", "nearest_code", "perplexity", "quantize",
+        "restart_dead_codes")},
+}
+
 __all__ = [
-    "distributions", "gumbel", "objectives", "vq",
-    "code_counts", "ema_update", "nearest_code", "perplexity", "quantize", "restart_dead_codes",
-    "bernoulli_log_prob", "categorical_entropy", "categorical_log_prob",
-    "categorical_log_prob_one_hot", "kl_categorical_categorical", "kl_categorical_uniform",
-    "kl_normal_normal", "kl_normal_standard_normal", "mvn_log_prob", "normal_entropy",
-    "normal_log_prob", "sample_bernoulli", "sample_categorical", "sample_mvn", "sample_normal",
-    "standard_normal_log_prob",
-    "concrete_log_prob", "gumbel_max", "gumbel_softmax", "sample_gumbel", "straight_through",
+    # subpackages
+    "ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
+    "models", "networks", "objectives", "parallel", "pixelcnn", "plotting", "priors", "training",
+    "vq",
+    # the bounds (dgmjax.objectives)
     "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
-    "importance_weights", "iwae_bound", "log_mean_exp", "miwae_bound", "naive_log_likelihood",
-    "piwae_bounds",
+    "importance_weights", "iwae_bound", "jackknife_bound", "log_mean_exp", "miwae_bound",
+    "naive_log_likelihood", "piwae_bounds", "renyi_bound", "renyi_weights",
+    # errors
+    "ArgumentTypeError",
 ]
+
+
+def __getattr__(name):
+  if name in SUBPACKAGES:
+    return _importlib.import_module(f"dgmjax.{name}")
+  if name in _MOVED:
+    from dgmjax import _deprecation  # pylint: disable=import-outside-toplevel
+    module = _MOVED[name]
+    _deprecation.warn(f"dgmjax.{name} is deprecated: use dgmjax.{module}.{name}")
+    return getattr(_importlib.import_module(f"dgmjax.{module}"), name)
+  raise AttributeError(f"module 'dgmjax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

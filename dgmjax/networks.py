@@ -90,3 +90,9 @@ def flatten_images(x: Array) -> Array:
     raise ValueError(f"expected a batch of images [B, H, W, C] or vectors [B, D], got shape "
                      f"{x.shape}")
   return x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+
+
+#: The public API of this module.
+__all__ = [
+    "Initializer", "default_kernel_init", "MLP", "GaussianHead", "flatten_images",
+]

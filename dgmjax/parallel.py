@@ -426,3 +426,12 @@ def make_sharded_train_step(loss_fn: Callable, optimizer: optax.GradientTransfor
 
   step.jitted = jitted
   return step
+
+
+#: The public API of this module.
+__all__ = [
+    "stack", "unstack", "init_runs", "bounds_loss",
+    "make_runs_train_step", "RunGroup", "make_groups_train_step", "runs_batches",
+    "initialize_distributed", "make_mesh", "data_sharding", "replicated", "process_batch_slice",
+    "shard_batch", "replicate", "SampleSharded", "make_sharded_train_step",
+]

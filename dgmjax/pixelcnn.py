@@ -179,3 +179,10 @@ def sample(key: Array, model: PixelCNN, params, shape: Sequence[int],
 
   x, _ = lax.scan(step, x0, (keys, jnp.arange(h * w)))
   return x if binary else x[..., 0].astype(jnp.int32)
+
+
+#: The public API of this module.
+__all__ = [
+    "causal_mask", "MaskedConv2D", "PixelCNN", "receptive_field", "bernoulli_log_prob",
+    "categorical_log_prob", "sample",
+]

@@ -81,3 +81,9 @@ def save_training_curve(path: str, metrics_jsonl: str, *, key: str = "bound") ->
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
   return path
+
+
+#: The public API of this module.
+__all__ = [
+    "image_grid", "save_image_grid", "save_reconstructions", "save_training_curve",
+]

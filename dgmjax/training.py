@@ -1363,3 +1363,23 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
                  "steps_per_epoch": steps_per_epoch,
                  "nonfinite_total": int(state.nonfinite_total),
                  "resumed_from": restored_step}
+
+
+#: The public API of this module.
+__all__ = [
+    "LossFn", "burda_epochs", "burda_learning_rates", "burda_schedule", "burda_num_steps",
+    "BurdaAdamState", "burda_adam", "check_learning_rate", "make_optimizer", "BOUND_ESTIMATORS",
+    "SURROGATE_ESTIMATORS", "BASELINES", "make_loss", "KL_SCHEDULES", "kl_weight_schedule",
+    "KL_BOUNDS", "make_kl_controlled_loss", "TrainState", "init_state", "step_key",
+    "auto_microbatch", "resolve_microbatch", "make_train_step", "check_images", "epoch_order",
+    "NonFiniteError", "TensorBoardWriter", "MetricsLog", "checkpoint_manager", "config_changes",
+    "RESUME_IGNORED", "record_config", "WorkdirLockedError", "WorkdirLock", "verify_checkpoint",
+    "restore", "fit",
+]
+
+
+def __getattr__(name):  # old names, for one release
+  if name == "KL_OBJECTIVES":
+    _deprecation.warn("training.KL_OBJECTIVES is deprecated: use training.KL_BOUNDS")
+    return ("vae", "iwae")
+  raise AttributeError(f"module 'dgmjax.training' has no attribute {name!r}")
