@@ -20,23 +20,31 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, Int, PRNGKeyArray, Real, Shaped
 
 from dgmjax import _checks
 
-Array = jax.Array
+__all__ = [
+    "BERNOULLI_SUPPORTS", "bernoulli_log_prob", "categorical_entropy", "categorical_log_prob",
+    "categorical_log_prob_one_hot", "discretized_logistic_log_prob", "kl_categorical_categorical",
+    "kl_categorical_uniform", "kl_normal_normal", "kl_normal_standard_normal", "mvn_log_prob",
+    "normal_entropy", "normal_log_prob", "sample_bernoulli", "sample_categorical", "sample_mvn",
+    "sample_normal", "standard_normal_log_prob",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _reduce(x: Array, name: str, event_ndims: int) -> Array:
+def _reduce(x: Float[ArrayLike, "..."], name: str, event_ndims: int) -> Float[Array, "..."]:
   axes = _checks.event_axes(name, x, event_ndims)
-  return jnp.sum(x, axis=axes) if axes else x
+  return jnp.sum(x, axis=axes) if axes else jnp.asarray(x)
 
 
 # ----------------------------------------------------------------------------- Normal
 
 
-def normal_log_prob(x: Array, loc: Array, log_scale: Array, event_ndims: int = 1) -> Array:
+def normal_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
+                    log_scale: Real[ArrayLike, "..."], event_ndims: int = 1) -> Float[Array, "..."]:
   """Log-density of a diagonal Normal, summed over the trailing ``event_ndims`` axes.
 
   .. math:: \\log N(x; \\mu, \\sigma^2) = -\\tfrac12 ((x-\\mu)/\\sigma)^2 - \\log\\sigma - \\tfrac12\\log 2\\pi
@@ -60,7 +68,8 @@ def normal_log_prob(x: Array, loc: Array, log_scale: Array, event_ndims: int = 1
   return _reduce(lp, "x", event_ndims)
 
 
-def standard_normal_log_prob(x: Array, event_ndims: int = 1) -> Array:
+def standard_normal_log_prob(x: Real[ArrayLike, "..."],
+                             event_ndims: int = 1) -> Float[Array, "..."]:
   """Log-density of ``N(0, I)``, summed over the trailing ``event_ndims`` axes.
 
   .. math:: \\log N(x; 0, I) = -\\tfrac12 \\|x\\|^2 - \\tfrac{D}{2}\\log 2\\pi
@@ -79,7 +88,8 @@ def standard_normal_log_prob(x: Array, event_ndims: int = 1) -> Array:
   return _reduce(-0.5 * jnp.square(x) - _HALF_LOG_2PI, "x", event_ndims)
 
 
-def sample_normal(key: Array, loc: Array, log_scale: Array) -> Array:
+def sample_normal(key: PRNGKeyArray, loc: Real[ArrayLike, "..."],
+                  log_scale: Real[ArrayLike, "..."]) -> Float[Array, "..."]:
   """One reparametrized draw from a diagonal Normal.
 
   .. math:: z = \\mu + \\sigma \\odot \\epsilon, \\quad \\epsilon \\sim N(0, I)
@@ -100,7 +110,8 @@ def sample_normal(key: Array, loc: Array, log_scale: Array) -> Array:
   return loc + jnp.exp(log_scale) * eps
 
 
-def normal_entropy(log_scale: Array, event_ndims: int = 1) -> Array:
+def normal_entropy(log_scale: Real[ArrayLike, "..."],
+                   event_ndims: int = 1) -> Float[Array, "..."]:
   """Entropy of a diagonal Normal. ``[..., D] -> [...]``.
 
   .. math:: H = \\sum_d \\log\\sigma_d + \\tfrac12 (1 + \\log 2\\pi)
@@ -108,7 +119,8 @@ def normal_entropy(log_scale: Array, event_ndims: int = 1) -> Array:
   return _reduce(log_scale + (0.5 + _HALF_LOG_2PI), "log_scale", event_ndims)
 
 
-def kl_normal_standard_normal(loc: Array, log_scale: Array, event_ndims: int = 1) -> Array:
+def kl_normal_standard_normal(loc: Real[ArrayLike, "..."], log_scale: Real[ArrayLike, "..."],
+                              event_ndims: int = 1) -> Float[Array, "..."]:
   """Analytic ``KL(N(mu, diag sigma^2) || N(0, I))``, summed over the event axes.
 
   .. math:: KL = \\tfrac12 \\sum_d (\\sigma_d^2 + \\mu_d^2 - 1 - 2\\log\\sigma_d)
@@ -129,8 +141,9 @@ def kl_normal_standard_normal(loc: Array, log_scale: Array, event_ndims: int = 1
   return _reduce(kl, "loc", event_ndims)
 
 
-def kl_normal_normal(loc_q: Array, log_scale_q: Array, loc_p: Array, log_scale_p: Array,
-                     event_ndims: int = 1) -> Array:
+def kl_normal_normal(loc_q: Real[ArrayLike, "..."], log_scale_q: Real[ArrayLike, "..."],
+                     loc_p: Real[ArrayLike, "..."], log_scale_p: Real[ArrayLike, "..."],
+                     event_ndims: int = 1) -> Float[Array, "..."]:
   """Analytic ``KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2))`` for diagonal Normals.
 
   .. math:: KL = \\sum_d \\log\\frac{\\sigma_p}{\\sigma_q} + \\frac{\\sigma_q^2 + (\\mu_q - \\mu_p)^2}{2\\sigma_p^2} - \\tfrac12
@@ -154,7 +167,8 @@ def kl_normal_normal(loc_q: Array, log_scale_q: Array, loc_p: Array, log_scale_p
 # ----------------------------------------------------------------------------- full-covariance Normal
 
 
-def mvn_log_prob(x: Array, loc: Array, scale_tril: Array) -> Array:
+def mvn_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
+                 scale_tril: Real[ArrayLike, "..."]) -> Float[Array, "..."]:
   """Log-density of a multivariate Normal with covariance ``L L^T``.
 
   .. math:: \\log N(x; \\mu, LL^T) = -\\tfrac12\\|L^{-1}(x-\\mu)\\|^2 - \\sum_d \\log|L_{dd}| - \\tfrac{D}{2}\\log 2\\pi
@@ -186,7 +200,8 @@ def mvn_log_prob(x: Array, loc: Array, scale_tril: Array) -> Array:
   return -0.5 * jnp.sum(jnp.square(white), axis=-1) - log_det - d * _HALF_LOG_2PI
 
 
-def sample_mvn(key: Array, loc: Array, scale_tril: Array) -> Array:
+def sample_mvn(key: PRNGKeyArray, loc: Real[ArrayLike, "*#batch D"],
+               scale_tril: Real[ArrayLike, "*#batch D D"]) -> Float[Array, "*batch D"]:
   """One reparametrized draw ``mu + L eps`` from a multivariate Normal. ``[..., D]``."""
   batch = jnp.broadcast_shapes(jnp.shape(loc)[:-1], jnp.shape(scale_tril)[:-2])
   d = jnp.shape(scale_tril)[-1]
@@ -199,7 +214,7 @@ def sample_mvn(key: Array, loc: Array, scale_tril: Array) -> Array:
 
 
 @jax.custom_jvp
-def _softplus(logits: Array) -> Array:
+def _softplus(logits: Real[Array, "*shape"]) -> Float[Array, "*shape"]:
   """``log(1 + e^l)`` as ``max(l, 0) + log1p(e^{-|l|})``: never overflows, one fused loop.
 
   The derivative is ``sigmoid(l)`` by a custom JVP (so also ``1/2`` at ``l = 0``, where the
@@ -217,8 +232,8 @@ def _softplus_jvp(primals, tangents):
 BERNOULLI_SUPPORTS = ("binary", "unit_interval")
 
 
-def bernoulli_log_prob(x: Array, logits: Array, event_ndims: int = 1, *,
-                       support: str = "binary") -> Array:
+def bernoulli_log_prob(x: Shaped[ArrayLike, "..."], logits: Real[ArrayLike, "..."],
+                       event_ndims: int = 1, *, support: str = "binary") -> Float[Array, "..."]:
   """Log-probability of binary ``x`` under a Bernoulli with the given logits.
 
   Written as ``x * l - softplus(l)``: one softplus per pixel, exact for ``x`` in {0, 1}; finite
@@ -272,7 +287,8 @@ def bernoulli_log_prob(x: Array, logits: Array, event_ndims: int = 1, *,
   return _reduce(lp, "x", event_ndims)
 
 
-def sample_bernoulli(key: Array, logits: Array, dtype=None) -> Array:
+def sample_bernoulli(key: PRNGKeyArray, logits: Real[ArrayLike, "*batch"],
+                     dtype: DTypeLike | None = None) -> Shaped[Array, "*batch"]:
   """One draw in {0, 1} from a Bernoulli with the given logits (not reparametrizable)."""
   dtype = dtype or jnp.result_type(logits)
   u = jax.random.uniform(key, jnp.shape(logits), dtype=jnp.float32)
@@ -282,7 +298,8 @@ def sample_bernoulli(key: Array, logits: Array, dtype=None) -> Array:
 # ----------------------------------------------------------------------------- Categorical
 
 
-def categorical_log_prob(x: Array, logits: Array, event_ndims: int = 0, axis: int = -1) -> Array:
+def categorical_log_prob(x: Shaped[ArrayLike, "..."], logits: Real[ArrayLike, "..."],
+                         event_ndims: int = 0, axis: int = -1) -> Float[Array, "..."]:
   """Log-probability of class indices ``x`` under ``softmax(logits)``.
 
   .. math:: \\log p(x = k) = l_k - \\log\\sum_j e^{l_j}
@@ -317,8 +334,8 @@ def categorical_log_prob(x: Array, logits: Array, event_ndims: int = 0, axis: in
   return _reduce(lp, "x", event_ndims)
 
 
-def categorical_log_prob_one_hot(x: Array, logits: Array, event_ndims: int = 0,
-                                 axis: int = -1) -> Array:
+def categorical_log_prob_one_hot(x: Real[ArrayLike, "..."], logits: Real[ArrayLike, "..."],
+                                 event_ndims: int = 0, axis: int = -1) -> Float[Array, "..."]:
   """Log-probability of one-hot ``x`` under ``softmax(logits)``.
 
   .. math:: \\log p(x) = \\sum_k x_k (l_k - \\log\\sum_j e^{l_j})
@@ -353,12 +370,13 @@ def categorical_log_prob_one_hot(x: Array, logits: Array, event_ndims: int = 0,
   return _reduce(lp, "x", event_ndims)
 
 
-def sample_categorical(key: Array, logits: Array, axis: int = -1) -> Array:
+def sample_categorical(key: PRNGKeyArray, logits: Real[ArrayLike, "..."],
+                       axis: int = -1) -> Int[Array, "..."]:
   """One draw of class indices from ``softmax(logits)`` (not reparametrizable)."""
   return jax.random.categorical(key, logits, axis=axis)
 
 
-def categorical_entropy(logits: Array, axis: int = -1) -> Array:
+def categorical_entropy(logits: Real[ArrayLike, "..."], axis: int = -1) -> Float[Array, "..."]:
   """Entropy of ``softmax(logits)`` per categorical variable.
 
   .. math:: H = -\\sum_k p_k \\log p_k
@@ -369,7 +387,8 @@ def categorical_entropy(logits: Array, axis: int = -1) -> Array:
   return -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=axis)
 
 
-def kl_categorical_uniform(logits: Array, axis: int = -1) -> Array:
+def kl_categorical_uniform(logits: Real[ArrayLike, "..."],
+                           axis: int = -1) -> Float[Array, "..."]:
   """``KL(Cat(softmax(logits)) || Uniform(C))`` per categorical variable.
 
   .. math:: KL = \\log C - H(q)
@@ -381,7 +400,9 @@ def kl_categorical_uniform(logits: Array, axis: int = -1) -> Array:
   return math.log(c) - categorical_entropy(logits, axis=axis)
 
 
-def kl_categorical_categorical(logits_q: Array, logits_p: Array, axis: int = -1) -> Array:
+def kl_categorical_categorical(logits_q: Real[ArrayLike, "..."],
+                               logits_p: Real[ArrayLike, "..."],
+                               axis: int = -1) -> Float[Array, "..."]:
   """``KL(Cat(softmax(logits_q)) || Cat(softmax(logits_p)))`` per categorical variable."""
   logits_q, logits_p = _checks.broadcast(logits_q=logits_q, logits_p=logits_p)
   log_q = jax.nn.log_softmax(logits_q, axis=axis)
@@ -390,13 +411,14 @@ def kl_categorical_categorical(logits_q: Array, logits_p: Array, axis: int = -1)
   return jnp.sum(jnp.where(q > 0, q * (log_q - log_p), 0.0), axis=axis)
 
 
-def _log1mexp(d: Array) -> Array:
+def _log1mexp(d: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """``log(1 - e^{-d})`` for ``d > 0``, accurate for small and large ``d`` (Maechler 2012)."""
   return jnp.where(d < math.log(2.0), jnp.log(-jnp.expm1(-d)), jnp.log1p(-jnp.exp(-d)))
 
 
-def discretized_logistic_log_prob(x: Array, loc: Array, log_scale: Array, num_bins: int = 256,
-                                  event_ndims: int = 0) -> Array:
+def discretized_logistic_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
+                                  log_scale: Real[ArrayLike, "..."], num_bins: int = 256,
+                                  event_ndims: int = 0) -> Float[Array, "..."]:
   """Log-mass of ``x`` in [0, 1] on a grid of ``num_bins`` levels under a discretized logistic.
 
   Pixel ``x = i / (num_bins - 1)`` gets the logistic mass of the bin ``[x - h, x + h]`` with

@@ -49,20 +49,30 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, Real
 
-from dgmjax import _checks, objectives
+from dgmjax import _checks, _deprecation, objectives
 
-Array = jax.Array
+__all__ = [
+    "BOUNDS", "ESTIMATORS", "LogWeightTerms", "NVILBaseline", "RunningMean", "baseline_loss",
+    "ciwae_surrogate", "dreg_surrogate", "elbo_surrogate", "iwae_surrogate", "learning_signal",
+    "miwae_surrogate", "piwae_surrogate", "reinforce_surrogate", "renyi_dreg_surrogate",
+    "running_mean_init", "running_mean_update", "rws_dreg_surrogate", "rws_surrogate",
+    "stl_surrogate", "surrogate", "vimco_learning_signals", "vimco_surrogate", "zero_with_grad",
+]
+
 Params = Any
 
-_OBJECTIVES = ("iwae", "elbo")
+#: The bounds whose gradient the score-function and STL estimators take (``bound=``).
+BOUNDS = ("iwae", "elbo")
 
 
 # ----------------------------------------------------------------------------- gradient views
@@ -80,28 +90,28 @@ class LogWeightTerms(NamedTuple):
     log_w_path: only the path through ``z = z(eps; phi)`` is live.
     log_q_score: ``log q(sg(z) | x; phi)``, only the direct ``phi`` dependence (value ``log q``).
   """
-  log_w: Array
-  log_w_theta: Array
-  log_w_path: Array
-  log_q_score: Array
+  log_w: Float[Array, "*shape"]
+  log_w_theta: Float[Array, "*shape"]
+  log_w_path: Float[Array, "*shape"]
+  log_q_score: Float[Array, "*shape"]
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _to_front(x: Array, axis: int, name: str) -> Array:
+def _to_front(x: Float[ArrayLike, "..."], axis: int, name: str) -> Float[Array, "K *batch"]:
   axis = _checks.check_num_samples(name, x, axis)
   return jnp.moveaxis(x, axis, 0)
 
 
-def _check_same_shape(**arrays) -> None:
+def _check_same_shape(**arrays: Float[ArrayLike, "..."]) -> None:
   shapes = {k: jnp.shape(v) for k, v in arrays.items()}
   if len(set(shapes.values())) != 1:
     desc = ", ".join(f"{k} {s}" for k, s in shapes.items())
     raise ValueError(f"the log-weight terms must share one shape [K, B]; got {desc}")
 
 
-def zero_with_grad(t: Array) -> Array:
+def zero_with_grad(t: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """Exactly zero in value, with the gradient of ``t`` (where ``t`` is finite).
 
   ``t - sg(t)`` would give ``nan`` for ``t = -inf`` (a sample of zero weight); such entries get a
@@ -114,14 +124,16 @@ def zero_with_grad(t: Array) -> Array:
   return safe - lax.stop_gradient(safe)
 
 
-def _route(coeff: Array, term: Array) -> Array:
+def _route(coeff: Float[Array, "K *batch"],
+           term: Float[Array, "K *batch"]) -> Float[Array, "*batch"]:
   """``sum_k sg(c_k) (t_k - sg t_k)``: value 0, gradient ``sum_k c_k grad t_k``. ``[K,B] -> [B]``."""
   coeff = lax.stop_gradient(coeff)
   coeff = jnp.where(jnp.isfinite(coeff), coeff, jnp.zeros((), coeff.dtype))
   return jnp.sum(coeff * zero_with_grad(term), axis=0)
 
 
-def _baseline_like(baseline, like: Array) -> Array:
+def _baseline_like(baseline: Optional[Real[ArrayLike, "..."]],
+                   like: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """Broadcasts a baseline (scalar or the non-sample shape) against ``like`` explicitly."""
   if baseline is None:
     return jnp.zeros(like.shape, like.dtype)
@@ -132,19 +144,26 @@ def _baseline_like(baseline, like: Array) -> Array:
   return jnp.broadcast_to(b, like.shape)
 
 
-def _check_objective(objective: str) -> None:
-  if objective not in _OBJECTIVES:
-    raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+def _bound_arg(bound: str, objective: Optional[str]) -> str:
+  """The ``bound=`` setting, from the deprecated keyword ``objective=`` if that is given."""
+  if objective is not None:
+    # bound= left at its default counts as not given; a different value alongside objective=
+    # raises TypeError (both keywords given).
+    bound = _deprecation.renamed_kwarg(None if bound == "iwae" else bound, objective,
+                                       new="bound", old="objective", stacklevel=5)
+  if bound not in BOUNDS:
+    raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+  return bound
 
 
-def _sample_weights(log_w: Array, objective: str) -> Array:
+def _sample_weights(log_w: Float[Array, "K *batch"], bound: str) -> Float[Array, "K *batch"]:
   """``d bound / d log w_k``: ``w~_k`` for IWAE, ``1/K`` for the (K-sample) ELBO. ``[K, B]``."""
-  if objective == "iwae":
+  if bound == "iwae":
     return objectives.importance_weights(log_w, axis=0)
   return jnp.full(log_w.shape, 1.0 / log_w.shape[0], log_w.dtype)
 
 
-def _group_weights(log_w: Array, num_groups: int) -> Array:
+def _group_weights(log_w: Float[Array, "K *batch"], num_groups: int) -> Float[Array, "K *batch"]:
   """Importance weights normalised within each of ``M`` contiguous groups. ``[M K, B] -> [M K, B]``."""
   n = log_w.shape[0]
   if not isinstance(num_groups, int) or num_groups < 1 or n % num_groups:
@@ -154,14 +173,14 @@ def _group_weights(log_w: Array, num_groups: int) -> Array:
   return objectives.importance_weights(grouped, axis=1).reshape(log_w.shape)
 
 
-def _bound(log_w: Array, objective: str) -> Array:
-  return objectives.iwae_bound(log_w, 0) if objective == "iwae" else objectives.elbo(log_w, 0)
+def _bound(log_w: Float[Array, "K *batch"], bound: str) -> Float[Array, "*batch"]:
+  return objectives.iwae_bound(log_w, 0) if bound == "iwae" else objectives.elbo(log_w, 0)
 
 
 # ----------------------------------------------------------------------------- reparametrization
 
 
-def iwae_surrogate(log_w: Array, axis: int = 0) -> Array:
+def iwae_surrogate(log_w: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "*batch"]:
   """Reparametrization estimator of the IWAE bound: the bound itself, every path live.
 
   .. math:: \\nabla \\mathcal{L}_K = \\sum_k \\tilde w_k \\nabla \\log w_k(\\epsilon_k)
@@ -179,7 +198,7 @@ def iwae_surrogate(log_w: Array, axis: int = 0) -> Array:
   return objectives.iwae_bound(log_w, axis)
 
 
-def elbo_surrogate(log_w: Array, axis: int = 0) -> Array:
+def elbo_surrogate(log_w: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "*batch"]:
   """Reparametrization estimator of the ELBO averaged over ``K`` samples.
 
   .. math:: \\nabla \\mathcal{L}_1 \\approx \\frac1K \\sum_k \\nabla \\log w_k(\\epsilon_k)
@@ -197,7 +216,8 @@ def elbo_surrogate(log_w: Array, axis: int = 0) -> Array:
   return objectives.elbo(log_w, axis)
 
 
-def miwae_surrogate(log_w: Array, num_groups: int, axis: int = 0) -> Array:
+def miwae_surrogate(log_w: Float[ArrayLike, "*shape"], num_groups: int,
+                    axis: int = 0) -> Float[Array, "*batch"]:
   """Reparametrization estimator of MIWAE(M, K) (``M = num_groups`` groups of ``K``).
 
   .. math:: \\mathcal{L}_{M,K} = \\frac1M \\sum_m \\log \\frac1K \\sum_k w_{m,k}
@@ -216,7 +236,8 @@ def miwae_surrogate(log_w: Array, num_groups: int, axis: int = 0) -> Array:
   return objectives.miwae_bound(log_w, num_groups, axis)
 
 
-def ciwae_surrogate(log_w: Array, beta, axis: int = 0) -> Array:
+def ciwae_surrogate(log_w: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, ""],
+                    axis: int = 0) -> Float[Array, "*batch"]:
   """Reparametrization estimator of CIWAE(beta) = ``beta * ELBO + (1 - beta) * IWAE``.
 
   .. math:: \\mathcal{L}_\\beta = \\beta \\mathcal{L}_1 + (1-\\beta) \\mathcal{L}_K
@@ -238,12 +259,13 @@ def ciwae_surrogate(log_w: Array, beta, axis: int = 0) -> Array:
 # ----------------------------------------------------------------------------- STL / DReG
 
 
-def stl_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
-                  objective: str = "iwae") -> Array:
+def stl_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
+                  axis: int = 0, *, bound: str = "iwae",
+                  objective: Optional[str] = None) -> Float[Array, "*batch"]:
   """Sticking the landing: the reparametrization estimator without the score term of ``q``.
 
   ``theta`` gets the usual gradient; ``phi`` only the path through ``z`` (``q``'s parameters are
-  stopped inside ``log q``). Unbiased for the ELBO (``K = 1`` or ``objective='elbo'``), where the
+  stopped inside ``log q``). Unbiased for the ELBO (``K = 1`` or ``bound='elbo'``), where the
   dropped term has mean zero; biased for IWAE with ``K > 1``. Zero variance for ``phi`` when ``q``
   is the exact posterior.
 
@@ -253,7 +275,9 @@ def stl_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
     log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
     log_w_path: ``[K, B]``, :attr:`LogWeightTerms.log_w_path`.
     axis: sample axis.
-    objective: ``'iwae'`` (weights ``w~_k``) or ``'elbo'`` (weights ``1/K``).
+    bound: ``'iwae'`` (weights ``w~_k``) or ``'elbo'`` (weights ``1/K``).
+    objective: deprecated name of ``bound`` (works for one release, with a
+      ``DeprecationWarning``).
 
   Returns:
     ``[B]``, equal to the bound.
@@ -262,15 +286,15 @@ def stl_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
     Roeder, Wu & Duvenaud, Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
     Variational Inference, NeurIPS 2017.
   """
-  _check_objective(objective)
+  bound = _bound_arg(bound, objective)
   _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
   lw = _to_front(log_w_theta, axis, "log_w_theta")
   lp = _to_front(log_w_path, axis, "log_w_path")
-  return _bound(lw, objective) + _route(_sample_weights(lw, objective), lp)
+  return _bound(lw, bound) + _route(_sample_weights(lw, bound), lp)
 
 
-def dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
-                   num_groups: int = 1) -> Array:
+def dreg_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
+                   axis: int = 0, *, num_groups: int = 1) -> Float[Array, "*batch"]:
   """Doubly reparametrized IWAE gradient (DReG) for ``phi``, IWAE for ``theta``.
 
   The score term of the IWAE ``phi`` gradient is rewritten by a second reparametrization, leaving
@@ -302,7 +326,8 @@ def dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0, *,
 # ----------------------------------------------------------------------------- score function
 
 
-def learning_signal(log_w: Array, axis: int = 0, *, objective: str = "iwae") -> Array:
+def learning_signal(log_w: Float[ArrayLike, "..."], axis: int = 0, *, bound: str = "iwae",
+                    objective: Optional[str] = None) -> Float[Array, "..."]:
   """The learning signal that multiplies the score in REINFORCE.
 
   IWAE: the bound ``L_K`` itself, one per datapoint. ELBO: each sample's own ``log w_k`` (the
@@ -313,21 +338,25 @@ def learning_signal(log_w: Array, axis: int = 0, *, objective: str = "iwae") -> 
   Args:
     log_w: ``[K, B]``.
     axis: sample axis.
-    objective: ``'iwae'`` or ``'elbo'``.
+    bound: ``'iwae'`` or ``'elbo'``.
+    objective: deprecated name of ``bound`` (works for one release, with a
+      ``DeprecationWarning``).
 
   Returns:
     ``[B]`` (IWAE) or ``[K, B]`` (ELBO), without gradient.
   """
-  _check_objective(objective)
+  bound = _bound_arg(bound, objective)
   log_w = lax.stop_gradient(log_w)
-  if objective == "iwae":
+  if bound == "iwae":
     return objectives.iwae_bound(log_w, axis)
   _checks.check_num_samples("log_w", log_w, axis)
   return log_w
 
 
-def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, axis: int = 0, *,
-                        objective: str = "iwae", analytic_kl: bool = False) -> Array:
+def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float[ArrayLike, "..."],
+                        baseline: Optional[Real[ArrayLike, "..."]] = None, axis: int = 0, *,
+                        bound: str = "iwae", analytic_kl: bool = False,
+                        objective: Optional[str] = None) -> Float[Array, "*batch"]:
   """Score-function (REINFORCE, likelihood-ratio) estimator, for any latent.
 
   Needs no path through ``z``, so it serves discrete latents. ``theta`` gets the usual gradient.
@@ -344,10 +373,12 @@ def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, a
     log_q_score: ``[K, B]``, :attr:`LogWeightTerms.log_q_score`.
     baseline: ``None``, a scalar or ``[B]``; subtracted from the learning signal.
     axis: sample axis.
-    objective: ``'iwae'`` or ``'elbo'``.
+    bound: ``'iwae'`` or ``'elbo'``.
     analytic_kl: the "log-weights" are the log-likelihoods ``log p(x | z_k)`` alone, the KL being
-      analytic and differentiated apart (``objective='elbo'``): ``log q`` then does not appear in
+      analytic and differentiated apart (``bound='elbo'``): ``log q`` then does not appear in
       the signal, so its direct term ``-w~_k`` is dropped.
+    objective: deprecated name of ``bound`` (works for one release, with a
+      ``DeprecationWarning``).
 
   Returns:
     ``[B]``, equal to the bound (the expected log-likelihood with ``analytic_kl``).
@@ -357,23 +388,24 @@ def reinforce_surrogate(log_w_theta: Array, log_q_score: Array, baseline=None, a
     Learning, Machine Learning 1992; Mnih & Gregor, Neural Variational Inference and Learning in
     Belief Networks, ICML 2014.
   """
-  _check_objective(objective)
+  bound = _bound_arg(bound, objective)
   _check_same_shape(log_w_theta=log_w_theta, log_q_score=log_q_score)
   lw = _to_front(log_w_theta, axis, "log_w_theta")
   lq = _to_front(log_q_score, axis, "log_q_score")
-  signal = learning_signal(lw, 0, objective=objective)
+  signal = learning_signal(lw, 0, bound=bound)
   centred = signal - _baseline_like(baseline, signal)
-  if objective == "iwae":
+  if bound == "iwae":
     centred = jnp.broadcast_to(centred[None], lw.shape)
   else:
     centred = centred / lw.shape[0]
-  if analytic_kl and objective != "elbo":
-    raise ValueError("analytic_kl needs objective='elbo' (the KL of the ELBO is analytic)")
-  coeff = centred if analytic_kl else centred - _sample_weights(lw, objective)
-  return _bound(lw, objective) + _route(coeff, lq)
+  if analytic_kl and bound != "elbo":
+    raise ValueError("analytic_kl needs bound='elbo' (the KL of the ELBO is analytic)")
+  coeff = centred if analytic_kl else centred - _sample_weights(lw, bound)
+  return _bound(lw, bound) + _route(coeff, lq)
 
 
-def vimco_learning_signals(log_w: Array, axis: int = 0) -> Array:
+def vimco_learning_signals(log_w: Float[ArrayLike, "*shape"],
+                           axis: int = 0) -> Float[Array, "*shape"]:
   """VIMCO's per-sample learning signals ``L_K - L_K^{(-k)}`` (leave-one-out baselines).
 
   ``L^{(-k)}`` replaces ``w_k`` by the geometric mean of the other weights; computed in log space
@@ -407,7 +439,8 @@ def vimco_learning_signals(log_w: Array, axis: int = 0) -> Array:
   return jnp.moveaxis(signals, 0, axis)
 
 
-def vimco_surrogate(log_w_theta: Array, log_q_score: Array, axis: int = 0) -> Array:
+def vimco_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float[ArrayLike, "..."],
+                    axis: int = 0) -> Float[Array, "*batch"]:
   """VIMCO: the IWAE score-function estimator with per-sample leave-one-out baselines.
 
   .. math:: \\hat g_\\phi = \\sum_k \\big(\\mathcal{L}_K - \\hat L^{(-k)} - \\tilde w_k\\big) \\nabla_\\phi \\log q_\\phi(z_k|x)
@@ -437,23 +470,24 @@ class RunningMean(NamedTuple):
     average: the raw average ``a_t = d a_{t-1} + (1 - d) v_t``, ``a_0 = 0``.
     correction: ``1 - d^t`` (0 before the first update).
   """
-  average: Array
-  correction: Array
+  average: Float[Array, ""]
+  correction: Float[Array, ""]
 
   @property
-  def mean(self) -> Array:
+  def mean(self) -> Float[Array, ""]:
     """The bias-corrected mean ``a_t / (1 - d^t)`` (0 before any update)."""
     safe = jnp.where(self.correction > 0, self.correction, jnp.ones((), self.correction.dtype))
     return jnp.where(self.correction > 0, self.average / safe,
                      jnp.zeros((), self.average.dtype))
 
 
-def running_mean_init(dtype=jnp.float32) -> RunningMean:
+def running_mean_init(dtype: DTypeLike = jnp.float32) -> RunningMean:
   """The initial :class:`RunningMean` (mean 0)."""
   return RunningMean(jnp.zeros((), dtype), jnp.zeros((), dtype))
 
 
-def running_mean_update(state: RunningMean, value: Array, decay: float = 0.9) -> RunningMean:
+def running_mean_update(state: RunningMean, value: Real[ArrayLike, "..."],
+                        decay: Real[ArrayLike, ""] = 0.9) -> RunningMean:
   """One pure update of the running-mean baseline with the batch mean of ``value``.
 
   .. math:: a_t = d\\, a_{t-1} + (1-d)\\, \\bar v_t, \\quad b_t = a_t / (1 - d^t)
@@ -491,14 +525,15 @@ class NVILBaseline(nn.Module):
   hidden: Sequence[int] = (100,)
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Real[ArrayLike, "B *features"]) -> Float[Array, "B"]:
     h = jnp.reshape(x, (x.shape[0], -1))
     for width in self.hidden:
       h = nn.tanh(nn.Dense(width)(h))
     return nn.Dense(1)(h)[:, 0]
 
 
-def baseline_loss(signal: Array, baseline: Array) -> Array:
+def baseline_loss(signal: Float[ArrayLike, "..."],
+                  baseline: Real[ArrayLike, "..."]) -> Float[Array, "..."]:
   """Squared-error regression of a baseline on the (stopped) learning signal.
 
   For a per-sample signal ``[K, B]`` and a baseline ``[B]`` the error is averaged over samples.
@@ -527,7 +562,8 @@ def baseline_loss(signal: Array, baseline: Array) -> Array:
 # ----------------------------------------------------------------------------- reweighted wake-sleep
 
 
-def rws_surrogate(log_w_theta: Array, log_q_score: Array, axis: int = 0) -> Array:
+def rws_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float[ArrayLike, "..."],
+                  axis: int = 0) -> Float[Array, "*batch"]:
   """Reweighted wake-sleep: wake-theta (the IWAE gradient) and wake-phi for the encoder.
 
   Wake-phi ascends ``sum_k w~_k log q(z_k | x)`` with the samples stopped, a self-normalised
@@ -554,7 +590,8 @@ def rws_surrogate(log_w_theta: Array, log_q_score: Array, axis: int = 0) -> Arra
   return objectives.iwae_bound(lw, 0) + _route(objectives.importance_weights(lw, 0), lq)
 
 
-def rws_dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0) -> Array:
+def rws_dreg_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
+                       axis: int = 0) -> Float[Array, "*batch"]:
   """RWS-DReG: the wake-phi gradient, doubly reparametrized (same mean, lower variance).
 
   .. math:: \\hat g_\\phi = \\sum_k (\\tilde w_k - \\tilde w_k^2) \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{\\partial z_k}{\\partial \\phi}
@@ -578,7 +615,8 @@ def rws_dreg_surrogate(log_w_theta: Array, log_w_path: Array, axis: int = 0) -> 
   return objectives.iwae_bound(lw, 0) + _route(w - jnp.square(w), lp)
 
 
-def renyi_dreg_surrogate(log_w_theta: Array, log_w_path: Array, alpha, axis: int = 0) -> Array:
+def renyi_dreg_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
+                         alpha: Real[ArrayLike, ""], axis: int = 0) -> Float[Array, "*batch"]:
   """The doubly reparametrized estimator of the variational Rényi bound ``L_alpha``.
 
   ``theta`` gets the gradient of ``L_alpha``; ``phi`` the path gradient with coefficients
@@ -613,8 +651,9 @@ def renyi_dreg_surrogate(log_w_theta: Array, log_w_path: Array, alpha, axis: int
 # ----------------------------------------------------------------------------- PIWAE
 
 
-def piwae_surrogate(log_w_theta: Array, log_w_path: Array, log_q_score: Array, num_groups: int,
-                    axis: int = 0, *, dreg: bool = False) -> Array:
+def piwae_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
+                    log_q_score: Float[ArrayLike, "..."], num_groups: int, axis: int = 0, *,
+                    dreg: bool = False) -> Float[Array, "*batch"]:
   """PIWAE(M, K): IWAE(M K) for ``theta``, MIWAE(M, K) for ``phi``, on the same ``M K`` samples.
 
   With ``dreg=True`` the ``phi`` part is the DReG estimator of MIWAE(M, K) instead of its
@@ -655,9 +694,11 @@ ESTIMATORS = ("iwae", "elbo", "stl", "dreg", "reinforce", "vimco", "rws", "rws_d
               "ciwae", "piwae", "piwae_dreg", "renyi", "renyi_dreg")
 
 
-def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, beta=None,
-              baseline=None, objective: str = "iwae", analytic_kl: bool = False, alpha=None,
-              axis: int = 0) -> Array:
+def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1,
+              beta: Optional[Real[ArrayLike, ""]] = None,
+              baseline: Optional[Real[ArrayLike, "..."]] = None, bound: str = "iwae",
+              analytic_kl: bool = False, alpha: Optional[Real[ArrayLike, ""]] = None,
+              axis: int = 0, objective: Optional[str] = None) -> Float[Array, "*batch"]:
   """Dispatches to the surrogate of ``estimator`` on the right fields of ``terms``.
 
   Args:
@@ -666,25 +707,29 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1, bet
     num_groups: ``M`` for ``miwae``, ``piwae``, ``piwae_dreg`` and ``dreg``.
     beta: ELBO weight for ``ciwae``.
     baseline: baseline for ``reinforce``.
-    objective: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
+    bound: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
     analytic_kl: for ``reinforce``, see :func:`reinforce_surrogate`.
     alpha: the Rényi order for ``renyi`` and ``renyi_dreg``.
     axis: sample axis.
+    objective: deprecated name of ``bound`` (works for one release, with a
+      ``DeprecationWarning``).
 
   Returns:
     ``[B]``: the bound's value, the estimator's gradient.
   """
+  if objective is not None:
+    bound = _bound_arg(bound, objective)
   t = terms
   if estimator == "iwae":
     return iwae_surrogate(t.log_w, axis)
   if estimator == "elbo":
     return elbo_surrogate(t.log_w, axis)
   if estimator == "stl":
-    return stl_surrogate(t.log_w_theta, t.log_w_path, axis, objective=objective)
+    return stl_surrogate(t.log_w_theta, t.log_w_path, axis, bound=bound)
   if estimator == "dreg":
     return dreg_surrogate(t.log_w_theta, t.log_w_path, axis, num_groups=num_groups)
   if estimator == "reinforce":
-    return reinforce_surrogate(t.log_w_theta, t.log_q_score, baseline, axis, objective=objective,
+    return reinforce_surrogate(t.log_w_theta, t.log_q_score, baseline, axis, bound=bound,
                                analytic_kl=analytic_kl)
   if estimator == "vimco":
     return vimco_surrogate(t.log_w_theta, t.log_q_score, axis)

@@ -8,18 +8,23 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, Int, PRNGKeyArray, Real, Shaped
 
 from dgmjax import _checks
 
-Array = jax.Array
+__all__ = [
+    "concrete_log_prob", "gumbel_max", "gumbel_softmax", "sample_gumbel", "straight_through",
+]
 
 
-def sample_gumbel(key: Array, shape=(), dtype=jnp.float32) -> Array:
+def sample_gumbel(key: PRNGKeyArray, shape: Sequence[int] = (),
+                  dtype: DTypeLike = jnp.float32) -> Float[Array, "..."]:
   """Standard Gumbel noise ``g = -log(-log u)``, always finite.
 
   ``u`` is drawn from ``[tiny, 1)`` where ``tiny`` is the smallest normal number of ``dtype``, so
@@ -46,7 +51,8 @@ def sample_gumbel(key: Array, shape=(), dtype=jnp.float32) -> Array:
   return -jnp.log(-jnp.log(u))
 
 
-def gumbel_max(key: Array, logits: Array, axis: int = -1) -> Array:
+def gumbel_max(key: PRNGKeyArray, logits: Shaped[ArrayLike, "..."],
+               axis: int = -1) -> Int[Array, "..."]:
   """An exact sample of class indices from ``softmax(logits)`` by the Gumbel-max trick.
 
   .. math:: k = \\arg\\max_j (l_j + g_j), \\quad g_j \\sim \\mathrm{Gumbel}(0, 1)
@@ -67,7 +73,8 @@ def gumbel_max(key: Array, logits: Array, axis: int = -1) -> Array:
   return jnp.argmax(logits + g, axis=axis)
 
 
-def straight_through(hard: Array, soft: Array) -> Array:
+def straight_through(hard: Real[ArrayLike, "..."],
+                     soft: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
   """Forward value ``hard`` exactly, gradient of ``soft``.
 
   Written ``hard + (soft - stop_gradient(soft))`` so the forward value is ``hard`` bit for bit
@@ -90,7 +97,8 @@ def straight_through(hard: Array, soft: Array) -> Array:
   return lax.stop_gradient(hard) + (soft - lax.stop_gradient(soft))
 
 
-def _temperature(temperature, shape: tuple[int, ...], axis: int, dtype) -> Array:
+def _temperature(temperature: Shaped[ArrayLike, "..."], shape: tuple[int, ...], axis: int,
+                 dtype: DTypeLike) -> Float[Array, "..."]:
   """``temperature`` as an array of ``dtype`` with the rank of ``shape`` and 1 on ``axis``.
 
   Rule: a scalar, or an array that broadcasts against ``shape`` *with size 1 on the class axis*
@@ -125,8 +133,9 @@ def _temperature(temperature, shape: tuple[int, ...], axis: int, dtype) -> Array
   return t
 
 
-def gumbel_softmax(key: Array, logits: Array, temperature, axis: int = -1, *,
-                   hard: bool = False, log_space: bool = False) -> Array:
+def gumbel_softmax(key: PRNGKeyArray, logits: Shaped[ArrayLike, "*batch"],
+                   temperature: Shaped[ArrayLike, "..."], axis: int = -1, *,
+                   hard: bool = False, log_space: bool = False) -> Float[Array, "*batch"]:
   """A Gumbel-softmax (Concrete) relaxed one-hot sample.
 
   .. math:: y = \\mathrm{softmax}((l + g) / \\tau)
@@ -182,13 +191,14 @@ def gumbel_softmax(key: Array, logits: Array, temperature, axis: int = -1, *,
   return straight_through(one_hot, y)
 
 
-def _simplex_tolerance(dtype) -> float:
+def _simplex_tolerance(dtype: DTypeLike) -> float:
   """How far ``sum(y)`` may be from 1 for ``y`` to count as a point of the simplex."""
   return max(1e-4, 16 * float(jnp.finfo(dtype).eps))
 
 
-def concrete_log_prob(y: Array, logits: Array, temperature, axis: int = -1, *,
-                      log_space: bool = False) -> Array:
+def concrete_log_prob(y: Shaped[ArrayLike, "..."], logits: Real[ArrayLike, "..."],
+                      temperature: Shaped[ArrayLike, "..."], axis: int = -1, *,
+                      log_space: bool = False) -> Float[Array, "..."]:
   """Log-density of the Concrete (Gumbel-softmax) distribution on the simplex.
 
   Density with respect to Lebesgue measure on the first ``C - 1`` coordinates of the simplex,

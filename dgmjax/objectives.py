@@ -19,15 +19,20 @@ import math
 
 import jax
 import jax.numpy as jnp
-
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from dgmjax import _checks
 
-Array = jax.Array
+__all__ = [
+    "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
+    "importance_weights", "iwae_bound", "jackknife_bound", "log_mean_exp", "miwae_bound",
+    "naive_log_likelihood", "piwae_bounds", "renyi_bound", "renyi_weights",
+]
 
 
-def _traced_in_range(value, lo, hi):
+def _traced_in_range(value: Real[ArrayLike, "*shape"], lo: float,
+                     hi: float | None) -> Real[ArrayLike, "*shape"]:
   """``value`` itself when concrete (already checked); when traced, NaN where outside [lo, hi]."""
   if _checks.is_concrete(value):
     return value
@@ -37,11 +42,11 @@ def _traced_in_range(value, lo, hi):
   return jnp.where(ok, value, jnp.nan)
 
 
-def _all_neg_inf(x: Array, axis: int) -> Array:
+def _all_neg_inf(x: Float[Array, "..."], axis: int) -> Bool[Array, "..."]:
   return jnp.all(x == -jnp.inf, axis=axis, keepdims=True)
 
 
-def log_mean_exp(x: Array, axis: int = 0) -> Array:
+def log_mean_exp(x: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "*reduced"]:
   """Numerically stable ``log(mean(exp(x)))`` along ``axis``.
 
   Built on ``jax.nn.logmeanexp``. Slices where every entry is ``-inf`` give ``-inf`` with a zero
@@ -60,7 +65,8 @@ def log_mean_exp(x: Array, axis: int = 0) -> Array:
   return _log_mean_exp(x, axis, "x")
 
 
-def _log_mean_exp(x: Array, axis: int, name: str) -> Array:
+def _log_mean_exp(x: Float[ArrayLike, "*shape"], axis: int,
+                  name: str) -> Float[Array, "*reduced"]:
   x = jnp.asarray(x)
   axis = _checks.check_num_samples(name, x, axis)
   dead = _all_neg_inf(x, axis)
@@ -70,7 +76,7 @@ def _log_mean_exp(x: Array, axis: int, name: str) -> Array:
   return jnp.squeeze(out, axis=axis)
 
 
-def elbo(log_weights: Array, axis: int = 0) -> Array:
+def elbo(log_weights: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "*batch"]:
   """Monte Carlo ELBO: the mean of the log-weights over importance samples.
 
   .. math:: \\mathcal{L}_1 = \\frac1K \\sum_{k=1}^K \\log w_k, \\quad \\log w_k = \\log p(x, z_k) - \\log q(z_k|x)
@@ -89,7 +95,7 @@ def elbo(log_weights: Array, axis: int = 0) -> Array:
   return jnp.mean(log_weights, axis=axis)
 
 
-def iwae_bound(log_weights: Array, axis: int = 0) -> Array:
+def iwae_bound(log_weights: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "*batch"]:
   """The importance-weighted bound ``L_K`` (IWAE).
 
   ``L_1 <= L_K <= L_{K+1} <= log p(x)``; with ``K = 1`` it equals the ELBO exactly.
@@ -109,7 +115,8 @@ def iwae_bound(log_weights: Array, axis: int = 0) -> Array:
   return _log_mean_exp(log_weights, axis, "log_weights")
 
 
-def importance_weights(log_weights: Array, axis: int = 0) -> Array:
+def importance_weights(log_weights: Float[ArrayLike, "*shape"],
+                       axis: int = 0) -> Float[Array, "*shape"]:
   """Self-normalised importance weights ``w_k / sum_j w_j`` (softmax over samples).
 
   A slice whose log-weights are all ``-inf`` has no normalisable weights; it gets zeros.
@@ -130,7 +137,8 @@ def importance_weights(log_weights: Array, axis: int = 0) -> Array:
   return jnp.where(dead, jnp.zeros((), log_weights.dtype), jax.nn.softmax(safe, axis=axis))
 
 
-def effective_sample_size(log_weights: Array, axis: int = 0) -> Array:
+def effective_sample_size(log_weights: Float[ArrayLike, "*shape"],
+                          axis: int = 0) -> Float[Array, "*batch"]:
   """Kish's effective sample size of the importance weights, in ``[1, K]`` (0 if all are zero).
 
   .. math:: \\mathrm{ESS} = \\frac{(\\sum_k w_k)^2}{\\sum_k w_k^2}
@@ -152,14 +160,16 @@ def effective_sample_size(log_weights: Array, axis: int = 0) -> Array:
   return jnp.where(dead, jnp.zeros((), log_ess.dtype), jnp.exp(log_ess))
 
 
-def _mean_over_samples(term: Array, like: Array, axis: int, name: str) -> Array:
+def _mean_over_samples(term: Float[ArrayLike, "..."], like: Float[ArrayLike, "..."], axis: int,
+                       name: str) -> Float[ArrayLike, "..."]:
   """``term`` averaged over ``axis`` if it carries the sample axis, else returned as is."""
   if jnp.ndim(term) == jnp.ndim(like):
     return jnp.mean(term, axis=axis)
   return term
 
 
-def elbo_analytic_kl(log_likelihood: Array, kl: Array, axis: int = 0) -> Array:
+def elbo_analytic_kl(log_likelihood: Float[ArrayLike, "*shape"], kl: Float[ArrayLike, "..."],
+                     axis: int = 0) -> Float[Array, "*batch"]:
   """ELBO with the KL term in closed form (the VAE paper's lower-variance estimator).
 
   .. math:: \\mathcal{L} = \\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| p(z))
@@ -178,7 +188,8 @@ def elbo_analytic_kl(log_likelihood: Array, kl: Array, axis: int = 0) -> Array:
   return beta_elbo(log_likelihood, kl, 1.0, axis=axis)
 
 
-def beta_elbo(log_likelihood: Array, kl: Array, beta=1.0, axis: int = 0) -> Array:
+def beta_elbo(log_likelihood: Float[ArrayLike, "*shape"], kl: Float[ArrayLike, "..."],
+              beta: Real[ArrayLike, ""] = 1.0, axis: int = 0) -> Float[Array, "*batch"]:
   """ELBO with a weight ``beta`` on the KL term (KL annealing, beta-VAE).
 
   .. math:: \\mathcal{L}_\\beta = \\mathbb{E}_q[\\log p(x|z)] - \\beta\\, KL(q(z|x) \\| p(z))
@@ -205,7 +216,8 @@ def beta_elbo(log_likelihood: Array, kl: Array, beta=1.0, axis: int = 0) -> Arra
   return ll - _traced_in_range(beta, 0.0, None) * kl
 
 
-def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -> Array:
+def free_bits(kl: Float[ArrayLike, "..."], lam: Real[ArrayLike, ""], axis: int = 0, *,
+              num_groups: int | None = None) -> Float[Array, ""]:
   """The free-bits KL penalty: each latent dimension (or group) pays at least ``lam`` nats.
 
   The KL of each dimension (or group of dimensions) is averaged over the minibatch on ``axis``
@@ -249,7 +261,8 @@ def free_bits(kl: Array, lam, axis: int = 0, *, num_groups: int | None = None) -
   return jnp.sum(jnp.maximum(per_dim, jnp.asarray(lam, per_dim.dtype)))
 
 
-def _split_groups(log_weights: Array, num_groups: int, axis: int) -> tuple[Array, int]:
+def _split_groups(log_weights: Float[ArrayLike, "..."], num_groups: int,
+                  axis: int) -> tuple[Float[Array, "..."], int]:
   log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
   n = jnp.shape(log_weights)[axis]
@@ -262,7 +275,8 @@ def _split_groups(log_weights: Array, num_groups: int, axis: int) -> tuple[Array
   return grouped, axis
 
 
-def miwae_bound(log_weights: Array, num_groups: int, axis: int = 0) -> Array:
+def miwae_bound(log_weights: Float[ArrayLike, "*shape"], num_groups: int,
+                axis: int = 0) -> Float[Array, "*batch"]:
   """MIWAE(M, K): the average of ``M`` independent IWAE bounds with ``K`` samples each.
 
   The ``M * K`` samples on ``axis`` are split into ``M = num_groups`` contiguous groups of ``K``.
@@ -285,7 +299,8 @@ def miwae_bound(log_weights: Array, num_groups: int, axis: int = 0) -> Array:
   return jnp.mean(_log_mean_exp(grouped, axis + 1, "log_weights"), axis=axis)
 
 
-def ciwae_bound(log_weights: Array, beta, axis: int = 0) -> Array:
+def ciwae_bound(log_weights: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, ""],
+                axis: int = 0) -> Float[Array, "*batch"]:
   """CIWAE(beta): a convex combination of the ELBO and the IWAE bound on the same samples.
 
   .. math:: \\mathcal{L}_\\beta = \\beta\\, \\mathcal{L}_1 + (1 - \\beta)\\, \\mathcal{L}_K
@@ -306,7 +321,8 @@ def ciwae_bound(log_weights: Array, beta, axis: int = 0) -> Array:
   return beta * elbo(log_weights, axis) + (1.0 - beta) * iwae_bound(log_weights, axis)
 
 
-def piwae_bounds(log_weights: Array, num_groups: int, axis: int = 0) -> tuple[Array, Array]:
+def piwae_bounds(log_weights: Float[ArrayLike, "*shape"], num_groups: int,
+                 axis: int = 0) -> tuple[Float[Array, "*batch"], Float[Array, "*batch"]]:
   """PIWAE(M, K): the two targets of partially importance-weighted training.
 
   The decoder (theta) ascends IWAE(M * K) and the encoder (phi) ascends MIWAE(M, K), both on the
@@ -327,7 +343,8 @@ def piwae_bounds(log_weights: Array, num_groups: int, axis: int = 0) -> tuple[Ar
   return iwae_bound(log_weights, axis), miwae_bound(log_weights, num_groups, axis)
 
 
-def renyi_bound(log_weights: Array, alpha, axis: int = 0) -> Array:
+def renyi_bound(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, ""],
+                axis: int = 0) -> Float[Array, "*batch"]:
   """The variational Rényi bound ``L_alpha`` on the ``K`` samples (Li & Turner 2016).
 
   ``alpha = 0`` is the IWAE bound, ``alpha -> 1`` the ELBO (returned exactly at ``alpha = 1``),
@@ -366,7 +383,8 @@ def renyi_bound(log_weights: Array, alpha, axis: int = 0) -> Array:
   return _log_mean_exp(one_minus * lw, axis, "log_weights") / one_minus
 
 
-def renyi_weights(log_weights: Array, alpha, axis: int = 0) -> Array:
+def renyi_weights(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, ""],
+                  axis: int = 0) -> Float[Array, "*shape"]:
   """``w_k^(1-alpha) / sum_j w_j^(1-alpha)``: ``d L_alpha / d log w_k`` (``[K, B]``)."""
   lw = jnp.asarray(log_weights)
   if _checks.is_concrete(alpha) and float(np.asarray(alpha)) == -np.inf:
@@ -375,7 +393,7 @@ def renyi_weights(log_weights: Array, alpha, axis: int = 0) -> Array:
   return importance_weights((1.0 - jnp.asarray(alpha, lw.dtype)) * lw, axis)
 
 
-def _loo_logsumexp(lw: Array) -> Array:
+def _loo_logsumexp(lw: Float[Array, "K *batch"]) -> Float[Array, "K *batch"]:
   """``log sum_{j != k} exp(lw_j)`` for every ``k``: ``[K, B] -> [K, B]``, without cancellation.
 
   For ``k`` other than the largest entry, ``w_k <= S / 2`` and ``log S + log1p(-w_k / S)`` is
@@ -391,7 +409,8 @@ def _loo_logsumexp(lw: Array) -> Array:
   return jnp.where(is_top, others_of_top[None], loo)
 
 
-def jackknife_bound(log_weights: Array, order: int = 1, axis: int = 0) -> Array:
+def jackknife_bound(log_weights: Float[ArrayLike, "*shape"], order: int = 1,
+                    axis: int = 0) -> Float[Array, "*batch"]:
   """Jackknife variational inference (JVI): the IWAE estimate with its bias removed to ``O(K^-m)``.
 
   The IWAE bound ``L_K`` has bias ``b_1 / K + b_2 / K^2 + ...`` in ``log p(x)``. The generalised
@@ -431,7 +450,7 @@ def jackknife_bound(log_weights: Array, order: int = 1, axis: int = 0) -> Array:
   if order >= 2:
     idx = jnp.arange(k)
 
-    def leave_two(i):                      # log sum_{j != i, l != i, l != j} w_l for every j
+    def leave_two(i: Int[Array, ""]) -> Float[Array, "*batch"]:  # log sum_{j!=i, l!=i, l!=j} w_l
       lw_i = jnp.where((idx == i)[:, None], -jnp.inf, lw)
       out = _loo_logsumexp(lw_i)
       return jnp.sum(jnp.where((idx == i)[:, None], 0.0, out), axis=0)
@@ -443,7 +462,8 @@ def jackknife_bound(log_weights: Array, order: int = 1, axis: int = 0) -> Array:
   return sum(c * b for c, b in zip(coeff, bars))
 
 
-def naive_log_likelihood(log_likelihood: Array, axis: int = 0) -> Array:
+def naive_log_likelihood(log_likelihood: Float[ArrayLike, "*shape"],
+                         axis: int = 0) -> Float[Array, "*batch"]:
   """Naive Monte Carlo estimate of ``log p(x)`` from samples of the prior.
 
   With ``z_k ~ p(z)``, ``(1/K) sum_k p(x|z_k)`` is unbiased for ``p(x)``; its log is a

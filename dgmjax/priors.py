@@ -40,7 +40,7 @@ from dgmjax import flows
 Array = jax.Array
 Encoder = Callable[[Array], tuple[Array, Array]]
 
-__all__ = ["FlowPrior", "MixtureOfGaussians", "StandardNormal", "VampPrior", "make_prior",
+__all__ = ["PRIOR_NAMES", "FlowPrior", "MixtureOfGaussians", "StandardNormal", "VampPrior", "make_prior",
            "maf_prior", "mixture_normal_log_prob", "real_nvp_prior"]
 
 

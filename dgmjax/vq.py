@@ -21,14 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real, Shaped
 
 from dgmjax import _checks
 from dgmjax.gumbel import straight_through
 
-Array = jax.Array
+__all__ = [
+    "EMAState", "Quantized", "VectorQuantizer", "code_counts", "ema_init", "ema_update", "lookup",
+    "nearest_code", "perplexity", "quantize", "restart_dead_codes", "squared_distances", "usage",
+]
 
 
-def _check(z_e: Array, codebook: Array) -> None:
+def _check(z_e: Shaped[ArrayLike, "..."], codebook: Shaped[ArrayLike, "..."]) -> None:
   if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
     raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
   if jnp.ndim(z_e) < 1 or jnp.shape(z_e)[-1:] != jnp.shape(codebook)[1:]:
@@ -39,14 +43,16 @@ def _check(z_e: Array, codebook: Array) -> None:
   _checks.check_finite("codebook", codebook)
 
 
-def _check_indices(indices, num_codes: int, name: str = "indices") -> None:
+def _check_indices(indices: Shaped[ArrayLike, "..."], num_codes: int,
+                   name: str = "indices") -> None:
   """Integer dtype (static, also under jit); values in ``[0, num_codes)`` when concrete."""
   _checks.check_dtype(name, indices, "integer")
   _checks.check_values(name, indices, lambda a: (a >= 0) & (a < num_codes),
                        f"code indices in [0, {num_codes})")
 
 
-def squared_distances(z_e: Array, codebook: Array) -> Array:
+def squared_distances(z_e: Shaped[ArrayLike, "..."],
+                      codebook: Float[ArrayLike, "..."]) -> Float[Array, "*batch N"]:
   """``||z_e - e_n||^2`` for every code: ``[..., D], [N, D] -> [..., N]``.
 
   Expanded as ``||z||^2 - 2 z.e + ||e||^2`` so the cost is one matrix product.
@@ -61,7 +67,8 @@ def squared_distances(z_e: Array, codebook: Array) -> Array:
   return zz - 2.0 * cross + jnp.broadcast_to(ee, cross.shape)
 
 
-def nearest_code(z_e: Array, codebook: Array) -> Array:
+def nearest_code(z_e: Shaped[ArrayLike, "..."],
+                 codebook: Float[ArrayLike, "..."]) -> Int[Array, "*batch"]:
   """Index of the nearest code: ``[..., D] -> [...]`` (int32).
 
   .. math:: k(x) = \\arg\\min_n \\|z_e(x) - e_n\\|_2
@@ -73,7 +80,8 @@ def nearest_code(z_e: Array, codebook: Array) -> Array:
   return jnp.argmin(squared_distances(z_e, codebook), axis=-1).astype(jnp.int32)
 
 
-def lookup(indices: Array, codebook: Array) -> Array:
+def lookup(indices: Shaped[ArrayLike, "*batch"],
+           codebook: Float[ArrayLike, "..."]) -> Float[Array, "*batch D"]:
   """Codes of the given indices: ``[...] -> [..., D]``.
 
   ``indices`` must be integers in ``[0, N)``: a float dtype raises
@@ -100,13 +108,13 @@ class Quantized(NamedTuple):
     codebook_loss: ``mean ||sg(z_e) - e_k||^2`` (moves the codes; zero gradient to the encoder).
     commitment_loss: ``mean ||z_e - sg(e_k)||^2`` (unweighted; multiply by beta).
   """
-  z_q: Array
-  indices: Array
-  codebook_loss: Array
-  commitment_loss: Array
+  z_q: Float[Array, "*batch D"]
+  indices: Int[Array, "*batch"]
+  codebook_loss: Float[Array, ""]
+  commitment_loss: Float[Array, ""]
 
 
-def quantize(z_e: Array, codebook: Array) -> Quantized:
+def quantize(z_e: Shaped[ArrayLike, "..."], codebook: Float[ArrayLike, "..."]) -> Quantized:
   """Quantizes ``z_e`` to its nearest codes with a straight-through gradient and VQ losses.
 
   The VQ-VAE objective is ``reconstruction + codebook_loss + beta * commitment_loss``
@@ -144,12 +152,12 @@ class EMAState(NamedTuple):
     embed_sum: ``[N, D]`` EMA of the sum of the vectors assigned to each code.
     codebook: ``[N, D]`` current codes (``embed_sum / smoothed cluster_size``).
   """
-  cluster_size: Array
-  embed_sum: Array
-  codebook: Array
+  cluster_size: Float[Array, "N"]
+  embed_sum: Float[Array, "N D"]
+  codebook: Float[Array, "N D"]
 
 
-def ema_init(codebook: Array) -> EMAState:
+def ema_init(codebook: Float[ArrayLike, "..."]) -> EMAState:
   """EMA state starting at ``codebook`` (each code counted once)."""
   if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
     raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
@@ -157,8 +165,8 @@ def ema_init(codebook: Array) -> EMAState:
   return EMAState(jnp.ones((n,), codebook.dtype), codebook, codebook)
 
 
-def ema_update(state: EMAState, z_e: Array, indices: Array, decay: float = 0.99,
-               eps: float = 1e-5) -> EMAState:
+def ema_update(state: EMAState, z_e: Shaped[ArrayLike, "..."], indices: Shaped[ArrayLike, "..."],
+               decay: Real[ArrayLike, ""] = 0.99, eps: Real[ArrayLike, ""] = 1e-5) -> EMAState:
   """One EMA codebook update with Laplace-smoothed counts (VQ-VAE, Appendix A.1).
 
   .. math:: N_n \\leftarrow \\gamma N_n + (1-\\gamma) n_n, \\quad m_n \\leftarrow \\gamma m_n + (1-\\gamma) \\sum_{i: k_i = n} z_i, \\quad e_n = m_n / \\tilde N_n
@@ -212,7 +220,7 @@ def ema_update(state: EMAState, z_e: Array, indices: Array, decay: float = 0.99,
 # ----------------------------------------------------------------------------- codebook health
 
 
-def code_counts(indices: Array, num_codes: int) -> Array:
+def code_counts(indices: Shaped[ArrayLike, "..."], num_codes: int) -> Int[Array, "N"]:
   """How often each code is used: ``[...] -> [num_codes]`` (int32; accumulate over an epoch).
 
   ``num_codes`` is a Python or NumPy int ``>= 1``; ``indices`` must have an integer dtype (else
@@ -229,7 +237,7 @@ def code_counts(indices: Array, num_codes: int) -> Array:
   return jnp.bincount(flat, length=num_codes)
 
 
-def perplexity(counts: Array) -> Array:
+def perplexity(counts: Real[ArrayLike, "..."]) -> Float[Array, ""]:
   """``exp(H(p))`` of the code-usage distribution ``p = counts / sum(counts)``.
 
   1 when one code is used, ``N`` when all are used equally. Measure it over an epoch of counts,
@@ -244,13 +252,13 @@ def perplexity(counts: Array) -> Array:
   return _nan_if_bad_counts(counts, out)
 
 
-def usage(counts: Array) -> Array:
+def usage(counts: Real[ArrayLike, "..."]) -> Float[Array, ""]:
   """Fraction of codes used at least once (``counts`` as for :func:`perplexity`)."""
   counts = _check_counts(counts)
   return _nan_if_bad_counts(counts, jnp.mean((counts > 0).astype(jnp.float32)))
 
 
-def _check_counts(counts) -> Array:
+def _check_counts(counts: Real[ArrayLike, "..."]) -> Real[Array, "N"]:
   if jnp.ndim(counts) != 1 or jnp.shape(counts)[0] < 1:
     raise ValueError(f"counts must be [num_codes >= 1], got shape {jnp.shape(counts)}")
   _checks.check_values("counts", counts, lambda a: np.isfinite(a) & (a >= 0),
@@ -258,15 +266,17 @@ def _check_counts(counts) -> Array:
   return jnp.asarray(counts)
 
 
-def _nan_if_bad_counts(counts, out):
+def _nan_if_bad_counts(counts: Real[Array, "N"], out: Float[Array, ""]) -> Float[Array, ""]:
   if _checks.is_concrete(counts):
     return out
   bad = jnp.any(~(counts >= 0)) | jnp.any(~jnp.isfinite(counts))
   return jnp.where(bad, jnp.asarray(jnp.nan, out.dtype), out)
 
 
-def restart_dead_codes(key: Array, codebook: Array, counts: Array, z_e: Array, *,
-                       threshold: float = 1.0) -> tuple[Array, Array]:
+def restart_dead_codes(key: PRNGKeyArray, codebook: Float[ArrayLike, "..."],
+                       counts: Real[ArrayLike, "..."], z_e: Shaped[ArrayLike, "..."], *,
+                       threshold: Real[ArrayLike, ""] = 1.0,
+                       ) -> tuple[Float[Array, "N D"], Bool[Array, "N"]]:
   """Replaces codes used fewer than ``threshold`` times by randomly chosen encoder outputs.
 
   Args:
@@ -318,7 +328,7 @@ class VectorQuantizer(nn.Module):
   init_scale: float = 1.0
 
   @nn.compact
-  def __call__(self, z_e: Array) -> Quantized:
+  def __call__(self, z_e: Shaped[ArrayLike, "..."]) -> Quantized:
     _checks.check_int("num_codes", self.num_codes, minimum=1)
     _checks.check_int("embedding_dim", self.embedding_dim, minimum=1)
     if z_e.shape[-1] != self.embedding_dim:

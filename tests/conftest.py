@@ -1,14 +1,45 @@
-"""Test configuration: strict rank promotion and key-reuse checking for the whole suite."""
+"""Test configuration: strict rank promotion, key-reuse checking and shape checking for the suite.
+
+Shape annotations: the core modules (:data:`CHECKED_MODULES`) carry jaxtyping annotations
+(``Float[Array, "K B"]``, ...) that are inert at run time. Here, before anything imports
+:mod:`dgmjax`, jaxtyping's import hook decorates every function of those modules with
+``jaxtyped(typechecker=beartype)``, so each call in the test session (in every pytest-xdist
+worker: each one imports this file) checks the dtypes and shapes of its arguments and its return
+value; inside ``jit`` the check runs once, at trace time. ``tests/test_shapes.py`` proves the
+hook is active.
+
+The checker does not check Python ``int`` / ``bool`` settings (``axis``, ``event_ndims``,
+``num_groups``, ``hard``, ...): the library validates those itself, accepting NumPy integers and
+raising :class:`~dgmjax._checks.ArgumentTypeError` that names the argument (tested by
+``tests/test_bad_inputs.py``), so those hints are overridden by ``object``. A ``float`` hint
+accepts any real number (``numbers.Real``: Python and NumPy ints and floats, not arrays), as
+PEP 484's numeric tower intends.
+"""
 
 import os
+import sys
 
 import jax
 import pytest
+from jaxtyping import install_import_hook
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_debug_key_reuse", True)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The modules whose annotations are checked in the test session.
+CHECKED_MODULES = ("dgmjax.distributions", "dgmjax.gumbel", "dgmjax.objectives",
+                   "dgmjax.estimators", "dgmjax.flows", "dgmjax.vq")
+
+#: The typechecker of ``jaxtyping.install_import_hook``: an expression over ``beartype``.
+TYPECHECKER = ("beartype.beartype(conf=beartype.BeartypeConf(hint_overrides=beartype.FrozenDict("
+               "{int: object, bool: object, float: __import__('numbers').Real})))")
+
+_already = sorted(m for m in CHECKED_MODULES if m in sys.modules)
+if _already:  # pragma: no cover - a plugin or an earlier conftest imported dgmjax first
+  raise RuntimeError(f"jaxtyping cannot check modules that are already imported: {_already}")
+install_import_hook(list(CHECKED_MODULES), TYPECHECKER)
 
 
 @pytest.fixture

@@ -118,10 +118,10 @@ def test_surrogate_values_equal_bounds(terms):
   iwae, elbo = objectives.iwae_bound(lw), objectives.elbo(lw)
   expected = [
       ("iwae", {}, iwae), ("elbo", {}, elbo), ("stl", {}, iwae),
-      ("stl", {"objective": "elbo"}, elbo), ("dreg", {}, iwae),
+      ("stl", {"bound": "elbo"}, elbo), ("dreg", {}, iwae),
       ("dreg", {"num_groups": 2}, objectives.miwae_bound(lw, 2)),
       ("reinforce", {}, iwae), ("reinforce", {"baseline": -7.0}, iwae),
-      ("reinforce", {"objective": "elbo", "baseline": jnp.ones(B)}, elbo),
+      ("reinforce", {"bound": "elbo", "baseline": jnp.ones(B)}, elbo),
       ("vimco", {}, iwae), ("rws", {}, iwae), ("rws_dreg", {}, iwae),
       ("miwae", {"num_groups": 3}, objectives.miwae_bound(lw, 3)),
       ("ciwae", {"beta": 0.05}, objectives.ciwae_bound(lw, 0.05)),
@@ -189,12 +189,39 @@ def test_errors():
     estimators.dreg_surrogate(lw, lw, num_groups=3)
   with pytest.raises(ValueError, match="unknown estimator"):
     estimators.surrogate("nope", estimators.LogWeightTerms(lw, lw, lw, lw))
-  with pytest.raises(ValueError, match="objective"):
-    estimators.reinforce_surrogate(lw, lw, objective="vae")
+  with pytest.raises(ValueError, match=r"bound must be one of \('iwae', 'elbo'\), got 'vae'"):
+    estimators.reinforce_surrogate(lw, lw, bound="vae")
   with pytest.raises(ValueError, match="share one shape"):
     estimators.dreg_surrogate(lw, jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="sample axis"):
     estimators.reinforce_surrogate(lw, lw, baseline=jnp.zeros((4, 2)))
+
+
+_OLD_KEYWORD_CASES = [
+    ("learning_signal", lambda lw, **kw: estimators.learning_signal(lw, **kw)),
+    ("stl_surrogate", lambda lw, **kw: estimators.stl_surrogate(lw, lw, **kw)),
+    ("reinforce_surrogate", lambda lw, **kw: estimators.reinforce_surrogate(lw, lw, **kw)),
+    ("surrogate_stl", lambda lw, **kw: estimators.surrogate(
+        "stl", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
+    ("surrogate_reinforce", lambda lw, **kw: estimators.surrogate(
+        "reinforce", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
+]
+
+
+@pytest.mark.parametrize("bound", ["elbo", "iwae"])
+@pytest.mark.parametrize("f", [c[1] for c in _OLD_KEYWORD_CASES],
+                         ids=[c[0] for c in _OLD_KEYWORD_CASES])
+def test_old_keyword_objective_still_works_with_a_deprecation_warning(f, bound):
+  # The keyword names the bound (the vocabulary of the API reference): objective= is its old name.
+  lw = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+  with pytest.warns(DeprecationWarning, match="the keyword objective= is deprecated: use bound="):
+    old = f(lw, objective=bound)
+  np.testing.assert_array_equal(old, f(lw, bound=bound))
+  with pytest.raises(TypeError, match="got both bound= and its deprecated name objective="):
+    f(lw, bound="elbo", objective="iwae")
+  with pytest.raises(ValueError, match="bound must be one of"):
+    with pytest.warns(DeprecationWarning):
+      f(lw, objective="vae")
 
 
 # ----------------------------------------------------------------------------- VIMCO, baselines
@@ -252,7 +279,7 @@ def test_nvil_baseline_learns_the_signal_and_gets_no_estimator_gradient():
     terms = models.log_weight_terms(MODEL, params, x, key, 4)
     g = jax.grad(lambda bp: jnp.sum(estimators.reinforce_surrogate(
         terms.log_w_theta, terms.log_q_score, net.apply(bp, x))))(bparams)
-    per_sample = estimators.learning_signal(terms.log_w, objective="elbo")
+    per_sample = estimators.learning_signal(terms.log_w, bound="elbo")
     return g, estimators.baseline_loss(per_sample, net.apply(bparams, x))
 
   g, per_sample_loss = check(bparams, jax.random.key(4))
@@ -373,13 +400,13 @@ def bias_moments():
     def step(state, k):
       t = models.log_weight_terms(MODEL, params, x, k, 1)
       return estimators.running_mean_update(
-          state, estimators.learning_signal(t.log_w, objective="elbo")), None
+          state, estimators.learning_signal(t.log_w, bound="elbo")), None
     return jax.lax.scan(step, estimators.running_mean_init(), keys)[0]
 
   state = pilot(jax.random.split(jax.random.key(11), 20))
   losses = {
       "elbo1": loss_fn("elbo", x, 1), "stl1": loss_fn("stl", x, 1),
-      "reinforce1": loss_fn("reinforce", x, 1, objective="elbo", baseline=state.mean),
+      "reinforce1": loss_fn("reinforce", x, 1, bound="elbo", baseline=state.mean),
       "iwae5": loss_fn("iwae", x, 5), "dreg5": loss_fn("dreg", x, 5),
       "stl5": loss_fn("stl", x, 5), "reinforce5": loss_fn("reinforce", x, 5, baseline=state.mean),
       "vimco5": loss_fn("vimco", x, 5),
@@ -448,7 +475,7 @@ def test_stl_and_dreg_have_zero_variance_at_the_exact_posterior(x64):
   x, exact, _ = make_problem(dtype=jnp.float64)
   # 50 independent draws of each gradient, K = 4 samples each; STL of the ELBO averages four
   # single-sample STL gradients (the K = 1 estimator of the issue).
-  surrogates = {"stl": _sur("stl", objective="elbo"), "dreg": _sur("dreg"), "iwae": _sur("iwae")}
+  surrogates = {"stl": _sur("stl", bound="elbo"), "dreg": _sur("dreg"), "iwae": _sur("iwae")}
   g = jax.vmap(lambda kk: grads_on_shared_samples(x, exact, kk, 4, surrogates))(
       jax.random.split(jax.random.key(13), 50))
   total_var = lambda tree: sum(float(np.sum(np.var(np.asarray(a), axis=0)))

@@ -7,13 +7,13 @@ layer of a conditioner is zero-initialised, so every flow layer starts as the id
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-Array = jax.Array
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -37,17 +37,17 @@ def check_hidden_sizes(hidden_sizes: Sequence[int]) -> tuple[int, ...]:
   return sizes
 
 
-def add_bias(y: Array, b: Array) -> Array:
+def add_bias(y: Float[Array, "*batch H"], b: Float[ArrayLike, "H"]) -> Float[Array, "*batch H"]:
   """``y + b`` with ``b`` ``[H]`` reshaped to the rank of ``y`` (no implicit rank promotion)."""
   return y + jnp.reshape(b, (1,) * (y.ndim - 1) + b.shape)
 
 
-def _glorot(key: Array, shape: tuple[int, int], dtype) -> Array:
+def _glorot(key: PRNGKeyArray, shape: tuple[int, int], dtype: DTypeLike) -> Float[Array, "a b"]:
   return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
 
 
-def mlp_init(key: Array, in_size: int, hidden_sizes: Sequence[int], out_size: int,
-             dtype, context_size: int = 0) -> dict:
+def mlp_init(key: PRNGKeyArray, in_size: int, hidden_sizes: Sequence[int], out_size: int,
+             dtype: DTypeLike, context_size: int = 0) -> dict:
   """Params of an MLP ``in_size (+ context_size) -> hidden_sizes -> out_size`` (last layer 0)."""
   sizes = (in_size + context_size,) + tuple(hidden_sizes)
   keys = jax.random.split(key, len(hidden_sizes))
@@ -57,7 +57,8 @@ def mlp_init(key: Array, in_size: int, hidden_sizes: Sequence[int], out_size: in
   return {"hidden": hidden, "out": out}
 
 
-def mlp_apply(params: dict, x: Array, activation: str, context: Optional[Array] = None) -> Array:
+def mlp_apply(params: Mapping, x: Float[ArrayLike, "*batch I"], activation: str,
+              context: Optional[Real[ArrayLike, "*batch C"]] = None) -> Float[Array, "*batch O"]:
   """``[..., in] (and context [..., C]) -> [..., out]``."""
   act = ACTIVATIONS[activation]
   h = x if context is None else jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
@@ -101,8 +102,8 @@ def made_masks(order: tuple[int, ...], hidden_sizes: tuple[int, ...],
   return tuple(masks)
 
 
-def made_init(key: Array, event_size: int, hidden_sizes: tuple[int, ...], num_params: int,
-              dtype, context_size: int = 0) -> dict:
+def made_init(key: PRNGKeyArray, event_size: int, hidden_sizes: tuple[int, ...], num_params: int,
+              dtype: DTypeLike, context_size: int = 0) -> dict:
   """Params of a MADE ``[..., D] -> [..., num_params * D]``, output layer zero-initialised.
 
   A context enters every first-layer hidden unit and, through ``ctx_out``, every output directly
@@ -122,8 +123,10 @@ def made_init(key: Array, event_size: int, hidden_sizes: tuple[int, ...], num_pa
   return params
 
 
-def made_apply(params: dict, x: Array, masks: tuple[np.ndarray, ...], activation: str,
-               context: Optional[Array] = None) -> Array:
+def made_apply(params: Mapping, x: Float[ArrayLike, "*batch D"], masks: tuple[np.ndarray, ...],
+               activation: str,
+               context: Optional[Real[ArrayLike, "*context_batch C"]] = None,
+               ) -> Float[Array, "*batch P"]:
   """One MADE pass: ``[..., D] -> [..., num_params * D]`` (blocks of ``D`` per parameter)."""
   act = ACTIVATIONS[activation]
   h = x
@@ -138,7 +141,7 @@ def made_apply(params: dict, x: Array, masks: tuple[np.ndarray, ...], activation
   return add_bias(out, params["out"]["b"])
 
 
-def soft_clamp(log_scale: Array, bound: Optional[float]) -> Array:
+def soft_clamp(log_scale: Float[Array, "*shape"], bound: Optional[float]) -> Float[Array, "*shape"]:
   """``bound * tanh(s / bound)``: a smooth clamp of log-scales to ``(-bound, bound)``.
 
   Keeps affine flow layers from producing huge scales early in training; ``None`` disables it.

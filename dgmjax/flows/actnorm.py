@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
 from dgmjax import _checks
 from dgmjax.flows import _nets
 from dgmjax.flows import base
 
-Array = jax.Array
 
-
-def _reshape_channel(p: Array, x: Array) -> Array:
+def _reshape_channel(p: Float[ArrayLike, "C"], x: Float[Array, "..."]) -> Float[Array, "..."]:
   """``[C] -> [1, ..., 1, C]`` with the rank of ``x``."""
   return jnp.reshape(p, (1,) * (x.ndim - 1) + p.shape)
 
@@ -52,7 +52,8 @@ class ActNorm(base.Bijector):
   def _positions(self) -> int:
     return math.prod(self.event_shape[:-1])
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray,
+           dtype: DTypeLike | None = None) -> dict[str, Float[Array, "C"]]:
     del key  # deterministic identity initialisation
     dtype = base._float_dtype(dtype)
     c = self.event_shape[-1]
@@ -73,7 +74,9 @@ class ActNorm(base.Bijector):
         -_reshape_channel(params["log_scale"], x))
     return u, -self._log_det(params, x)
 
-  def data_init(self, params, x, context=None, eps: float = 1e-6):
+  def data_init(self, params: dict[str, Float[ArrayLike, "C"]], x: Real[ArrayLike, "..."],
+                context: Optional[Real[ArrayLike, "..."]] = None,
+                eps: float = 1e-6) -> dict[str, Float[Array, "C"]]:
     """Sets ``bias = mean(x)`` and ``log_scale = log std(x)`` per channel.
 
     Args:

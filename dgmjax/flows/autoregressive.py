@@ -23,22 +23,23 @@ encoder's feature ``h`` is the context. With ``z0 = mu + sigma * eps`` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
 from dgmjax.flows import _nets
 from dgmjax.flows import base
-
-Array = jax.Array
 
 # Looked up at call time through the module, so tests can count conditioner passes.
 made_apply = _nets.made_apply
 
 
-def normalize_order(order: Union[str, Sequence[int]], event_size: int) -> tuple[int, ...]:
+def normalize_order(order: Union[str, Sequence[int], ArrayLike],
+                    event_size: int) -> tuple[int, ...]:
   """The autoregressive degrees ``[D]`` (a permutation of ``1..D``) of an ``order`` spec.
 
   Args:
@@ -93,11 +94,14 @@ class _AffineAutoregressive(base.Bijector):
   def masks(self) -> tuple[np.ndarray, ...]:
     return _nets.made_masks(self.order, self.hidden_sizes, 2)
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> dict:
     return _nets.made_init(key, self.event_size, self.hidden_sizes, 2,
                            base._float_dtype(dtype), self.context_size)
 
-  def conditioner(self, params, y: Array, context: Optional[Array] = None):
+  def conditioner(
+      self, params: Mapping, y: Float[ArrayLike, "*batch D"],
+      context: Optional[Real[ArrayLike, "*context_batch C"]] = None,
+  ) -> tuple[Float[Array, "*batch D"], Float[Array, "*batch D"]]:
     """One MADE pass: ``(shift, log_scale)``, each ``[..., D]``; entry ``i`` sees ``y_{<i}``."""
     out = made_apply(params, y, self.masks, self.activation, context)
     d = self.event_size
@@ -134,7 +138,7 @@ class _AffineAutoregressive(base.Bijector):
     return jax.lax.fori_loop(0, self.event_size, body, init)
 
 
-def _bounded(y: Array) -> Array:
+def _bounded(y: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
   """The iterate of a sequential solve, made finite before the conditioner reads it.
 
   After pass ``t`` only entries ``< t`` are final; the others may have overflowed (an ``exp`` of a
@@ -207,10 +211,11 @@ def _stack(cls, event_size, num_layers, hidden_sizes, context_size, activation,
           activation=activation, log_scale_clamp=log_scale_clamp) for o in orders))
 
 
-def masked_autoregressive_flow(event_size: int, num_layers: int, hidden_sizes=(64, 64), *,
+def masked_autoregressive_flow(event_size: int, num_layers: int,
+                               hidden_sizes: Sequence[int] = (64, 64), *,
                                context_size: int = 0, activation: str = "relu",
                                log_scale_clamp: Optional[float] = None,
-                               orders=None) -> base.Chain:
+                               orders: Optional[Sequence] = None) -> base.Chain:
   """A :class:`~dgmjax.flows.Chain` of ``num_layers`` MAF layers, orders alternating
   natural / reversed unless ``orders`` is given.
 
@@ -222,10 +227,11 @@ def masked_autoregressive_flow(event_size: int, num_layers: int, hidden_sizes=(6
                 log_scale_clamp, orders)
 
 
-def inverse_autoregressive_flow(event_size: int, num_layers: int, hidden_sizes=(64, 64), *,
+def inverse_autoregressive_flow(event_size: int, num_layers: int,
+                                hidden_sizes: Sequence[int] = (64, 64), *,
                                 context_size: int = 0, activation: str = "relu",
                                 log_scale_clamp: Optional[float] = None,
-                                orders=None) -> base.Chain:
+                                orders: Optional[Sequence] = None) -> base.Chain:
   """A :class:`~dgmjax.flows.Chain` of ``num_layers`` IAF layers (orders alternate).
 
   References:

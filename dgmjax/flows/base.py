@@ -39,17 +39,17 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real, Shaped
 
 from dgmjax import _checks
 
-Array = jax.Array
 Params = Any
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _float_dtype(dtype=None):
+def _float_dtype(dtype: DTypeLike | None = None) -> np.dtype:
   """``dtype`` as a floating dtype; ``None`` gives JAX's default float (float64 under x64)."""
   dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
@@ -57,7 +57,7 @@ def _float_dtype(dtype=None):
   return dtype
 
 
-def as_tuple_of_ints(name: str, value) -> tuple[int, ...]:
+def as_tuple_of_ints(name: str, value: Any) -> tuple[int, ...]:
   """A (static) sequence of integers as a tuple of Python ints, or ValueError naming it."""
   arr = np.asarray(value)
   if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or
@@ -66,18 +66,18 @@ def as_tuple_of_ints(name: str, value) -> tuple[int, ...]:
   return tuple(int(v) for v in arr)
 
 
-def compute_dtype(params, x: Array):
+def compute_dtype(params: Params, x: Shaped[Array, "..."]) -> np.dtype:
   """The promoted dtype of ``x`` and the floating leaves of ``params`` (mixed precision)."""
   leaves = [l for l in jax.tree_util.tree_leaves(params) if jnp.issubdtype(l.dtype, jnp.floating)]
   return jnp.result_type(x.dtype, *(l.dtype for l in leaves))
 
 
-def zeros_log_det(x: Array, event_ndims: int) -> Array:
+def zeros_log_det(x: Shaped[Array, "..."], event_ndims: int) -> Float[Array, "..."]:
   """A zero log-determinant with the batch shape of ``x`` (volume-preserving maps)."""
   return jnp.zeros(x.shape[:x.ndim - event_ndims], x.dtype)
 
 
-def check_finite(name: str, value) -> None:
+def check_finite(name: str, value: Any) -> None:
   """Raises ValueError if ``value`` is concrete and holds NaN or infinite entries.
 
   Traced values (inside ``jit``, ``vmap``, ``grad`` with respect to ``value``) pass unchecked; see
@@ -116,11 +116,17 @@ class Bijector:
   context_size = 0
   # ``event_shape`` (a tuple) is a property or a dataclass field of each subclass.
 
+  # The dataclass constructors of bijectors validate their static configuration themselves, in
+  # ``__post_init__`` (NumPy ints accepted, a float or a bool size rejected by name): runtime type
+  # checkers (jaxtyping's import hook in the test suite) leave the generated ``__init__`` alone.
+  # The methods below are checked.
+  __no_type_check__ = True
+
   @property
   def event_ndims(self) -> int:
     return len(self.event_shape)
 
-  def init(self, key: Array, dtype=None) -> Params:
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> Params:
     """The initial params pytree (``dtype`` defaults to JAX's default float)."""
     raise NotImplementedError
 
@@ -130,14 +136,16 @@ class Bijector:
   def _inverse(self, params: Params, x: Array, context: Optional[Array]) -> tuple[Array, Array]:
     raise NotImplementedError
 
-  def data_init(self, params: Params, x: Array, context: Optional[Array] = None) -> Params:
+  def data_init(self, params: Params, x: Real[ArrayLike, "..."],
+                context: Optional[Real[ArrayLike, "..."]] = None) -> Params:
     """Data-dependent initialisation from a batch ``x`` of this layer's data-side input."""
     del x, context
     return params
 
   # -- checks
 
-  def _prepare(self, name: str, x, context):
+  def _prepare(self, name: str, x: Shaped[ArrayLike, "..."],
+               context: Optional[Shaped[ArrayLike, "..."]]):
     """Checks ``x`` (and ``context``); returns them as arrays, the context broadcast to the batch."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -172,8 +180,10 @@ class Bijector:
 
   # -- public API
 
-  def forward_and_log_det(self, params: Params, u: Array,
-                          context: Optional[Array] = None) -> tuple[Array, Array]:
+  def forward_and_log_det(
+      self, params: Params, u: Shaped[ArrayLike, "*shape"],
+      context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "*shape"], Float[Array, "*batch"]]:
     """Base -> data (sampling direction): ``x = f(u)`` and ``log|det df/du|``.
 
     Args:
@@ -189,8 +199,10 @@ class Bijector:
     x, log_det = self._forward(params, u, context)
     return x.astype(u.dtype), log_det.astype(u.dtype)
 
-  def inverse_and_log_det(self, params: Params, x: Array,
-                          context: Optional[Array] = None) -> tuple[Array, Array]:
+  def inverse_and_log_det(
+      self, params: Params, x: Shaped[ArrayLike, "*shape"],
+      context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "*shape"], Float[Array, "*batch"]]:
     """Data -> base (density direction): ``u = f^{-1}(x)`` and ``log|det df^{-1}/dx|``.
 
     Args:
@@ -205,11 +217,13 @@ class Bijector:
     u, log_det = self._inverse(params, x, context)
     return u.astype(x.dtype), log_det.astype(x.dtype)
 
-  def forward(self, params: Params, u: Array, context: Optional[Array] = None) -> Array:
+  def forward(self, params: Params, u: Shaped[ArrayLike, "*shape"],
+              context: Optional[Real[ArrayLike, "..."]] = None) -> Float[Array, "*shape"]:
     """``f(u)`` (see :meth:`forward_and_log_det`)."""
     return self.forward_and_log_det(params, u, context)[0]
 
-  def inverse(self, params: Params, x: Array, context: Optional[Array] = None) -> Array:
+  def inverse(self, params: Params, x: Shaped[ArrayLike, "*shape"],
+              context: Optional[Real[ArrayLike, "..."]] = None) -> Float[Array, "*shape"]:
     """``f^{-1}(x)`` (see :meth:`inverse_and_log_det`)."""
     return self.inverse_and_log_det(params, x, context)[0]
 
@@ -256,7 +270,7 @@ class Chain(Bijector):
   def context_size(self):  # type: ignore[override]
     return max(b.context_size for b in self.layers)
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> tuple:
     keys = jax.random.split(key, len(self.layers))
     return tuple(b.init(k, dtype) for b, k in zip(self.layers, keys))
 
@@ -280,7 +294,8 @@ class Chain(Bijector):
       log_det = log_det + ld
     return x, log_det
 
-  def data_init(self, params, x, context=None):
+  def data_init(self, params: Params, x: Real[ArrayLike, "..."],
+                context: Optional[Real[ArrayLike, "..."]] = None) -> tuple:
     """Initialises data-dependent layers from a data batch ``x``, data side (last layer) first.
 
     Each layer is initialised on what it sees of ``x``: the inverse image of ``x`` through the
@@ -321,10 +336,11 @@ class Invert(Bijector):
   def context_size(self):  # type: ignore[override]
     return self.bijector.context_size
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> Params:
     return self.bijector.init(key, dtype)
 
-  def data_init(self, params, x, context=None):
+  def data_init(self, params: Params, x: Real[ArrayLike, "..."],
+                context: Optional[Real[ArrayLike, "..."]] = None) -> Params:
     # Only meaningful if the inner bijector's data side is its base side: leave params alone.
     del x, context
     return params

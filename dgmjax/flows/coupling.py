@@ -12,16 +12,16 @@ so a fresh layer is the identity.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
 from dgmjax.flows import _nets
 from dgmjax.flows import base
-
-Array = jax.Array
 
 
 def alternating_mask(event_size: int, parity: int = 0) -> tuple[int, ...]:
@@ -84,12 +84,15 @@ class AffineCoupling(base.Bijector):
     unsort = np.argsort(np.concatenate([keep, change]))
     return keep, change, unsort
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> dict:
     keep, change, _ = self._index
     return _nets.mlp_init(key, len(keep), self.hidden_sizes, 2 * len(change),
                           base._float_dtype(dtype), self.context_size)
 
-  def conditioner(self, params, y_keep: Array, context: Optional[Array] = None):
+  def conditioner(
+      self, params: Mapping, y_keep: Float[ArrayLike, "*batch D_a"],
+      context: Optional[Real[ArrayLike, "*batch C"]] = None,
+  ) -> tuple[Float[Array, "*batch D_b"], Float[Array, "*batch D_b"]]:
     """``(shift, log_scale)`` for the transformed part, each ``[..., D_b]``."""
     out = _nets.mlp_apply(params, y_keep, self.activation, context)
     n = out.shape[-1] // 2
@@ -112,7 +115,7 @@ class AffineCoupling(base.Bijector):
 
 def real_nvp(event_size: int, num_layers: int, hidden_sizes: Sequence[int] = (64, 64), *,
              context_size: int = 0, activation: str = "relu",
-             log_scale_clamp: Optional[float] = None, masks=None,
+             log_scale_clamp: Optional[float] = None, masks: Optional[Sequence] = None,
              actnorm: bool = False, permute_seed: Optional[int] = None) -> base.Chain:
   """A :class:`~dgmjax.flows.Chain` of affine couplings with alternating masks.
 

@@ -7,11 +7,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real, Shaped
 
 from dgmjax import distributions
 from dgmjax.flows import base
-
-Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,16 +37,18 @@ class Flow:
   def event_shape(self) -> tuple[int, ...]:
     return tuple(self.bijector.event_shape)
 
-  def init(self, key: Array, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> base.Params:
     """The bijector's params."""
     return self.bijector.init(key, dtype)
 
-  def log_prob(self, params, x: Array, context: Optional[Array] = None) -> Array:
+  def log_prob(self, params: base.Params, x: Shaped[ArrayLike, "..."],
+               context: Optional[Real[ArrayLike, "..."]] = None) -> Float[Array, "*batch"]:
     """``log q(x)``: ``x`` ``[..., *event_shape]`` -> ``[...]`` (one inverse pass)."""
     u, log_det = self.bijector.inverse_and_log_det(params, x, context)
     return distributions.standard_normal_log_prob(u, event_ndims=len(self.event_shape)) + log_det
 
-  def _base_sample(self, key, params, num_samples, context):
+  def _base_sample(self, key: PRNGKeyArray, params: base.Params, num_samples: int,
+                   context: Optional[Real[ArrayLike, "..."]]):
     if not isinstance(num_samples, int) or num_samples < 1:
       raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     batch = () if context is None else tuple(jnp.shape(context)[:-1])
@@ -58,8 +59,9 @@ class Flow:
       context = jnp.broadcast_to(context, (num_samples,) + tuple(jnp.shape(context)))
     return u, context
 
-  def sample(self, key: Array, params, num_samples: int,
-             context: Optional[Array] = None) -> Array:
+  def sample(self, key: PRNGKeyArray, params: base.Params, num_samples: int,
+             context: Optional[Real[ArrayLike, "..."]] = None,
+             ) -> Float[Array, "num_samples *shape"]:
     """``num_samples`` draws ``[num_samples, *context_batch, *event_shape]`` (one forward pass).
 
     Args:
@@ -72,8 +74,10 @@ class Flow:
     u, context = self._base_sample(key, params, num_samples, context)
     return self.bijector.forward(params, u, context)
 
-  def sample_and_log_prob(self, key: Array, params, num_samples: int,
-                          context: Optional[Array] = None) -> tuple[Array, Array]:
+  def sample_and_log_prob(
+      self, key: PRNGKeyArray, params: base.Params, num_samples: int,
+      context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "num_samples *shape"], Float[Array, "num_samples *batch"]]:
     """Draws and their log-densities from the forward pass alone (one pass for IAF).
 
     .. math:: \\log q(x) = \\log N(u; 0, I) - \\log|\\det \\partial f(u)/\\partial u|

@@ -23,20 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
 from dgmjax import _checks
 from dgmjax.flows import _nets
 from dgmjax.flows import base
 
-Array = jax.Array
 
-
-def _rows(x: Array) -> tuple[Array, tuple[int, ...]]:
+def _rows(x: Float[Array, "*batch D"]) -> tuple[Float[Array, "N D"], tuple[int, ...]]:
   """``[..., D] -> [N, D]`` and the batch shape to restore."""
   return jnp.reshape(x, (-1, x.shape[-1])), x.shape[:-1]
 
 
-def _check_matrix(w, d: int) -> np.ndarray:
+def _check_matrix(w: Real[ArrayLike, "..."], d: int) -> np.ndarray:
   if not _checks.is_concrete(w):
     raise ValueError("params_from_matrix decomposes w once with NumPy: pass a concrete matrix, "
                      "not a traced value (call it outside jit)")
@@ -49,12 +48,12 @@ def _check_matrix(w, d: int) -> np.ndarray:
   return w
 
 
-def _singular(diag: np.ndarray, w: np.ndarray) -> bool:
+def _singular(diag: Float[np.ndarray, "D"], w: Float[np.ndarray, "D D"]) -> bool:
   scale = max(np.max(np.abs(w)), np.finfo(np.float64).tiny)
   return bool(np.any(np.abs(diag) <= w.shape[0] * np.finfo(np.float64).eps * scale))
 
 
-def _random_rotation(key: Array, d: int, dtype) -> Array:
+def _random_rotation(key: PRNGKeyArray, d: int, dtype: DTypeLike) -> Float[Array, "D D"]:
   """A Haar-distributed orthogonal matrix ``[D, D]`` (QR of a Gaussian, signs fixed)."""
   q, r = jnp.linalg.qr(jax.random.normal(key, (d, d), dtype))
   return q * jnp.reshape(jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype), (1, d))
@@ -78,10 +77,14 @@ class LUParams:
     perm: static; ``(P y)_i = y[perm[i]]``.
     sign: static; signs of ``U``'s diagonal (all +1 after ``init``).
   """
-  lower: Array
-  upper: Array
-  log_diag: Array
-  bias: Optional[Array]
+  # A pytree node: JAX rebuilds it with arbitrary leaves (tree_map, vmap's in_axes), so runtime
+  # type checkers (jaxtyping's import hook in the test suite) leave its constructor alone.
+  __no_type_check__ = True
+
+  lower: Float[Array, "D D"]
+  upper: Float[Array, "D D"]
+  log_diag: Float[Array, "D"]
+  bias: Optional[Float[Array, "D"]]
   perm: tuple
   sign: tuple
 
@@ -113,7 +116,7 @@ class LULinear(base.Bijector):
   def event_shape(self):
     return (self.event_size,)
 
-  def init(self, key, dtype=None) -> LUParams:
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> LUParams:
     """Decomposes a random rotation once: ``P = I`` and ``W = L U`` orthogonal, ``diag U > 0``.
 
     With ``M = P_0 L_0 U_0`` the pivoted LU of a random rotation, ``L_0 U_0 S`` (``S`` the signs of
@@ -131,7 +134,9 @@ class LULinear(base.Bijector):
                     bias=jnp.zeros((d,), dtype) if self.use_bias else None,
                     perm=tuple(range(d)), sign=(1.0,) * d)
 
-  def params_from_matrix(self, w, bias=None, dtype=None) -> LUParams:
+  def params_from_matrix(self, w: Real[ArrayLike, "..."],
+                         bias: Optional[Real[ArrayLike, "D"]] = None,
+                         dtype: DTypeLike | None = None) -> LUParams:
     """Params with ``W = w`` exactly (pivoted LU done once with SciPy).
 
     Raises:
@@ -157,7 +162,7 @@ class LULinear(base.Bijector):
                     perm=perm, sign=tuple(float(s) for s in np.sign(diag)))
 
   @staticmethod
-  def factors(params: LUParams) -> tuple[Array, Array]:
+  def factors(params: LUParams) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
     """``(L, U)``, each ``[D, D]``."""
     d = params.log_diag.shape[-1]
     lower = jnp.tril(params.lower, -1) + jnp.eye(d, dtype=params.lower.dtype)
@@ -166,7 +171,7 @@ class LULinear(base.Bijector):
     return lower, upper
 
   @classmethod
-  def weight(cls, params: LUParams) -> Array:
+  def weight(cls, params: LUParams) -> Float[Array, "D D"]:
     """The matrix ``W = P L U``, ``[D, D]``."""
     lower, upper = cls.factors(params)
     return (lower @ upper)[np.asarray(params.perm), :]
@@ -212,14 +217,18 @@ class QRParams:
     bias: ``[D]`` or ``None``.
     sign: static; signs of ``R``'s diagonal.
   """
-  vectors: Array
-  upper: Array
-  log_diag: Array
-  bias: Optional[Array]
+  # A pytree node: JAX rebuilds it with arbitrary leaves (tree_map, vmap's in_axes), so runtime
+  # type checkers (jaxtyping's import hook in the test suite) leave its constructor alone.
+  __no_type_check__ = True
+
+  vectors: Float[Array, "K D"]
+  upper: Float[Array, "D D"]
+  log_diag: Float[Array, "D"]
+  bias: Optional[Float[Array, "D"]]
   sign: tuple
 
 
-def _householder(y: Array, v: Array) -> Array:
+def _householder(y: Float[Array, "N D"], v: Float[Array, "D"]) -> Float[Array, "N D"]:
   """``H y = y - 2 v (v . y) / |v|^2`` for rows ``y`` ``[N, D]``; the identity for ``v = 0``.
 
   ``v`` is first divided by its largest magnitude, so ``|v|^2`` neither underflows (a tiny ``v``
@@ -272,7 +281,7 @@ class QRLinear(base.Bijector):
   def _k(self) -> int:
     return self.num_reflections or self.event_size
 
-  def init(self, key, dtype=None) -> QRParams:
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> QRParams:
     """Random Householder vectors (a random rotation ``Q``) and ``R = I``."""
     dtype = base._float_dtype(dtype)
     d = self.event_size
@@ -280,7 +289,9 @@ class QRLinear(base.Bijector):
                     upper=jnp.zeros((d, d), dtype), log_diag=jnp.zeros((d,), dtype),
                     bias=jnp.zeros((d,), dtype) if self.use_bias else None, sign=(1.0,) * d)
 
-  def params_from_matrix(self, w, bias=None, dtype=None) -> QRParams:
+  def params_from_matrix(self, w: Real[ArrayLike, "..."],
+                         bias: Optional[Real[ArrayLike, "D"]] = None,
+                         dtype: DTypeLike | None = None) -> QRParams:
     """Params with ``W = w`` exactly (Householder QR done once with NumPy; needs ``K = D``).
 
     Raises:
@@ -318,21 +329,22 @@ class QRLinear(base.Bijector):
                     sign=tuple(float(s) for s in np.sign(diag)))
 
   @staticmethod
-  def triangular(params: QRParams) -> Array:
+  def triangular(params: QRParams) -> Float[Array, "D D"]:
     """``R``, ``[D, D]``."""
     diag = jnp.asarray(params.sign, params.log_diag.dtype) * jnp.exp(params.log_diag)
     return jnp.triu(params.upper, 1) + jnp.diag(diag)
 
   @staticmethod
-  def apply_q(params: QRParams, y: Array, *, transpose: bool = False) -> Array:
+  def apply_q(params: QRParams, y: Float[Array, "N D"], *,
+              transpose: bool = False) -> Float[Array, "N D"]:
     """``Q y`` (or ``Q^T y``) for rows ``y`` ``[N, D]``: ``K`` reflections in a scan."""
-    def step(carry, v):
+    def step(carry: Float[Array, "N D"], v: Float[Array, "D"]) -> tuple[Float[Array, "N D"], None]:
       return _householder(carry, v), None
     # Q y = H_1 (... (H_K y)): reflections applied last-to-first; Q^T y applies them first-to-last.
     return jax.lax.scan(step, y, params.vectors, reverse=not transpose)[0]
 
   @classmethod
-  def weight(cls, params: QRParams) -> Array:
+  def weight(cls, params: QRParams) -> Float[Array, "D D"]:
     """The matrix ``W = Q R``, ``[D, D]``."""
     return cls.apply_q(params, cls.triangular(params).T).T
 
@@ -393,10 +405,11 @@ class InvertibleConv1x1(base.Bijector):
       return LULinear(c, use_bias=False)
     return QRLinear(c, use_bias=False)
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> LUParams | QRParams:
     return self.channel_bijector.init(key, dtype)
 
-  def params_from_matrix(self, w, dtype=None):
+  def params_from_matrix(self, w: Real[ArrayLike, "..."],
+                         dtype: DTypeLike | None = None) -> LUParams | QRParams:
     """Params with channel matrix ``w`` ``[C, C]`` (raises ``ValueError`` if singular)."""
     return self.channel_bijector.params_from_matrix(w, dtype=dtype)
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
-import jax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real, Shaped
 
 from dgmjax.flows import base
 from dgmjax.flows.distribution import Flow
-
-Array = jax.Array
 
 
 class FlowModule(nn.Module):
@@ -34,21 +32,30 @@ class FlowModule(nn.Module):
   def flow(self) -> Flow:
     return Flow(self.bijector)
 
-  def forward_and_log_det(self, u: Array, context: Optional[Array] = None):
+  def forward_and_log_det(
+      self, u: Shaped[ArrayLike, "*shape"], context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "*shape"], Float[Array, "*batch"]]:
     return self.bijector.forward_and_log_det(self.flow_params, u, context)
 
-  def inverse_and_log_det(self, x: Array, context: Optional[Array] = None):
+  def inverse_and_log_det(
+      self, x: Shaped[ArrayLike, "*shape"], context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "*shape"], Float[Array, "*batch"]]:
     return self.bijector.inverse_and_log_det(self.flow_params, x, context)
 
-  def log_prob(self, x: Array, context: Optional[Array] = None) -> Array:
+  def log_prob(self, x: Shaped[ArrayLike, "..."],
+               context: Optional[Real[ArrayLike, "..."]] = None) -> Float[Array, "*batch"]:
     return self.flow.log_prob(self.flow_params, x, context)
 
-  def __call__(self, x: Array, context: Optional[Array] = None) -> Array:
+  def __call__(self, x: Shaped[ArrayLike, "..."],
+               context: Optional[Real[ArrayLike, "..."]] = None) -> Float[Array, "*batch"]:
     return self.log_prob(x, context)
 
-  def sample(self, key: Array, num_samples: int, context: Optional[Array] = None) -> Array:
+  def sample(self, key: PRNGKeyArray, num_samples: int,
+             context: Optional[Real[ArrayLike, "..."]] = None,
+             ) -> Float[Array, "num_samples *shape"]:
     return self.flow.sample(key, self.flow_params, num_samples, context)
 
-  def sample_and_log_prob(self, key: Array, num_samples: int,
-                          context: Optional[Array] = None):
+  def sample_and_log_prob(
+      self, key: PRNGKeyArray, num_samples: int, context: Optional[Real[ArrayLike, "..."]] = None,
+  ) -> tuple[Float[Array, "num_samples *shape"], Float[Array, "num_samples *batch"]]:
     return self.flow.sample_and_log_prob(key, self.flow_params, num_samples, context)

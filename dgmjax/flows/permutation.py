@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
+from jaxtyping import DTypeLike, PRNGKeyArray
 
 from dgmjax.flows import base
-
-Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +32,7 @@ class Permute(base.Bijector):
   def event_shape(self):
     return (len(self.permutation),)
 
-  def init(self, key, dtype=None):
+  def init(self, key: PRNGKeyArray, dtype: DTypeLike | None = None) -> tuple[()]:
     del key, dtype
     return ()
 
