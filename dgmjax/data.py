@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DATASETS", "SPLITS", "load", "binarize", "splits"]
+__all__ = ["BACKENDS", "DATASETS", "SPLITS", "load", "binarize", "splits"]
 
 #: Allowed splits per dataset name.
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -53,6 +53,8 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "omniglot": ("train", "test", "small1", "small2"),
 }
 DATASETS: tuple[str, ...] = tuple(SPLITS)
+"""The dataset names :func:`load` accepts: ``digits`` (embedded), ``mnist``, ``binarized_mnist``,
+``fashion_mnist`` and ``omniglot`` (the keys of :data:`SPLITS`)."""
 BACKENDS = ("tfds", "numpy")
 
 # Deterministic, unshuffled splits of the 1797 scikit-learn digits (the file cycles through the
@@ -185,7 +187,9 @@ def load(
     data_dir: local folder of the standard files, used as tfds' manual-download directory
       (never downloads then). Either the parent (containing ``mnist/`` etc.) or the dataset's
       own folder. Defaults to the environment variable ``DGMJAX_DATA_DIR``; if neither is set,
-      tfds downloads (after a 2 s connectivity probe that fails fast when offline).
+      tfds downloads (after a 2 s connectivity probe that fails fast when offline). A
+      ``data_dir`` given here must exist and hold the dataset's files even when the array cache
+      already has them (``ValueError`` otherwise: a cache never stands in for a wrong folder).
     cache_dir: where tfds prepares data and the ``.npz`` array cache is kept
       (``<cache_dir>/dgmjax_npz``). Defaults to ``DGMJAX_TFDS_DIR`` or ``~/tensorflow_datasets``.
     backend: ``"tfds"`` (tensorflow-datasets prepares the files) or ``"numpy"`` (the same
@@ -218,6 +222,10 @@ def load(
   if name == "digits":
     return _load_digits(split)
 
+  if data_dir is not None:
+    # An explicit folder is checked first: a cached copy must not stand in for a folder that is
+    # missing or holds no copy of the dataset (a typo would otherwise go unnoticed).
+    _resolve_manual_dir(name, data_dir)
   cache = _cache_dir(cache_dir)
   arrays = _read_npz(name, cache, _split_keys(name, split))
   if arrays is None:
@@ -374,14 +382,19 @@ def _resolve_manual_dir(name, data_dir):
   root = data_dir if data_dir is not None else os.environ.get("DGMJAX_DATA_DIR") or None
   if root is None:
     return None
+  source = "data_dir" if data_dir is not None else "DGMJAX_DATA_DIR"
   root = os.path.abspath(os.path.expanduser(os.fspath(root)))
   files = list(_FILES[name])
+  if not os.path.isdir(root):
+    raise ValueError(
+        f"{source}={root!r} does not exist (or is not a folder): expected a folder holding "
+        f"{name}/ with {files}.")
   for candidate in (os.path.join(root, name), root):
     if os.path.isdir(candidate) and any(
         os.path.exists(os.path.join(candidate, f)) for f in files):
       return candidate
   raise ValueError(
-      f"data_dir={root!r} holds no copy of {name!r}: expected the files {files} either in "
+      f"{source}={root!r} holds no copy of {name!r}: expected the files {files} either in "
       f"{os.path.join(root, name)!r} or in {root!r} itself.")
 
 

@@ -27,6 +27,13 @@ import numpy as np
 
 from dgmjax.models import base as models_base
 
+__all__ = [
+    "BiasVariance", "GradientSNR", "GroupBias", "GroupSNR", "Moments", "SurgeryResult",
+    "aggregate_posterior_log_prob", "elbo_surgery", "estimator_snr", "fit_power_law",
+    "gradient_bias_variance", "gradient_draws", "gradient_moments", "gradient_snr", "joint_loss",
+    "kl_per_dimension", "snr_from_moments", "snr_summary",
+]
+
 Array = jax.Array
 PyTree = Any
 LossFn = Callable[[PyTree, Array], Array]
@@ -220,19 +227,32 @@ def _ratio(num: Array, den: Array) -> Array:
 class GroupSNR(NamedTuple):
   """Summaries of a group of parameters (e.g. encoder ``phi``, decoder ``theta``).
 
+  The per-parameter summaries (``mean_snr``, ``median_snr``, ``rms_snr``, ``rms_snr_debiased``)
+  run over the parameters whose SNR is finite, those with a nonzero variance: a parameter with
+  zero gradient variance has no finite SNR. Such parameters are counted instead:
+  ``num_zero_variance`` in all, of which those with a nonzero mean (a deterministic gradient, or a
+  variance that underflowed to 0) have SNR ``inf`` and are also in ``num_infinite_snr``; the rest
+  have a zero mean too (a dead ReLU unit, a parameter the loss does not use: ``0 / 0``). So one
+  such entry cannot turn the group's mean into ``inf`` or drag it towards 0. A summary is NaN when
+  no parameter of the group has a nonzero variance, or when a gradient draw was NaN.
+
   Attributes:
-    mean_snr: mean over the group's parameters of the per-parameter SNR.
-    median_snr: median of the per-parameter SNR.
+    mean_snr: mean of the per-parameter SNR over the parameters with nonzero variance.
+    median_snr: median of the per-parameter SNR over the same parameters.
     norm_snr: ``||mean|| / sqrt(total_variance)``, the SNR of the group's gradient vector.
     mean_abs_mean: mean over parameters of ``|E[g]|`` (the signal).
     mean_std: mean over parameters of ``std[g]`` (the noise).
     total_variance: ``sum`` over parameters of ``Var[g]`` (trace of the covariance).
     num_params: number of scalar parameters.
-    rms_snr: ``sqrt(mean_i mean_i^2 / Var_i)``, the root-mean-square per-parameter SNR.
+    rms_snr: ``sqrt(mean_i mean_i^2 / Var_i)``, the root-mean-square per-parameter SNR (over the
+      parameters with nonzero variance).
     rms_snr_debiased: the same with ``mean_i^2`` replaced by ``mean_i^2 - Var_i / N``, which is
       unbiased for ``E[g_i]^2`` when the signal is the sample mean of the ``N`` draws themselves
       (clipped at 0; equal to ``rms_snr`` when no ``N`` is given). The plain estimate cannot fall
       below the noise floor ``~1/sqrt(N)``; this one can, on average over the group.
+    num_zero_variance: parameters with zero gradient variance, left out of the SNR summaries.
+    num_infinite_snr: parameters whose SNR is ``inf`` (zero variance and a nonzero mean, or an
+      overflow), also left out.
   """
   mean_snr: Array
   median_snr: Array
@@ -243,6 +263,8 @@ class GroupSNR(NamedTuple):
   num_params: int
   rms_snr: Array | None = None
   rms_snr_debiased: Array | None = None
+  num_zero_variance: Array | None = None
+  num_infinite_snr: Array | None = None
 
 
 class GradientSNR(NamedTuple):
@@ -253,7 +275,8 @@ class GradientSNR(NamedTuple):
     std: ``std[g]`` per parameter.
     variance: ``Var[g]`` per parameter (unbiased).
     snr: ``|E[g]| / std[g]`` per parameter (``inf`` where the variance is exactly zero and the mean
-      is not; 0 where both are zero, as for a parameter the loss does not depend on).
+      is not; 0 where both are zero, as for a parameter the loss does not depend on). The group
+      summaries leave both out (see :class:`GroupSNR`).
     groups: ``{name: GroupSNR}``.
     num_draws: ``N``.
   """
@@ -272,20 +295,27 @@ def _snr_stats(mean: PyTree, variance: PyTree, inv_n):
   snr = jax.tree.map(_ratio, jax.tree.map(jnp.abs, mean), std)
   m, v, r, s = _flat(mean), _flat(variance), _flat(snr), _flat(std)
   total = jnp.sum(v)
-  live = v > 0  # parameters with noise; a noiseless one has no finite SNR to average
-  n_live = jnp.maximum(jnp.sum(live), 1)
-  snr2 = jnp.where(live, jnp.square(m) / jnp.where(live, v, jnp.ones((), v.dtype)),
-                   jnp.zeros((), v.dtype))
+  # Parameters with noise and a finite SNR; a noiseless one (0/0 for a dead unit, inf for a
+  # deterministic gradient or an underflowed variance) has no finite SNR to average: it is
+  # counted, not averaged. With none left the summaries are NaN (0 / 0 below). A NaN gradient
+  # stays in, so that it shows as NaN.
+  live = ~((v == 0) | jnp.isinf(r))
+  n_live = jnp.sum(live)
+  zero = jnp.zeros((), r.dtype)
+  snr2 = jnp.where(live, jnp.square(m) / jnp.where(live, v, jnp.ones((), v.dtype)), zero)
   # mean_i (m_i^2 - v_i / N) / v_i is unbiased for mean_i E[g_i]^2 / Var_i when m is the sample
   # mean of the N draws (inv_n = 1/N; 0 gives the plain estimate). Clipped at 0, which only acts
   # where the group's signal is unresolved even on average.
-  debiased = jnp.sum(jnp.where(live, snr2 - inv_n, jnp.zeros((), v.dtype))) / n_live
+  debiased = jnp.sum(jnp.where(live, snr2 - inv_n, zero)) / n_live
   stats = dict(
-      mean_snr=jnp.mean(r), median_snr=jnp.median(r),
+      mean_snr=jnp.sum(jnp.where(live, r, zero)) / n_live,
+      median_snr=jnp.nanmedian(jnp.where(live, r, jnp.asarray(jnp.nan, r.dtype))),
       norm_snr=_ratio(jnp.sqrt(jnp.sum(jnp.square(m))), jnp.sqrt(total)),
       mean_abs_mean=jnp.mean(jnp.abs(m)), mean_std=jnp.mean(s), total_variance=total,
       rms_snr=jnp.sqrt(jnp.sum(snr2) / n_live),
-      rms_snr_debiased=jnp.sqrt(jnp.maximum(debiased, jnp.zeros((), v.dtype))))
+      rms_snr_debiased=jnp.sqrt(jnp.maximum(debiased, zero)),
+      num_zero_variance=jnp.sum(v == 0),
+      num_infinite_snr=jnp.sum(jnp.isinf(r)))
   return std, snr, stats
 
 

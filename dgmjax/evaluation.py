@@ -34,7 +34,6 @@ import math
 import os
 from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +41,11 @@ from jax import lax
 
 from dgmjax import objectives
 from dgmjax.models import base as models_base
+
+__all__ = [
+    "MATMUL_PRECISIONS", "active_units", "auto_sample_chunk", "bounds", "log_likelihood",
+    "matmul_precision", "memory_budget", "streaming_iwae_bound", "write_sample_figures",
+]
 
 Array = jax.Array
 LogWeightsFromKeys = Callable[[object, Array, Array], Array]
@@ -82,27 +86,93 @@ def _check_precision(name):
                      f"{name!r}")
 
 
+#: The primitives :func:`matmul_precision` rounds: every matmul (``jnp.dot``, ``@``, ``einsum``,
+#: ``nn.Dense``, ``nn.DenseGeneral``, attention) binds ``dot_general``; every convolution
+#: (``nn.Conv``, ``nn.ConvTranspose``, ``lax.conv*``) binds ``conv_general_dilated``.
+_MATMUL_PRIMITIVES = (lax.dot_general_p, lax.conv_general_dilated_p)
+_ACTIVE_PRECISION: list = []   # the stack of (name, emulate) of the open contexts
+
+
+def _rounded_bind(original_bind):
+  """A primitive's ``bind`` that applies the innermost open :func:`matmul_precision` to its two
+  floating operands (the output dtype is unchanged)."""
+
+  def bind(*args, **params):
+    if not _ACTIVE_PRECISION or len(args) != 2:
+      return original_bind(*args, **params)
+    if not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in args):
+      return original_bind(*args, **params)  # integer or complex products are left alone
+    name, emulate = _ACTIVE_PRECISION[-1]
+    bits = MATMUL_PRECISIONS[name]
+    out = params.get("preferred_element_type") or jnp.result_type(*args)
+    params = dict(params, preferred_element_type=jnp.dtype(out))
+    if emulate:
+      def rnd(a):  # round in the operand's own dtype (a no-op where it is already as narrow)
+        if jnp.finfo(jnp.result_type(a)).nmant <= bits:
+          return a
+        return lax.reduce_precision(a, exponent_bits=8, mantissa_bits=bits)
+      args = tuple(rnd(a) for a in args)
+      prec = lax.Precision.HIGHEST
+    elif name == "bfloat16":
+      args = tuple(a.astype(jnp.bfloat16) for a in args)
+      prec = lax.Precision.DEFAULT
+    else:
+      prec = lax.Precision.HIGH if name == "tensorfloat32" else lax.Precision.HIGHEST
+    return original_bind(*args, **dict(params, precision=(prec, prec)))
+
+  return bind
+
+
+@contextlib.contextmanager
+def _intercept_matmuls(name: str, emulate: bool):
+  """Routes every ``dot_general`` / ``conv_general_dilated`` bound while open through
+  :func:`_rounded_bind` (the primitives' ``bind`` is replaced for the duration; nested contexts
+  stack, the innermost wins)."""
+  installed = []
+  if not _ACTIVE_PRECISION:
+    for prim in _MATMUL_PRIMITIVES:
+      installed.append((prim, prim.__dict__.get("bind")))
+      prim.bind = _rounded_bind(prim.bind)
+  _ACTIVE_PRECISION.append((name, emulate))
+  try:
+    yield
+  finally:
+    _ACTIVE_PRECISION.pop()
+    for prim, previous in installed:
+      if previous is None:
+        del prim.bind
+      else:
+        prim.bind = previous
+
+
 @contextlib.contextmanager
 def matmul_precision(name: str | None, *, emulate: bool | None = None):
-  """Trace-time context: every ``flax.linen.Dense`` multiplies in ``name`` precision.
+  """Trace-time context: every matmul and convolution multiplies in ``name`` precision.
 
-  Inside the context (while a function is traced), a Dense layer computes
-  ``y = dot(round(x), round(W)) + b`` where ``round`` keeps ``MATMUL_PRECISIONS[name]`` mantissa
-  bits (bfloat16: 7, TF32: 10, float32: 23), the products are accumulated in float32 and the
-  output, the bias and everything downstream (activations, log-densities, pixel sums, the
-  log-sum-exp over samples) stay float32. That is what bfloat16 or TF32 tensor-core matmuls
-  compute, so the NLL shift of a low-precision evaluation can be measured on any backend.
+  Inside the context (while a function is traced, or run eagerly), every ``lax.dot_general`` and
+  ``lax.conv_general_dilated`` (so ``jnp.dot``, ``@``, ``einsum``, ``nn.Dense``, ``nn.Conv``,
+  ``nn.ConvTranspose``, a user's own matmuls) computes ``y = dot(round(x), round(W))`` where
+  ``round`` keeps ``MATMUL_PRECISIONS[name]`` mantissa bits (bfloat16: 7, TF32: 10, float32:
+  23), the products are accumulated in the product's own output dtype (float32 for a float32
+  model; the rounding does not change it), and everything else (biases, activations,
+  log-densities, pixel sums, the log-sum-exp over samples) keeps its dtype. That is what bfloat16
+  or TF32 tensor-core matmuls compute, so the NLL shift of a low-precision evaluation can be
+  measured on any backend.
 
   * ``emulate=False`` (default on GPU/TPU): native low-precision matmuls, ``bfloat16``: inputs cast
-    to bfloat16, ``preferred_element_type=float32``; ``tensorfloat32``:
-    ``precision=lax.Precision.HIGH``; ``float32``: ``lax.Precision.HIGHEST`` (true float32,
-    which JAX's default on GPU is not).
+    to bfloat16, ``preferred_element_type`` the output dtype of the unrounded product;
+    ``tensorfloat32``: ``precision=lax.Precision.HIGH``; ``float32``: ``lax.Precision.HIGHEST``
+    (true float32, which JAX's default on GPU is not).
   * ``emulate=True`` (default on CPU, whose XLA dots ignore precision settings): the operands are
     rounded with ``lax.reduce_precision`` and multiplied in float32: the numerics of the
     low-precision matmul at float32 speed.
 
-  Matmuls outside ``flax.linen.Dense`` (e.g. ``jnp.dot`` in a prior) follow JAX's
-  ``jax_default_matmul_precision``, which is set to the same name for the traced code.
+  The rounding is applied where the primitives are bound, so it covers every matmul and
+  convolution traced inside the context, nested ``jit``, ``scan`` and ``vmap`` bodies included
+  (``jax_default_matmul_precision`` is also set to ``name``, which keeps the compiled functions
+  traced inside the context apart from those traced outside). Integer and complex products are
+  left alone. The context is process-wide while open: do not trace other functions in other
+  threads meanwhile.
 
   Args:
     name: ``None`` (no change), ``'float32'``, ``'tensorfloat32'`` or ``'bfloat16'``.
@@ -122,34 +192,7 @@ def matmul_precision(name: str | None, *, emulate: bool | None = None):
     return
   if emulate is None:
     emulate = jax.default_backend() == "cpu"
-  bits = MATMUL_PRECISIONS[name]
-
-  def dense(next_fun, args, kwargs, context):
-    module = context.module
-    if not isinstance(module, nn.Dense) or context.method_name != "__call__" or kwargs:
-      return next_fun(*args, **kwargs)
-    (x,) = args
-    kernel = module.get_variable("params", "kernel")
-    if kernel is None:  # being initialised: nothing to round yet
-      return next_fun(*args, **kwargs)
-    out_dtype = jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
-    dims = (((x.ndim - 1,), (0,)), ((), ()))
-    if emulate:
-      rp = lambda a: lax.reduce_precision(a.astype(out_dtype), exponent_bits=8,
-                                          mantissa_bits=bits)
-      y = lax.dot_general(rp(x), rp(kernel), dims, precision=lax.Precision.HIGHEST)
-    elif name == "bfloat16":
-      y = lax.dot_general(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), dims,
-                          preferred_element_type=out_dtype)
-    else:
-      prec = lax.Precision.HIGH if name == "tensorfloat32" else lax.Precision.HIGHEST
-      y = lax.dot_general(x.astype(out_dtype), kernel.astype(out_dtype), dims, precision=prec)
-    if module.use_bias:
-      bias = module.get_variable("params", "bias")
-      y = y + jnp.reshape(bias.astype(out_dtype), (1,) * (y.ndim - 1) + (-1,))
-    return y
-
-  with jax.default_matmul_precision(name), nn.intercept_methods(dense):
+  with jax.default_matmul_precision(name), _intercept_matmuls(name, bool(emulate)):
     yield
 
 
@@ -173,7 +216,9 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   Args:
     model: a model of the contract.
     params: model parameters.
-    x: ``[B, ...]`` one batch of images.
+    x: ``[B, ...]`` one batch of images; concrete ones are checked against the model's support
+      (:func:`dgmjax.models.base.check_data`), traced ones are not (the likelihood gives NaN off
+      its support).
     keys: ``[K]`` PRNG keys, one per importance sample.
     sample_chunk: samples evaluated at once.
 
@@ -184,6 +229,7 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
+  models_base.check_data(model, x, "x")  # concrete x only: a traced one passes (NaN off support)
   num_samples = keys.shape[0]
   chunk = max(1, min(int(sample_chunk), num_samples))
   num_chunks, rem = divmod(num_samples, chunk)
@@ -413,7 +459,10 @@ def log_likelihood(model, params, images, key: Array, *,
   Args:
     model: a model of the contract (:mod:`dgmjax.models.base`).
     params: model parameters.
-    images: ``[N, ...]`` data in the support of the model's likelihood (finite; checked).
+    images: ``[N, ...]`` data in the support of the model's likelihood: checked first, before
+      any work, against ``model.data_support`` (:func:`dgmjax.models.base.check_data`; e.g.
+      uint8 0..255 images or grey levels for a Bernoulli model, or NaN, raise ``ValueError``
+      naming ``images``).
     key: PRNG key; batch ``b`` uses the sample keys ``split(fold_in(key, b), num_samples)``.
     num_samples: ``K`` (5000 in Burda et al.).
     sample_chunk: samples drawn at once (peak memory grows with ``batch_size * sample_chunk``), or
@@ -435,6 +484,7 @@ def log_likelihood(model, params, images, key: Array, *,
   """
   from tqdm.auto import tqdm
   models_base._check_contract(model)  # pylint: disable=protected-access
+  models_base.check_data(model, images, "images")
   _check_precision(matmul_precision)
   num_samples = models_base.check_num_samples(num_samples)
   if isinstance(sample_chunk, str):
@@ -477,7 +527,8 @@ def bounds(model, params, images, key: Array, *,
   Args:
     model: a model of the contract.
     params: model parameters.
-    images: ``[N, ...]`` data (finite; checked).
+    images: ``[N, ...]`` data in the support of the model's likelihood (checked first, as in
+      :func:`log_likelihood`).
     key: PRNG key; batch ``b`` uses ``fold_in(key, b)``.
     ks: the ``k`` of the reported bounds.
     batch_size: images per batch.
@@ -486,6 +537,7 @@ def bounds(model, params, images, key: Array, *,
     ``{"elbo": float, "iwae_k": float for k in ks}``.
   """
   models_base._check_contract(model)  # pylint: disable=protected-access
+  models_base.check_data(model, images, "images")
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
   if not ks:
@@ -526,7 +578,8 @@ def active_units(model, params, images, key: Array, *, threshold: float = 1e-2,
       ``num_samples`` Monte Carlo average (:func:`dgmjax.models.posterior_means`), per latent leaf
       (stochastic layer).
     params: model parameters.
-    images: ``[N, ...]`` images over which the covariance is taken.
+    images: ``[N, ...]`` images over which the covariance is taken (checked first, as in
+      :func:`log_likelihood`).
     key: PRNG key (for layers whose mean needs samples of the layer below).
     threshold: activity threshold on the variance (1e-2 in the paper).
     batch_size: images per call.
@@ -538,6 +591,7 @@ def active_units(model, params, images, key: Array, *, threshold: float = 1e-2,
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.2.
   """
+  models_base.check_data(model, images, "images")
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
   fn = jax.jit(lambda p, x, k: models_base.posterior_means(model, p, x, k, num_samples))
@@ -558,7 +612,8 @@ def write_sample_figures(model, params, images, key: Array, workdir: str, *,
   Args:
     model: a contract model with ``sample_prior`` and ``decode``.
     params: model parameters.
-    images: data to reconstruct ``[N, H, W, C]`` (the first ``num_reconstructions`` are used).
+    images: data to reconstruct ``[N, H, W, C]`` (the first ``num_reconstructions`` are used,
+      checked as in :func:`log_likelihood`).
     key: PRNG key.
     workdir: output directory.
     num_samples: samples in the grid.
@@ -568,6 +623,7 @@ def write_sample_figures(model, params, images, key: Array, workdir: str, *,
     ``{"samples": path, "reconstructions": path}``.
   """
   from dgmjax import plotting
+  models_base.check_data(model, images[:num_reconstructions], "images")
   samples = np.asarray(jax.jit(lambda p, k: models_base.sample_x(model, p, k, num_samples))(
       params, key))
   x = np.asarray(images[:num_reconstructions], np.float32)

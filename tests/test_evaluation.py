@@ -245,6 +245,41 @@ def test_matmul_precision_rounds_the_dense_inputs_and_keeps_float32():
       pass
 
 
+@pytest.mark.parametrize("layer", ["conv", "conv_transpose", "einsum"])
+def test_matmul_precision_rounds_convolutions_and_every_matmul_like_dense(layer):
+  # Oracle: the inputs rounded by hand to bfloat16's 7 mantissa bits, then the exact float32
+  # operation (products of two 8-bit mantissas are exact in float32).
+  import flax.linen as nn
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)).astype(np.float32))
+  rnd = lambda a: jax.lax.reduce_precision(jnp.asarray(a, jnp.float32), 8, 7)
+  if layer == "einsum":
+    w = jnp.asarray(rng.normal(size=(3, 4)).astype(np.float32))
+    apply = lambda xx, ww: jnp.einsum("bhwc,cd->bhwd", xx, ww,
+                                      precision=jax.lax.Precision.HIGHEST)
+  else:
+    hi = jax.lax.Precision.HIGHEST
+    module = (nn.Conv(4, (3, 3), use_bias=False, precision=hi) if layer == "conv"
+              else nn.ConvTranspose(4, (3, 3), use_bias=False, precision=hi))
+    w = module.init(jax.random.key(0), x)["params"]["kernel"]
+    apply = lambda xx, ww: module.apply({"params": {"kernel": ww}}, xx)
+  exact = apply(x, w)
+  want = apply(rnd(x), rnd(w))
+
+  def f(xx, ww):
+    with evaluation.matmul_precision("bfloat16", emulate=True):
+      return apply(xx, ww)
+
+  got = jax.jit(f)(x, w)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(got) - np.asarray(exact)).max() > 1e-4  # really rounded
+  # the interception ends with the context: the same function traced outside is exact
+  np.testing.assert_allclose(jax.jit(apply)(x, w), exact, rtol=1e-6, atol=1e-6)
+  assert "bind" not in jax.lax.dot_general_p.__dict__
+  assert "bind" not in jax.lax.conv_general_dilated_p.__dict__
+
+
 def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32():
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))

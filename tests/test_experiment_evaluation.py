@@ -81,6 +81,8 @@ def test_study_end_to_end_at_toy_size(tmp_path):
   table = study.format_table(out)
   assert "VAE k=1" in table and "IWAE k=5" in table and "AIS - L_5000" in table
   assert "Speed:" in table
+  # Wu et al. 2017's Table 1 beside ours: their AIS minus their k=10,000 bound, 1.22 nats
+  assert "Wu et al. 2017, Table 1" in table and "AIS - L_10000 = +1.22" in table
 
   # a second look restores the retrained models instead of training again
   model, params, info = study.load_model(c, "iwae-k5-l1-short", str(work), (8, 8, 1))

@@ -67,7 +67,7 @@ def test_toy_study_end_to_end(tmp_path):
 def _tiny_run(workdir):
   c = iwae_quick.get_config()
   c.model, c.latent_dims, c.hidden_dims = "custom", (3,), ((16,),)
-  c.objective, c.num_samples, c.batch_size = "iwae", 3, 50
+  c.estimator, c.num_samples, c.batch_size = "iwae", 3, 50
   c.num_passes, c.num_epochs, c.log_every_steps, c.checkpoint_every_epochs = 1, 1.0, 5, 1.0
   c.progress = False
   c.eval.num_samples, c.eval.sample_chunk, c.eval.batch_size = 10, 10, 8
@@ -104,3 +104,36 @@ def test_mnist_study_reads_checkpoints_through_training_restore(tmp_path):
     mnist.load_point(str(tmp_path / "runs" / "tiny"), 7, model, mean, 0)
   with pytest.raises(FileNotFoundError):
     mnist.load_point(str(tmp_path / "nowhere"), "latest", model, mean, 0)
+
+
+def _tiny_toy():
+  c = quick.get_config()
+  c.toy.dim = 3
+  c.toy.num_data = 16
+  c.toy.num_draws = 200
+  c.toy.num_samples = (1, 3)
+  c.toy.estimators = ("iwae", "dreg")
+  c.toy.direct.enabled = False
+  c.reinforce.enabled = False
+  return c
+
+
+def test_resume_reuses_measured_parts_and_refuses_a_changed_setting(tmp_path, monkeypatch):
+  first = run.train_and_evaluate(_tiny_toy(), str(tmp_path))
+  assert os.path.isfile(tmp_path / "parts" / "snr_versus_k.json")
+  assert json.load(open(tmp_path / "config.json"))["toy"]["num_draws"] == 200
+  real = run.snr_versus_k
+  monkeypatch.setattr(run, "snr_versus_k", lambda *a: pytest.fail("measured again"))
+  again = run.train_and_evaluate(_tiny_toy(), str(tmp_path), resume=True)
+  assert again["snr"] == first["snr"] and again["slopes"] == first["slopes"]
+  changed = _tiny_toy()
+  changed.toy.num_draws = 300
+  with pytest.raises(ValueError, match=r"toy\.num_draws: 200 -> 300"):
+    run.train_and_evaluate(changed, str(tmp_path), resume=True)
+  # an allowed change measures every part again, with the new settings, and is recorded
+  monkeypatch.setattr(run, "snr_versus_k", real)
+  res = run.train_and_evaluate(changed, str(tmp_path), resume=True,
+                               allow_config_change=("toy.num_draws",))
+  assert res["snr"]["num_draws"] == 300
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["resume_changes"][-1]["toy.num_draws"] == {"saved": 200, "now": 300}

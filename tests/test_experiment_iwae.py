@@ -16,7 +16,7 @@ def _tiny_config():
   c.model = "custom"
   c.latent_dims = (3,)
   c.hidden_dims = ((16,),)
-  c.objective = "iwae"
+  c.estimator = "iwae"
   c.num_samples = 3
   c.batch_size = 50
   c.num_passes = 2
@@ -138,7 +138,8 @@ def test_configs():
     for k in (1, 5, 50):
       for layers in (1, 2):
         c = mnist.get_config(f"{obj}-k{k}-l{layers}-full")
-        assert (c.objective, c.num_samples, c.dataset) == (obj, k, "mnist")
+        want = "elbo" if obj == "vae" else obj   # the run name 'vae' trains the ELBO estimator
+        assert (c.estimator, c.num_samples, c.dataset) == (want, k, "mnist")
         assert c.model == f"burda{layers}" and c.num_passes == 8 and not c.num_epochs
         assert c.batch_size == 20 and c.optimizer == "adam" and c.eval.num_samples == 5000
   s = mnist.get_config("iwae-k50-l1-short")
@@ -155,7 +156,7 @@ def test_configs():
                                ("dreg-k64-l1-e3", "dreg", 64, None, None),
                                ("iwae-k64-l1-e3", "iwae", 64, None, None)):
     c = mnist.get_config(arg)
-    assert (c.objective, c.num_samples, c.num_groups, c.beta) == (obj, k, m, beta)
+    assert (c.estimator, c.num_samples, c.num_groups, c.beta) == (obj, k, m, beta)
     assert c.num_epochs == 3.0 and c.model == "burda1"
   assert mnist.get_config("iwae-k5-l1-short").num_groups is None
   for bad, match in (("miwae-k8-l1-e3", "m<M>"), ("ciwae-k64-l1-e3", "b<beta>"),
@@ -180,3 +181,58 @@ def test_table_prints_ours_beside_burda(tmp_path, capsys):
   assert table.main(["--markdown", str(tmp_path / "*")]) == 0
   assert capsys.readouterr().out.startswith("| layers")
   assert table.BURDA_TABLE1[(2, "iwae", 50)] == (82.90, (26, 7))
+
+
+def test_deprecated_objective_key_is_used_as_the_estimator_with_a_warning():
+  c = _tiny_config()
+  c.objective = "vae"                       # an old config (or --config.objective=vae)
+  with pytest.warns(DeprecationWarning, match="config.objective is deprecated"):
+    new = train.prepare_config(c)
+  assert (new.estimator, new.objective) == ("elbo", None)
+  assert c.objective == "vae"               # the caller's config is not changed
+  c = _tiny_config()
+  c.estimator = "vae"                       # the old value under the new key
+  with pytest.warns(DeprecationWarning, match="config.estimator='vae' is deprecated"):
+    assert train.prepare_config(c).estimator == "elbo"
+  c.estimator = "iwea"
+  with pytest.raises(ValueError, match=r"config\.estimator must be one of .*'iwae'"):
+    train.prepare_config(c)
+
+
+def test_resume_of_a_run_saved_with_the_old_objective_key_is_accepted(tmp_path):
+  c = _tiny_config()
+  c.stop_after_steps = 5
+  assert train.train_and_evaluate(c, str(tmp_path)) == {"stopped_at": 5}
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["estimator"] == "iwae" and saved["objective"] is None
+  old = {k: v for k, v in saved.items() if k != "estimator"}
+  old["objective"] = "iwae"                 # config.json as written before the rename
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  c.stop_after_steps = 10
+  assert train.train_and_evaluate(c, str(tmp_path), resume=True) == {"stopped_at": 10}
+  now = json.load(open(tmp_path / "config.json"))
+  assert now["estimator"] == "iwae" and "resume_changes" not in now
+  changed = _tiny_config()                  # a real change is still refused
+  changed.estimator = "dreg"
+  with pytest.raises(ValueError, match=r"estimator: 'iwae' -> 'dreg'"):
+    train.train_and_evaluate(changed, str(tmp_path), resume=True)
+
+
+def test_results_name_the_estimator_and_tables_read_old_and_new_results(tmp_path, capsys):
+  for name, key, value in (("old", "objective", "vae"), ("new", "estimator", "elbo")):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "results.json", "w") as f:
+      json.dump({"dataset": "mnist", "num_layers": 1, key: value, "k": 1, "epochs": 5.0,
+                 "test_nll": 100.0, "test_nll_stderr": 0.8, "eval_num_samples": 5000,
+                 "test_examples": 1000, "active_units": [30]}, f)
+  rows = table.rows(table.read_results([str(tmp_path / "old"), str(tmp_path / "new")]))
+  assert [r["objective"] for r in rows] == ["vae", "vae"]
+  assert all(r["burda_nll"] == 86.76 for r in rows)   # both find Burda's VAE row
+  r = {"dataset": "digits", "estimator": "elbo", "k": 1, "num_layers": 1, "epochs": 1.0,
+       "steps": 3, "train_seconds": 1.0, "test_elbo": -1.0, "eval_num_samples": 5,
+       "test_nll": 1.0, "test_nll_stderr": 0.1, "test_examples": 3, "active_units": [1]}
+  assert "ELBO k=1" in train.format_results(r)
+  old = {**{k: v for k, v in r.items() if k != "estimator"}, "objective": "vae"}
+  assert "ELBO k=1" in train.format_results(old)

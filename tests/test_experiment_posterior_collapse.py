@@ -69,10 +69,49 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
 def test_configs_and_bad_input(tmp_path):
   assert default.get_config().selected == default.TABLE_RUNS
   assert default.get_config("deep,weak").selected == ("deep", "weak")
-  with pytest.raises(ValueError, match="config arg"):
+  with pytest.raises(ValueError, match="config string"):
     default.get_config("deep,huge")
   c = _tiny("mlp")
   c.dataset = "mnist"   # grey levels: refused before any training
   with pytest.raises(ValueError, match="fixed-binarization"):
     train.train_and_evaluate(c, str(tmp_path))
   assert not os.path.exists(tmp_path / "mlp")
+
+
+class _Loaded(Exception):
+  pass
+
+
+def test_deprecated_objective_key_is_used_as_the_bound(tmp_path, monkeypatch):
+  seen = {}
+
+  def fake_load(config, split):
+    seen["bound"] = config.bound
+    raise _Loaded
+
+  monkeypatch.setattr(train, "_load", fake_load)
+  c = _tiny("mlp")
+  c.objective = "iwae"                       # an old config, or --config.objective=iwae
+  with pytest.warns(DeprecationWarning, match=r"config\.objective is deprecated.*config\.bound"):
+    with pytest.raises(_Loaded):
+      train.train_and_evaluate(c, str(tmp_path))
+  assert seen["bound"] == "iwae" and _tiny("mlp").bound == "elbo"
+  c = _tiny("mlp")
+  c.bound = "renyi"
+  with pytest.raises(ValueError, match=r"config\.bound must be one of \['elbo', 'iwae'\]"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_resume_compares_a_config_saved_with_objective_vae_equal_to_bound_elbo(tmp_path):
+  from experiments.common import config as common
+  current = json.loads(_tiny("mlp").to_json_best_effort())
+  old = {k: v for k, v in current.items() if k != "bound"}
+  old["objective"] = "vae"                   # config.json as written before the rename
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  common.record_config(str(tmp_path), current, resume=True, renamed=train.RENAMED)
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["bound"] == "elbo" and saved["objective"] is None and "resume_changes" not in saved
+  changed = dict(current, bound="iwae")
+  with pytest.raises(ValueError, match=r"bound: 'elbo' -> 'iwae'"):
+    common.record_config(str(tmp_path), changed, resume=True, renamed=train.RENAMED)

@@ -61,7 +61,7 @@ def test_priors_study_writes_results_figures_and_paired_differences(tmp_path):
 def test_mnist_config_variants_and_bad_names():
   assert mnist.get_config("vamp").variants == ("vamp",)
   assert not mnist.get_config("vamp").two_d.enabled
-  with pytest.raises(ValueError, match="config arg"):
+  with pytest.raises(ValueError, match="config string"):
     mnist.get_config("gmm")
   c = _tiny(variants=("standard", "laplace"))
   with pytest.raises(ValueError, match="laplace"):
@@ -74,3 +74,37 @@ def test_bad_data_is_refused_before_training(tmp_path):
   with pytest.raises((ValueError, FileNotFoundError, KeyError)):
     train.train_and_evaluate(c, str(tmp_path))
   assert not os.path.exists(tmp_path / "standard" / "checkpoints")
+
+
+def test_resume_with_a_changed_training_setting_is_refused(tmp_path):
+  def tiny():
+    c = _tiny(variants=("standard",))
+    c.checkpoint_every_epochs = 1.0          # 25 steps of the 50
+    return c
+
+  c = tiny()
+  c.stop_after_steps = 30                    # killed after the first checkpoint
+  assert train.train_and_evaluate(c, str(tmp_path)) == {"stopped_at": 30, "variant": "standard"}
+  assert json.load(open(tmp_path / "standard" / "config.json"))["estimator"] == "elbo"
+  changed = tiny()
+  changed.learning_rate = 3e-4
+  with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.0003"):
+    train.train_and_evaluate(changed, str(tmp_path), resume=True)
+  changed.eval.num_samples = 20              # evaluation settings may change on resume
+  res = train.train_and_evaluate(changed, str(tmp_path), resume=True,
+                                 allow_config_change=("learning_rate",))
+  r = res["variants"]["standard"]
+  assert r["resumed_from"] == 25 and r["steps"] == 50   # continued from the checkpoint
+  saved = json.load(open(tmp_path / "standard" / "config.json"))
+  assert saved["learning_rate"] == 3e-4
+  assert saved["resume_changes"][-1]["learning_rate"] == {"saved": 0.001, "now": 0.0003}
+
+
+def test_deprecated_objective_key_still_trains_the_elbo(tmp_path):
+  c = _tiny(variants=("standard",))
+  c.objective = "vae"
+  c.estimator = "iwae"                      # overridden by the deprecated key, as documented
+  c.stop_after_steps = 2
+  with pytest.warns(DeprecationWarning, match="config.objective is deprecated"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert json.load(open(tmp_path / "standard" / "config.json"))["estimator"] == "elbo"

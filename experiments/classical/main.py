@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments.common import config as common
 from experiments.classical import study
 
 FLAGS = flags.FLAGS
@@ -28,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)  # app.run with short messages for a bad --config

@@ -40,6 +40,7 @@ from dgmjax import distributions
 from dgmjax import models, objectives, training
 from dgmjax.models import classical
 from dgmjax.models import linear_gaussian as lg
+from experiments.common import config as common
 
 # The mixture the 2-D data are drawn from.
 _TRUE_MEANS = ((-2.0, 0.0), (2.5, 1.0), (0.0, 3.5))
@@ -443,8 +444,8 @@ def make_vae_log_joint(model):
   return log_joint
 
 
-def train_vae(config, key, model, train, objective: str, num_samples: int):
-  """A few thousand Adam steps on the ELBO (``'vae'``) or the IWAE bound (``'iwae'``)."""
+def train_vae(config, key, model, train, bound: str, num_samples: int):
+  """A few thousand Adam steps on the ELBO (``'elbo'``) or the IWAE bound (``'iwae'``)."""
   gc = config.gaps
   k_init, k_train = jax.random.split(key)
   # Jitted: flax's eager init would compile every random draw separately.
@@ -452,10 +453,10 @@ def train_vae(config, key, model, train, objective: str, num_samples: int):
   opt = optax.adam(float(gc.vae_learning_rate))
   n = train.shape[0]
   bs = min(int(gc.vae_batch_size), n)
-  if objective not in ("vae", "iwae"):
-    raise ValueError(f"objective must be 'vae' or 'iwae', got {objective!r}")
+  if bound not in ("elbo", "iwae"):
+    raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
   xs = jnp.asarray(train)
-  bound_loss = training.make_loss(model, objective, num_samples)
+  bound_loss = training.make_loss(model, bound, num_samples)
 
   def loss(p, xb, k):
     return bound_loss(p, xb, k)[0]
@@ -518,13 +519,13 @@ def gaps_study(config, key, ppca: dict, train, test) -> dict:
                         (tuple(int(h) for h in gc.vae_hidden),))
     btrain = (train > 0.5).astype(np.float32).reshape(-1, 8, 8, 1)
     btest = (test[:n] > 0.5).astype(np.float32).reshape(-1, 8, 8, 1)
-    for objective, k, ktrain, kgap in (("vae", 1, k_vae, k_gv),
-                                       ("iwae", int(gc.iwae_k), k_iwae, k_gi)):
+    for bound, k, ktrain, kgap in (("elbo", 1, k_vae, k_gv),
+                                   ("iwae", int(gc.iwae_k), k_iwae, k_gi)):
       t0 = time.perf_counter()
-      params, trace = train_vae(config, ktrain, model, btrain, objective, k)
+      params, trace = train_vae(config, ktrain, model, btrain, bound, k)
       jax.block_until_ready(params)
       t_train = time.perf_counter() - t0
-      label = (f"{'VAE (ELBO, K=1)' if objective == 'vae' else f'IWAE (K={k})'}, "
+      label = (f"{'VAE (ELBO, K=1)' if bound == 'elbo' else f'IWAE (K={k})'}, "
                f"Bernoulli, 64-{'-'.join(map(str, gc.vae_hidden))}-{int(gc.vae_latent_dim)}, "
                "binarized digits")
       row = vae_gaps(kgap, model, params, jnp.asarray(btest), label, gap_kwargs)
@@ -630,7 +631,8 @@ def run_gaps_study(config, key) -> dict:
       own.append(np.asarray(_model_elbo(model, params, xb, k_own, int(gc.num_elbo_samples))))
     gaps = _concat_gaps(parts)
     arch = "-".join(str(w) for w in (model.x_dim,) + model.hidden_dims[0] + model.latent_dims[:1])
-    label = (f"{'VAE' if rc.objective == 'vae' else 'IWAE'} (k={int(rc.num_samples)}), "
+    # the run's estimator: `estimator` ('elbo') in new runs, `objective` ('vae') in older ones
+    label = (f"{'VAE' if common.estimator_of(rc) == 'elbo' else 'IWAE'} (k={int(rc.num_samples)}), "
              f"{rc.dataset} {arch}, {rr.get('epochs', float('nan')):g} epochs")
     row = _gap_row(label, gaps, run=str(name), checkpoint_step=step,
                    log_px_source=f"IWAE, mixture proposal, {2 * int(gc.num_iwae_samples)} samples",
@@ -709,6 +711,25 @@ def _strip_private(obj):
   return obj
 
 
+#: Numeric settings, checked before any work (:func:`experiments.common.config.check_fields`).
+FIELDS = {
+    "gmm.num_points": "int>0", "gmm.num_components": "int>0", "gmm.max_iters": "int>0",
+    "gmm.tol": "float>=0", "gmm.reg_covar": "float>=0", "gmm.snapshot_iters": "ints>=0",
+    "ppca.latent_dims": "ints>0", "ppca.em_max_iters": "int>0", "ppca.em_tol": "float>=0",
+    "ppca.vae_steps": "int>0", "ppca.vae_learning_rate": "float>0",
+    "ppca.vae_num_samples": "int>0", "ppca.vae_batch_size": "int>=0",
+    "ppca.collapse_latent_dim": "int>0", "ppca.collapse_noise_variances": "floats>0",
+    "ppca.collapse_kl_threshold": "float>=0",
+    "gaps.num_examples": "int>0", "gaps.num_steps": "int>=0", "gaps.learning_rate": "float>0",
+    "gaps.num_samples": "int>0", "gaps.num_elbo_samples": "int>0",
+    "gaps.num_iwae_samples": "int>0", "gaps.chunk_size": "int>0",
+    "gaps.linear_latent_dim": "int>0", "gaps.vae_latent_dim": "int>0", "gaps.vae_hidden": "ints>0",
+    "gaps.vae_steps": "int>0", "gaps.vae_batch_size": "int>0", "gaps.vae_learning_rate": "float>0",
+    "gaps.iwae_k": "int>0", "gaps.runs_num_examples": "int>0", "gaps.runs_batch_size": "int>0",
+    "gaps.convergence_check_steps": "int>=0",
+}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the three parts and writes ``results.json``, ``results.md`` and the figures.
 
@@ -719,6 +740,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns:
     The results dictionary written to ``results.json``.
   """
+  common.check_fields(config, FIELDS)  # bad settings fail here, before any work
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))

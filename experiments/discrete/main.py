@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments.common import config as common
 from experiments.discrete import train
 
 FLAGS = flags.FLAGS
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)  # app.run with short messages for a bad --config

@@ -35,6 +35,7 @@ import optax
 
 from dgmjax import estimators, evaluation, pixelcnn, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
+from experiments.common import config as common
 from experiments.iwae.train import default_data_dir
 
 # Jang et al. 2017, Table 2 (negative ELBO, binarized MNIST, categorical VAE 20x10)
@@ -491,9 +492,30 @@ def run_codebook(config, workdir: str, resume: bool = False) -> dict:
 STUDIES = {"categorical": run_categorical, "vqvae": run_vqvae, "codebook": run_codebook}
 
 
+#: Numeric settings of the three studies, checked before any data is loaded.
+FIELDS = {
+    "max_train_examples": "int>=0", "vimco_num_samples": "int>1", "nvil.hidden": "ints>0",
+    "nvil.output_scale": "float>0", "num_vars": "int>0", "num_classes": "int>1",
+    "hidden_dims": "ints>0", "codebook_dim": "int>=0", "tau_initial": "float>0",
+    "tau_min": "float>0", "tau_rate": "float>=0", "tau_every": "int>0",
+    "num_codes": "int>0", "embedding_dim": "int>0", "features": "int>0", "hidden": "int>0",
+    "num_blocks": "int>0", "beta": "float>=0", "restart_every": "int>=0",
+    "init_scale": "float>=0", "level_list": "ints>0", "batch_size": "int>0", "learning_rate": "float>0", "num_epochs": "float>0",
+    "log_every_steps": "int>0", "num_prior_samples": "int>0", "stop_after_steps": "int>=0",
+    "prior.num_layers": "int>0", "prior.features": "int>0", "prior.kernel_size": "int>0",
+    "prior.first_kernel_size": "int>0", "prior.batch_size": "int>0",
+    "prior.learning_rate": "float>0", "prior.num_epochs": "float>0",
+    "variants.*.restart_every": "int>=0",
+    "eval.num_samples": "int>0", "eval.sample_chunk": "int>0", "eval.batch_size": "int>0",
+    "eval.num_examples": "int>=0",
+}
+
+
 def run(config, workdir: str, resume: bool = False, allow_config_change=False) -> dict:
+  """Runs ``config.study`` (settings checked first, before any data is loaded)."""
   if config.study not in STUDIES:
     raise ValueError(f"config.study must be one of {sorted(STUDIES)}, got {config.study!r}")
+  common.check_fields(config, FIELDS)
   os.makedirs(workdir, exist_ok=True)
   # a resumed run continues what was trained: a changed training setting is refused
   training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,

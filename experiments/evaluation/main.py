@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments.common import config as common
 from experiments.evaluation import study
 
 FLAGS = flags.FLAGS
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)  # app.run with short messages for a bad --config

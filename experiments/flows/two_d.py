@@ -31,6 +31,7 @@ import scipy.stats
 from absl import logging
 
 from dgmjax import flows
+from experiments.common import config as common
 from experiments.flows import targets as targets_lib
 
 MODELS = ("real_nvp", "maf", "lu", "qr")
@@ -250,6 +251,18 @@ def plot_results(workdir: str, config, fitted: dict, results: dict) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
+#: Numeric settings, checked before any work (:func:`experiments.common.config.check_fields`).
+FIELDS = {
+    "batch_size": "int>0", "num_steps": "int>0", "learning_rate": "float>0",
+    "linear_num_steps": "int>0", "linear_learning_rate": "float>0", "grad_clip": "float>0",
+    "log_every": "int>0", "num_eval_samples": "int>1", "eval_chunk": "int>0",
+    "real_nvp.num_layers": "int>0", "real_nvp.hidden_sizes": "ints>0",
+    "real_nvp.log_scale_clamp": "float>0", "maf.num_layers": "int>0",
+    "maf.hidden_sizes": "ints>0", "maf.log_scale_clamp": "float>0", "plot_limit": "float>0",
+    "plot_grid_size": "int>1", "plot_num_samples": "int>0", "plot_dpi": "int>0",
+}
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Fits every model in ``config.models`` to every target in ``config.targets``.
 
@@ -261,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     The results dict written to ``workdir/results.json``:
     ``{target: {model: {kl, kl_stderr, nll, target_entropy, gaussian_kl, ...}}, "meta": ...}``.
   """
+  common.check_fields(config, FIELDS)  # bad settings fail here, before any work
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   key = jax.random.key(config.seed)

@@ -61,9 +61,15 @@ def _summary(s: diagnostics.GroupSNR) -> dict:
           "total_variance": float(s.total_variance)}
 
 
-def measure(config, workdir: str) -> dict:
+def measure(config, workdir: str, *, resume: bool = False) -> dict:
   """Runs the MNIST SNR study of ``config.mnist``; writes ``mnist_snr.json`` and
-  ``mnist_snr_vs_k.png`` into ``workdir`` and returns the results."""
+  ``mnist_snr_vs_k.png`` into ``workdir`` and returns the results.
+
+  Each point of training is saved as ``parts/mnist_point_<i>.json`` when measured; with
+  ``resume`` the saved points are reused (``experiments.gradient_snr.run`` checks first that the
+  settings are those of the saved ``config.json``).
+  """
+  from experiments.gradient_snr import run as run_lib
   from experiments.iwae import train as iwae_train
 
   mc = config.mnist
@@ -103,7 +109,8 @@ def measure(config, workdir: str) -> dict:
       f = training.make_loss(model, name, k)
       losses[name] = (lambda f: lambda p, kk: f(p, x, kk)[0])(f)
     joints[k] = diagnostics.joint_loss(losses, common_random_numbers=False)
-  for pi, point in enumerate(points):
+
+  def measure_point(pi, point):
     params, step = load_point(point["run_dir"], point["step"], model, data_mean,
                               int(run_cfg.get("seed", 0)))
     rows = {name: {"phi": [], "theta": []} for name in names}
@@ -136,13 +143,18 @@ def measure(config, workdir: str) -> dict:
                 ks, [v[field] for v in vals])[0]
           except ValueError:
             slopes[f"{name}_{g}_{field}"] = None
-    results["points"].append({"label": point["label"], "run_dir": point["run_dir"],
-                              "step": step, "epoch": step / steps_per_epoch, "curves": rows,
-                              "phi_variance_over_iwae": variance_vs_reparam,
-                              "slopes": slopes})
+    entry = {"label": point["label"], "run_dir": point["run_dir"], "step": step,
+             "epoch": step / steps_per_epoch, "curves": rows,
+             "phi_variance_over_iwae": variance_vs_reparam, "slopes": slopes}
     print(f"  {point['label']}: " + ", ".join(
         f"{k} {v:+.2f}" for k, v in slopes.items() if v is not None and "mean_snr" in k),
         flush=True)
+    return entry
+
+  for pi, point in enumerate(points):
+    entry, _ = run_lib.part(workdir, f"mnist_point_{pi}", resume,
+                            lambda pi=pi, point=point: measure_point(pi, point))
+    results["points"].append(entry)
   results["seconds"] = time.perf_counter() - t_start
   results["figure"] = os.path.basename(plot(os.path.join(workdir, "mnist_snr_vs_k.png"), results))
   with open(os.path.join(workdir, "mnist_snr.json"), "w") as fh:

@@ -18,7 +18,9 @@ draws and ``K <= 100``, with the debiased root-mean-square SNR (``config.toy.dir
 
 Writes into ``workdir``: ``config.json``; ``results.json`` (SNR curves, fitted slopes, the checks
 of the expected slopes, REINFORCE-vs-reparametrization variances, timings); ``snr_vs_k.png``;
-``reinforce_vs_reparam.png``.
+``reinforce_vs_reparam.png``; ``parts/*.json``, each part of the study as it is measured
+(``--resume`` reuses them after an interruption; a changed setting is refused, as for training
+runs, by :func:`dgmjax.training.record_config`).
 
 References:
   Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
@@ -37,7 +39,8 @@ import time
 import jax
 import numpy as np
 
-from dgmjax import diagnostics, estimators, models
+from dgmjax import diagnostics, estimators, models, training
+from experiments.common import config as common
 from experiments.gradient_snr import toy
 
 # Expected slopes of log SNR in log K (Rainforth et al. 2018, Theorem 1; Tucker et al. 2019).
@@ -58,6 +61,69 @@ MEASUREMENT = (
     "zero (their agreement is checked at every K: iwae_vs_dreg_phi_mean). Independently, the "
     "'direct' sweep uses IWAE's own draws only (more draws, K <= 100) with the debiased "
     "root-mean-square SNR, sqrt(mean_i (mean_i^2 - Var_i/N) / Var_i).")
+
+
+#: Numeric settings of both studies, checked before anything is computed.
+FIELDS = {
+    "chunk_elements": "int>0",
+    "toy.dim": "int>0", "toy.num_data": "int>0", "toy.perturbation": "float>=0",
+    "toy.batch_size": "int>0", "toy.num_draws": "int>1", "toy.num_samples": "ints>0",
+    "toy.asymptotic_min_k": "int>0", "toy.direct.num_draws": "int>1",
+    "toy.direct.num_samples": "ints>0", "reinforce.num_samples": "ints>0",
+    "reinforce.num_draws": "int>1", "reinforce.baseline_pilot_steps": "int>=0",
+    "reinforce.baseline_decay": "fraction",
+    "mnist.batch_size": "int>0", "mnist.num_samples": "ints>0", "mnist.num_draws": "int>1",
+}
+
+
+def prepare(config, workdir: str, *, resume: bool = False, allow_config_change=False) -> bool:
+  """Checks the settings and records them in ``workdir/config.json``.
+
+  On ``resume`` a changed setting is refused unless ``allow_config_change`` allows it (see
+  :func:`dgmjax.training.record_config`).
+
+  Returns:
+    Whether the parts saved in ``workdir`` may be reused: on ``resume`` with unchanged settings
+    only (parts measured with other, allowed, settings are measured again).
+  """
+  common.check_choice("study", config.get("study"), ("toy", "mnist"))
+  common.check_fields(config, FIELDS)
+  if config.get("toy") is not None:
+    common.check_choice("toy.phi_signal", config.toy.phi_signal, ("dreg", "self"))
+  os.makedirs(workdir, exist_ok=True)
+  settings = json.loads(config.to_json_best_effort())
+  path = os.path.join(workdir, "config.json")
+  changed = False
+  if resume and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    saved.pop("resume_changes", None)
+    changed = bool(training.config_changes(saved, settings, ignore=training.RESUME_IGNORED))
+  common.record_config(workdir, settings, resume=resume, allow_changes=allow_config_change,
+                       ignore=training.RESUME_IGNORED)
+  return resume and not changed
+
+
+def part(workdir: str, name: str, resume: bool, compute):
+  """``compute()``, saved as ``workdir/parts/<name>.json``; with ``resume`` a saved part is
+  reused instead (its settings are those of ``config.json``, checked by :func:`prepare`).
+
+  Returns ``(value, seconds)``: the seconds ``compute`` took when it ran.
+  """
+  path = os.path.join(workdir, "parts", f"{name}.json")
+  if resume and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    return saved["value"], saved["seconds"]
+  t0 = time.perf_counter()
+  value = compute()
+  seconds = time.perf_counter() - t0
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"value": value, "seconds": seconds}, f)
+  os.replace(tmp, path)
+  return json.loads(json.dumps(value)), seconds
 
 
 def _chunk(config, k: int, b: int, d: int) -> int:
@@ -193,7 +259,7 @@ def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
       def step(states, kk):
         terms = models.log_weight_terms(toy.MODEL, problem.params, x, kk, k)
         return tuple(estimators.running_mean_update(
-            st, estimators.learning_signal(terms.log_w, objective=o), float(rc.baseline_decay))
+            st, estimators.learning_signal(terms.log_w, bound=o), float(rc.baseline_decay))
                      for st, o in zip(states, objectives_)), None
       init = tuple(estimators.running_mean_init() for _ in objectives_)
       return jax.lax.scan(step, init, keys)[0]
@@ -203,8 +269,8 @@ def reinforce_versus_reparam(config, problem: toy.Problem, key) -> dict:
     losses = {}
     for o in objectives_:
       losses[f"{o}:reparam"] = toy.make_loss(o, x, k)
-      losses[f"{o}:reinforce"] = toy.make_loss("reinforce", x, k, objective=o)
-      losses[f"{o}:reinforce_running_mean"] = toy.make_loss("reinforce", x, k, objective=o,
+      losses[f"{o}:reinforce"] = toy.make_loss("reinforce", x, k, bound=o)
+      losses[f"{o}:reinforce_running_mean"] = toy.make_loss("reinforce", x, k, bound=o,
                                                             baseline=baselines[o])
       if o == "iwae" and k >= 2:
         losses[f"{o}:vimco"] = toy.make_loss("vimco", x, k)
@@ -329,48 +395,48 @@ def plot_reinforce(path: str, rf: dict) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, resume: bool = False,
+                       allow_config_change=False) -> dict:
   """Runs the study of ``config`` and writes JSON results and PNG figures into ``workdir``.
 
   Args:
     config: an ``ml_collections.ConfigDict`` (see ``configs/toy.py``).
     workdir: output directory (created).
+    resume: reuse the parts already measured in ``workdir`` (``parts/*.json``) by an earlier,
+      interrupted run with the same settings; a changed setting is refused.
+    allow_config_change: with ``resume``, allow changed settings (``True`` or key globs); the
+      change is recorded in ``config.json`` and every part is measured again.
 
   Returns:
     The results dictionary written to ``results.json``.
   """
+  resume = prepare(config, workdir, resume=resume, allow_config_change=allow_config_change)
   if config.study == "mnist":
     from experiments.gradient_snr import mnist
-    return mnist.measure(config, workdir)
-  if config.study != "toy":
-    raise ValueError(f"config.study must be 'toy' or 'mnist', got {config.study!r}")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    return mnist.measure(config, workdir, resume=resume)
   tc = config.toy
   key = jax.random.key(int(config.seed))
   k_problem, k_snr, k_rf, k_direct = jax.random.split(key, 4)
   problem = toy.make_problem(k_problem, int(tc.dim), int(tc.num_data), float(tc.perturbation))
   timings = {}
-  t0 = time.perf_counter()
-  snr = snr_versus_k(config, problem, k_snr)
-  timings["snr_versus_k_s"] = time.perf_counter() - t0
+  snr, timings["snr_versus_k_s"] = part(workdir, "snr_versus_k", resume,
+                                        lambda: snr_versus_k(config, problem, k_snr))
   slopes = dict(snr["slopes"])
   results = {"study": "toy", "model": "Rainforth et al. (2018) Gaussian, D=%d" % int(tc.dim),
              "num_draws": int(tc.num_draws), "batch_size": int(tc.batch_size),
              "perturbation": float(tc.perturbation), "phi_signal": tc.phi_signal,
              "measurement": MEASUREMENT, "snr": snr}
   if tc.direct.enabled:
-    t0 = time.perf_counter()
-    results["direct"] = direct_snr_versus_k(config, problem, k_direct)
-    timings["direct_snr_versus_k_s"] = time.perf_counter() - t0
+    results["direct"], timings["direct_snr_versus_k_s"] = part(
+        workdir, "direct_snr_versus_k", resume,
+        lambda: direct_snr_versus_k(config, problem, k_direct))
     slopes.update(results["direct"]["slopes"])
   results["slopes"] = slopes
   results["checks"] = _checks(slopes)
   if config.reinforce.enabled:
-    t0 = time.perf_counter()
-    results["reinforce_vs_reparam"] = reinforce_versus_reparam(config, problem, k_rf)
-    timings["reinforce_vs_reparam_s"] = time.perf_counter() - t0
+    results["reinforce_vs_reparam"], timings["reinforce_vs_reparam_s"] = part(
+        workdir, "reinforce_versus_reparam", resume,
+        lambda: reinforce_versus_reparam(config, problem, k_rf))
   results["timings"] = timings
   results["figures"] = [os.path.basename(plot_snr(os.path.join(workdir, "snr_vs_k.png"), snr,
                                                   results.get("direct")))]

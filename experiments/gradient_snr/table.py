@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from experiments.common import config as common
+
 # Test log p(x) (k = 5000) of Rainforth et al. (2018), Table 1 (MNIST, M K = 64, full budget).
 RAINFORTH = {
     ("iwae", None, None): -84.52,
@@ -23,8 +25,15 @@ RAINFORTH = {
 }
 
 
+def _objective(r: dict) -> str:
+  """The run's training name in the paper's terms (``'vae'`` for the ELBO estimator), from its
+  results: ``estimator`` in new runs, ``objective`` in older ones."""
+  est = common.estimator_of(r)
+  return "vae" if est == "elbo" else est
+
+
 def _name(r: dict) -> str:
-  obj = r["objective"]
+  obj = _objective(r)
   if obj in ("miwae", "piwae", "piwae_dreg"):
     m = r.get("num_groups") or 1
     return f"{obj.upper()}({m},{r['k'] // m})"
@@ -43,10 +52,10 @@ def rows(paths) -> list[dict]:
       continue
     with open(f) as fh:
       r = json.load(fh)
-    key = (r["objective"], r.get("num_groups") if r["objective"] != "iwae" else None,
-           r.get("beta"))
+    obj = _objective(r)
+    key = (obj, r.get("num_groups") if obj != "iwae" else None, r.get("beta"))
     paper = RAINFORTH.get(key)
-    if r["objective"] == "vae":
+    if obj == "vae":
       paper = RAINFORTH[("vae", None, None)]
     out.append({"name": _name(r), "k": r["k"], "epochs": r["epochs"],
                 "ll": -r["test_nll"], "se": r["test_nll_stderr"], "n": r["test_examples"],

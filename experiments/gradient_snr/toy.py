@@ -110,7 +110,7 @@ def log_marginal(params, x: Array) -> Array:
 
 
 def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int = 1,
-              baseline=None, objective: str = "iwae"):
+              baseline=None, bound: str = "iwae"):
   """``loss(params, key) -> scalar``: minus the mean surrogate of ``estimator`` over ``x``.
 
   Args:
@@ -119,13 +119,13 @@ def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int = 1
     num_samples: total samples per datapoint (``M * K`` for grouped estimators).
     num_groups: ``M``.
     baseline: REINFORCE baseline (scalar or ``[B]``).
-    objective: ``'iwae'`` or ``'elbo'`` for ``reinforce`` and ``stl``.
+    bound: ``'iwae'`` or ``'elbo'``, the bound of ``reinforce`` and ``stl``.
   """
 
   def loss(params, key):
     terms = models.log_weight_terms(MODEL, params, x, key, num_samples)
     s = estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=baseline,
-                             objective=objective)
+                             bound=bound)
     return -jnp.mean(s)
 
   return loss

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from experiments.common import config as common
+
 # Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Table 1 (MNIST):
 # (layers, objective, k) -> (test NLL in nats with k=5000, active units per stochastic layer).
 BURDA_TABLE1 = {
@@ -46,11 +48,18 @@ def read_results(paths) -> list[dict]:
   return out
 
 
+def row_name(r: dict) -> str:
+  """The Table 1 name of a run's training (``'vae'`` for the ELBO estimator, as in the paper),
+  from its results: ``estimator`` in new runs, ``objective`` in older ones."""
+  est = common.estimator_of(r)
+  return "vae" if est == "elbo" else est
+
+
 def rows(results: list[dict]) -> list[dict]:
   """One row per result, sorted like Table 1, with Burda's numbers attached."""
   table = []
   for r in results:
-    key = (int(r["num_layers"]), r["objective"], int(r["k"]))
+    key = (int(r["num_layers"]), row_name(r), int(r["k"]))
     burda = BURDA_TABLE1.get(key) if r.get("dataset") == "mnist" else None
     table.append({
         "layers": key[0], "objective": key[1], "k": key[2],

@@ -26,8 +26,38 @@ import numpy as np
 
 from dgmjax import data, evaluation, plotting, training
 from dgmjax.models import vae
+from experiments.common import config as common
 
 BURDA_NUM_PASSES = 8
+
+#: Config keys renamed with the bound / estimator vocabulary (old -> new), for one release.
+RENAMED = {"objective": "estimator"}
+
+#: Numeric settings, checked before any data is loaded (:func:`experiments.common.config.check_fields`).
+FIELDS = {
+    "max_train_examples": "int>=0", "num_samples": "int>0", "num_groups": "int>0",
+    "beta": "fraction", "batch_size": "int>0", "learning_rate": "float>0", "num_passes": "int>0",
+    "num_epochs": "float>=0", "max_consecutive_nonfinite": "int>0", "log_every_steps": "int>0",
+    "checkpoint_every_epochs": "float>0", "stop_after_steps": "int>=0",
+    "eval.num_samples": "int>0", "eval.sample_chunk": "int>0", "eval.batch_size": "int>0",
+    "eval.num_examples": "int>=0", "eval.bound_ks": "ints>0", "eval.active_threshold": "float>=0",
+}
+
+
+def prepare_config(config, fields=None):
+  """The config checked and in the current vocabulary, before anything is loaded or written.
+
+  A deprecated ``config.objective`` is moved into ``config.estimator`` and the value ``'vae'``
+  becomes ``'elbo'`` (with a ``DeprecationWarning``; :func:`experiments.common.config.resolve_renamed`);
+  the numeric fields are checked (``ValueError`` naming the field). Returns a new config.
+  """
+  config = common.resolve_renamed(config, RENAMED)
+  common.check_fields(config, FIELDS if fields is None else fields)
+  common.check_choice("estimator", config.estimator,
+                      training.BOUND_ESTIMATORS + training.SURROGATE_ESTIMATORS)
+  if config.get("schedule") is not None:
+    common.check_choice("schedule", config.schedule, ("burda", "constant"))
+  return config
 
 
 # ----------------------------------------------------------------------------- data
@@ -111,10 +141,12 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
     The results dictionary (also written to ``workdir/results.json``).
   """
   t_start = time.time()
+  config = prepare_config(config)  # bad settings fail here, before anything is loaded or written
   os.makedirs(workdir, exist_ok=True)
-  # a resumed run continues what was trained: a changed training setting is refused
-  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
-                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
+  # a resumed run continues what was trained: a changed training setting is refused (a run saved
+  # with the old key `objective` compares equal to the same setting as `estimator`)
+  common.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                       allow_changes=allow_config_change, renamed=RENAMED)
 
   # a bad setting fails here, before anything is loaded
   microbatch = training.resolve_microbatch(config.get("microbatch"), config.batch_size,
@@ -145,7 +177,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
                      f"training images of {config.dataset}")
   optimizer, schedule, num_steps = make_optimizer(config, steps_per_epoch)
   loss_kwargs = {k: config[k] for k in ("num_groups", "beta") if config.get(k) is not None}
-  loss_fn = training.make_loss(model, config.objective, config.num_samples, **loss_kwargs)
+  loss_fn = training.make_loss(model, config.estimator, config.num_samples, **loss_kwargs)
   log_every = max(1, min(config.log_every_steps, num_steps))
   checkpoint_every = _round_up(int(round(config.checkpoint_every_epochs * steps_per_epoch)),
                                log_every)
@@ -199,7 +231,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
       "dataset": config.dataset,
       "model": config.model,
       "num_layers": model.num_layers,
-      "objective": config.objective,
+      "estimator": config.estimator,
       "k": config.num_samples,
       **{k: v for k, v in loss_kwargs.items()},
       "optimizer": config.optimizer,
@@ -238,7 +270,7 @@ def format_results(r: dict) -> str:
   """A short human-readable summary of :func:`train_and_evaluate`'s results."""
   ks = [k for k in r if k.startswith("test_iwae_")]
   lines = [
-      f"{r['dataset']}: {r['objective'].upper()} k={r['k']}, {r['num_layers']} stochastic "
+      f"{r['dataset']}: {common.estimator_of(r).upper()} k={r['k']}, {r['num_layers']} stochastic "
       f"layer(s), {r['epochs']:g} epochs ({r['steps']} steps, {r['train_seconds']:.0f}s)",
       f"  test ELBO            {r['test_elbo']:.3f}",
       *[f"  test IWAE L_{k[len('test_iwae_'):]:<12s} {r[k]:.3f}" for k in ks],

@@ -25,7 +25,24 @@ import optax
 
 from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import pixel_vae
+from experiments.common import config as common
 from experiments.discrete import train as discrete_train
+
+#: Config keys renamed with the bound / estimator vocabulary (old -> new), for one release.
+RENAMED = {"objective": "bound"}
+
+#: Numeric settings, checked before any data is loaded.
+FIELDS = {
+    "max_train_examples": "int>=0", "latent_dim": "int>0", "hidden": "ints>0",
+    "cond_channels": "int>0", "num_samples": "int>0", "batch_size": "int>0",
+    "learning_rate": "float>0", "num_epochs": "float>0", "warmup_fraction": "fraction",
+    "num_cycles": "int>0", "cycle_ramp": "fraction", "log_every_steps": "int>0",
+    "diagnostics_per_epoch": "int>0", "stop_after_steps": "int>=0",
+    "runs.*.free_bits": "float>=0", "runs.*.pixelcnn.*": "int>0",
+    "eval.num_examples": "int>=0", "eval.num_samples": "int>0", "eval.sample_chunk": "int>0",
+    "eval.batch_size": "int>0", "eval.diagnostics_examples": "int>=0",
+    "eval.num_model_samples": "int>0",
+}
 
 # Published binarized-MNIST NLLs with PixelCNN-type decoders, for orientation (different, much
 # larger models and budgets): Gulrajani et al. 2017 (PixelVAE, Table 1) 79.02 (bound: <= 79.66);
@@ -106,7 +123,7 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   checkpoint_every = eval_every * max(1, config.diagnostics_per_epoch)
   beta = make_schedule(config, run, num_steps)
   loss_fn = training.make_kl_controlled_loss(
-      model, config.objective, config.num_samples, kl_weight=beta,
+      model, config.bound, config.num_samples, kl_weight=beta,
       free_bits=run.free_bits or None)
   opt = optax.adam(config.learning_rate)
   step = training.make_train_step(loss_fn, opt, seed=config.seed, pass_step=True)
@@ -165,7 +182,7 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
       "receptive_field_rows_above": int(14 - np.nonzero(rf.any(1))[0].min()) if rf is not None
                                     else 0,
       "kl_schedule": run.kl_schedule, "free_bits": run.free_bits,
-      "objective": config.objective, "k_train": config.num_samples,
+      "bound": config.bound, "k_train": config.num_samples,
       "num_params": int(sum(a.size for a in jax.tree.leaves(params))),
       "epochs": summary["steps"] / summary["steps_per_epoch"], "steps": summary["steps"],
       "train_examples": int(train_x.shape[0]), "test_examples": int(test_x.shape[0]),
@@ -301,18 +318,26 @@ def samples_figure(workdir: str, names) -> str:
 def train_and_evaluate(config, workdir: str, resume: bool = False,
                        allow_config_change=False) -> dict:
   """Runs ``config.selected`` (resuming each from its checkpoints if ``resume``) and writes the
-  study's ``summary.json`` and figures."""
+  study's ``summary.json`` and figures.
+
+  Settings are checked first (``ValueError`` naming the field), before any data is loaded; a
+  deprecated ``config.objective`` is used as ``config.bound`` with a ``DeprecationWarning``.
+  """
+  config = common.resolve_renamed(config, RENAMED)
+  common.check_fields(config, FIELDS)
+  common.check_choice("bound", config.bound, training.KL_BOUNDS)
+  for name in config.selected:
+    if name not in config.runs:
+      raise ValueError(f"unknown run {name!r}; runs: {sorted(config.runs)}")
   os.makedirs(workdir, exist_ok=True)
   train_x = _subset(_load(config, "train"), config.max_train_examples, config.seed)
   test_all = _load(config, "test")
   test_x = _subset(test_all, config.eval.num_examples, config.seed)
   diag_x = _subset(test_all, config.eval.diagnostics_examples, config.seed + 1)
-  for name in config.selected:
-    if name not in config.runs:
-      raise ValueError(f"unknown run {name!r}; runs: {sorted(config.runs)}")
-  # a resumed run continues what was trained: a changed training setting is refused
-  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
-                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
+  # a resumed run continues what was trained: a changed training setting is refused (a run saved
+  # with the old key `objective` compares equal to the same setting as `bound`)
+  common.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                       allow_changes=allow_config_change, renamed=RENAMED)
   rows = {}
   for name in config.selected:
     row = run_one(name, config, train_x, test_x, diag_x, workdir, resume)

@@ -10,6 +10,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments.common import config as common
 from experiments.priors import train
 
 FLAGS = flags.FLAGS
@@ -17,6 +18,10 @@ config_flags.DEFINE_config_file("config", None, "Configuration file (configs/*.p
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for results and figures (one subfolder per "
                     "variant).")
+flags.DEFINE_bool("resume", False, "Continue each training from its latest checkpoint in --workdir.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "With --resume: continue although settings differ from the saved config.json "
+                  "(the changes are recorded there under resume_changes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,10 +30,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
+                                     allow_config_change=FLAGS.allow_config_change)
+  if "stopped_at" in results:
+    print(f"stopped at step {results['stopped_at']} of {results['variant']}")
+    return
   print(train.format_table(results))
   print(f"results and figures in {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)  # app.run with short messages for a bad --config

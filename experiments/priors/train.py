@@ -31,6 +31,7 @@ import numpy as np
 
 from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import vae
+from experiments.common import config as common
 from experiments.iwae import train as iwae_train
 
 # Test log-likelihoods reported by Tomczak & Welling (2018) for the one-layer VAE on static MNIST
@@ -42,6 +43,18 @@ PAPER = {
 
 VARIANT_LABELS = {"standard": "N(0, I)", "mog": "MoG", "vamp": "VampPrior",
                   "realnvp": "RealNVP prior", "maf": "MAF prior", "iaf": "IAF posterior"}
+
+#: Numeric settings, checked before any data is loaded: those of experiments.iwae and these.
+FIELDS = {
+    **iwae_train.FIELDS, "num_components": "int>0",
+    "num_pseudo_inputs": "int>0", "flow_layers": "int>0", "flow_hidden": "ints>0",
+    "surgery.num_samples": "int>0", "surgery.batch_size": "int>0", "surgery.chunk_size": "int>0",
+    "two_d.hidden": "ints>0", "two_d.num_epochs": "float>=0", "two_d.num_examples": "int>0",
+    "two_d.grid_size": "int>1",
+}
+#: Settings that do not alter what one variant's folder trains (other variants share a workdir).
+VARIANT_IGNORED = training.RESUME_IGNORED + ("variants", "two_d.*")
+TWO_D_IGNORED = training.RESUME_IGNORED + ("variants", "two_d.enabled", "two_d.priors")
 
 
 def variant_spec(variant: str) -> tuple[str, str]:
@@ -78,7 +91,7 @@ def eval_subset(config, test_images: np.ndarray) -> np.ndarray:
   return test_x
 
 
-def _train(config, model, train_images, workdir, num_epochs, seed_offset=0):
+def _train(config, model, train_images, workdir, num_epochs, seed_offset=0, resume=False):
   root = jax.random.key(config.seed)
   init_key = jax.random.fold_in(root, 1 + seed_offset)
   data_mean = train_images.mean(axis=0) if config.init_output_bias else None
@@ -90,29 +103,38 @@ def _train(config, model, train_images, workdir, num_epochs, seed_offset=0):
   cfg = config.copy_and_resolve_references()
   cfg.num_epochs = float(num_epochs)
   optimizer, schedule, num_steps = iwae_train.make_optimizer(cfg, steps_per_epoch)
-  loss_fn = training.make_loss(model, config.objective, config.num_samples)
+  loss_fn = training.make_loss(model, config.estimator, config.num_samples)
   log_every = max(1, min(config.log_every_steps, num_steps))
-  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # always a fresh run
-  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  if not resume:  # a fresh run; with resume, fit continues from the latest checkpoint
+    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      os.remove(os.path.join(workdir, "metrics.jsonl"))
   state, summary = training.fit(
       loss_fn, params, train_images, optimizer=optimizer, num_steps=num_steps,
       batch_size=config.batch_size, seed=config.seed, workdir=workdir,
       dynamic_binarization=config.dynamic_binarization, shuffle=config.shuffle,
-      checkpoint_every=num_steps - num_steps % log_every or log_every, log_every=log_every,
-      max_consecutive_nonfinite=config.max_consecutive_nonfinite,
-      progress=iwae_train._show_progress(config), learning_rate_fn=schedule)  # pylint: disable=protected-access
+      checkpoint_every=iwae_train._round_up(  # pylint: disable=protected-access
+          int(round(config.checkpoint_every_epochs * steps_per_epoch)), log_every),
+      log_every=log_every,
+      max_consecutive_nonfinite=config.max_consecutive_nonfinite, resume=resume,
+      progress=iwae_train._show_progress(config), learning_rate_fn=schedule,  # pylint: disable=protected-access
+      stop_after=config.get("stop_after_steps") or None)
   return state.params, summary, num_steps, steps_per_epoch
 
 
-def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dict:
-  """Trains and evaluates one variant; writes ``workdir/<variant>/results.json`` and figures."""
+def run_variant(config, variant: str, train_images, test_x, workdir: str, resume=False) -> dict:
+  """Trains and evaluates one variant; writes ``workdir/<variant>/results.json`` and figures.
+
+  Returns ``{"stopped_at": step}`` instead when ``config.stop_after_steps`` stopped the training.
+  """
   t0 = time.time()
   vdir = os.path.join(workdir, variant)
   os.makedirs(vdir, exist_ok=True)
   model = build_model(config, variant, train_images.shape[1:])
   params, summary, num_steps, steps_per_epoch = _train(config, model, train_images, vdir,
-                                                       config.num_epochs)
+                                                       config.num_epochs, resume=resume)
+  if "stopped_at" in summary:
+    return {"stopped_at": summary["stopped_at"]}
   t_eval = time.time()
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   k_bounds, k_nll, k_surgery, k_au, k_fig = jax.random.split(eval_key, 5)
@@ -136,7 +158,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
   results = {
       "variant": variant, "label": VARIANT_LABELS[variant], "prior": prior,
       "posterior": posterior, "dataset": config.dataset, "model": config.model,
-      "latent_dim": model.latent_dim, "objective": config.objective, "k": config.num_samples,
+      "latent_dim": model.latent_dim, "estimator": config.estimator, "k": config.num_samples,
       "epochs": num_steps / steps_per_epoch, "steps": num_steps, "seed": config.seed,
       "num_params": int(sum(a.size for a in jax.tree_util.tree_leaves(params))),
       "train_examples": int(train_images.shape[0]), "test_examples": int(test_x.shape[0]),
@@ -149,7 +171,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
       **{k: v for k, v in surgery.as_dict().items() if k not in ("num_examples", "num_samples")},
       "surgery_num_samples": surgery.num_samples,
       "active_units": int(sum(au["active"])),
-      "nonfinite_steps": summary["nonfinite_total"],
+      "nonfinite_steps": summary["nonfinite_total"], "resumed_from": summary["resumed_from"],
       "train_seconds": summary["train_seconds"], "eval_seconds": time.time() - t_eval,
       "total_seconds": time.time() - t0,
       "figures": {k: os.path.basename(v) for k, v in figures.items()},
@@ -167,7 +189,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str) -> dic
 # ----------------------------------------------------------------------------- 2-D figure
 
 
-def run_two_d(config, train_images, workdir: str) -> dict:
+def run_two_d(config, train_images, workdir: str, resume=False) -> dict:
   """A 2-latent VAE per prior: the prior density beside the aggregated posterior ``q_agg(z)``."""
   plt = plotting._plt()  # pylint: disable=protected-access
   td = config.two_d
@@ -179,7 +201,10 @@ def run_two_d(config, train_images, workdir: str) -> dict:
                         hidden_dims=(tuple(td.hidden),), model_name="custom")
     wdir = os.path.join(workdir, "two_d", name)
     os.makedirs(wdir, exist_ok=True)
-    params, _, _, _ = _train(config, model, train_images, wdir, td.num_epochs, seed_offset=0)
+    params, summary, _, _ = _train(config, model, train_images, wdir, td.num_epochs,
+                                   seed_offset=0, resume=resume)
+    if "stopped_at" in summary:
+      return {"stopped_at": summary["stopped_at"]}
     means = np.asarray(models.posterior_means(model, params, x_data, jax.random.key(0))[0])
     lim = float(np.clip(np.quantile(np.abs(means), 0.99) * 1.3, 3.0, 10.0))
     g = np.linspace(-lim, lim, td.grid_size, dtype=np.float32)
@@ -276,17 +301,37 @@ def save_comparison(path: str, variants: dict) -> str:
   return path
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, resume: bool = False,
+                       allow_config_change=False) -> dict:
   """Runs ``config.variants`` (and the 2-D figure if enabled); returns the combined table.
 
-  Data are validated before any training (see :func:`experiments.iwae.train.load_images`).
+  Settings and data are validated before any training (see
+  :func:`experiments.iwae.train.load_images`). Each variant's folder records the settings it was
+  trained with (``<variant>/config.json``, as ``two_d/<prior>/config.json``); with ``resume`` each
+  continues from its latest checkpoint, and a changed training setting is refused unless
+  ``allow_config_change`` allows it (``True`` or key globs; see
+  :func:`dgmjax.training.record_config`).
+
+  Returns:
+    The table, or ``{"stopped_at": step, "variant": name}`` when ``config.stop_after_steps``
+    stopped a training (tests: a simulated kill).
   """
   t0 = time.time()
+  config = iwae_train.prepare_config(config, FIELDS)  # bad settings fail before anything is done
   for v in config.variants:
     variant_spec(v)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  # a resumed variant continues what was trained: a changed training setting is refused, for
+  # every folder before any training
+  settings = json.loads(config.to_json_best_effort())
+  two_d_priors = tuple(config.two_d.priors) if config.two_d.enabled else ()
+  for folder, ignore in ([(v, VARIANT_IGNORED) for v in config.variants]
+                         + [(os.path.join("two_d", p), TWO_D_IGNORED) for p in two_d_priors]):
+    common.record_config(os.path.join(workdir, folder), settings, resume=resume,
+                         allow_changes=allow_config_change, renamed=iwae_train.RENAMED,
+                         ignore=ignore)
   image_shape = tuple(config.image_shape) if config.get("image_shape") else None
   train_images = iwae_train.load_images(config, "train", image_shape)
   test_images = iwae_train.load_images(config, "test", train_images.shape[1:])
@@ -294,7 +339,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_images = train_images[:config.max_train_examples]
   test_x = eval_subset(config, test_images)
   for v in config.variants:
-    run_variant(config, v, train_images, test_x, workdir)
+    out = run_variant(config, v, train_images, test_x, workdir, resume=resume)
+    if "stopped_at" in out:
+      return {"stopped_at": out["stopped_at"], "variant": v}
   two_d = None
   if config.two_d.enabled and config.two_d.priors:
     td_images = train_images
@@ -302,7 +349,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       c2 = config.copy_and_resolve_references()
       c2.dataset = config.two_d.dataset
       td_images = iwae_train.load_images(c2, "train")
-    two_d = run_two_d(config, td_images, workdir)
+    two_d = run_two_d(config, td_images, workdir, resume=resume)
+    if "stopped_at" in two_d:
+      return {"stopped_at": two_d["stopped_at"], "variant": "two_d"}
   elif os.path.exists(os.path.join(workdir, "two_d.json")):
     with open(os.path.join(workdir, "two_d.json")) as f:
       two_d = json.load(f)

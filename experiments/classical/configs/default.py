@@ -55,7 +55,7 @@ def get_config():
   c.gaps.chunk_size = 250
   c.gaps.linear_latent_dim = 8          # the linear VAE of part 2 with this latent size
   # A small Bernoulli VAE (dgmjax.models.vae) on digits binarized at 0.5, trained on the ELBO
-  # (objective 'vae', K = 1) and on the IWAE bound (objective 'iwae', K = iwae_k).
+  # (bound 'elbo', K = 1) and on the IWAE bound (bound 'iwae', K = iwae_k).
   c.gaps.vae_enabled = True
   c.gaps.vae_latent_dim = 8
   c.gaps.vae_hidden = (128, 128)

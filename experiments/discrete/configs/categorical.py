@@ -15,6 +15,10 @@ the others.
 
 import ml_collections
 
+from experiments.common import config as common
+
+FORMS = "a number of epochs > 0, e.g. '10'"
+
 
 def get_config(arg: str = "10"):
   c = ml_collections.ConfigDict()
@@ -38,7 +42,7 @@ def get_config(arg: str = "10"):
   c.seed = 0
   c.batch_size = 100
   c.learning_rate = 1e-3
-  c.num_epochs = float(arg)
+  c.num_epochs = common.parse_epochs(arg, arg=arg, forms=FORMS)
   c.log_every_steps = 100
   c.progress = ml_collections.config_dict.placeholder(bool)
   c.stop_after_steps = 0

@@ -3,6 +3,7 @@
 ``--config=experiments/discrete/configs/quick.py:<categorical|vqvae|codebook>``
 """
 
+from experiments.common import config as common
 from experiments.discrete.configs import categorical, codebook, vqvae
 
 
@@ -25,7 +26,8 @@ def get_config(arg: str = "categorical"):
     c.eval.num_examples = 200
     c.num_prior_samples = 4
   else:
-    raise ValueError(f"quick config argument must be categorical, vqvae or codebook, got {arg!r}")
+    raise common.config_string_error(arg, "'categorical', 'vqvae' or 'codebook'",
+                                     "unknown study")
   c.log_every_steps = 5
   c.progress = False
   return c

@@ -5,6 +5,10 @@
 
 import ml_collections
 
+from experiments.common import config as common
+
+FORMS = "a number of epochs > 0, e.g. '3'"
+
 
 def get_config(arg: str = "3"):
   c = ml_collections.ConfigDict()
@@ -26,7 +30,7 @@ def get_config(arg: str = "3"):
   c.seed = 0
   c.batch_size = 64
   c.learning_rate = 3e-4
-  c.num_epochs = float(arg)
+  c.num_epochs = common.parse_epochs(arg, arg=arg, forms=FORMS)
   c.log_every_steps = 100
   c.num_prior_samples = 64
   c.progress = ml_collections.config_dict.placeholder(bool)

@@ -17,9 +17,11 @@ def get_config():
   c.latent_dims = ()              # for model='custom'
   c.hidden_dims = ()              # for model='custom'
   c.init_output_bias = True       # decoder bias = logit(mean training image), as the reference code
-  # objective
-  c.objective = "iwae"            # vae (K-sample ELBO average) | iwae
+  # training estimator (dgmjax.training.make_loss)
+  c.estimator = "iwae"            # elbo (K-sample ELBO average) | iwae | dreg | miwae | ...
   c.num_samples = 5               # K
+  # deprecated name of `estimator` (one release): when set, it is used as `estimator`, warning
+  c.objective = ml_collections.config_dict.placeholder(str)
   # optimisation
   c.seed = 0
   c.batch_size = 20

@@ -7,7 +7,7 @@ def get_config():
   c = default.get_config()
   c.dataset = "digits"
   c.model = "burda1"
-  c.objective = "iwae"
+  c.estimator = "iwae"
   c.num_samples = 5
   c.shuffle = True
   c.schedule = "burda"

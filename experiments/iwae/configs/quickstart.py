@@ -10,7 +10,7 @@ def get_config():
   c = default.get_config()
   c.dataset = "digits"
   c.model = "burda1"              # 64-200-200-50 on 8x8 images
-  c.objective = "iwae"
+  c.estimator = "iwae"
   c.num_samples = 5
   c.batch_size = 20
   c.shuffle = True

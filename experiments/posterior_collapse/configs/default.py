@@ -24,8 +24,12 @@ an accelerator.
 
 import ml_collections
 
+from experiments.common import config as common
+
 RUNS = ("mlp", "deep", "deep_anneal", "deep_cyclical", "deep_freebits", "weak")
 TABLE_RUNS = ("mlp", "deep", "deep_anneal", "deep_freebits", "weak")
+FORMS = (f"'all' (the table's runs {TABLE_RUNS}) or a comma-separated list of distinct runs "
+         f"from {RUNS}, e.g. 'mlp,deep'")
 
 DEEP = dict(num_layers=5, features=16, kernel_size=3, first_kernel_size=7)
 WEAK = dict(num_layers=1, features=16, kernel_size=3, first_kernel_size=3)
@@ -48,8 +52,10 @@ def get_config(arg: str = "all"):
   c.latent_dim = 32
   c.hidden = (200, 200)
   c.cond_channels = 4
-  c.objective = "vae"            # vae (ELBO) | iwae
-  c.num_samples = 1              # K of the training objective
+  c.bound = "elbo"               # elbo | iwae (dgmjax.training.make_kl_controlled_loss)
+  c.num_samples = 1              # K of the training bound
+  # deprecated name of `bound` (one release): when set, it is used as `bound`, with a warning
+  c.objective = ml_collections.config_dict.placeholder(str)
   c.seed = 0
   c.batch_size = 32
   c.learning_rate = 1e-3
@@ -69,11 +75,7 @@ def get_config(arg: str = "all"):
       "deep_freebits": _run("pixelcnn", free_bits=0.25),
       "weak": _run("pixelcnn", **WEAK),
   })
-  names = TABLE_RUNS if arg == "all" else tuple(s.strip() for s in arg.split(",") if s.strip())
-  bad = [n for n in names if n not in RUNS]
-  if bad or not names:
-    raise ValueError(f"config arg must be 'all' or a comma-separated subset of {RUNS}, got {arg!r}")
-  c.selected = names
+  c.selected = common.parse_names(arg, RUNS, all_names=TABLE_RUNS, forms=FORMS, what="run")
   c.eval = ml_collections.ConfigDict()
   c.eval.num_examples = 200      # seeded random test images for the k-sample NLL (paired runs)
   c.eval.num_samples = 1000      # k

@@ -9,7 +9,7 @@ VARIANTS = ("standard", "mog", "vamp", "realnvp", "maf", "iaf")
 
 def get_config():
   c = iwae_default.get_config()   # data, optimiser, schedule and k=5000 evaluation fields
-  c.objective = "vae"             # vae (K-sample ELBO average) | iwae
+  c.estimator = "elbo"            # elbo (K-sample ELBO average) | iwae (dgmjax.training.make_loss)
   c.num_samples = 1
   c.schedule = "burda"
   c.num_passes = 3

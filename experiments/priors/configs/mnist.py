@@ -8,6 +8,7 @@ binarization) and is evaluated on a seeded random subset of 1000 test images (k=
 ELBO, ELBO surgery). Runs sharing a ``--workdir`` add up to one comparison table.
 """
 
+from experiments.common import config as common
 from experiments.priors.configs import default
 
 
@@ -27,5 +28,6 @@ def get_config(arg: str = "all"):
     c.variants = (arg,)
     c.two_d.enabled = False
   else:
-    raise ValueError(f"config arg must be 'all', 'twod' or one of {default.VARIANTS}, got {arg!r}")
+    raise common.config_string_error(
+        arg, f"'all', 'twod' or one variant of {default.VARIANTS}", "unknown variant")
   return c

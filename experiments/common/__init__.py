@@ -1,0 +1,1 @@
+"""Setup shared by the experiment drivers (config strings, config checks, flag parsing)."""
