@@ -40,3 +40,38 @@ def renamed_kwarg(new_value, old_value, *, new: str, old: str, stacklevel: int =
     raise TypeError(f"got both {new}= and its deprecated name {old}=; pass {new}= only")
   warn(f"the keyword {old}= is deprecated: use {new}=", stacklevel)
   return old_value
+
+
+def _is_key(x) -> bool:
+  """True for a PRNG key: a typed key array, or a raw ``uint32`` key of shape ``[..., 2]``."""
+  dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+  if dtype is None or shape is None:
+    return False
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  return str(dtype) == "uint32" and len(shape) >= 1 and shape[-1] == 2
+
+
+def key_last(name: str, *args, stacklevel: int = 4):
+  """``args`` (in the current order, the key last) from a call in the old, key-first order.
+
+  Functions of parameters take ``params`` first and the key after the data
+  (``prior.sample(params, key, num)``); before that rule some took the key first
+  (``prior.sample(key, params, num)``). A call whose first argument is a key and whose last is not
+  is such an old call: its key is moved last, with a ``DeprecationWarning``. Parameters are
+  pytrees, never a bare key, so the two orders cannot be confused.
+
+  Args:
+    name: the function, for the warning (``'StandardNormal.sample'``).
+    *args: the arguments bound to ``(params, ..., key)`` of the current signature.
+
+  Returns:
+    ``args`` in the current order (unchanged for a current call).
+  """
+  if len(args) >= 2 and _is_key(args[0]) and not _is_key(args[-1]):
+    order = ", ".join(["key"] + ["..."] * (len(args) - 1))
+    warn(f"{name}({order}) with the key first is deprecated: pass the key after the parameters "
+         f"and data, {name}(params, ..., key)", stacklevel)
+    return args[1:] + args[:1]
+  return args

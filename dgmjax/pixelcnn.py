@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dgmjax import distributions
+from dgmjax import _deprecation, distributions
 
 Array = jax.Array
 
@@ -154,14 +154,16 @@ def categorical_log_prob(model: PixelCNN, params, x: Array, cond: Array | None =
   return distributions.categorical_log_prob(x, logits, event_ndims=2)
 
 
-def sample(key: Array, model: PixelCNN, params, shape: Sequence[int],
+def sample(model: PixelCNN, params, key: Array, shape: Sequence[int],
            cond: Array | None = None) -> Array:
   """Samples ``[B, H, W]`` pixel by pixel in raster order with a jitted ``lax.scan``.
 
   Each step runs the network on the partial image and draws pixel ``j`` from its conditional;
   later pixels of the partial image are ignored by the masks. Binary pixels come back as float
-  {0, 1} ``[B, H, W, 1]``; categorical ones as int32 ``[B, H, W]``.
+  {0, 1} ``[B, H, W, 1]``; categorical ones as int32 ``[B, H, W]``. The old order
+  ``sample(key, model, params, ...)`` works for one release, with a ``DeprecationWarning``.
   """
+  model, params, key = _deprecation.key_last("pixelcnn.sample", model, params, key)
   b, h, w = shape
   binary = model.num_classes == 1
   x0 = jnp.zeros((b, h, w, 1), jnp.float32)

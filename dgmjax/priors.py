@@ -5,7 +5,9 @@ Every prior is a frozen (hashable) dataclass of static configuration with pure f
 
 * ``init(key, dtype=None) -> params`` (a pytree; ``{}`` when the prior has no parameters),
 * ``log_prob(params, z, encoder=None) -> [...]`` for ``z`` ``[..., D]`` (e.g. ``[K, B, D]``),
-* ``sample(key, params, num, encoder=None) -> [num, D]``.
+* ``sample(params, key, num, encoder=None) -> [num, D]`` (parameters first, the key after them,
+  as every function of parameters; the old order ``sample(key, params, ...)`` works for one
+  release, with a ``DeprecationWarning``).
 
 ``encoder`` is only read by :class:`VampPrior`: a function ``x -> (loc, log_scale)`` of the
 model's diagonal Gaussian ``q(z|x)`` (the model closes it over its own parameters, so the prior
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import _checks
+from dgmjax import _checks, _deprecation
 from dgmjax import distributions
 from dgmjax import flows
 
@@ -135,7 +137,8 @@ class StandardNormal:
     del params, encoder
     return distributions.standard_normal_log_prob(_check_z(z, self.latent_dim))
 
-  def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
+  def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
+    params, key = _deprecation.key_last("StandardNormal.sample", params, key)
     del params, encoder
     return jax.random.normal(key, (_num(num), self.latent_dim))
 
@@ -175,7 +178,8 @@ class MixtureOfGaussians:
     z = _check_z(z, self.latent_dim)
     return mixture_normal_log_prob(z, params["logits"], params["loc"], params["log_scale"])
 
-  def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
+  def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
+    params, key = _deprecation.key_last("MixtureOfGaussians.sample", params, key)
     del encoder
     return _sample_mixture(key, params["logits"], params["loc"], params["log_scale"], _num(num))
 
@@ -233,7 +237,8 @@ class VampPrior:
     logits = jnp.zeros((self.num_pseudo_inputs,), loc.dtype)
     return mixture_normal_log_prob(z, logits, loc, log_scale)
 
-  def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
+  def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
+    params, key = _deprecation.key_last("VampPrior.sample", params, key)
     num = _num(num)
     loc, log_scale = self.components(params, encoder)
     logits = jnp.zeros((self.num_pseudo_inputs,), loc.dtype)
@@ -262,9 +267,10 @@ class FlowPrior:
     del encoder
     return self.flow.log_prob(params, _check_z(z, self.latent_dim))
 
-  def sample(self, key: Array, params, num: int, encoder: Optional[Encoder] = None) -> Array:
+  def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
+    params, key = _deprecation.key_last("FlowPrior.sample", params, key)
     del encoder
-    return self.flow.sample(key, params, _num(num))
+    return self.flow.sample(params, key, _num(num))
 
 
 def real_nvp_prior(latent_dim: int, num_layers: int = 4,

@@ -52,7 +52,7 @@ def _lg(seed=1):
 
 
 MODEL, PARAMS = _lg()
-X, Z = lg.sample(jax.random.key(2), PARAMS, 16)      # exact joint draws: Z[i] ~ p(z | X[i])
+X, Z = lg.sample(PARAMS, jax.random.key(2), 16)      # exact joint draws: Z[i] ~ p(z | X[i])
 EXACT = np.asarray(lg.log_marginal(PARAMS, X))
 
 

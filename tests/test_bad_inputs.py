@@ -308,9 +308,9 @@ RAISES_PRIORS = [
      ValueError, r"init_scale must be finite and >= 0"),
     ("vamp_init_std_negative", lambda: P.VampPrior(2, 4, num_pseudo_inputs=3, init_std=-0.1),
      ValueError, r"init_std must be finite and >= 0"),
-    ("prior_sample_num_float", lambda: P.StandardNormal(2).sample(_key(), {}, 3.0),
+    ("prior_sample_num_float", lambda: P.StandardNormal(2).sample({}, _key(), 3.0),
      TypeError, r"num must be an int, got float"),
-    ("prior_sample_num_negative", lambda: P.StandardNormal(2).sample(_key(), {}, -1),
+    ("prior_sample_num_negative", lambda: P.StandardNormal(2).sample({}, _key(), -1),
      ValueError, r"num must be an int >= 0"),
     ("realnvp_prior_num_layers_float", lambda: P.real_nvp_prior(2, num_layers=2.0),
      TypeError, r"num_layers must be an int"),
@@ -614,7 +614,7 @@ def _accept_numpy_num_codes():
 def _accept_numpy_prior_sizes():
   prior = P.StandardNormal(np.int64(3))
   assert prior.latent_dim == 3 and type(prior.latent_dim) is int
-  assert prior.sample(_key(), {}, np.int32(4)).shape == (4, 3)
+  assert prior.sample({}, _key(), np.int32(4)).shape == (4, 3)
   flow = F.QRLinear(np.int64(3), num_reflections=np.int32(2))
   assert flow.event_size == 3 and flow.num_reflections == 2
 

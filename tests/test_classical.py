@@ -165,7 +165,7 @@ def test_gmm_sample_frequencies_and_moments(x64):
   rng = np.random.default_rng(4)
   params, cov = _random_gmm(rng, 3, 2)
   n = 6000
-  x, z = jax.jit(C.gmm_sample, static_argnums=2)(jax.random.key(5), params, n)
+  x, z = jax.jit(C.gmm_sample, static_argnums=2)(params, jax.random.key(5), n)
   assert x.shape == (n, 2) and z.shape == (n,)
   counts = np.bincount(np.asarray(z), minlength=3)
   pi = np.asarray(jax.nn.softmax(params.logits))
@@ -316,7 +316,7 @@ def test_ppca_elbo_with_the_exact_posterior_equals_log_marginal(x64, ppca_data):
     # diagonal-Gaussian code path (gaussian_log_weights) is exact too.
     loc_ml, tril_ml = lg.posterior(ml, x)
     scale = jnp.broadcast_to(jnp.log(jnp.diagonal(tril_ml)), loc_ml.shape)
-    lw_diag = C.gaussian_log_weights(k_diag, lg.log_joint, ml, x, loc_ml, scale, 32)
+    lw_diag = C.gaussian_log_weights(lg.log_joint, ml, x, loc_ml, scale, k_diag, 32)
     return (lw_full, lg.log_marginal(params, x), O.elbo(lw_full), lw_diag, tril_ml,
             lg.log_marginal(ml, x))
 
@@ -374,7 +374,7 @@ def test_variational_em_on_ppca_reaches_the_ml_likelihood(x64, ppca_data):
   x = ppca_data[:200, :6]
   ml = C.ppca_ml(x, 2)
   init = _lg_params(20, 6, 2)._replace(b=jnp.asarray(x.mean(0)))
-  res = C.variational_em(jax.random.key(21), lg.log_joint, init, x, z_dim=2, num_iters=600,
+  res = C.variational_em(lg.log_joint, init, x, jax.random.key(21), z_dim=2, num_iters=600,
                          e_steps=2, m_steps=1, e_optimizer=optax.adam(5e-2),
                          m_optimizer=optax.adam(optax.cosine_decay_schedule(5e-2, 600, 0.01)))
   ll = float(_log_marginal(res.params, x).mean())
@@ -406,8 +406,8 @@ def test_amortization_gaps_match_closed_forms(x64):
   x = jnp.asarray(_ppca_draws(30, 8, 6, [1.0, 1.0], 0.5))
   log_px = _log_marginal(params, x)
   opt = optax.adam(optax.cosine_decay_schedule(3e-2, 600, 0.01))
-  gaps = C.amortization_gaps(jax.random.key(31), lg.log_joint, _shifted_posterior_encoder,
-                             params, x, num_steps=600, num_samples=4,
+  gaps = C.amortization_gaps(lg.log_joint, _shifted_posterior_encoder, params, x,
+                             jax.random.key(31), num_steps=600, num_samples=4,
                              num_elbo_samples=2000, num_iwae_samples=1000, chunk_size=500,
                              optimizer=opt)
   # The best mean-field Gaussian for the posterior N(m, M^{-1}) has precisions diag(M):
@@ -449,7 +449,7 @@ def test_linear_vae_analytic_elbo_matches_monte_carlo_and_exact_posterior(x64, p
   vae = C.LinearVAEParams(_lg_params(41, X_DIM, Z_DIM, 0.7),
                           jnp.asarray(rng.normal(size=(X_DIM, Z_DIM))),
                           jnp.asarray(rng.normal(size=(Z_DIM,))), jnp.array([-0.5, 0.1, 0.3]))
-  lw = jax.jit(C.linear_vae_log_weights, static_argnums=3)(jax.random.key(41), vae, x, 20000)
+  lw = jax.jit(C.linear_vae_log_weights, static_argnums=3)(vae, x, jax.random.key(41), 20000)
   mc = O.elbo(lw)
   se = jnp.std(lw, axis=0) / math.sqrt(20000)
   elbo = _linear_vae_elbo

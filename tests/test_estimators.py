@@ -73,7 +73,7 @@ def make_problem(seed=0, dtype=jnp.float32):
 def _make_problem(seed, dtype):
   k_theta, k_x, k_c, k_d, k_l = jax.random.split(jax.random.key(seed), 5)
   theta = lg.init(k_theta, DX, DZ, dtype=dtype)
-  x, _ = lg.sample(k_x, theta, B)
+  x, _ = lg.sample(theta, k_x, B)
   phi = exact_phi(theta)
   perturbed = {"c": phi["c"] + 0.3 * jax.random.normal(k_c, phi["c"].shape, dtype),
                "d": phi["d"] + 0.3 * jax.random.normal(k_d, phi["d"].shape, dtype),

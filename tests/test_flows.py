@@ -257,9 +257,9 @@ def test_iaf_sample_and_log_prob_is_one_pass(monkeypatch):
   flow = F.Flow(F.IAF(4, (8,)))
   params = random_params(flow, 0)
   n = _count_made_calls(monkeypatch,
-                        lambda: flow.sample_and_log_prob(jax.random.key(2), params, 4))
+                        lambda: flow.sample_and_log_prob(params, jax.random.key(2), 4))
   assert n == 1
-  x, lq = jax.jit(flow.sample_and_log_prob, static_argnums=2)(jax.random.key(3), params, 4)
+  x, lq = jax.jit(flow.sample_and_log_prob, static_argnums=2)(params, jax.random.key(3), 4)
   np.testing.assert_allclose(lq, jax.jit(flow.log_prob)(params, x), atol=1e-4)
 
 
@@ -483,8 +483,8 @@ def test_flow_sampling_shapes_and_consistency():
   @jax.jit
   def run(key, params, h):
     k1, k2 = jax.random.split(key)
-    x = flow.sample(k1, params, 5, h)
-    x2, lq = flow.sample_and_log_prob(k2, params, 5, h)
+    x = flow.sample(params, k1, 5, h)
+    x2, lq = flow.sample_and_log_prob(params, k2, 5, h)
     return x, x2, lq, flow.log_prob(params, x2, h)
 
   x, x2, lq, lq_inverse = run(jax.random.key(3), params, h)
@@ -493,7 +493,7 @@ def test_flow_sampling_shapes_and_consistency():
   # Forward-pass density (MAF: D sequential passes) = density pass (one pass) at the samples.
   np.testing.assert_allclose(lq, lq_inverse, atol=1e-4)
   with pytest.raises(ValueError, match="num_samples"):
-    flow.sample(jax.random.key(5), params, 0, h)
+    flow.sample(params, jax.random.key(5), 0, h)
 
 
 def test_flow_density_integrates_to_one(x64):
@@ -520,7 +520,7 @@ def test_flow_module_matches_pure_api():
     u, ld = module.apply(variables, x, method="inverse_and_log_det")
     s = module.apply(variables, key, 7, method="sample")
     return (module.apply(variables, x), flow.log_prob(params, x), u, ld,
-            bij.inverse_and_log_det(params, x), s, flow.sample(same_key, params, 7))
+            bij.inverse_and_log_det(params, x), s, flow.sample(params, same_key, 7))
 
   lp, lp_pure, u, ld, (u_pure, ld_pure), s, s_pure = run(variables, x, jax.random.key(3),
                                                          jax.random.key(3))

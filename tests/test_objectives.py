@@ -19,7 +19,7 @@ X_DIM, Z_DIM = 4, 2
 @pytest.fixture(scope="module")
 def model():
   params = lg.init(jax.random.key(0), X_DIM, Z_DIM, noise_scale=0.7)
-  x, _ = lg.sample(jax.random.key(1), params, 3)
+  x, _ = lg.sample(params, jax.random.key(1), 3)
   return params, x
 
 
@@ -53,7 +53,7 @@ def _wrong_log_weights(key, params, x, num_samples):
 
 def test_exact_posterior_gives_log_marginal_for_every_sample(model, x64):
   params = lg.init(jax.random.key(0), X_DIM, Z_DIM, noise_scale=0.7, dtype=jnp.float64)
-  x, _ = lg.sample(jax.random.key(1), params, 3)
+  x, _ = lg.sample(params, jax.random.key(1), 3)
   lw = jax.jit(_posterior_log_weights, static_argnums=3)(jax.random.key(2), params, x, 10)
   log_px = lg.log_marginal(params, x)
   assert lw.shape == (10, 3)
@@ -112,7 +112,7 @@ def test_bounds_tighten_with_k_for_a_wrong_q(model):
 
 def test_naive_estimator_unbiased_in_p_and_worse_than_iwae(model, x64):
   params = lg.init(jax.random.key(0), X_DIM, Z_DIM, noise_scale=0.7, dtype=jnp.float64)
-  x, _ = lg.sample(jax.random.key(1), params, 3)
+  x, _ = lg.sample(params, jax.random.key(1), 3)
   log_px = np.asarray(lg.log_marginal(params, x))
   k, reps = 20, 20000
 

@@ -78,7 +78,7 @@ def test_sampling_matches_the_model_distribution():
   params = m.init(jax.random.key(4), jnp.zeros((1, 2, 2, 1)))
   params = jax.tree.map(lambda a: 3.0 * a, params)  # a less uniform model
   n = 20000
-  xs = jax.jit(lambda k: P.sample(k, m, params, (n, 2, 2)))(jax.random.key(5))
+  xs = jax.jit(lambda k: P.sample(m, params, k, (n, 2, 2)))(jax.random.key(5))
   codes = np.asarray(xs.reshape(n, 4)) @ (2 ** np.arange(4))
   counts = np.bincount(codes.astype(int), minlength=16)
   bits = np.array([[(c >> k) & 1 for k in range(4)] for c in range(16)], np.float32)

@@ -51,7 +51,7 @@ def test_mixture_of_gaussians_vs_scipy(x64):
   dens = sum(w[m] * stats.multivariate_normal(loc[m], np.diag(scale[m] ** 2)).pdf(
       z.reshape(-1, D)) for m in range(4))
   np.testing.assert_allclose(p.log_prob(params, z), np.log(dens).reshape(3, 2), rtol=1e-10)
-  s = p.sample(jax.random.key(3), params, 7)
+  s = p.sample(params, jax.random.key(3), 7)
   assert s.shape == (7, D)
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real, Shaped
 
-from dgmjax import distributions
+from dgmjax import _deprecation, distributions
 from dgmjax.flows import base
 
 
@@ -59,23 +59,25 @@ class Flow:
       context = jnp.broadcast_to(context, (num_samples,) + tuple(jnp.shape(context)))
     return u, context
 
-  def sample(self, key: PRNGKeyArray, params: base.Params, num_samples: int,
+  def sample(self, params: base.Params, key: PRNGKeyArray, num_samples: int,
              context: Optional[Real[ArrayLike, "..."]] = None,
              ) -> Float[Array, "num_samples *shape"]:
     """``num_samples`` draws ``[num_samples, *context_batch, *event_shape]`` (one forward pass).
 
     Args:
-      key: a PRNG key.
       params: the bijector's params.
+      key: a PRNG key (the old order ``sample(key, params, ...)`` works for one release, with a
+        ``DeprecationWarning``).
       num_samples: static number of draws.
       context: ``[..., context_size]`` for conditional flows; its batch shape follows the
         sample axis.
     """
+    params, key = _deprecation.key_last("Flow.sample", params, key)
     u, context = self._base_sample(key, params, num_samples, context)
     return self.bijector.forward(params, u, context)
 
   def sample_and_log_prob(
-      self, key: PRNGKeyArray, params: base.Params, num_samples: int,
+      self, params: base.Params, key: PRNGKeyArray, num_samples: int,
       context: Optional[Real[ArrayLike, "..."]] = None,
   ) -> tuple[Float[Array, "num_samples *shape"], Float[Array, "num_samples *batch"]]:
     """Draws and their log-densities from the forward pass alone (one pass for IAF).
@@ -85,6 +87,7 @@ class Flow:
     Returns:
       ``x`` ``[num_samples, ..., *event_shape]`` and ``log q(x)`` ``[num_samples, ...]``.
     """
+    params, key = _deprecation.key_last("Flow.sample_and_log_prob", params, key)
     u, context = self._base_sample(key, params, num_samples, context)
     x, log_det = self.bijector.forward_and_log_det(params, u, context)
     log_q = distributions.standard_normal_log_prob(u, event_ndims=len(self.event_shape))

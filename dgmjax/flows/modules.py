@@ -53,9 +53,9 @@ class FlowModule(nn.Module):
   def sample(self, key: PRNGKeyArray, num_samples: int,
              context: Optional[Real[ArrayLike, "..."]] = None,
              ) -> Float[Array, "num_samples *shape"]:
-    return self.flow.sample(key, self.flow_params, num_samples, context)
+    return self.flow.sample(self.flow_params, key, num_samples, context)
 
   def sample_and_log_prob(
       self, key: PRNGKeyArray, num_samples: int, context: Optional[Real[ArrayLike, "..."]] = None,
   ) -> tuple[Float[Array, "num_samples *shape"], Float[Array, "num_samples *batch"]]:
-    return self.flow.sample_and_log_prob(key, self.flow_params, num_samples, context)
+    return self.flow.sample_and_log_prob(self.flow_params, key, num_samples, context)

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from dgmjax import _checks
+from dgmjax import _checks, _deprecation
 from dgmjax import distributions
 from dgmjax import objectives
 from dgmjax.models import linear_gaussian
@@ -260,17 +260,19 @@ def gmm_elbo(params: GMMParams, x: Array, q_logits: Array) -> Array:
   return jnp.sum(jnp.where(q > 0, q * (log_joint - log_q), 0.0), axis=-1)
 
 
-def gmm_sample(key: Array, params: GMMParams, num: int) -> tuple[Array, Array]:
+def gmm_sample(params: GMMParams, key: Array, num: int) -> tuple[Array, Array]:
   """Ancestral sampling: ``z ~ Cat(pi)``, ``x ~ N(mu_z, Sigma_z)``.
 
   Args:
-    key: a JAX PRNG key.
     params: the mixture.
+    key: a JAX PRNG key (the old order ``gmm_sample(key, params, num)`` works for one release,
+      with a ``DeprecationWarning``).
     num: number of draws.
 
   Returns:
     ``(x [num, D], z [num])`` with integer components ``z``.
   """
+  params, key = _deprecation.key_last("gmm_sample", params, key)
   _check_gmm(params)
   kz, kx = jax.random.split(key)
   z = jax.random.categorical(kz, params.logits, shape=(num,))
@@ -707,8 +709,8 @@ def subspace_angles(a: Array, b: Array) -> Array:
 # ----------------------------------------------------------------------------- variational EM
 
 
-def gaussian_log_weights(key: Array, log_joint: LogJoint, params, x: Array, loc: Array,
-                         log_scale: Array, num_samples: int) -> Array:
+def gaussian_log_weights(log_joint: LogJoint, params, x: Array, loc: Array, log_scale: Array,
+                         key: Array, num_samples: int) -> Array:
   """Log-weights ``log p(x, z_k) - log q(z_k)`` for a diagonal Gaussian ``q`` per data point.
 
   Samples are reparametrized, so the result is differentiable in ``(loc, log_scale)`` and in
@@ -717,17 +719,20 @@ def gaussian_log_weights(key: Array, log_joint: LogJoint, params, x: Array, loc:
   .. math:: \\log w_k = \\log p(x, z_k) - \\log N(z_k; \\mu, \\mathrm{diag}\\,\\sigma^2), \\quad z_k = \\mu + \\sigma \\epsilon_k
 
   Args:
-    key: a JAX PRNG key.
     log_joint: ``log_joint(params, x, z) -> [B]`` for ``x`` ``[B, ...]`` and ``z`` ``[B, D_z]``.
     params: model parameters passed through to ``log_joint``.
     x: data ``[B, ...]``.
     loc: ``[B, D_z]``.
     log_scale: ``[B, D_z]`` (broadcastable).
+    key: a JAX PRNG key (the old order with the key first works for one release, with a
+      ``DeprecationWarning``).
     num_samples: ``K`` (static).
 
   Returns:
     ``[K, B]``.
   """
+  log_joint, params, x, loc, log_scale, key = _deprecation.key_last(
+      "gaussian_log_weights", log_joint, params, x, loc, log_scale, key)
   keys = jax.random.split(key, num_samples)
   z = jax.vmap(lambda k: distributions.sample_normal(k, loc, log_scale))(keys)
   log_q = distributions.normal_log_prob(z, loc, log_scale)
@@ -739,7 +744,7 @@ def _local_steps(keys, log_joint, params, x, q, opt_state, optimizer, num_sample
   """Gradient ascent on the sum over data of each point's ELBO in its own ``q_i``."""
 
   def loss(q, key):
-    lw = gaussian_log_weights(key, log_joint, params, x, q[0], q[1], num_samples)
+    lw = gaussian_log_weights(log_joint, params, x, q[0], q[1], key, num_samples)
     # Sum, not mean: each q_i only enters its own ELBO, so the sum gives every q_i its own gradient.
     return -jnp.sum(objectives.elbo(lw))
 
@@ -752,9 +757,8 @@ def _local_steps(keys, log_joint, params, x, q, opt_state, optimizer, num_sample
   return lax.scan(step, (q, opt_state), keys)
 
 
-@functools.partial(jax.jit, static_argnames=("log_joint", "num_steps", "num_samples", "optimizer"))
-def fit_local_gaussians(key: Array, log_joint: LogJoint, params, x: Array, loc: Array,
-                        log_scale: Array, *, num_steps: int, num_samples: int = 1,
+def fit_local_gaussians(log_joint: LogJoint, params, x: Array, loc: Array, log_scale: Array,
+                        key: Array, *, num_steps: int, num_samples: int = 1,
                         optimizer: optax.GradientTransformation | None = None
                         ) -> tuple[Array, Array, Array]:
   """Variational E-step: fits a separate diagonal Gaussian ``q_i`` to each data point by gradient steps.
@@ -769,12 +773,13 @@ def fit_local_gaussians(key: Array, log_joint: LogJoint, params, x: Array, loc: 
   .. math:: q_i^* = \\arg\\max_{\\mu_i, \\sigma_i} \\mathbb{E}_{N(z; \\mu_i, \\sigma_i^2)}[\\log p(x_i, z) - \\log q_i(z)]
 
   Args:
-    key: a JAX PRNG key.
     log_joint: ``log_joint(params, x, z) -> [B]``.
     params: model parameters (held fixed).
     x: data ``[B, ...]``.
     loc: initial means ``[B, D_z]`` (e.g. an encoder's output).
     log_scale: initial log standard deviations ``[B, D_z]``.
+    key: a JAX PRNG key (the old order with the key first works for one release, with a
+      ``DeprecationWarning``).
     num_steps: gradient steps (static).
     num_samples: samples per gradient estimate (static).
     optimizer: an optax transformation (default Adam with a cosine decay from ``1e-2`` to
@@ -789,6 +794,15 @@ def fit_local_gaussians(key: Array, log_joint: LogJoint, params, x: Array, loc: 
     Hoffman, Blei, Wang & Paisley, Stochastic Variational Inference, JMLR 2013; Cremer, Li &
     Duvenaud, ICML 2018, Section 3 (local optimisation of q).
   """
+  log_joint, params, x, loc, log_scale, key = _deprecation.key_last(
+      "fit_local_gaussians", log_joint, params, x, loc, log_scale, key)
+  return _fit_local_gaussians(log_joint, params, x, loc, log_scale, key, num_steps=num_steps,
+                              num_samples=num_samples, optimizer=optimizer)
+
+
+@functools.partial(jax.jit, static_argnames=("log_joint", "num_steps", "num_samples", "optimizer"))
+def _fit_local_gaussians(log_joint, params, x, loc, log_scale, key, *, num_steps, num_samples,
+                         optimizer):
   if optimizer is None:
     optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, num_steps, alpha=0.01))
   loc = jnp.asarray(loc)
@@ -814,10 +828,7 @@ class VEMResult(NamedTuple):
   elbo: Array
 
 
-@functools.partial(jax.jit, static_argnames=("log_joint", "z_dim", "num_iters", "e_steps",
-                                             "m_steps", "num_samples", "e_optimizer",
-                                             "m_optimizer"))
-def variational_em(key: Array, log_joint: LogJoint, params, x: Array, *, z_dim: int,
+def variational_em(log_joint: LogJoint, params, x: Array, key: Array, *, z_dim: int,
                    num_iters: int, e_steps: int = 5, m_steps: int = 1, num_samples: int = 1,
                    e_optimizer: optax.GradientTransformation | None = None,
                    m_optimizer: optax.GradientTransformation | None = None,
@@ -836,10 +847,11 @@ def variational_em(key: Array, log_joint: LogJoint, params, x: Array, *, z_dim: 
   .. math:: \\text{E: } \\phi_i \\leftarrow \\phi_i + \\eta \\nabla_{\\phi_i} \\mathcal{L}(x_i; \\theta, \\phi_i), \\quad \\text{M: } \\theta \\leftarrow \\theta + \\eta \\nabla_\\theta \\tfrac1N \\sum_i \\mathcal{L}(x_i; \\theta, \\phi_i)
 
   Args:
-    key: a JAX PRNG key.
     log_joint: ``log_joint(params, x, z) -> [N]``.
     params: initial model parameters (a pytree of float arrays, all trained).
     x: data ``[N, ...]`` (full batch).
+    key: a JAX PRNG key (the old order with the key first works for one release, with a
+      ``DeprecationWarning``).
     z_dim: latent dimension (static).
     num_iters: outer iterations (static).
     e_steps: gradient steps on ``q`` per iteration.
@@ -858,6 +870,18 @@ def variational_em(key: Array, log_joint: LogJoint, params, x: Array, *, z_dim: 
     Variants, 1998; Jordan, Ghahramani, Jaakkola & Saul, An Introduction to Variational Methods for
     Graphical Models, 1999.
   """
+  log_joint, params, x, key = _deprecation.key_last("variational_em", log_joint, params, x, key)
+  return _variational_em(log_joint, params, x, key, z_dim=z_dim, num_iters=num_iters,
+                         e_steps=e_steps, m_steps=m_steps, num_samples=num_samples,
+                         e_optimizer=e_optimizer, m_optimizer=m_optimizer, loc=loc,
+                         log_scale=log_scale)
+
+
+@functools.partial(jax.jit, static_argnames=("log_joint", "z_dim", "num_iters", "e_steps",
+                                             "m_steps", "num_samples", "e_optimizer",
+                                             "m_optimizer"))
+def _variational_em(log_joint, params, x, key, *, z_dim, num_iters, e_steps, m_steps,
+                    num_samples, e_optimizer, m_optimizer, loc, log_scale):
   if e_steps < 1 or m_steps < 1 or num_iters < 1:
     raise ValueError("num_iters, e_steps and m_steps must be >= 1")
   x = jnp.asarray(x)
@@ -870,7 +894,7 @@ def variational_em(key: Array, log_joint: LogJoint, params, x: Array, *, z_dim: 
   m_opt = m_optimizer if m_optimizer is not None else optax.adam(1e-2)
 
   def m_loss(theta, q, key):
-    lw = gaussian_log_weights(key, log_joint, theta, x, q[0], q[1], num_samples)
+    lw = gaussian_log_weights(log_joint, theta, x, q[0], q[1], key, num_samples)
     return -jnp.mean(objectives.elbo(lw))
 
   def m_step(carry, key):
@@ -974,10 +998,7 @@ def _chunked_mixture_iwae(key, log_joint, params, x, q_a, q_b, num_samples, chun
   return jax.nn.logsumexp(parts, axis=0) - math.log(2 * num_samples)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "log_joint", "encoder", "num_steps", "num_samples", "num_elbo_samples", "num_iwae_samples",
-    "chunk_size", "optimizer"))
-def amortization_gaps(key: Array, log_joint: LogJoint, encoder: Encoder, params, x: Array, *,
+def amortization_gaps(log_joint: LogJoint, encoder: Encoder, params, x: Array, key: Array, *,
                       num_steps: int = 500, num_samples: int = 1, num_elbo_samples: int = 100,
                       num_iwae_samples: int = 1000, chunk_size: int = 100,
                       optimizer: optax.GradientTransformation | None = None,
@@ -1005,11 +1026,12 @@ def amortization_gaps(key: Array, log_joint: LogJoint, encoder: Encoder, params,
   .. math:: \\log p(x) - \\mathcal{L}[q_\\phi] = \\underbrace{\\log p(x) - \\mathcal{L}[q^*]}_{\\text{approximation}} + \\underbrace{\\mathcal{L}[q^*] - \\mathcal{L}[q_\\phi]}_{\\text{amortization}}
 
   Args:
-    key: a JAX PRNG key.
     log_joint: ``log_joint(params, x, z) -> [B]``.
     encoder: ``encoder(params, x) -> (loc, log_scale)``, each ``[B, D_z]``.
     params: model parameters (a pytree holding both the encoder's and the model's).
     x: data ``[B, ...]``.
+    key: a JAX PRNG key (the old order with the key first works for one release, with a
+      ``DeprecationWarning``).
     num_steps: gradient steps of the local optimisation.
     num_samples: samples per local gradient step.
     num_elbo_samples: samples for each ELBO estimate (a multiple of ``chunk_size`` if larger).
@@ -1026,11 +1048,24 @@ def amortization_gaps(key: Array, log_joint: LogJoint, encoder: Encoder, params,
   References:
     Cremer, Li & Duvenaud, Inference Suboptimality in Variational Autoencoders, ICML 2018.
   """
+  log_joint, encoder, params, x, key = _deprecation.key_last(
+      "amortization_gaps", log_joint, encoder, params, x, key)
+  return _amortization_gaps(log_joint, encoder, params, x, key, num_steps=num_steps,
+                            num_samples=num_samples, num_elbo_samples=num_elbo_samples,
+                            num_iwae_samples=num_iwae_samples, chunk_size=chunk_size,
+                            optimizer=optimizer, log_px=log_px)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "log_joint", "encoder", "num_steps", "num_samples", "num_elbo_samples", "num_iwae_samples",
+    "chunk_size", "optimizer"))
+def _amortization_gaps(log_joint, encoder, params, x, key, *, num_steps, num_samples,
+                       num_elbo_samples, num_iwae_samples, chunk_size, optimizer, log_px):
   k_opt, k_elbo, k_iw = jax.random.split(key, 3)
   loc_e, log_scale_e = encoder(params, x)
   log_scale_e = jnp.broadcast_to(log_scale_e, jnp.shape(loc_e))
   loc_l, log_scale_l, _ = fit_local_gaussians(
-      k_opt, log_joint, params, x, lax.stop_gradient(loc_e), lax.stop_gradient(log_scale_e),
+      log_joint, params, x, lax.stop_gradient(loc_e), lax.stop_gradient(log_scale_e), k_opt,
       num_steps=num_steps, num_samples=num_samples, optimizer=optimizer)
   # Common random numbers: both ELBOs reparametrize the same standard-normal draws, so their
   # difference (the amortization gap) is far less noisy than either estimate.
@@ -1146,13 +1181,18 @@ def linear_vae_log_joint(params: LinearVAEParams, x: Array, z: Array) -> Array:
   return linear_gaussian.log_joint(params.decoder, x, z)
 
 
-def linear_vae_log_weights(key: Array, params: LinearVAEParams, x: Array, num_samples: int) -> Array:
+def linear_vae_log_weights(params: LinearVAEParams, x: Array, key: Array,
+                           num_samples: int) -> Array:
   """Log-weights ``[K, B]`` of the linear VAE, for :func:`dgmjax.objectives.elbo` / ``iwae_bound``.
+
+  The old order ``linear_vae_log_weights(key, params, x, K)`` works for one release, with a
+  ``DeprecationWarning``.
 
   .. math:: \\log w_k = \\log N(z_k; 0, I) + \\log N(x; W z_k + b, s^2 I) - \\log q(z_k|x)
   """
+  params, x, key = _deprecation.key_last("linear_vae_log_weights", params, x, key)
   loc, log_scale = linear_vae_encode(params, x)
-  return gaussian_log_weights(key, linear_gaussian.log_joint, params.decoder, x, loc, log_scale,
+  return gaussian_log_weights(linear_gaussian.log_joint, params.decoder, x, loc, log_scale, key,
                               num_samples)
 
 
@@ -1247,7 +1287,7 @@ def _fit_linear_vae(params, x, key, noise_variance, learning_rate, *, num_steps,
     return p._replace(decoder=p.decoder._replace(log_scale=log_scale))
 
   def loss(p, key, xb):
-    lw = linear_vae_log_weights(key, with_noise(p), xb, num_samples)
+    lw = linear_vae_log_weights(with_noise(p), xb, key, num_samples)
     return -jnp.mean(objectives.elbo(lw))
 
   def step(carry, key):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dgmjax import distributions
+from dgmjax import _deprecation, distributions
 
 Array = jax.Array
 
@@ -85,8 +85,12 @@ def log_joint(params: Params, x: Array, z: Array) -> Array:
   return distributions.standard_normal_log_prob(z) + log_likelihood(params, x, z)
 
 
-def sample(key: Array, params: Params, num: int) -> tuple[Array, Array]:
-  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model."""
+def sample(params: Params, key: Array, num: int) -> tuple[Array, Array]:
+  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model.
+
+  The old order ``sample(key, params, num)`` works for one release, with a ``DeprecationWarning``.
+  """
+  params, key = _deprecation.key_last("linear_gaussian.sample", params, key)
   kz, kx = jax.random.split(key)
   dx, dz = params.w.shape
   z = jax.random.normal(kz, (num, dz), params.w.dtype)

@@ -246,7 +246,7 @@ class PixelVAE(LatentModel):
       out = distributions.sample_bernoulli(key, logits) if binary else jax.nn.sigmoid(logits)
       return self.unflatten(out)
     h, w, _ = self.image_shape
-    return pixelcnn_lib.sample(key, self.pixelcnn, params["pixelcnn"], (z.shape[0], h, w),
+    return pixelcnn_lib.sample(self.pixelcnn, params["pixelcnn"], key, (z.shape[0], h, w),
                                self.cond_map(params, z))
 
 

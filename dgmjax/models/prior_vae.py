@@ -168,7 +168,7 @@ class PriorVAE(base_lib.LatentModel):
     return self.base.kl(params["base"], x)
 
   def sample_prior(self, params, key, num):
-    return self.prior.sample(key, params["prior"], num, self._encoder(params))
+    return self.prior.sample(params["prior"], key, num, self._encoder(params))
 
   def decode(self, params, z, key=None):
     return self.base.decode(params["base"], z, key)

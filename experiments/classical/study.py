@@ -84,7 +84,7 @@ def gmm_study(config, key) -> dict:
   dtype = jnp.asarray(0.0).dtype  # float64 under jax.enable_x64, else float32
   true = classical.gmm_params(np.log(np.asarray(_TRUE_WEIGHTS, dtype)),
                               np.asarray(_TRUE_MEANS, dtype), np.asarray(_TRUE_COVS, dtype))
-  x, z = jax.jit(classical.gmm_sample, static_argnums=2)(k_data, true, int(gc.num_points))
+  x, z = jax.jit(classical.gmm_sample, static_argnums=2)(true, k_data, int(gc.num_points))
   init = classical.gmm_init(k_init, x, int(gc.num_components), reg_covar=float(gc.reg_covar))
 
   t0 = time.perf_counter()
@@ -416,8 +416,8 @@ def _gap_kwargs(config):
 def linear_vae_gaps(key, vae: classical.LinearVAEParams, x, gap_kwargs: dict) -> dict:
   """Gaps of a trained linear VAE, with the exact log p(x) of its decoder."""
   log_px = jax.jit(lg.log_marginal)(vae.decoder, x)
-  gaps = classical.amortization_gaps(key, classical.linear_vae_log_joint,
-                                     classical.linear_vae_encode, vae, x, log_px=log_px,
+  gaps = classical.amortization_gaps(classical.linear_vae_log_joint,
+                                     classical.linear_vae_encode, vae, x, key, log_px=log_px,
                                      **gap_kwargs)
   # The same decomposition in closed form: checks the gradient-fitted q* and the Monte Carlo ELBOs.
   exact = classical.linear_vae_exact_gaps(vae, x)
@@ -486,7 +486,7 @@ def vae_gaps(key, model, params, x, name: str, gap_kwargs: dict) -> dict:
   """Gaps of a one-layer :class:`dgmjax.models.vae.VAE` (log p(x) by importance sampling)."""
   log_joint = make_vae_log_joint(model)
   k_gaps, k_check = jax.random.split(key)
-  gaps = classical.amortization_gaps(k_gaps, log_joint, model.encode, params, x, **gap_kwargs)
+  gaps = classical.amortization_gaps(log_joint, model.encode, params, x, k_gaps, **gap_kwargs)
   # Cross-check: the model's own log-weights give the same amortized ELBO (up to MC noise).
   own = _mean(_model_elbo(model, params, x, k_check, gap_kwargs["num_elbo_samples"]))
   return _gap_row(name, gaps, log_px_source=f"IWAE, mixture proposal, "
@@ -627,7 +627,7 @@ def run_gaps_study(config, key) -> dict:
       k_gaps, k_own = jax.random.split(kb)
       xb = x[i * bs:(i + 1) * bs]
       parts.append(jax.device_get(classical.amortization_gaps(
-          k_gaps, log_joint, model.encode, params, xb, **gap_kwargs)))
+          log_joint, model.encode, params, xb, k_gaps, **gap_kwargs)))
       own.append(np.asarray(_model_elbo(model, params, xb, k_own, int(gc.num_elbo_samples))))
     gaps = _concat_gaps(parts)
     arch = "-".join(str(w) for w in (model.x_dim,) + model.hidden_dims[0] + model.latent_dims[:1])
@@ -655,7 +655,7 @@ def run_gaps_study(config, key) -> dict:
       # key gives the same ELBO draws, so the difference is the change of q* alone.
       k_gaps, _ = jax.random.split(jax.random.split(k_run, n // bs)[0])
       kw = dict(gap_kwargs, num_steps=steps2, optimizer=_local_optimizer(config, steps2))
-      more = classical.amortization_gaps(k_gaps, log_joint, model.encode, params, x[:bs], **kw)
+      more = classical.amortization_gaps(log_joint, model.encode, params, x[:bs], k_gaps, **kw)
       check = {"run": str(name), "num_examples": bs, "num_steps": int(gc.num_steps),
                "more_steps": steps2,
                "elbo_local": float(np.mean(parts[0].elbo_local)),

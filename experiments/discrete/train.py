@@ -384,7 +384,7 @@ def _sample_from_prior(key, model, params, prior, num: int) -> np.ndarray:
     h, w = model.code_shapes[lvl]
     cond = None if cond_lvl is None else cond_of(codes[cond_lvl])
     key, k = jax.random.split(key)
-    codes[lvl] = jax.jit(pixelcnn.sample, static_argnums=(1, 3))(k, net, p, (num, h, w), cond)
+    codes[lvl] = jax.jit(pixelcnn.sample, static_argnums=(0, 3))(net, p, k, (num, h, w), cond)
   return np.clip(np.asarray(jax.jit(model.decode_indices)(params, codes)[0]), 0.0, 1.0)
 
 

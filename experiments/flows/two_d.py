@@ -96,7 +96,7 @@ def _log_prob(flow: flows.Flow, params, x):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _sample(flow: flows.Flow, key, params, num_samples: int):
-  return flow.sample(key, params, num_samples)
+  return flow.sample(params, key, num_samples)
 
 
 def train_flow(key: jax.Array, flow: flows.Flow, target: targets_lib.Target, config, *,
