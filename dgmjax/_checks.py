@@ -182,12 +182,29 @@ def check_values(name: str, value, ok, expected: str) -> None:
       valid entries (NaN must map to False).
     expected: what the entries must be, e.g. ``"in {0, 1}"``.
   """
+  check_numeric(name, value)
   if not is_concrete(value):
     return
   arr = _host(value)
   good = np.broadcast_to(np.asarray(ok(arr), bool), arr.shape)
   if not np.all(good):
     raise ValueError(f"{name} must be {expected}: {_first_bad(np.asarray(value), ~good)}")
+
+
+def check_numeric(name: str, value) -> None:
+  """Raises :class:`ArgumentTypeError` unless ``value`` is a number or a numeric array (a string,
+  bool or object is refused, naming the argument). Dtypes are static: also runs on traced values."""
+  if isinstance(value, (str, bytes, bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be a number or a numeric array, got "
+                            f"{type(value).__name__} {value!r}")
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    try:
+      dtype = np.asarray(value).dtype
+    except Exception:  # pylint: disable=broad-except
+      dtype = np.dtype(object)
+  if not (jax.numpy.issubdtype(dtype, jax.numpy.number) and dtype != np.bool_):
+    raise ArgumentTypeError(f"{name} must be a number or a numeric array, got dtype {dtype}")
 
 
 def check_dtype(name: str, value, kind: str) -> None:
@@ -217,3 +234,53 @@ def nan_unless(valid, value):
   import jax.numpy as jnp
   value = jnp.asarray(value)
   return jnp.where(valid, value, jnp.asarray(jnp.nan, value.dtype))
+
+
+def check_key(name: str, key):
+  """``key`` if it is a PRNG key (a typed key array from ``jax.random.key``, or a raw ``uint32``
+  key of shape ``[..., 2]``), else :class:`ArgumentTypeError` naming the argument.
+
+  Shapes and dtypes are static, so this also runs on traced keys.
+  """
+  dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+  if dtype is not None and shape is not None:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return key
+    if np.dtype(dtype) == np.uint32 and tuple(shape)[-1:] == (2,):
+      return key
+  shown = repr(key)
+  shown = shown if len(shown) <= 60 else shown[:57] + "..."
+  raise ArgumentTypeError(f"{name} must be a PRNG key (jax.random.key(seed)), got "
+                          f"{type(key).__name__} {shown}")
+
+
+def check_seed(name: str, value) -> int:
+  """A seed as a Python ``int >= 0`` (NumPy integers accepted; bools, floats, ``None`` and
+  negative values raise, naming the argument)."""
+  if value is None:
+    raise ArgumentTypeError(f"{name} must be an int >= 0, got None")
+  return check_int(name, value, minimum=0)
+
+
+def check_real(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+               strict_minimum: bool = False) -> float:
+  """A static real setting as a finite Python ``float`` in range, else an error naming it.
+
+  Accepts Python and NumPy ints and floats and 0-d concrete real arrays; rejects bools, strings,
+  NaN and infinities.
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise ArgumentTypeError(f"{name} must be a static number, got a traced value ({value.aval})")
+  ok = (isinstance(value, (int, float, np.integer, np.floating))
+        or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0
+            and np.issubdtype(value.dtype, np.number)))
+  if not ok or isinstance(value, (bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+  v = float(value)
+  below = minimum is not None and (v <= minimum if strict_minimum else v < minimum)
+  if not np.isfinite(v) or below or (maximum is not None and v > maximum):
+    lo = "" if minimum is None else f"{'>' if strict_minimum else '>='} {minimum:g}"
+    hi = "" if maximum is None else f"<= {maximum:g}"
+    rng = " and ".join(r for r in (lo, hi) if r)
+    raise ValueError(f"{name} must be a finite number{' ' + rng if rng else ''}, got {value!r}")
+  return v

@@ -184,8 +184,7 @@ def schedule(num_temps: int, kind: str = "sigmoid", *, delta: float = 4.0,
   num_temps = models_base.check_num_samples(num_temps, "num_temps")
   if kind not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES} or an array of betas, got {kind!r}")
-  if not (isinstance(delta, (int, float, np.floating)) and delta > 0):
-    raise ValueError(f"delta must be a number > 0, got {delta!r}")
+  delta = _checks.check_real("delta", delta, minimum=0.0, strict_minimum=True)
   t = np.arange(num_temps + 1, dtype=np.float64) / num_temps
   if kind == "linear" or num_temps == 1:
     betas = t
@@ -204,7 +203,11 @@ def _betas(sched, num_temps: int, dtype) -> Array:
     if b.shape != (num_temps + 1,):
       raise ValueError(f"schedule must have num_temps + 1 = {num_temps + 1} betas, got shape "
                        f"{b.shape}")
-    return b
+    # traced betas cannot be checked here: betas that do not rise from 0 to 1 become NaN, so the
+    # estimate is NaN, never a plausible number
+    valid = ((b[0] == 0) & (b[-1] == 1) & jnp.all(jnp.diff(b) >= 0)
+             & jnp.all(jnp.isfinite(b)))
+    return jnp.where(valid, b, jnp.nan)
   b = np.asarray(sched, np.float64)
   if b.shape != (num_temps + 1,):
     raise ValueError(f"schedule must be a name in {SCHEDULES} or an array of num_temps + 1 = "
@@ -439,6 +442,7 @@ def ais(model, params, x, key: Array, *, num_temps: int, num_chains: int = 16,
       returning the wrong shape.
     TypeError: ``init="prior"`` for a model without ``sample_prior``.
   """
+  _checks.check_key("key", key)
   num_temps, num_chains, num_leapfrog, b = _check_settings(
       model, params, x, num_temps=num_temps, num_chains=num_chains, init=init,
       num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
@@ -548,6 +552,7 @@ def bdmc(model, params, x, z, key: Array, *, num_temps: int, num_chains: int = 1
   Returns:
     :class:`BDMCResult` (``lower``, ``upper``, ``gap`` ``[B]``).
   """
+  _checks.check_key("key", key)
   settings = dict(num_temps=num_temps, num_chains=num_chains, init=init, schedule=schedule,
                   num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept,
                   adapt_step_size=adapt_step_size, adapt_rate=adapt_rate,

@@ -220,6 +220,10 @@ def load(
   if backend not in BACKENDS:
     raise ValueError(f"Unknown backend={backend!r}; allowed values: {list(BACKENDS)}.")
   if name == "digits":
+    if data_dir is not None and os.fspath(data_dir) and not os.path.isdir(
+        os.path.expanduser(os.fspath(data_dir))):
+      # digits are embedded and read no folder; a missing explicit folder is still a mistake
+      raise ValueError(f"data_dir={os.fspath(data_dir)!r} does not exist (or is not a folder)")
     return _load_digits(split)
 
   if data_dir is not None:
@@ -303,6 +307,8 @@ def binarize(key, images):
   References:
     Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
   """
+  from dgmjax import _checks  # pylint: disable=import-outside-toplevel
+  _checks.check_key("key", key)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from dgmjax import _checks  # pylint: disable=g-import-not-at-top
@@ -329,6 +335,9 @@ def binarize(key, images):
 
 
 def _check_name(name):
+  if not isinstance(name, str):
+    raise TypeError(f"name must be a dataset name (a str), one of {list(DATASETS)}; got "
+                    f"{type(name).__name__} {name!r}")
   if name not in SPLITS:
     raise ValueError(f"Unknown dataset name={name!r}; allowed values: {list(DATASETS)}.")
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgmjax import _checks
 from dgmjax.models import base as models_base
 
 __all__ = [
@@ -102,6 +103,7 @@ def gradient_draws(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int) 
     A pytree like ``params`` with leaves ``[N, *leaf.shape]``.
   """
   _check_num_draws(num_draws)
+  _checks.check_key("key", key)
   keys = jax.random.split(key, num_draws)
   return jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, keys)
 
@@ -177,6 +179,7 @@ def gradient_moments(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int
     :class:`Moments` (``mean`` and ``variance`` pytrees like ``params``).
   """
   _check_num_draws(num_draws)
+  _checks.check_key("key", key)
   if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
   mean, variance = _moments(loss_fn, params, key, int(num_draws),
@@ -399,6 +402,7 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
   from dgmjax import training  # pylint: disable=import-outside-toplevel
+  models_base.check_data(model, x, "x")  # the likelihood's support, before any work
   x = jnp.asarray(x)
   loss = training.make_loss(model, estimator, num_samples, **loss_kwargs)
   return gradient_snr(_FixedBatchLoss(loss, x), params, key, num_draws, chunk_size=chunk_size,
@@ -681,6 +685,7 @@ def aggregate_posterior_log_prob(model, params, z, images, *, chunk_size: int = 
     images: the dataset ``[N, ...]``.
     chunk_size: data points per chunk (memory ``O(S * chunk_size * D)``).
   """
+  models_base.check_data(model, images, "images")  # the likelihood's support, before any work
   arr = _check_dataset(images)
   z = jnp.asarray(z)
   if z.ndim != 2:
@@ -734,6 +739,7 @@ def elbo_surgery(model, params, images, key: Array, *, num_samples: int = 1,
     Hoffman & Johnson, ELBO surgery: yet another way to carve up the variational evidence lower
     bound, NIPS 2016 Workshop on Advances in Approximate Bayesian Inference.
   """
+  models_base.check_data(model, images, "images")  # the likelihood's support, before any work
   arr = _check_dataset(images)
   for name, v in (("num_samples", num_samples), ("batch_size", batch_size),
                   ("chunk_size", chunk_size)):
@@ -780,6 +786,7 @@ def kl_per_dimension(model, params, images, *, batch_size: int = 500) -> np.ndar
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016 (active units).
   """
   models_base._need(model, "kl", "kl_per_dimension")  # pylint: disable=protected-access
+  models_base.check_data(model, images, "images")  # the likelihood's support, before any work
   arr = _check_dataset(images)
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -141,6 +141,10 @@ def _baseline_like(baseline: Optional[Real[ArrayLike, "..."]],
   if b.ndim == like.ndim + 1:
     raise ValueError(f"baseline of shape {b.shape} has a sample axis; a baseline must not depend "
                      f"on the samples it is subtracted from (shape () or {like.shape})")
+  if b.shape not in ((), like.shape[-b.ndim:] if b.ndim else ()) or b.ndim > like.ndim:
+    raise ValueError(f"baseline must be a scalar or one value per data point (broadcast "
+                     f"against the learning signal of shape {like.shape} without changing it); "
+                     f"got shape {b.shape}")
   return jnp.broadcast_to(b, like.shape)
 
 

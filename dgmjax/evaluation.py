@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dgmjax import objectives
+from dgmjax import _checks, objectives
 from dgmjax.models import base as models_base
 
 __all__ = [
@@ -229,6 +229,7 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
+  sample_chunk = _checks.check_int("sample_chunk", sample_chunk, minimum=1)
   models_base.check_data(model, x, "x")  # concrete x only: a traced one passes (NaN off support)
   num_samples = keys.shape[0]
   chunk = max(1, min(int(sample_chunk), num_samples))
@@ -318,6 +319,8 @@ def memory_budget(device=None, *, fraction: float = 0.25) -> dict:
   Returns:
     ``{"bytes": int, "source": str}``.
   """
+  fraction = _checks.check_real("fraction", fraction, minimum=0.0, maximum=1.0,
+                                strict_minimum=True)
   device = device or jax.devices()[0]
   stats = None
   try:
@@ -388,10 +391,12 @@ def auto_sample_chunk(model, params, x, *,
   Returns:
     ``sample_chunk``, an int in ``[1, K]``.
   """
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
+  probe = _checks.check_int("probe", probe, minimum=1)
   if budget_bytes is None:
     budget_bytes = memory_budget()["bytes"]
-  if budget_bytes <= 0:
-    raise ValueError(f"budget_bytes must be > 0, got {budget_bytes}")
+  budget_bytes = _checks.check_real("budget_bytes", budget_bytes, minimum=0.0,
+                                    strict_minimum=True)
   per_sample = _bytes_per_sample(_FromKeys(model), params, x, probe, matmul_precision_name)
   chunk = int(min(num_samples, max(1, budget_bytes // per_sample)))
   num_chunks = -(-num_samples // chunk)
@@ -484,18 +489,21 @@ def log_likelihood(model, params, images, key: Array, *,
   """
   from tqdm.auto import tqdm
   models_base._check_contract(model)  # pylint: disable=protected-access
+  _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
   _check_precision(matmul_precision)
   num_samples = models_base.check_num_samples(num_samples)
   if isinstance(sample_chunk, str):
     if sample_chunk != "auto":
       raise ValueError(f"sample_chunk must be a positive int or 'auto', got {sample_chunk!r}")
-  elif sample_chunk < 1:
-    raise ValueError(f"num_samples, sample_chunk and batch_size must be >= 1; got "
-                     f"{num_samples}, {sample_chunk}, {batch_size}")
-  if num_samples < 1 or batch_size < 1:
-    raise ValueError(f"num_samples, sample_chunk and batch_size must be >= 1; got "
-                     f"{num_samples}, {sample_chunk}, {batch_size}")
+  else:
+    sample_chunk = _checks.check_int("sample_chunk", sample_chunk, minimum=1)
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  _checks.check_bool("progress", progress)
+  if emulate_precision is not None:
+    _checks.check_bool("emulate_precision", emulate_precision)
+  if memory_budget_bytes is not None:
+    _checks.check_int("memory_budget_bytes", memory_budget_bytes, minimum=1)
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
   if sample_chunk == "auto":
@@ -537,9 +545,14 @@ def bounds(model, params, images, key: Array, *,
     ``{"elbo": float, "iwae_k": float for k in ks}``.
   """
   models_base._check_contract(model)  # pylint: disable=protected-access
+  _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
+  if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+    raise _checks.ArgumentTypeError(f"ks must be a sequence of ints >= 1 (e.g. (1, 5, 50)), got "
+                            f"{type(ks).__name__} {ks!r}")
   if not ks:
     raise ValueError("ks must name at least one k")
   ks = tuple(models_base.check_num_samples(k, "every k of ks") for k in ks)
@@ -591,7 +604,11 @@ def active_units(model, params, images, key: Array, *, threshold: float = 1e-2,
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.2.
   """
+  _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
+  threshold = _checks.check_real("threshold", threshold, minimum=0.0)
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
   images = _check_eval_images(images)
   batch_size = min(batch_size, images.shape[0])
   fn = jax.jit(lambda p, x, k: models_base.posterior_means(model, p, x, k, num_samples))
@@ -623,6 +640,9 @@ def write_sample_figures(model, params, images, key: Array, workdir: str, *,
     ``{"samples": path, "reconstructions": path}``.
   """
   from dgmjax import plotting
+  _checks.check_key("key", key)
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
+  num_reconstructions = _checks.check_int("num_reconstructions", num_reconstructions, minimum=1)
   models_base.check_data(model, images[:num_reconstructions], "images")
   samples = np.asarray(jax.jit(lambda p, k: models_base.sample_x(model, p, k, num_samples))(
       params, key))

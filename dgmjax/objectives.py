@@ -212,7 +212,11 @@ def beta_elbo(log_likelihood: Float[ArrayLike, "*shape"], kl: Float[ArrayLike, "
   _checks.check_values("beta", beta, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
   ll = jnp.mean(log_likelihood, axis=axis)
   kl = _mean_over_samples(kl, log_likelihood, axis, "kl")
-  _checks.check_broadcast(log_likelihood_reduced=ll, kl=kl)
+  if jnp.shape(kl) not in ((), jnp.shape(ll)):
+    # never broadcast: a [B, 1] KL against [B] would pair every data point with every KL
+    raise ValueError(f"kl must have one value per data point, shape {jnp.shape(ll)} (that of "
+                     f"log_likelihood without its sample axis {axis}), or be a scalar; got "
+                     f"{jnp.shape(kl)}")
   return ll - _traced_in_range(beta, 0.0, None) * kl
 
 
@@ -368,6 +372,7 @@ def renyi_bound(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, 
     Section 4.1 (VR-max).
   """
   lw = jnp.asarray(log_weights)
+  _checks.check_numeric("alpha", alpha)
   if _checks.is_concrete(alpha):
     a = float(np.asarray(alpha))
     if np.isnan(a) or a == np.inf:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import _deprecation, data, objectives
+from dgmjax import _checks, _deprecation, data, objectives
 
 Array = jax.Array
 LossFn = Callable[[Any, Array, Array], tuple[Array, dict]]
@@ -69,9 +69,11 @@ def burda_schedule(steps_per_epoch: int, num_passes: int = 8, *, num_epochs: flo
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
-  if steps_per_epoch < 1 or num_passes < 1:
-    raise ValueError(f"steps_per_epoch and num_passes must be >= 1, got {steps_per_epoch}, "
-                     f"{num_passes}")
+  steps_per_epoch = _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+  num_passes = _checks.check_int("num_passes", num_passes, minimum=1)
+  if num_epochs is not None:
+    num_epochs = _checks.check_real("num_epochs", num_epochs, minimum=0.0, strict_minimum=True)
+  check_learning_rate(base_learning_rate, "base_learning_rate")
   rates = [r * base_learning_rate / 1e-3
            for r in burda_learning_rates(num_passes, reference_rounding=reference_rounding)]
   epochs = np.asarray(burda_epochs(num_passes), np.float64)
@@ -88,6 +90,10 @@ def burda_schedule(steps_per_epoch: int, num_passes: int = 8, *, num_epochs: flo
 def burda_num_steps(steps_per_epoch: int, num_passes: int = 8, *,
                     num_epochs: float | None = None) -> int:
   """Total steps of :func:`burda_schedule` with the same arguments."""
+  steps_per_epoch = _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+  num_passes = _checks.check_int("num_passes", num_passes, minimum=1)
+  if num_epochs is not None:
+    num_epochs = _checks.check_real("num_epochs", num_epochs, minimum=0.0, strict_minimum=True)
   total = num_epochs if num_epochs is not None else sum(burda_epochs(num_passes))
   return max(int(round(total * steps_per_epoch)), num_passes)
 
@@ -145,8 +151,8 @@ def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
     ValueError: naming ``name`` and the value given.
   """
   value = learning_rate(0) if callable(learning_rate) else learning_rate
-  if isinstance(value, bool):
-    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  if isinstance(value, (bool, str, bytes)):
+    raise ValueError(f"{name} must be a finite number > 0, got {type(value).__name__} {value!r}")
   try:
     v = float(np.asarray(value))
   except (TypeError, ValueError):
@@ -266,11 +272,15 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
                                  or num_groups < 1 or num_samples % num_groups):
     raise ValueError(f"num_groups must be a positive int dividing num_samples={num_samples}, got "
                      f"{num_groups!r}")
+  if num_groups is not None and estimator not in ("miwae", "piwae", "piwae_dreg", "dreg"):
+    raise ValueError(f"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only, "
+                     f"got estimator {estimator!r}")
   if estimator == "ciwae":
     if beta is None:
       raise ValueError("estimator 'ciwae' needs beta (the ELBO weight, in [0, 1])")
-    if not 0.0 <= float(beta) <= 1.0:
-      raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    _checks.check_real("beta", beta, minimum=0.0, maximum=1.0)
+  elif beta is not None:
+    raise ValueError(f"beta applies to estimator 'ciwae' only, got estimator {estimator!r}")
   if estimator in ("renyi", "renyi_dreg"):
     if alpha is None:
       raise ValueError(f"estimator {estimator!r} needs alpha (the Rényi order)")
@@ -285,6 +295,9 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     raise ValueError(f"estimator 'vimco' needs num_samples >= 2, got {num_samples}")
   if bound not in ("iwae", "elbo"):
     raise ValueError(f"bound must be 'iwae' or 'elbo', got {bound!r}")
+  if bound != "iwae" and estimator not in ("stl", "reinforce"):
+    raise ValueError(f"bound= applies to estimators 'stl' and 'reinforce' only (the others name "
+                     f"their bound), got estimator {estimator!r} with bound={bound!r}")
   if baseline is not None:
     if estimator != "reinforce":
       raise ValueError(f"baseline applies to estimator 'reinforce' only, got {estimator!r}")
@@ -539,8 +552,18 @@ class TrainState:
 
 
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  """The training state at step 0: ``params`` and ``optimizer.init(params)``, counters at 0."""
+  _check_optimizer(optimizer)
   zero = jnp.zeros([], jnp.int32)
   return TrainState(zero, params, optimizer.init(params), zero, zero)
+
+
+def _check_optimizer(optimizer) -> None:
+  if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update",
+                                                                          None))):
+    raise _checks.ArgumentTypeError(
+        f"optimizer must be an optax GradientTransformation (with init and update, e.g. "
+        f"optax.adam(1e-3)), got {type(optimizer).__name__} {optimizer!r}")
 
 
 def step_key(seed: int, step) -> Array:
@@ -625,7 +648,15 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   means. For a loss that is a mean over images (every loss of :func:`make_loss`) this is the
   gradient of the whole minibatch with other noise: the same estimator, in less memory and, on a
   CPU, less time. One optimiser update is made per minibatch, as without it.
+
+  A step whose update is not finite (a NaN or infinite learning rate or optimiser setting) is
+  skipped the same way, so such parameters are never applied.
   """
+  seed = _checks.check_seed("seed", seed)
+  _check_optimizer(optimizer)
+  if not callable(loss_fn):
+    raise _checks.ArgumentTypeError(f"loss_fn must be a function (params, x, key) -> (loss, "
+                                    f"metrics), got {type(loss_fn).__name__}")
   if microbatch is not None:
     if not isinstance(microbatch, (int, np.integer)) or isinstance(microbatch, bool) \
         or microbatch < 1:
@@ -669,6 +700,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     new_params = optax.apply_updates(state.params, updates)
     if post_update is not None:
       new_params = post_update(new_params, aux, key_post, state.step)
+    # a finite gradient can still give a non-finite update (a NaN learning rate or optimiser
+    # setting): such a step is skipped too, never applied
+    finite = finite & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     state = TrainState(
         step=state.step + 1,
@@ -1235,6 +1270,23 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
   from tqdm.auto import tqdm
   import orbax.checkpoint as ocp
 
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  num_steps = _checks.check_int("num_steps", num_steps, minimum=1)
+  seed = _checks.check_seed("seed", seed)
+  _check_optimizer(optimizer)
+  checkpoint_every = _checks.check_int("checkpoint_every", checkpoint_every, minimum=1)
+  log_every = _checks.check_int("log_every", log_every, minimum=1)
+  max_consecutive_nonfinite = _checks.check_int("max_consecutive_nonfinite",
+                                                max_consecutive_nonfinite, minimum=1)
+  eval_every = _checks.check_int("eval_every", eval_every, minimum=0)
+  if stop_after is not None:
+    stop_after = _checks.check_int("stop_after", stop_after, minimum=1)
+  _checks.check_bool("resume", resume)
+  if microbatch is not None:
+    microbatch = _checks.check_int("microbatch", microbatch, minimum=1)
+  workdir = os.fspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir={workdir!r} exists and is not a directory")
   train_images = _check_train_images(loss_fn, train_images, dynamic_binarization)
   n = train_images.shape[0]
   steps_per_epoch = n // batch_size
@@ -1351,6 +1403,13 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
       if stop_after is not None and done >= stop_after:
         mngr.wait_until_finished()
         return state, {"stopped_at": done, "resumed_from": restored_step}
+    if num_steps > start and int(state.nonfinite_in_a_row) >= num_steps - start:
+      # every step of this run was skipped (fewer than max_consecutive_nonfinite): nothing was
+      # trained, which must not pass for a finished run
+      raise NonFiniteError(
+          f"all {num_steps - start} step(s) of this run had a non-finite loss, gradient or update "
+          f"and were skipped, so the parameters were never changed: check the learning rate and "
+          f"the optimiser's settings (NaN or inf), the data and the initial parameters")
     if mngr.latest_step() != num_steps:
       save(num_steps, force=True)
     mngr.wait_until_finished()

@@ -263,3 +263,13 @@ def test_schedules():
   assert d[0] < d[5] and d[-1] < d[5]
   np.testing.assert_allclose(ais.schedule(4, "linear"), [0.0, 0.25, 0.5, 0.75, 1.0])
   np.testing.assert_allclose(ais.schedule(1), [0.0, 1.0])
+
+
+def test_traced_betas_that_do_not_rise_from_0_to_1_give_nan():
+  fn = jax.jit(lambda b: ais.ais(MODEL, PARAMS, X[:2], jax.random.key(9), num_temps=3,
+                                 num_chains=2, schedule=b).log_marginal)
+  good = np.asarray(fn(jnp.array([0.0, 0.3, 0.6, 1.0])))
+  assert np.all(np.isfinite(good))
+  for bad in ([0.0, 0.6, 0.4, 1.0], [0.0, 0.3, 0.6, 0.9], [0.1, 0.3, 0.6, 1.0],
+              [0.0, np.nan, 0.6, 1.0]):
+    assert np.all(np.isnan(np.asarray(fn(jnp.array(bad))))), bad

@@ -392,8 +392,141 @@ RAISES_EVALUATION = [
      ValueError, r"images must be values in \[0, 1\].*scale it by 1/255"),
 ]
 
+def _binary_images(n=3):
+  return (np.arange(n * 16).reshape(n, 4, 4, 1) % 3 == 0).astype(np.float32)
+
+
+def _fit(**kw):
+  """``training.fit`` of the tiny VAE with one bad setting in ``kw`` (never gets to train)."""
+  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  model, params = _bernoulli_vae()
+  args = dict(optimizer=optax.adam(1e-3), num_steps=2, batch_size=2, seed=0,
+              workdir="/nonexistent/never/written")
+  args.update(kw)
+  return training.fit(training.make_loss(model, "iwae", 2), params, _binary_images(4), **args)
+
+
+def _decoder_model(decoder):
+  """A ``from_networks`` model over 4x4 images whose decoder is ``decoder(params, z)``."""
+  enc = lambda p, x: (jnp.zeros((x.shape[0], 2)), jnp.zeros((x.shape[0], 2)))
+  return models.from_networks(enc, decoder, likelihood="bernoulli")
+
+
+RAISES_SETTINGS = [
+    # a decoder output is never broadcast against the data (silently wrong before)
+    ("decoder_output_without_the_batch_axis",
+     lambda: models.log_weights(_decoder_model(lambda p, z: jnp.zeros((1, 4, 4, 1))), {
+         "encoder": {}, "decoder": {}}, _binary_images(), _key(), 2),
+     ValueError, r"decoder's logits must have the shape of the data x, \(3, 4, 4, 1\); got "
+                 r"\(1, 4, 4, 1\)"),
+    ("decoder_output_flat",
+     lambda: models.log_weights(_decoder_model(lambda p, z: jnp.zeros((z.shape[0], 16))), {
+         "encoder": {}, "decoder": {}}, _binary_images(), _key(), 2),
+     ValueError, r"decoder's logits must have the shape of the data x.*got \(3, 16\)"),
+    ("elbo_analytic_kl_kl_with_a_trailing_axis",
+     lambda: O.elbo_analytic_kl(jnp.zeros((2, 3)), jnp.zeros((3, 1))),
+     ValueError, r"kl must have one value per data point, shape \(3,\).*got \(1,\)"),
+    ("beta_elbo_kl_that_would_broadcast_to_B_by_B",
+     lambda: O.beta_elbo(jnp.zeros((2, 3, 1)), jnp.zeros((3,))),
+     ValueError, r"kl must have one value per data point, shape \(3, 1\).*got \(3,\)"),
+    ("ciwae_beta_string", lambda: O.ciwae_bound(jnp.zeros((2, 3)), "0.5"),
+     TypeError, r"beta must be a number or a numeric array, got str"),
+    ("renyi_alpha_string", lambda: O.renyi_bound(jnp.zeros((2, 3)), "0.5"),
+     TypeError, r"alpha must be a number or a numeric array, got str"),
+    ("reinforce_baseline_wrong_shape",
+     lambda: __import__("dgmjax.estimators").estimators.reinforce_surrogate(
+         jnp.zeros((2, 3)), jnp.zeros((2, 3)), baseline=jnp.zeros(4)),
+     ValueError, r"baseline must be a scalar or one value per data point.*\(4,\)"),
+    ("bounds_batch_size_negative", lambda: _eval(evaluation.bounds, _binary_images(), ks=(1,),
+                                                 batch_size=-2),
+     ValueError, r"batch_size must be an int >= 1, got -2"),
+    ("bounds_ks_an_int", lambda: _eval(evaluation.bounds, _binary_images(), ks=5),
+     TypeError, r"ks must be a sequence of ints"),
+    ("log_likelihood_sample_chunk_float",
+     lambda: _eval(evaluation.log_likelihood, _binary_images(), num_samples=4, sample_chunk=2.5),
+     TypeError, r"sample_chunk must be an int, got float 2\.5"),
+    ("log_likelihood_batch_size_bool",
+     lambda: _eval(evaluation.log_likelihood, _binary_images(), num_samples=4, batch_size=True),
+     TypeError, r"batch_size must be an int, got the bool"),
+    ("log_likelihood_emulate_precision_string",
+     lambda: _eval(evaluation.log_likelihood, _binary_images(), num_samples=4,
+                   emulate_precision="yes"),
+     TypeError, r"emulate_precision must be a bool"),
+    ("log_likelihood_key_an_int",
+     lambda: evaluation.log_likelihood(*_bernoulli_vae(), _binary_images(), 0, num_samples=4),
+     TypeError, r"key must be a PRNG key \(jax.random.key\(seed\)\), got int 0"),
+    ("active_units_threshold_nan",
+     lambda: _eval(evaluation.active_units, _binary_images(), threshold=np.nan),
+     ValueError, r"threshold must be a finite number >= 0, got nan"),
+    ("active_units_threshold_negative",
+     lambda: _eval(evaluation.active_units, _binary_images(), threshold=-1.0),
+     ValueError, r"threshold must be a finite number >= 0"),
+    ("active_units_num_samples_zero",
+     lambda: _eval(evaluation.active_units, _binary_images(), num_samples=0),
+     ValueError, r"num_samples must be an int >= 1, got 0"),
+    ("write_sample_figures_num_reconstructions_zero",
+     lambda: _eval(evaluation.write_sample_figures, _binary_images(), workdir="/nonexistent",
+                   num_reconstructions=0),
+     ValueError, r"num_reconstructions must be an int >= 1"),
+    ("memory_budget_fraction_negative", lambda: evaluation.memory_budget(fraction=-1),
+     ValueError, r"fraction must be a finite number > 0 and <= 1"),
+    ("elbo_surgery_uint8_images",
+     lambda: diagnostics.elbo_surgery(*_bernoulli_vae(), _uint8_images(), _key()),
+     ValueError, r"images must be binary values in \{0, 1\}.*uint8"),
+    ("kl_per_dimension_grey_levels",
+     lambda: diagnostics.kl_per_dimension(*_bernoulli_vae(), _grey_images()),
+     ValueError, r"images must be binary"),
+    ("estimator_snr_grey_levels",
+     lambda: diagnostics.estimator_snr(*_bernoulli_vae(), _grey_images(), "iwae", 2, _key(), 4),
+     ValueError, r"x must be binary"),
+    ("fit_batch_size_float", lambda: _fit(batch_size=2.0),
+     TypeError, r"batch_size must be an int, got float 2\.0"),
+    ("fit_batch_size_zero", lambda: _fit(batch_size=0), ValueError, r"batch_size must be an int >= 1"),
+    ("fit_seed_negative", lambda: _fit(seed=-1), ValueError, r"seed must be an int >= 0, got -1"),
+    ("fit_seed_none", lambda: _fit(seed=None), TypeError, r"seed must be an int >= 0, got None"),
+    ("fit_optimizer_a_number", lambda: _fit(optimizer=1e-3),
+     TypeError, r"optimizer must be an optax GradientTransformation"),
+    ("fit_max_consecutive_nonfinite_zero", lambda: _fit(max_consecutive_nonfinite=0),
+     ValueError, r"max_consecutive_nonfinite must be an int >= 1"),
+    ("fit_stop_after_negative", lambda: _fit(stop_after=-1), ValueError, r"stop_after must be"),
+    ("fit_workdir_a_file", lambda: _fit(workdir=__file__),
+     ValueError, r"workdir=.*exists and is not a directory"),
+    ("make_loss_num_groups_for_iwae",
+     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "iwae", 4,
+                                                              num_groups=2),
+     ValueError, r"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only"),
+    ("make_loss_beta_for_iwae",
+     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "iwae", 4,
+                                                              beta=0.5),
+     ValueError, r"beta applies to estimator 'ciwae' only"),
+    ("make_loss_bound_for_dreg",
+     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "dreg", 4,
+                                                              bound="elbo"),
+     ValueError, r"bound= applies to estimators 'stl' and 'reinforce' only"),
+    ("make_optimizer_learning_rate_string",
+     lambda: __import__("dgmjax.training").training.make_optimizer("adam", "1e-3"),
+     ValueError, r"learning_rate must be a finite number > 0, got str"),
+    ("burda_num_steps_zero_steps_per_epoch",
+     lambda: __import__("dgmjax.training").training.burda_num_steps(0),
+     ValueError, r"steps_per_epoch must be an int >= 1, got 0"),
+    ("ais_schedule_delta_inf", lambda: __import__("dgmjax.ais").ais.schedule(5, delta=np.inf),
+     ValueError, r"delta must be a finite number > 0"),
+    ("binarize_key_an_int", lambda: data.binarize(0, _grey_images()),
+     TypeError, r"key must be a PRNG key"),
+    ("load_name_a_list", lambda: data.load(["digits"], "train"),
+     TypeError, r"name must be a dataset name \(a str\)"),
+    ("load_digits_missing_data_dir", lambda: data.load("digits", "train", data_dir="/nonexistent"),
+     ValueError, r"data_dir='/nonexistent' does not exist"),
+    ("sample_x_num_negative",
+     lambda: models.sample_x(*_bernoulli_vae(), _key(), -1),
+     ValueError, r"num must be an int >= 1, got -1"),
+    ("vae_zero_latent_dim", lambda: V.VAE((4, 4, 1), (0,), ((4,),)),
+     ValueError, r"must hold positive sizes"),
+]
+
 RAISES = (RAISES_DISTRIBUTIONS + RAISES_GUMBEL + RAISES_FLOWS + RAISES_VQ + RAISES_DATA
-          + RAISES_OBJECTIVES + RAISES_PRIORS + RAISES_EVALUATION)
+          + RAISES_OBJECTIVES + RAISES_PRIORS + RAISES_EVALUATION + RAISES_SETTINGS)
 
 
 @pytest.mark.parametrize("thunk,exc,match", [c[1:] for c in RAISES], ids=[c[0] for c in RAISES])

@@ -146,3 +146,24 @@ def test_resume_refuses_a_config_that_changes_what_is_trained(tmp_path):
   assert json.load(open(tmp_path / "config.json"))["resume_changes"] == kept["resume_changes"]
   # a fresh (non-resumed) run simply records its config
   assert training.record_config(str(tmp_path), cfg, resume=False) == cfg
+
+
+def test_a_nan_learning_rate_never_reaches_the_parameters(tmp_path):
+  # The gradients are finite but the update is not: the step is skipped (params unchanged), and a
+  # run whose every step was skipped raises instead of returning untrained parameters.
+  import optax  # pylint: disable=import-outside-toplevel
+  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  from dgmjax.models import vae  # pylint: disable=import-outside-toplevel
+  model = vae.VAE((4, 4, 1), (2,), ((4,),))
+  params = model.init(jax.random.key(0))
+  x = (np.arange(64).reshape(4, 4, 4, 1) % 3 == 0).astype(np.float32)
+  loss = training.make_loss(model, "iwae", 2)
+  opt = optax.adam(float("nan"))
+  step = training.make_train_step(loss, opt, seed=0)
+  state, metrics = step(training.init_state(params, opt), x)
+  assert not bool(metrics["finite"]) and int(state.nonfinite_in_a_row) == 1
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               state.params, params)
+  with pytest.raises(training.NonFiniteError, match=r"all 3 step\(s\) of this run .* skipped"):
+    training.fit(loss, params, x, optimizer=opt, num_steps=3, batch_size=2, seed=0,
+                 workdir=str(tmp_path / "run"))

@@ -431,7 +431,8 @@ def sample_x(model, params: Params, key: Array, num: int) -> Array:
   """``num`` samples of ``p(x)``: ``z ~ p(z)`` then the model's ``decode`` (``[num, ...]``)."""
   _need(model, "sample_prior", "sampling x")
   _need(model, "decode", "sampling x")
-  k_z, k_x = jax.random.split(key)
+  num = _checks.check_int("num", num, minimum=1)
+  k_z, k_x = jax.random.split(_checks.check_key("key", key))
   return model.decode(params, model.sample_prior(params, k_z, num), k_x)
 
 
@@ -470,7 +471,7 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
     ValueError: a function returns the wrong shape, naming the function and the shape expected.
   """
   _check_contract(model)
-  key = jax.random.key(0) if key is None else key
+  key = jax.random.key(0) if key is None else _checks.check_key("key", key)
   x = jax.tree.map(jnp.asarray, x)
   b = _batch_size(x)
   k_shape, k_z, k_joint, k_lw = jax.random.split(key, 4)
@@ -604,17 +605,39 @@ def as_network(net, name: str = "network") -> Network:
                   f"(params, *inputs); got {type(net).__name__}")
 
 
+def _check_decoder_output(x, out, what: str, *, exact: bool = True) -> None:
+  """A decoder output must have the shape of the data batch ``x`` (``exact``), or broadcast to it
+  without changing it (a shared ``log_scale``): never broadcast the data. Shapes are static, so
+  this raises under ``jit`` too."""
+  xs, os = tuple(jnp.shape(x)), tuple(jnp.shape(out))
+  try:
+    ok = os == xs if exact else jnp.broadcast_shapes(xs, os) == xs
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(
+        f"the decoder's {what} must have the shape of the data x, {xs}"
+        f"{'' if exact else ' (or broadcast to it)'}; got {os}. A decoder must map z [B, ...] to "
+        "one output per data point and pixel: check that it keeps the batch axis and reshapes "
+        "to the image shape")
+
+
 def _bernoulli(x, logits):
+  _check_decoder_output(x, logits, "logits")
   return distributions.bernoulli_log_prob(x, logits, event_ndims=jnp.ndim(x) - 1)
 
 
 def _gaussian(x, out):
   loc, log_scale = out
+  _check_decoder_output(x, loc, "loc")
+  _check_decoder_output(x, log_scale, "log_scale", exact=False)
   return distributions.normal_log_prob(x, loc, log_scale, event_ndims=jnp.ndim(x) - 1)
 
 
 def _discretized_logistic(x, out):
   loc, log_scale = out
+  _check_decoder_output(x, loc, "loc")
+  _check_decoder_output(x, log_scale, "log_scale", exact=False)
   return distributions.discretized_logistic_log_prob(x, loc, log_scale,
                                                      event_ndims=jnp.ndim(x) - 1)
 

@@ -110,6 +110,10 @@ class VAE(LatentModel):
     if not self.image_shape or min(self.image_shape) < 1:
       raise ValueError(f"image_shape must be a non-empty tuple of positive sizes, got "
                        f"{self.image_shape}")
+    if min(self.latent_dims, default=1) < 1 or min(
+        (w for h in self.hidden_dims for w in h), default=1) < 1:
+      raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
+                       "hold positive sizes")
     if not self.latent_dims or len(self.latent_dims) != len(self.hidden_dims):
       raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
                        "be non-empty and of equal length (one entry per stochastic layer)")

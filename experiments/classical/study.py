@@ -713,6 +713,7 @@ def _strip_private(obj):
 
 #: Numeric settings, checked before any work (:func:`experiments.common.config.check_fields`).
 FIELDS = {
+    "seed": "int>=0",
     "gmm.num_points": "int>0", "gmm.num_components": "int>0", "gmm.max_iters": "int>0",
     "gmm.tol": "float>=0", "gmm.reg_covar": "float>=0", "gmm.snapshot_iters": "ints>=0",
     "ppca.latent_dims": "ints>0", "ppca.em_max_iters": "int>0", "ppca.em_tol": "float>=0",

@@ -494,6 +494,7 @@ STUDIES = {"categorical": run_categorical, "vqvae": run_vqvae, "codebook": run_c
 
 #: Numeric settings of the three studies, checked before any data is loaded.
 FIELDS = {
+    "seed": "int>=0",
     "max_train_examples": "int>=0", "vimco_num_samples": "int>1", "nvil.hidden": "ints>0",
     "nvil.output_scale": "float>0", "num_vars": "int>0", "num_classes": "int>1",
     "hidden_dims": "ints>0", "codebook_dim": "int>=0", "tau_initial": "float>0",

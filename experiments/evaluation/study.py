@@ -401,6 +401,13 @@ def _check_config(config) -> None:
     raise ValueError("config.models is empty")
   if int(config.bdmc.num_examples) < 2:
     raise ValueError(f"config.bdmc.num_examples must be >= 2, got {config.bdmc.num_examples}")
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+    raise ValueError(f"config.seed must be an int >= 0, got {config.seed!r}")
+  # settings read only after minutes of retraining and sampling: checked here, before any work
+  for name, value, valid in (("ais.init", config.ais.init, ais.INITS),
+                             ("jvi.order", config.jvi.get("order"), (0, 1, 2))):
+    if value not in valid:
+      raise ValueError(f"config.{name} must be one of {list(valid)}, got {value!r}")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -253,6 +253,7 @@ def plot_results(workdir: str, config, fitted: dict, results: dict) -> None:
 
 #: Numeric settings, checked before any work (:func:`experiments.common.config.check_fields`).
 FIELDS = {
+    "seed": "int>=0",
     "batch_size": "int>0", "num_steps": "int>0", "learning_rate": "float>0",
     "linear_num_steps": "int>0", "linear_learning_rate": "float>0", "grad_clip": "float>0",
     "log_every": "int>0", "num_eval_samples": "int>1", "eval_chunk": "int>0",

@@ -65,6 +65,7 @@ MEASUREMENT = (
 
 #: Numeric settings of both studies, checked before anything is computed.
 FIELDS = {
+    "seed": "int>=0",
     "chunk_elements": "int>0",
     "toy.dim": "int>0", "toy.num_data": "int>0", "toy.perturbation": "float>=0",
     "toy.batch_size": "int>0", "toy.num_draws": "int>1", "toy.num_samples": "ints>0",
@@ -90,6 +91,11 @@ def prepare(config, workdir: str, *, resume: bool = False, allow_config_change=F
   common.check_fields(config, FIELDS)
   if config.get("toy") is not None:
     common.check_choice("toy.phi_signal", config.toy.phi_signal, ("dreg", "self"))
+    for key in ("num_samples", "direct.num_samples"):
+      ks = config.toy.get(key) if "." not in key else config.toy.direct.get("num_samples")
+      if ks is not None and len(set(ks)) < 2:
+        raise ValueError(f"config.toy.{key} must hold at least two distinct K (the SNR slope "
+                         f"in log K is fitted to them), got {tuple(ks)}")
   os.makedirs(workdir, exist_ok=True)
   settings = json.loads(config.to_json_best_effort())
   path = os.path.join(workdir, "config.json")

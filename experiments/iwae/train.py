@@ -35,6 +35,7 @@ RENAMED = {"objective": "estimator"}
 
 #: Numeric settings, checked before any data is loaded (:func:`experiments.common.config.check_fields`).
 FIELDS = {
+    "seed": "int>=0",
     "max_train_examples": "int>=0", "num_samples": "int>0", "num_groups": "int>0",
     "beta": "fraction", "batch_size": "int>0", "learning_rate": "float>0", "num_passes": "int>0",
     "num_epochs": "float>=0", "max_consecutive_nonfinite": "int>0", "log_every_steps": "int>0",

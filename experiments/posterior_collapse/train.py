@@ -33,6 +33,7 @@ RENAMED = {"objective": "bound"}
 
 #: Numeric settings, checked before any data is loaded.
 FIELDS = {
+    "seed": "int>=0",
     "max_train_examples": "int>=0", "latent_dim": "int>0", "hidden": "ints>0",
     "cond_channels": "int>0", "num_samples": "int>0", "batch_size": "int>0",
     "learning_rate": "float>0", "num_epochs": "float>0", "warmup_fraction": "fraction",
