@@ -649,8 +649,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   gradient of the whole minibatch with other noise: the same estimator, in less memory and, on a
   CPU, less time. One optimiser update is made per minibatch, as without it.
 
-  A step whose update is not finite (a NaN or infinite learning rate or optimiser setting) is
-  skipped the same way, so such parameters are never applied.
+  A finite gradient can still give a non-finite update (a NaN learning rate or optimiser
+  setting); the step does not pay for checking every parameter: :func:`fit` checks the
+  parameters on the host before it writes a checkpoint and before it returns, and the next step's
+  non-finite loss stops the run.
   """
   seed = _checks.check_seed("seed", seed)
   _check_optimizer(optimizer)
@@ -700,10 +702,6 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     new_params = optax.apply_updates(state.params, updates)
     if post_update is not None:
       new_params = post_update(new_params, aux, key_post, state.step)
-    # a finite gradient can still give a non-finite update (a NaN learning rate or optimiser
-    # setting): such a step is skipped too, never applied
-    finite = finite & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     state = TrainState(
         step=state.step + 1,
@@ -1327,7 +1325,24 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
     lock.release()
     raise
 
+  def check_params(step: int) -> None:
+    # a non-finite update from finite gradients (a NaN learning rate or optimiser setting) is not
+    # caught by the step's guard: such parameters are never checkpointed or returned
+    bad = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+           if not np.all(np.isfinite(np.asarray(leaf)))]
+    if bad:
+      good = mngr.latest_step()
+      raise NonFiniteError(
+          f"the parameters at step {step} are not finite ({len(bad)} leaves, the first {bad[0]}) "
+          f"although the steps' losses and gradients were: an update was non-finite, so check "
+          f"the learning rate and the optimiser's settings for NaN or inf. The checkpoint of "
+          f"step {step} was not written; "
+          + (f"the last one is step {good} in {ckpt_dir}." if good is not None else
+             "no checkpoint was written."))
+
   def save(step: int, force: bool = False) -> None:
+    check_params(step)
     try:
       mngr.save(step, args=ocp.args.StandardSave(state), force=force)
       mngr.wait_until_finished()
@@ -1402,6 +1417,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
         save(done)
       if stop_after is not None and done >= stop_after:
         mngr.wait_until_finished()
+        check_params(done)
         return state, {"stopped_at": done, "resumed_from": restored_step}
     if num_steps > start and int(state.nonfinite_in_a_row) >= num_steps - start:
       # every step of this run was skipped (fewer than max_consecutive_nonfinite): nothing was
@@ -1412,6 +1428,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
           f"the optimiser's settings (NaN or inf), the data and the initial parameters")
     if mngr.latest_step() != num_steps:
       save(num_steps, force=True)
+    check_params(num_steps)
     mngr.wait_until_finished()
   finally:
     bar.close()
