@@ -193,9 +193,14 @@ def gradient_moments(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int
 def _select(params: PyTree, spec) -> PyTree:
   if callable(spec):
     return spec(params)
-  node = params
+  node, done = params, []
   for part in str(spec).split("/"):
-    node = node[part]
+    keys = list(node.keys()) if isinstance(node, Mapping) else None
+    if keys is None or part not in keys:
+      where = "/".join(done) or "the top level"
+      raise ValueError(f"groups: {spec!r} names no parameters: {part!r} is not a key at {where} "
+                       f"of params{f' (keys: {sorted(map(str, keys))})' if keys else ''}")
+    node, done = node[part], done + [part]
   return node
 
 
@@ -690,6 +695,13 @@ def aggregate_posterior_log_prob(model, params, z, images, *, chunk_size: int = 
   z = jnp.asarray(z)
   if z.ndim != 2:
     raise ValueError(f"z must be [S, D], got shape {z.shape}")
+  try:  # the latent size of a model whose encode gives (loc [B, D], ...); others are not checked
+    d = int(jax.eval_shape(lambda p, x: model.encode(p, x)[0], params, arr[:1]).shape[-1])
+  except Exception:  # pylint: disable=broad-except
+    d = None
+  if d is not None and z.shape[1] != d:
+    raise ValueError(f"z must be [S, D] with D = {d}, the latent size of the model's q(z|x); got "
+                     f"shape {z.shape}")
   if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
   chunks, mask = _chunked(arr, int(min(chunk_size, arr.shape[0])))

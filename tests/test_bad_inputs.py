@@ -523,6 +523,14 @@ RAISES_SETTINGS = [
      ValueError, r"num must be an int >= 1, got -1"),
     ("vae_zero_latent_dim", lambda: V.VAE((4, 4, 1), (0,), ((4,),)),
      ValueError, r"must hold positive sizes"),
+    ("gradient_snr_group_naming_no_parameters",
+     lambda: diagnostics.gradient_snr(lambda p, k: jnp.sum(p["w"]), {"w": jnp.ones(2)}, _key(),
+                                      4, groups={"a": "nope"}),
+     ValueError, r"groups: 'nope' names no parameters.*keys: \['w'\]"),
+    ("aggregate_posterior_z_of_another_latent_size",
+     lambda: diagnostics.aggregate_posterior_log_prob(*_bernoulli_vae(), jnp.zeros((2, 5)),
+                                                      _binary_images()),
+     ValueError, r"z must be \[S, D\] with D = 2.*\(2, 5\)"),
 ]
 
 RAISES = (RAISES_DISTRIBUTIONS + RAISES_GUMBEL + RAISES_FLOWS + RAISES_VQ + RAISES_DATA
