@@ -654,7 +654,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   parameters on the host before it writes a checkpoint and before it returns, and the next step's
   non-finite loss stops the run.
   """
-  seed = _checks.check_seed("seed", seed)
+  if not isinstance(seed, jax.core.Tracer):  # a traced seed: runs vmapped over their seeds
+    seed = _checks.check_seed("seed", seed)
   _check_optimizer(optimizer)
   if not callable(loss_fn):
     raise _checks.ArgumentTypeError(f"loss_fn must be a function (params, x, key) -> (loss, "
