@@ -45,6 +45,7 @@ def test_categorical_study(tmp_path):
   assert json.load(open(tmp_path / "summary.json"))["runs"]["gumbel"]["jang_neg_elbo"] == 101.5
 
 
+@pytest.mark.slow  # two more trained rows; VIMCO and NVIL are checked on every model in the default run
 def test_categorical_vimco_and_nvil_rows(tmp_path):
   c = _tiny("categorical")
   c.estimators = ("vimco", "nvil")

@@ -75,6 +75,7 @@ def _tiny_run(workdir):
   return iwae_train.train_and_evaluate(c, str(workdir))
 
 
+@pytest.mark.slow  # the MNIST study end to end; the toy study runs end to end in the default run
 def test_mnist_study_reads_checkpoints_through_training_restore(tmp_path):
   res = _tiny_run(tmp_path / "runs" / "tiny")
   c = mnist_config.get_config()

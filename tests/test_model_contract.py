@@ -62,7 +62,13 @@ def _library_models():
 LIBRARY = _library_models()
 
 
-@pytest.mark.parametrize("name", sorted(LIBRARY))
+#: The library models whose every-estimator check is a long run (minutes on 2 CPU cores), marked
+#: slow: each has its own tests (test_priors.py, test_pixel_vae.py) in the default run.
+_SLOW_LIBRARY = ("iaf_posterior", "pixel_vae")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_LIBRARY
+                                  else n for n in sorted(LIBRARY)])
 def test_every_estimator_value_is_its_bound_on_every_library_model(name):
   model = LIBRARY[name]
   params = model.init(_key())
@@ -297,6 +303,7 @@ def _check_trains(model, params, x):
     assert float(np.mean(after)) > before + 1.0, (est, before, float(np.mean(after)))
 
 
+@pytest.mark.slow  # a conv net trained twice; the NNX and equinox user models train in the default run
 def test_user_linen_conv_vae_trains_with_iwae_and_dreg_and_evaluates():
   x = _digits()
   model = M.from_networks(ConvEncoder(), ConvDecoder(), likelihood="bernoulli")
