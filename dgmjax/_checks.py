@@ -236,18 +236,22 @@ def nan_unless(valid, value):
   return jnp.where(valid, value, jnp.asarray(jnp.nan, value.dtype))
 
 
-def check_key(name: str, key):
-  """``key`` if it is a PRNG key (a typed key array from ``jax.random.key``, or a raw ``uint32``
-  key of shape ``[..., 2]``), else :class:`ArgumentTypeError` naming the argument.
+def is_key(x) -> bool:
+  """True for a PRNG key: a typed key array from ``jax.random.key``, or a raw ``uint32`` key of
+  shape ``[..., 2]`` (dtypes and shapes are static, so traced keys are recognised too)."""
+  dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+  if dtype is None or shape is None:
+    return False
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  return np.dtype(dtype) == np.uint32 and tuple(shape)[-1:] == (2,)
 
-  Shapes and dtypes are static, so this also runs on traced keys.
-  """
-  dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
-  if dtype is not None and shape is not None:
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      return key
-    if np.dtype(dtype) == np.uint32 and tuple(shape)[-1:] == (2,):
-      return key
+
+def check_key(name: str, key):
+  """``key`` if it is a PRNG key (:func:`is_key`), else :class:`ArgumentTypeError` naming the
+  argument. Also runs on traced keys."""
+  if is_key(key):
+    return key
   shown = repr(key)
   shown = shown if len(shown) <= 60 else shown[:57] + "..."
   raise ArgumentTypeError(f"{name} must be a PRNG key (jax.random.key(seed)), got "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 
+from dgmjax import _checks
+
 #: Old bound names and their current ones ("vae" and "elbo" named the same bound).
 BOUND_ALIASES = {"vae": "elbo"}
 
@@ -42,17 +44,6 @@ def renamed_kwarg(new_value, old_value, *, new: str, old: str, stacklevel: int =
   return old_value
 
 
-def _is_key(x) -> bool:
-  """True for a PRNG key: a typed key array, or a raw ``uint32`` key of shape ``[..., 2]``."""
-  dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
-  if dtype is None or shape is None:
-    return False
-  import jax  # pylint: disable=import-outside-toplevel
-  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    return True
-  return str(dtype) == "uint32" and len(shape) >= 1 and shape[-1] == 2
-
-
 def key_last(name: str, *args, stacklevel: int = 4):
   """``args`` (in the current order, the key last) from a call in the old, key-first order.
 
@@ -69,7 +60,7 @@ def key_last(name: str, *args, stacklevel: int = 4):
   Returns:
     ``args`` in the current order (unchanged for a current call).
   """
-  if len(args) >= 2 and _is_key(args[0]) and not _is_key(args[-1]):
+  if len(args) >= 2 and _checks.is_key(args[0]) and not _checks.is_key(args[-1]):
     order = ", ".join(["key"] + ["..."] * (len(args) - 1))
     warn(f"{name}({order}) with the key first is deprecated: pass the key after the parameters "
          f"and data, {name}(params, ..., key)", stacklevel)

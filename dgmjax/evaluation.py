@@ -232,7 +232,7 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   sample_chunk = _checks.check_int("sample_chunk", sample_chunk, minimum=1)
   models_base.check_data(model, x, "x")  # concrete x only: a traced one passes (NaN off support)
   num_samples = keys.shape[0]
-  chunk = max(1, min(int(sample_chunk), num_samples))
+  chunk = min(sample_chunk, num_samples)
   num_chunks, rem = divmod(num_samples, chunk)
   batch = models_base._batch_size(x)  # pylint: disable=protected-access
   log_weights_from_keys = _FromKeys(model)

@@ -1291,9 +1291,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
   steps_per_epoch = n // batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} examples)")
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  if log_every < 1 or checkpoint_every < 1 or checkpoint_every % log_every:
+  if checkpoint_every % log_every:
     raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a positive multiple of "
                      f"log_every ({log_every}) for exact resumption")
   if eval_every and checkpoint_every % eval_every:
