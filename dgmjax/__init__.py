@@ -57,28 +57,13 @@ __version__ = "0.1.0"
 
 #: The subpackages, imported on first attribute access.
 SUBPACKAGES = ("ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
-               "gumbel", "models", "networks", "objectives", "parallel", "pixelcnn", "plotting",
-               "priors", "training", "vq")
-
-# Names that were re-exported at the top level before the subpackages were: module of each.
-_MOVED = {
-    **{n: "distributions" for n in (
-        "bernoulli_log_prob", "categorical_entropy", "categorical_log_prob",
-        "categorical_log_prob_one_hot", "kl_categorical_categorical", "kl_categorical_uniform",
-        "kl_normal_normal", "kl_normal_standard_normal", "mvn_log_prob", "normal_entropy",
-        "normal_log_prob", "sample_bernoulli", "sample_categorical", "sample_mvn", "sample_normal",
-        "standard_normal_log_prob")},
-    **{n: "gumbel" for n in (
-        "concrete_log_prob", "gumbel_max", "gumbel_softmax", "sample_gumbel", "straight_through")},
-    **{n: "vq" for n in (
-        "code_counts", "ema_update", "nearest_code", "perplexity", "quantize",
-        "restart_dead_codes")},
-}
+               "gumbel", "losses", "models", "networks", "objectives", "parallel", "pixelcnn",
+               "plotting", "priors", "training", "vq")
 
 __all__ = [
     # subpackages
     "ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
-    "models", "networks", "objectives", "parallel", "pixelcnn", "plotting", "priors", "training",
+    "losses", "models", "networks", "objectives", "parallel", "pixelcnn", "plotting", "priors", "training",
     "vq",
     # the bounds (dgmjax.objectives)
     "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
@@ -92,11 +77,6 @@ __all__ = [
 def __getattr__(name):
   if name in SUBPACKAGES:
     return _importlib.import_module(f"dgmjax.{name}")
-  if name in _MOVED:
-    from dgmjax import _deprecation  # pylint: disable=import-outside-toplevel
-    module = _MOVED[name]
-    _deprecation.warn(f"dgmjax.{name} is deprecated: use dgmjax.{module}.{name}")
-    return getattr(_importlib.import_module(f"dgmjax.{module}"), name)
   raise AttributeError(f"module 'dgmjax' has no attribute {name!r}")
 
 

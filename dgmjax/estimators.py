@@ -59,7 +59,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, Real
 
-from dgmjax import _checks, _deprecation, objectives
+from dgmjax import _checks, objectives
 
 __all__ = [
     "BOUNDS", "ESTIMATORS", "LogWeightTerms", "NVILBaseline", "RunningMean", "baseline_loss",
@@ -148,13 +148,8 @@ def _baseline_like(baseline: Optional[Real[ArrayLike, "..."]],
   return jnp.broadcast_to(b, like.shape)
 
 
-def _bound_arg(bound: str, objective: Optional[str]) -> str:
-  """The ``bound=`` setting, from the deprecated keyword ``objective=`` if that is given."""
-  if objective is not None:
-    # bound= left at its default counts as not given; a different value alongside objective=
-    # raises TypeError (both keywords given).
-    bound = _deprecation.renamed_kwarg(None if bound == "iwae" else bound, objective,
-                                       new="bound", old="objective", stacklevel=5)
+def _bound_arg(bound: str) -> str:
+  """The ``bound=`` setting, checked."""
   if bound not in BOUNDS:
     raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
   return bound
@@ -264,8 +259,7 @@ def ciwae_surrogate(log_w: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, ""]
 
 
 def stl_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayLike, "..."],
-                  axis: int = 0, *, bound: str = "iwae",
-                  objective: Optional[str] = None) -> Float[Array, "*batch"]:
+                  axis: int = 0, *, bound: str = "iwae") -> Float[Array, "*batch"]:
   """Sticking the landing: the reparametrization estimator without the score term of ``q``.
 
   ``theta`` gets the usual gradient; ``phi`` only the path through ``z`` (``q``'s parameters are
@@ -280,8 +274,6 @@ def stl_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayL
     log_w_path: ``[K, B]``, :attr:`LogWeightTerms.log_w_path`.
     axis: sample axis.
     bound: ``'iwae'`` (weights ``w~_k``) or ``'elbo'`` (weights ``1/K``).
-    objective: deprecated name of ``bound`` (works for one release, with a
-      ``DeprecationWarning``).
 
   Returns:
     ``[B]``, equal to the bound.
@@ -290,7 +282,7 @@ def stl_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[ArrayL
     Roeder, Wu & Duvenaud, Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
     Variational Inference, NeurIPS 2017.
   """
-  bound = _bound_arg(bound, objective)
+  bound = _bound_arg(bound)
   _check_same_shape(log_w_theta=log_w_theta, log_w_path=log_w_path)
   lw = _to_front(log_w_theta, axis, "log_w_theta")
   lp = _to_front(log_w_path, axis, "log_w_path")
@@ -330,8 +322,7 @@ def dreg_surrogate(log_w_theta: Float[ArrayLike, "..."], log_w_path: Float[Array
 # ----------------------------------------------------------------------------- score function
 
 
-def learning_signal(log_w: Float[ArrayLike, "..."], axis: int = 0, *, bound: str = "iwae",
-                    objective: Optional[str] = None) -> Float[Array, "..."]:
+def learning_signal(log_w: Float[ArrayLike, "..."], axis: int = 0, *, bound: str = "iwae") -> Float[Array, "..."]:
   """The learning signal that multiplies the score in REINFORCE.
 
   IWAE: the bound ``L_K`` itself, one per datapoint. ELBO: each sample's own ``log w_k`` (the
@@ -343,13 +334,11 @@ def learning_signal(log_w: Float[ArrayLike, "..."], axis: int = 0, *, bound: str
     log_w: ``[K, B]``.
     axis: sample axis.
     bound: ``'iwae'`` or ``'elbo'``.
-    objective: deprecated name of ``bound`` (works for one release, with a
-      ``DeprecationWarning``).
 
   Returns:
     ``[B]`` (IWAE) or ``[K, B]`` (ELBO), without gradient.
   """
-  bound = _bound_arg(bound, objective)
+  bound = _bound_arg(bound)
   log_w = lax.stop_gradient(log_w)
   if bound == "iwae":
     return objectives.iwae_bound(log_w, axis)
@@ -359,8 +348,7 @@ def learning_signal(log_w: Float[ArrayLike, "..."], axis: int = 0, *, bound: str
 
 def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float[ArrayLike, "..."],
                         baseline: Optional[Real[ArrayLike, "..."]] = None, axis: int = 0, *,
-                        bound: str = "iwae", analytic_kl: bool = False,
-                        objective: Optional[str] = None) -> Float[Array, "*batch"]:
+                        bound: str = "iwae", analytic_kl: bool = False) -> Float[Array, "*batch"]:
   """Score-function (REINFORCE, likelihood-ratio) estimator, for any latent.
 
   Needs no path through ``z``, so it serves discrete latents. ``theta`` gets the usual gradient.
@@ -381,8 +369,6 @@ def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float
     analytic_kl: the "log-weights" are the log-likelihoods ``log p(x | z_k)`` alone, the KL being
       analytic and differentiated apart (``bound='elbo'``): ``log q`` then does not appear in
       the signal, so its direct term ``-w~_k`` is dropped.
-    objective: deprecated name of ``bound`` (works for one release, with a
-      ``DeprecationWarning``).
 
   Returns:
     ``[B]``, equal to the bound (the expected log-likelihood with ``analytic_kl``).
@@ -392,7 +378,7 @@ def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float
     Learning, Machine Learning 1992; Mnih & Gregor, Neural Variational Inference and Learning in
     Belief Networks, ICML 2014.
   """
-  bound = _bound_arg(bound, objective)
+  bound = _bound_arg(bound)
   _check_same_shape(log_w_theta=log_w_theta, log_q_score=log_q_score)
   lw = _to_front(log_w_theta, axis, "log_w_theta")
   lq = _to_front(log_q_score, axis, "log_q_score")
@@ -702,7 +688,7 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1,
               beta: Optional[Real[ArrayLike, ""]] = None,
               baseline: Optional[Real[ArrayLike, "..."]] = None, bound: str = "iwae",
               analytic_kl: bool = False, alpha: Optional[Real[ArrayLike, ""]] = None,
-              axis: int = 0, objective: Optional[str] = None) -> Float[Array, "*batch"]:
+              axis: int = 0) -> Float[Array, "*batch"]:
   """Dispatches to the surrogate of ``estimator`` on the right fields of ``terms``.
 
   Args:
@@ -715,14 +701,10 @@ def surrogate(estimator: str, terms: LogWeightTerms, *, num_groups: int = 1,
     analytic_kl: for ``reinforce``, see :func:`reinforce_surrogate`.
     alpha: the Rényi order for ``renyi`` and ``renyi_dreg``.
     axis: sample axis.
-    objective: deprecated name of ``bound`` (works for one release, with a
-      ``DeprecationWarning``).
 
   Returns:
     ``[B]``: the bound's value, the estimator's gradient.
   """
-  if objective is not None:
-    bound = _bound_arg(bound, objective)
   t = terms
   if estimator == "iwae":
     return iwae_surrogate(t.log_w, axis)

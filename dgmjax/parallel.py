@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dgmjax import _deprecation, objectives, training
+from dgmjax import losses, objectives, training
 from dgmjax.models import base as models_base
 
 Array = jax.Array
@@ -94,13 +94,13 @@ def bounds_loss(model, bounds: Sequence[str], num_samples: int, **kwargs) -> Cal
 
   The log-weights ``[K, B]`` are computed once; ``index`` (traced, per run) selects the reduction
   ``bounds[index]``. For one bound the value, metrics and gradient are those of
-  ``dgmjax.training.make_loss(model, name, num_samples, **kwargs)`` (same key, same samples).
+  ``dgmjax.losses.make_loss(model, name, num_samples, **kwargs)`` (same key, same samples).
 
   .. math:: \\ell_r(\\theta) = -\\frac1B \\sum_b R_{o(r)}(\\log w_{1:K, b}), \\quad R_{\\mathrm{elbo}} = \\mathrm{mean}_k, \\; R_{\\mathrm{iwae}} = \\log \\mathrm{mean}_k \\exp
 
   Args:
     model: a contract model (:mod:`dgmjax.models.base`).
-    bounds: names from ``dgmjax.training.BOUND_ESTIMATORS`` (``elbo``, ``iwae``, ``miwae``,
+    bounds: names from ``dgmjax.losses.BOUND_ESTIMATORS`` (``elbo``, ``iwae``, ``miwae``,
       ``ciwae``, ``renyi``).
     num_samples: ``K``, shared by the runs.
     **kwargs: ``num_groups`` (MIWAE), ``beta`` (CIWAE).
@@ -108,13 +108,13 @@ def bounds_loss(model, bounds: Sequence[str], num_samples: int, **kwargs) -> Cal
   Returns:
     ``loss(params, x, key, index) -> (loss, {"bound", "elbo"})``.
   """
-  names = tuple(_deprecation.bound_name(n, "bounds") for n in bounds)
-  bad = [n for n in names if n not in training.BOUND_ESTIMATORS]
+  names = tuple(bounds)
+  bad = [n for n in names if n not in losses.BOUND_ESTIMATORS]
   if not names or bad:
     raise ValueError(f"bounds must be non-empty names from "
-                     f"{training.BOUND_ESTIMATORS}, got {bounds!r}")
+                     f"{losses.BOUND_ESTIMATORS}, got {bounds!r}")
   for n in names:  # validates K, num_groups, beta exactly as make_loss does
-    training.make_loss(model, n, num_samples, **kwargs)
+    losses.make_loss(model, n, num_samples, **kwargs)
   num_groups = int(kwargs.get("num_groups") or 1)
   reducers = {"elbo": objectives.elbo, "iwae": objectives.iwae_bound,
               "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
@@ -128,13 +128,6 @@ def bounds_loss(model, bounds: Sequence[str], num_samples: int, **kwargs) -> Cal
     return -bound, {"bound": bound, "elbo": jnp.mean(objectives.elbo(lw))}
 
   return loss
-
-
-def bound_objectives_loss(model, objective_names: Sequence[str], num_samples: int,
-                          **kwargs) -> Callable:
-  """Deprecated name of :func:`bounds_loss` (removed in the next release)."""
-  _deprecation.warn("parallel.bound_objectives_loss is deprecated: use parallel.bounds_loss")
-  return bounds_loss(model, objective_names, num_samples, **kwargs)
 
 
 # ----------------------------------------------------------------------------- runs side by side
@@ -172,7 +165,7 @@ def make_runs_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
   Args:
     loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``training.make_loss(model, 'iwae',
       K)``; with ``with_index=True``, ``(params, x, key, index)`` (e.g.
-      :func:`bound_objectives_loss`) and each run passes its ``indices[r]``.
+      :func:`bounds_loss`) and each run passes its ``indices[r]``.
     optimizer: the optimiser of every run (a schedule counts each run's own steps).
     dynamic_binarization: binarize each run's minibatch with its own key.
     with_index: pass each run's integer ``indices[r]`` to the loss.
@@ -191,7 +184,7 @@ class RunGroup:
   Attributes:
     loss_fn: ``(params, x, key)`` or, with ``with_index``, ``(params, x, key, index)``.
     optimizer: the optimiser of the group.
-    with_index: the loss takes each run's index (e.g. :func:`bound_objectives_loss`).
+    with_index: the loss takes each run's index (e.g. :func:`bounds_loss`).
     dynamic_binarization: binarize each minibatch afresh.
   """
   loss_fn: Callable

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dgmjax import _deprecation, distributions
+from dgmjax import distributions
 
 Array = jax.Array
 
@@ -160,10 +160,8 @@ def sample(model: PixelCNN, params, key: Array, shape: Sequence[int],
 
   Each step runs the network on the partial image and draws pixel ``j`` from its conditional;
   later pixels of the partial image are ignored by the masks. Binary pixels come back as float
-  {0, 1} ``[B, H, W, 1]``; categorical ones as int32 ``[B, H, W]``. The old order
-  ``sample(key, model, params, ...)`` works for one release, with a ``DeprecationWarning``.
+  {0, 1} ``[B, H, W, 1]``; categorical ones as int32 ``[B, H, W]``.
   """
-  model, params, key = _deprecation.key_last("pixelcnn.sample", model, params, key)
   b, h, w = shape
   binary = model.num_classes == 1
   x0 = jnp.zeros((b, h, w, 1), jnp.float32)

@@ -6,8 +6,7 @@ Every prior is a frozen (hashable) dataclass of static configuration with pure f
 * ``init(key, dtype=None) -> params`` (a pytree; ``{}`` when the prior has no parameters),
 * ``log_prob(params, z, encoder=None) -> [...]`` for ``z`` ``[..., D]`` (e.g. ``[K, B, D]``),
 * ``sample(params, key, num, encoder=None) -> [num, D]`` (parameters first, the key after them,
-  as every function of parameters; the old order ``sample(key, params, ...)`` works for one
-  release, with a ``DeprecationWarning``).
+  as every function of parameters).
 
 ``encoder`` is only read by :class:`VampPrior`: a function ``x -> (loc, log_scale)`` of the
 model's diagonal Gaussian ``q(z|x)`` (the model closes it over its own parameters, so the prior
@@ -35,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import _checks, _deprecation
+from dgmjax import _checks
 from dgmjax import distributions
 from dgmjax import flows
 
@@ -138,7 +137,6 @@ class StandardNormal:
     return distributions.standard_normal_log_prob(_check_z(z, self.latent_dim))
 
   def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
-    params, key = _deprecation.key_last("StandardNormal.sample", params, key)
     del params, encoder
     return jax.random.normal(key, (_num(num), self.latent_dim))
 
@@ -179,7 +177,6 @@ class MixtureOfGaussians:
     return mixture_normal_log_prob(z, params["logits"], params["loc"], params["log_scale"])
 
   def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
-    params, key = _deprecation.key_last("MixtureOfGaussians.sample", params, key)
     del encoder
     return _sample_mixture(key, params["logits"], params["loc"], params["log_scale"], _num(num))
 
@@ -238,7 +235,6 @@ class VampPrior:
     return mixture_normal_log_prob(z, logits, loc, log_scale)
 
   def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
-    params, key = _deprecation.key_last("VampPrior.sample", params, key)
     num = _num(num)
     loc, log_scale = self.components(params, encoder)
     logits = jnp.zeros((self.num_pseudo_inputs,), loc.dtype)
@@ -268,7 +264,6 @@ class FlowPrior:
     return self.flow.log_prob(params, _check_z(z, self.latent_dim))
 
   def sample(self, params, key: Array, num: int, encoder: Optional[Encoder] = None) -> Array:
-    params, key = _deprecation.key_last("FlowPrior.sample", params, key)
     del encoder
     return self.flow.sample(params, key, _num(num))
 

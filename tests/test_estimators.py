@@ -208,20 +208,15 @@ _OLD_KEYWORD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("bound", ["elbo", "iwae"])
 @pytest.mark.parametrize("f", [c[1] for c in _OLD_KEYWORD_CASES],
                          ids=[c[0] for c in _OLD_KEYWORD_CASES])
-def test_old_keyword_objective_still_works_with_a_deprecation_warning(f, bound):
-  # The keyword names the bound (the vocabulary of the API reference): objective= is its old name.
+def test_bound_is_the_only_keyword_for_the_bound(f):
+  # One name per setting: the keyword names the bound; there is no other spelling of it.
   lw = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
-  with pytest.warns(DeprecationWarning, match="the keyword objective= is deprecated: use bound="):
-    old = f(lw, objective=bound)
-  np.testing.assert_array_equal(old, f(lw, bound=bound))
-  with pytest.raises(TypeError, match="got both bound= and its deprecated name objective="):
-    f(lw, bound="elbo", objective="iwae")
+  with pytest.raises(TypeError, match="objective"):
+    f(lw, objective="iwae")
   with pytest.raises(ValueError, match="bound must be one of"):
-    with pytest.warns(DeprecationWarning):
-      f(lw, objective="vae")
+    f(lw, bound="vae")
 
 
 # ----------------------------------------------------------------------------- VIMCO, baselines

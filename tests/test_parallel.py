@@ -103,8 +103,7 @@ def test_vae_and_iwae_rows_share_a_group_and_groups_share_a_program():
   assert metrics[0]["loss"].shape == (2,) and metrics[1]["loss"].shape == (1,)
   with pytest.raises(ValueError, match="bounds must be"):
     parallel.bounds_loss(MODEL, ("dreg",), 5)
-  with pytest.warns(DeprecationWarning, match="bound_objectives_loss is deprecated"):
-    parallel.bound_objectives_loss(MODEL, ("iwae",), 5)
+  assert not hasattr(parallel, "bound_objectives_loss")
 
 
 def test_stack_unstack_and_mesh_validation():

@@ -238,12 +238,10 @@ def test_kl_controlled_train_step_traces_once_and_bad_arguments():
   np.testing.assert_allclose(betas, [0.0, 0.5, 1.0, 1.0, 0.0])
   with pytest.raises(ValueError, match="bound must be one of"):
     training.make_kl_controlled_loss(m, "miwae", 2)
-  with pytest.warns(DeprecationWarning, match="objective= is deprecated"):
-    old = training.make_kl_controlled_loss(m, objective="vae", num_samples=2)
-  with jax.debug_key_reuse(False):
-    k = jax.random.key(16)
-    np.testing.assert_array_equal(old(params, x, k, 0)[0],
-                                  training.make_kl_controlled_loss(m, "elbo", 2)(params, x, k, 0)[0])
+  with pytest.raises(TypeError, match="objective"):
+    training.make_kl_controlled_loss(m, objective="elbo", num_samples=2)
+  with pytest.raises(ValueError, match="bound must be one of"):
+    training.make_kl_controlled_loss(m, "vae", 2)
   with pytest.raises(ValueError, match="free_bits"):
     training.make_kl_controlled_loss(m, "elbo", 1, free_bits=-1.0)
   with pytest.raises(ValueError, match="free_bits_groups"):

@@ -1,5 +1,5 @@
 """The public API: a curated ``__all__`` per module, subpackages reachable from ``import dgmjax``,
-and the old names kept for one release with a ``DeprecationWarning``."""
+and no pre-release aliases."""
 
 import ast
 import importlib
@@ -69,84 +69,16 @@ def test_top_level_all_resolves_without_warnings():
   assert set(dgmjax.SUBPACKAGES) <= set(dir(dgmjax))
 
 
-@pytest.mark.parametrize("name, module", [("quantize", "vq"), ("ema_update", "vq"),
-                                          ("normal_log_prob", "distributions"),
-                                          ("gumbel_softmax", "gumbel")])
-def test_old_top_level_names_warn_and_are_the_same_function(name, module):
-  with pytest.warns(DeprecationWarning, match=f"use dgmjax.{module}.{name}"):
-    old = getattr(dgmjax, name)
-  assert old is getattr(importlib.import_module(f"dgmjax.{module}"), name)
+@pytest.mark.parametrize("name", ["quantize", "ema_update", "normal_log_prob", "gumbel_softmax"])
+def test_module_names_are_not_re_exported_at_the_top_level(name):
+  # One place per name: dgmjax.vq.quantize, not dgmjax.quantize.
   with pytest.raises(AttributeError):
-    dgmjax.no_such_name  # pylint: disable=pointless-statement
+    getattr(dgmjax, name)
 
 
-def test_old_training_and_parallel_names_warn():
+def test_no_pre_release_aliases():
   from dgmjax import parallel, training
-  with pytest.warns(DeprecationWarning, match="KL_BOUNDS"):
-    assert training.KL_OBJECTIVES == ("vae", "iwae")
+  assert not hasattr(training, "KL_OBJECTIVES")
   assert training.KL_BOUNDS == ("elbo", "iwae")
   assert "vae" not in training.BOUND_ESTIMATORS
-  assert "bound_objectives_loss" not in parallel.__all__
-
-
-def _old_order_cases():
-  """(name, old-order call, current-order call) of every function whose key moved after the
-  parameters and data; each pair must give the same result."""
-  from dgmjax import flows, pixelcnn, priors
-  from dgmjax.models import classical as C
-  from dgmjax.models import linear_gaussian as lg
-  k = lambda: jax.random.key(7)   # a fresh key per call (key reuse is checked)
-  lgp = lg.init(jax.random.key(0), 3, 2)
-  x, _ = lg.sample(lgp, jax.random.key(1), 4)
-  mog = priors.MixtureOfGaussians(2, num_components=3)
-  mog_p = mog.init(jax.random.key(2))
-  flow = flows.Flow(flows.real_nvp(2, 2, (8,)))
-  gmm = C.gmm_params(jnp.zeros(2), jnp.array([[0.0, 0.0], [3.0, 3.0]]),
-                     jnp.broadcast_to(jnp.eye(2), (2, 2, 2)))
-  loc, log_scale = jnp.zeros((4, 2)), jnp.zeros((4, 2))
-  vae = C.linear_vae_init(jax.random.key(5), 3, 2)
-  gaps = dict(num_steps=2, num_elbo_samples=4, num_iwae_samples=4, chunk_size=4)
-  cases = [
-      ("MixtureOfGaussians.sample", lambda: mog.sample(k(), mog_p, 5),
-       lambda: mog.sample(mog_p, k(), 5)),
-      ("linear_gaussian.sample", lambda: lg.sample(k(), lgp, 3), lambda: lg.sample(lgp, k(), 3)),
-      ("gmm_sample", lambda: C.gmm_sample(k(), gmm, 3), lambda: C.gmm_sample(gmm, k(), 3)),
-      ("gaussian_log_weights",
-       lambda: C.gaussian_log_weights(k(), lg.log_joint, lgp, x, loc, log_scale, 3),
-       lambda: C.gaussian_log_weights(lg.log_joint, lgp, x, loc, log_scale, k(), 3)),
-      ("fit_local_gaussians",
-       lambda: C.fit_local_gaussians(k(), lg.log_joint, lgp, x, loc, log_scale, num_steps=2),
-       lambda: C.fit_local_gaussians(lg.log_joint, lgp, x, loc, log_scale, k(), num_steps=2)),
-      ("variational_em",
-       lambda: C.variational_em(k(), lg.log_joint, lgp, x, z_dim=2, num_iters=2),
-       lambda: C.variational_em(lg.log_joint, lgp, x, k(), z_dim=2, num_iters=2)),
-      ("linear_vae_log_weights", lambda: C.linear_vae_log_weights(k(), vae, x, 3),
-       lambda: C.linear_vae_log_weights(vae, x, k(), 3)),
-      ("amortization_gaps",
-       lambda: C.amortization_gaps(k(), C.linear_vae_log_joint, C.linear_vae_encode, vae, x,
-                                   **gaps),
-       lambda: C.amortization_gaps(C.linear_vae_log_joint, C.linear_vae_encode, vae, x, k(),
-                                   **gaps)),
-  ]
-  fp = flow.init(jax.random.key(3))
-  # the old order fails the (test-time) jaxtyping check of `key`: call past the checker
-  raw = inspect.unwrap(flows.Flow.sample)
-  cases.append(("Flow.sample", lambda: raw(flow, k(), fp, 4), lambda: flow.sample(fp, k(), 4)))
-  pcnn = pixelcnn.PixelCNN(num_classes=1, features=4, num_layers=1)
-  pp = pcnn.init(jax.random.key(4), jnp.zeros((1, 2, 2, 1)))
-  cases.append(("pixelcnn.sample", lambda: pixelcnn.sample(k(), pcnn, pp, (1, 2, 2)),
-                lambda: pixelcnn.sample(pcnn, pp, k(), (1, 2, 2))))
-  return cases
-
-
-def test_old_key_first_argument_orders_warn_and_give_the_same_result():
-  cases = _old_order_cases()
-  assert len(cases) >= 10
-  for name, old, new in cases:
-    with pytest.warns(DeprecationWarning, match=rf"{name}\(key, .*deprecated"):
-      got = old()
-    with warnings.catch_warnings():
-      warnings.simplefilter("error")
-      want = new()
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 got, want)
+  assert not hasattr(parallel, "bound_objectives_loss")

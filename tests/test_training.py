@@ -117,17 +117,11 @@ def test_make_loss_is_the_negative_bound():
     training.make_loss(model, "wake-sleep", 5)
 
 
-def test_old_name_vae_of_the_elbo_still_works_with_a_deprecation_warning():
+def test_one_name_per_bound_vae_is_not_an_alias_of_elbo():
   model = _tiny()
-  params = model.init(jax.random.key(0))
-  x = (_grey(3) > 0.5).astype(np.float32)
-  key = jax.random.key(1)
-  with pytest.warns(DeprecationWarning, match="estimator='vae' is deprecated: use 'elbo'"):
-    old = training.make_loss(model, "vae", 5)
-  new = training.make_loss(model, "elbo", 5)
-  with jax.debug_key_reuse(False):
-    np.testing.assert_array_equal(old(params, x, key)[0], new(params, x, key)[0])
-  with pytest.warns(DeprecationWarning, match="bound='vae' is deprecated"):
+  with pytest.raises(ValueError, match="estimator must be one of"):
+    training.make_loss(model, "vae", 5)
+  with pytest.raises(ValueError, match="bound must be 'iwae' or 'elbo'"):
     training.make_loss(model, "reinforce", 5, bound="vae")
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real, Shaped
 
-from dgmjax import _deprecation, distributions
+from dgmjax import distributions
 from dgmjax.flows import base
 
 
@@ -66,13 +66,11 @@ class Flow:
 
     Args:
       params: the bijector's params.
-      key: a PRNG key (the old order ``sample(key, params, ...)`` works for one release, with a
-        ``DeprecationWarning``).
+      key: a PRNG key.
       num_samples: static number of draws.
       context: ``[..., context_size]`` for conditional flows; its batch shape follows the
         sample axis.
     """
-    params, key = _deprecation.key_last("Flow.sample", params, key)
     u, context = self._base_sample(key, params, num_samples, context)
     return self.bijector.forward(params, u, context)
 
@@ -87,7 +85,6 @@ class Flow:
     Returns:
       ``x`` ``[num_samples, ..., *event_shape]`` and ``log q(x)`` ``[num_samples, ...]``.
     """
-    params, key = _deprecation.key_last("Flow.sample_and_log_prob", params, key)
     u, context = self._base_sample(key, params, num_samples, context)
     x, log_det = self.bijector.forward_and_log_det(params, u, context)
     log_q = distributions.standard_normal_log_prob(u, event_ndims=len(self.event_shape))

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dgmjax import _deprecation, distributions
+from dgmjax import distributions
 
 Array = jax.Array
 
@@ -86,11 +86,7 @@ def log_joint(params: Params, x: Array, z: Array) -> Array:
 
 
 def sample(params: Params, key: Array, num: int) -> tuple[Array, Array]:
-  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model.
-
-  The old order ``sample(key, params, num)`` works for one release, with a ``DeprecationWarning``.
-  """
-  params, key = _deprecation.key_last("linear_gaussian.sample", params, key)
+  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model."""
   kz, kx = jax.random.split(key)
   dx, dz = params.w.shape
   z = jax.random.normal(kz, (num, dz), params.w.dtype)

@@ -5,7 +5,7 @@
 
 The rows are VAE and IWAE at ``K`` in ``(1, 5, 50)`` (at ``K = 1`` the two are the same model, one
 row). Runs with the same ``K`` share a vmapped group, the objective chosen per run by an index
-(``dgmjax.parallel.bound_objectives_loss``); the three groups are traced into one XLA program
+(``dgmjax.parallel.bounds_loss``); the three groups are traced into one XLA program
 (``dgmjax.parallel.make_groups_train_step``), so one dispatch advances every row by one step.
 Each row is exactly the run ``experiments.iwae`` would train alone with the same seed, optimiser
 and schedule (without checkpoints). Afterwards each row is evaluated as in ``experiments.iwae``:
@@ -64,7 +64,7 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
   groups, states, seeds_g, index_g, members = [], [], [], [], []
   for k, names in sorted(by_k.items()):
     names = tuple(dict.fromkeys(names))
-    groups.append(parallel.RunGroup(parallel.bound_objectives_loss(model, names, k), opt,
+    groups.append(parallel.RunGroup(parallel.bounds_loss(model, names, k), opt,
                                     with_index=True, dynamic_binarization=True))
     runs = [(n, s) for n in names for s in seeds]
     members.append([(n, k, s) for n, s in runs])

@@ -1,0 +1,368 @@
+"""Training losses over the model contract: a bound and the estimator of its gradient.
+
+:func:`make_loss` builds ``loss(params, x, key) -> (loss, metrics)`` for any contract model from
+an estimator name; :func:`make_kl_controlled_loss` the ELBO / IWAE loss with KL annealing and free
+bits, ``loss(params, x, key, step)``. The loss's value is the negative bound, its gradient the
+estimator's (the surrogates of :mod:`dgmjax.estimators`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dgmjax import _checks, objectives
+
+Array = jax.Array
+LossFn = Callable[..., tuple[Array, dict]]
+
+
+#: Estimators of :func:`make_loss` that differentiate the bound itself (the reparametrization
+#: estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds).
+BOUND_ESTIMATORS = ("elbo", "iwae", "miwae", "ciwae", "renyi")
+#: Estimators whose gradient is a surrogate of :mod:`dgmjax.estimators` over the gradient views of
+#: :func:`dgmjax.models.log_weight_terms` (routing by role: what ``q`` reads vs what ``p`` reads).
+SURROGATE_ESTIMATORS = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
+                        "vimco", "renyi_dreg")
+#: Baselines of ``'reinforce'`` by name (a function ``(params, x) -> [B]`` is NVIL's).
+BASELINES = ("batch_mean",)
+
+
+def _batch_mean_baseline(signal: Array) -> Array:
+  """Leave-one-out minibatch mean of the learning signal ``[B]`` (or ``[K, B]``, averaged over
+  ``K``): example ``i``'s baseline depends on the other examples only, so REINFORCE stays unbiased."""
+  f = jax.lax.stop_gradient(signal)
+  if f.ndim == 2:
+    f = jnp.mean(f, axis=0)
+  b = f.shape[0]
+  if b < 2:
+    raise ValueError("baseline='batch_mean' needs a batch of at least 2 (the baseline of an example "
+                     "is the mean signal of the others)")
+  return (jnp.sum(f) - f) / (b - 1)
+
+
+def _for_model(loss: Callable, model) -> Callable:
+  """Tags a loss with its model, so that :func:`fit` checks the training data against the
+  model's likelihood support (:func:`dgmjax.models.check_data`) before it starts."""
+  loss.model = model
+  return loss
+
+
+def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None = None,
+              beta=None, bound: str = "iwae", baseline=None, kl: str | None = None,
+              alpha=None) -> LossFn:
+  """The training loss of any contract model: the negative bound, with ``estimator``'s gradient.
+
+  The bound estimators differentiate the bound itself (reparametrization, one pass of the
+  log-weights). The surrogate estimators evaluate the gradient views of
+  :func:`dgmjax.models.log_weight_terms` and a surrogate of :mod:`dgmjax.estimators`: the loss has
+  the value of the negative bound and ``jax.grad`` of it is the estimator. Gradients are routed by
+  role (what ``q`` reads vs what ``p`` reads), never by parameter names, so a model with its
+  encoder under any name gets the estimator it asked for.
+
+  Args:
+    model: a model of the contract (:mod:`dgmjax.models.base`).
+    estimator: ``'elbo'`` (the ``K``-sample ELBO average), ``'iwae'``, ``'miwae'``
+      (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
+      ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
+      ``p``, MIWAE(M, K) for ``q``), ``'stl'`` (``bound``), ``'rws'``, ``'rws_dreg'``,
+      ``'reinforce'`` (``bound``, ``baseline``), ``'vimco'`` (``K >= 2``); ``'renyi'`` (the
+      variational Rényi bound of order ``alpha``, reparametrized) and ``'renyi_dreg'`` (its
+      doubly reparametrized estimator, finite ``alpha``).
+    num_samples: ``K`` (``M * K`` for MIWAE and PIWAE).
+    num_groups: ``M``.
+    beta: the ELBO weight of CIWAE, in [0, 1].
+    bound: ``'iwae'`` or ``'elbo'``, the target of ``'stl'`` and ``'reinforce'``.
+    baseline: for ``'reinforce'``: ``None``, ``'batch_mean'`` (leave-one-out minibatch mean) or a
+      function ``(params, x) -> [B]`` reading its own entries of ``params`` (an input-dependent
+      baseline, NVIL): it is regressed onto the learning signal by
+      :func:`dgmjax.estimators.baseline_loss`, added to the loss (its gradient reaches only the
+      baseline's parameters).
+    alpha: the order of ``'renyi'`` / ``'renyi_dreg'`` (0: IWAE, 1: ELBO, ``-inf``: VR-max).
+    kl: ``None`` or ``'analytic'``: the ELBO as ``E_q[log p(x|z)] - KL`` with the model's analytic
+      ``kl(params, x)`` (for ``'elbo'`` and ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s
+      Gumbel-softmax objective).
+
+  Returns:
+    ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose negative
+    the loss equals (IWAE(M K) for PIWAE, MIWAE(M, K) for DReG with groups), ``metrics['elbo']``
+    the ELBO of the same samples.
+
+  Raises:
+    ValueError: an unknown estimator or setting, naming it and the valid ones.
+  """
+  from dgmjax import estimators  # pylint: disable=import-outside-toplevel
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
+
+  names = BOUND_ESTIMATORS + SURROGATE_ESTIMATORS
+  if estimator not in names:
+    raise ValueError(f"estimator must be one of {sorted(names)}, got {estimator!r}")
+  base._check_contract(model)  # pylint: disable=protected-access
+  num_samples = base.check_num_samples(num_samples)
+  if estimator in ("miwae", "piwae", "piwae_dreg") and num_groups is None:
+    raise ValueError(f"estimator {estimator!r} needs num_groups (M)")
+  if num_groups is not None and (isinstance(num_groups, bool)
+                                 or not isinstance(num_groups, (int, np.integer))
+                                 or num_groups < 1 or num_samples % num_groups):
+    raise ValueError(f"num_groups must be a positive int dividing num_samples={num_samples}, got "
+                     f"{num_groups!r}")
+  if num_groups is not None and estimator not in ("miwae", "piwae", "piwae_dreg", "dreg"):
+    raise ValueError(f"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only, "
+                     f"got estimator {estimator!r}")
+  if estimator == "ciwae":
+    if beta is None:
+      raise ValueError("estimator 'ciwae' needs beta (the ELBO weight, in [0, 1])")
+    _checks.check_real("beta", beta, minimum=0.0, maximum=1.0)
+  elif beta is not None:
+    raise ValueError(f"beta applies to estimator 'ciwae' only, got estimator {estimator!r}")
+  if estimator in ("renyi", "renyi_dreg"):
+    if alpha is None:
+      raise ValueError(f"estimator {estimator!r} needs alpha (the Rényi order)")
+    a = float(alpha)
+    if np.isnan(a) or a == np.inf or (estimator == "renyi_dreg" and not np.isfinite(a)):
+      raise ValueError(f"alpha must be a real number{'' if estimator == 'renyi' else ' (finite)'}"
+                       f", got {alpha!r}")
+  elif alpha is not None:
+    raise ValueError(f"alpha applies to 'renyi' and 'renyi_dreg' only, got estimator "
+                     f"{estimator!r}")
+  if estimator == "vimco" and num_samples < 2:
+    raise ValueError(f"estimator 'vimco' needs num_samples >= 2, got {num_samples}")
+  if bound not in ("iwae", "elbo"):
+    raise ValueError(f"bound must be 'iwae' or 'elbo', got {bound!r}")
+  if bound != "iwae" and estimator not in ("stl", "reinforce"):
+    raise ValueError(f"bound= applies to estimators 'stl' and 'reinforce' only (the others name "
+                     f"their bound), got estimator {estimator!r} with bound={bound!r}")
+  if baseline is not None:
+    if estimator != "reinforce":
+      raise ValueError(f"baseline applies to estimator 'reinforce' only, got {estimator!r}")
+    if not callable(baseline) and baseline not in BASELINES:
+      raise ValueError(f"baseline must be None, one of {BASELINES} or a function (params, x) -> "
+                       f"[B]; got {baseline!r}")
+  if kl not in (None, "analytic"):
+    raise ValueError(f"kl must be None or 'analytic', got {kl!r}")
+  analytic = kl == "analytic"
+  if analytic:
+    if estimator not in ("elbo", "reinforce"):
+      raise ValueError(f"kl='analytic' applies to the ELBO ('elbo', 'reinforce'), not "
+                       f"{estimator!r}")
+    if estimator == "reinforce" and bound != "elbo":
+      raise ValueError("kl='analytic' with 'reinforce' needs bound='elbo'")
+    base._need(model, "kl", "kl='analytic'")  # pylint: disable=protected-access
+  num_groups = int(num_groups) if num_groups is not None else 1
+
+  def analytic_kl(params, x):
+    kls = model.kl(params, x)
+    return jnp.sum(kls.reshape(kls.shape[0], -1), axis=-1)
+
+  if analytic and estimator == "elbo":
+    def loss(params, x, key):
+      keys = jax.random.split(key, num_samples)
+      z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
+      ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
+      base.check_log_weights(ll, num_samples, base._batch_size(x),  # pylint: disable=protected-access
+                             name="log_likelihood")
+      kl_b = analytic_kl(params, x)
+      value = jnp.mean(jnp.mean(ll, axis=0) - kl_b)
+      return -value, {"bound": value, "elbo": value, "kl": jnp.mean(kl_b),
+                      "recon": jnp.mean(ll)}
+
+    return _for_model(loss, model)
+
+  if estimator in BOUND_ESTIMATORS:
+    reduce = {
+        "elbo": objectives.elbo,
+        "iwae": objectives.iwae_bound,
+        "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
+        "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
+        "renyi": lambda lw: objectives.renyi_bound(lw, alpha),
+    }[estimator]
+
+    def loss(params, x, key):
+      lw = base.log_weights(model, params, x, key, num_samples)
+      value = jnp.mean(reduce(lw))
+      return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
+
+    return _for_model(loss, model)
+
+  def loss(params, x, key):
+    terms = base.log_weight_terms(model, params, x, key, num_samples, analytic_kl=analytic)
+    metrics = {}
+    b = None
+    if estimator == "reinforce" and baseline is not None:
+      signal = estimators.learning_signal(terms.log_w_theta, bound=bound)
+      if callable(baseline):
+        b = baseline(params, x)
+        base.check_log_weights(jnp.asarray(b)[None], 1, base._batch_size(x),  # pylint: disable=protected-access
+                               name="baseline(params, x)")
+        metrics["baseline_loss"] = jnp.mean(estimators.baseline_loss(signal, b))
+      else:
+        b = _batch_mean_baseline(signal)
+    value = jnp.mean(estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=b,
+                                          bound=bound, analytic_kl=analytic, alpha=alpha))
+    lw = jax.lax.stop_gradient(terms.log_w)
+    if analytic:
+      kl_b = analytic_kl(params, x)
+      value = value - jnp.mean(kl_b)
+      metrics.update(elbo=jax.lax.stop_gradient(value), kl=jax.lax.stop_gradient(jnp.mean(kl_b)))
+    else:
+      metrics["elbo"] = jnp.mean(objectives.elbo(lw))
+    total = -value + metrics.get("baseline_loss", 0.0)
+    return total, dict(metrics, bound=value)
+
+  return _for_model(loss, model)
+
+
+# ----------------------------------------------------------------------------- KL control
+
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+
+
+def kl_weight_schedule(kind: str = "constant", *, warmup_steps: int = 0, cycle_steps: int = 0,
+                       ramp_fraction: float = 0.5) -> Callable[[Array], Array]:
+  """The KL weight ``beta(step)`` of KL annealing: constant 1, a linear warm-up, or cyclical.
+
+  ``'linear'`` rises from 0 to 1 over ``warmup_steps`` and stays at 1 (Bowman et al. 2016);
+  ``'cyclical'`` repeats cycles of ``cycle_steps``, each rising linearly from 0 to 1 over the first
+  ``ramp_fraction`` of the cycle and then held at 1 (Fu et al. 2019). Built on
+  ``optax.linear_schedule``; jittable in ``step``.
+
+  .. math:: \\beta_{\\text{cyc}}(t) = \\min\\big(1, \\tfrac{t \\bmod T}{R\\,T}\\big)
+
+  Args:
+    kind: ``'constant'``, ``'linear'`` or ``'cyclical'``.
+    warmup_steps: length of the linear warm-up (``'linear'``), ``>= 1``.
+    cycle_steps: ``T`` (``'cyclical'``), ``>= 1``.
+    ramp_fraction: ``R`` in (0, 1] (``'cyclical'``).
+
+  Returns:
+    ``step -> beta`` (float32 scalar).
+
+  References:
+    Bowman et al., Generating Sentences from a Continuous Space, CoNLL 2016;
+    Fu et al., Cyclical Annealing Schedule: A Simple Approach to Mitigating KL Vanishing, NAACL 2019.
+  """
+  if kind not in KL_SCHEDULES:
+    raise ValueError(f"kind must be one of {KL_SCHEDULES}, got {kind!r}")
+  if kind == "constant":
+    return lambda step: jnp.ones([], jnp.float32)
+  if kind == "linear":
+    if not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 1:
+      raise ValueError(f"warmup_steps must be an int >= 1 for a linear schedule, got "
+                       f"{warmup_steps!r}")
+    ramp = optax.linear_schedule(0.0, 1.0, int(warmup_steps))
+    return lambda step: jnp.asarray(ramp(step), jnp.float32)
+  if not isinstance(cycle_steps, (int, np.integer)) or cycle_steps < 1:
+    raise ValueError(f"cycle_steps must be an int >= 1 for a cyclical schedule, got "
+                     f"{cycle_steps!r}")
+  if not 0.0 < ramp_fraction <= 1.0:
+    raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction!r}")
+  ramp = optax.linear_schedule(0.0, 1.0, max(1, int(round(ramp_fraction * cycle_steps))))
+  return lambda step: jnp.asarray(ramp(jnp.mod(step, int(cycle_steps))), jnp.float32)
+
+
+#: The bounds of :func:`make_kl_controlled_loss`.
+KL_BOUNDS = ("elbo", "iwae")
+
+
+def make_kl_controlled_loss(model, bound: str, num_samples: int, *,
+                            kl_weight: Callable | None = None, free_bits: float | None = None,
+                            free_bits_groups: int | None = None) -> Callable:
+  """The ELBO or IWAE loss with a KL weight schedule and / or free bits: ``(params, x, key, step)``.
+
+  Use with ``training.make_train_step(..., pass_step=True)``. The model is any contract model with an
+  analytic ``kl(params, x) -> [B, D]`` (the KL of each latent dimension, e.g. a diagonal-Gaussian
+  ``q`` and a standard Normal prior: :class:`~dgmjax.models.vae.VAE` with one stochastic layer,
+  :class:`~dgmjax.models.pixel_vae.PixelVAE`, a model of :func:`~dgmjax.models.from_networks`).
+
+  - ``'elbo'``: ``E_q[log p(x|z)] - beta * R`` with ``R`` the analytic KL summed over dimensions,
+    or, with free bits, ``objectives.free_bits(KL_dims, lambda)`` (each dimension, or group,
+    pays at least ``lambda`` nats averaged over the minibatch: below it, no KL gradient).
+  - ``'iwae'``: the IWAE bound of the tempered weights ``log p(x|z) + beta (log p(z) - log q(z|x))``
+    (IWAE at ``beta = 1``), minus ``beta`` times the free-bits shortfall
+    ``sum_j max(lambda - KL_j, 0)``. For ``K = 1`` this has the expected gradient of the free-bits
+    ELBO; for ``K > 1`` the shortfall term pushes collapsed dimensions back up to ``lambda``.
+
+  .. math:: \\mathcal{L}_{FB} = \\mathbb{E}_q[\\log p(x|z)] - \\beta \\sum_j \\max\\big(\\lambda, \\mathbb{E}_{batch} KL(q(z_j|x) \\| p(z_j))\\big)
+
+  Args:
+    model: see above.
+    bound: ``'elbo'`` or ``'iwae'``.
+    num_samples: ``K``.
+    kl_weight: ``step -> beta`` (e.g. :func:`kl_weight_schedule`); default 1.
+    free_bits: ``lambda`` in nats per dimension (or per group), or None.
+    free_bits_groups: split the latent dimensions into this many groups for free bits.
+
+  Returns:
+    ``loss(params, x, key, step) -> (loss, metrics)``; ``metrics`` has ``bound`` (the unmodified
+    ELBO or IWAE bound being approached), ``elbo`` (analytic KL), ``kl`` (batch mean of the total
+    KL), ``beta``, ``kl_below_free_bits`` (dimensions or groups under ``lambda``) and ``au_batch``
+    (units whose encoder mean varies by more than 0.01 over the minibatch, Burda et al.'s test).
+
+  References:
+    Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016
+    (free bits); Bowman et al., CoNLL 2016 (annealing); Burda et al., ICLR 2016 (active units).
+  """
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
+
+  if bound not in KL_BOUNDS:
+    raise ValueError(f"bound must be one of {KL_BOUNDS}, got {bound!r}")
+  kind = bound
+  base._check_contract(model)  # pylint: disable=protected-access
+  base._need(model, "kl", "a KL-controlled loss")  # pylint: disable=protected-access
+  num_samples = base.check_num_samples(num_samples)
+  if free_bits is not None and (not np.isfinite(free_bits) or free_bits < 0):
+    raise ValueError(f"free_bits must be None or a finite lambda >= 0 (nats), got {free_bits!r}")
+  if free_bits_groups is not None and free_bits is None:
+    raise ValueError("free_bits_groups needs free_bits (lambda)")
+  d = getattr(model, "latent_dim", None)
+  if free_bits_groups is not None and (isinstance(free_bits_groups, bool)
+                                       or not isinstance(free_bits_groups, (int, np.integer))
+                                       or free_bits_groups < 1 or (d and d % free_bits_groups)):
+    raise ValueError(f"free_bits_groups must be a positive int dividing the {d} latent "
+                     f"dimensions, got {free_bits_groups!r}")
+  kl_weight = kl_weight or kl_weight_schedule("constant")
+
+  def loss(params, x, key, step):
+    beta = kl_weight(step)
+    kl_dims = model.kl(params, x)
+    kl_dims = kl_dims.reshape(kl_dims.shape[0], -1)                               # [B, D]
+    if free_bits_groups is not None and kl_dims.shape[-1] % free_bits_groups:
+      raise ValueError(f"free_bits_groups={free_bits_groups} must divide the "
+                       f"{kl_dims.shape[-1]} latent dimensions")
+    kl_total = jnp.mean(jnp.sum(kl_dims, axis=-1))
+    if free_bits is None:
+      penalty, below = kl_total, jnp.zeros([], jnp.int32)
+    else:
+      penalty = objectives.free_bits(kl_dims, free_bits, axis=0, num_groups=free_bits_groups)
+      per = jnp.mean(kl_dims, axis=0)
+      if free_bits_groups is not None:
+        per = jnp.sum(per.reshape(free_bits_groups, -1), axis=-1)
+      below = jnp.sum(per < free_bits)
+    d = base.draws(model, params, x, jax.random.split(key, num_samples))
+    ll = jnp.mean(d.log_likelihood)
+    elbo = ll - kl_total
+    if kind == "elbo":
+      value = ll - beta * penalty
+      bound_value = elbo
+    else:
+      tempered = d.log_likelihood + beta * (d.log_prior - d.log_q)
+      value = jnp.mean(objectives.iwae_bound(tempered)) - beta * (penalty - kl_total)
+      bound_value = jnp.mean(objectives.iwae_bound(jax.lax.stop_gradient(d.log_weights)))
+    mean = jax.lax.stop_gradient(base.posterior_means(model, params, x, jax.random.fold_in(key, 1))[0])
+    au = jnp.sum(jnp.var(mean.reshape(mean.shape[0], -1), axis=0) > 1e-2)
+    return -value, {"bound": jax.lax.stop_gradient(bound_value),
+                    "elbo": jax.lax.stop_gradient(elbo),
+                    "kl": jax.lax.stop_gradient(kl_total), "beta": beta,
+                    "kl_below_free_bits": below, "au_batch": au}
+
+  return _for_model(loss, model)
+
+
+#: The public API of this module.
+__all__ = [
+    "LossFn", "BOUND_ESTIMATORS", "SURROGATE_ESTIMATORS", "BASELINES", "make_loss", "KL_SCHEDULES", "kl_weight_schedule", "KL_BOUNDS", "make_kl_controlled_loss",
+]
