@@ -137,8 +137,8 @@ def main(argv=None) -> int:
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   sections = {s.strip() for s in args.cases.split(",") if s.strip()}
   models = [m.strip() for m in args.models.split(",") if m.strip()]
-  cases = [tuple(int(v) for v in c.split("x")) for c in args.train_cases.split(",") if c.strip()]
-
+  train_cases = [tuple(int(v) for v in c.split("x")) for c in args.train_cases.split(",")
+                 if c.strip()]
   env = {"jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
          "device": str(jax.devices()[0]), "torch_device": device, "cpu": environment.cpu_name(),
          "cpus_allowed": len(os.sched_getaffinity(0)), "threads": threads,
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
   if "train" in sections:
     res["train"] = []
     for name in models:
-      for b, k in cases:
+      for b, k in train_cases:
         print(f"train {name} B={b} K={k} ...", flush=True)
         res["train"].append(peer_cases.train_case(name, b, k, args, ctx, machine))
   if "eval" in sections:
@@ -183,13 +183,13 @@ def main(argv=None) -> int:
     for name in [m.strip() for m in args.eval_models.split(",") if m.strip()]:
       print(f"eval {name} K={args.eval_samples} on {args.eval_images} images ...", flush=True)
       res["eval"] += peer_cases.eval_case(name, args, ctx, machine,
-                               override if name == "burda1" else None)
+                                          override if name == "burda1" else None)
   if "precision" in sections:
     res["precision"] = []
     for name in [m.strip() for m in args.eval_models.split(",") if m.strip()]:
       print(f"precision {name} ...", flush=True)
-      res["precision"].append(peer_cases.precision_case(name, args, ctx,
-                                             override if name == "burda1" else None))
+      res["precision"].append(peer_cases.precision_case(
+          name, args, ctx, override if name == "burda1" else None))
   for _ in range(2):
     machine.measure(0.3)
   res["machine"] = {"jax_gflops_samples": [r / 1e9 for r in machine.samples],
