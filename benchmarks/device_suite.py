@@ -65,13 +65,13 @@ BUDGET_S, SMOKE_BUDGET_S = 450.0, 110.0
 @dataclasses.dataclass
 class Sizes:
   """What each section runs: the device sizes, or the toy sizes of ``--smoke``."""
-  models: tuple = ("burda1", "burda2")
-  agreement_models: tuple = ("burda1", "burda2")
-  train_cases: tuple = ((20, 1), (20, 5), (20, 50), (100, 50), (1000, 50))
+  models: tuple = cases.MODELS
+  agreement_models: tuple = cases.MODELS
+  train_cases: tuple = cases.TRAIN_CASES
   compile_modes: tuple = ("default", "reduce-overhead")
   reps: int = 5
   rep_seconds: float = 0.25
-  eval_models: tuple = ("burda1", "burda2")
+  eval_models: tuple = cases.MODELS
   eval_images: int = 10000
   eval_k: int = 5000
   eval_batch: int = 100
@@ -85,9 +85,9 @@ class Sizes:
   scan_steps: int = 1000
   scan_unroll_extra: int = 8
   step_seconds: float = 0.6
-  c_models: tuple = ("burda1", "burda2")
+  c_models: tuple = cases.MODELS
   c_ks: tuple = (1, 5, 50)
-  d_models: tuple = ("burda1", "burda2")
+  d_models: tuple = cases.MODELS
   d_ks: tuple = (1, 5, 50)
   d_eval_images: int = 1000
   d_eval_k: int = 5000
