@@ -12,10 +12,8 @@ import sys
 
 import pytest
 
+from benchmarks import device_suite, report, timebox
 from tests.conftest import REPO_ROOT, shared_data_dir
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-import device_suite  # noqa: E402  pylint: disable=wrong-import-position
 
 SCRIPT = os.path.join(REPO_ROOT, "benchmarks", "device_suite.py")
 
@@ -38,7 +36,7 @@ def _run_smoke(out_dir, *extra):
 
 def _check_jax_sections(res, md):
   secs = res["sections"]
-  assert list(secs) == list(device_suite.SECTIONS)
+  assert list(secs) == list(report.SECTIONS)
   for name, rec in secs.items():
     assert rec["status"] in ("ok", "partial"), (name, rec.get("error"))
     assert "error" not in rec, (name, rec["error"])
@@ -93,7 +91,7 @@ def test_budgets_scale_and_pass_unused_time_on():
   args = device_suite.parse_args(["--out", "/tmp/x", "--budget_s", "225", "--sections", "a,c,d"])
   assert args.budgets["b"] == pytest.approx(device_suite.BUDGET["b"] / 2)
   assert sum(args.budgets.values()) <= args.budget_s
-  suite = device_suite.Suite.__new__(device_suite.Suite)
+  suite = timebox.Suite.__new__(timebox.Suite)
   suite.args, suite.t0 = args, 0.0
   suite.elapsed = lambda: 10.0
   # section a gets everything but what c and d keep for themselves
@@ -110,8 +108,11 @@ def test_results_are_json_safe_and_render():
   res = {"suite": {"smoke": True, "wall_s": 1.0, "budget_s": 2.0}, "env": {"jax": "x"},
          "sections": {"e": {"title": "summary", "status": "ok", "wall_s": 0.0, "budget_s": 0.0,
                             "result": {"line": "SUMMARY: -"}, "skipped": []}}}
-  clean = device_suite._clean(  # pylint: disable=protected-access
-      {"a": float("nan"), "b": (1, float("inf")), 3: None})
+  clean = report.clean({"a": float("nan"), "b": (1, float("inf")), 3: None})
   assert clean == {"a": None, "b": [1, None], "3": None}
-  assert "SUMMARY: -" in device_suite.render_md(res)
-  assert device_suite.summary_line(res).startswith("SUMMARY: ")
+  assert "SUMMARY: -" in report.render_md(res)
+  # a training case that failed renders as an error row (its traceback stays in the JSON)
+  res["sections"]["b"] = {"title": "b", "status": "ok", "result": {"train": [
+      {"model": "burda1", "B": 20, "K": 5, "error": "Traceback ..."}]}}
+  assert "| burda1 | | 20 | 5 | error |" in report.render_md(res)
+  assert report.summary_line(res).startswith("SUMMARY: ")
