@@ -182,7 +182,8 @@ def section_d(ctx, out, clock, suite):
     groups, states, seeds, index = [], [], [], []
     for n, k, objs in specs:
       model, params = models[n]
-      groups.append(parallel.RunGroup(parallel.bounds_loss(model, objs, k), optimizer,
+      bounds = [cases.BOUND.get(o, o) for o in objs]
+      groups.append(parallel.RunGroup(parallel.bounds_loss(model, bounds, k), optimizer,
                                       with_index=True, dynamic_binarization=True))
       states.append(parallel.init_runs([params] * len(objs), optimizer))
       seeds.append(jnp.zeros(len(objs), jnp.int32))

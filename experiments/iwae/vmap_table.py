@@ -64,7 +64,8 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
   groups, states, seeds_g, index_g, members = [], [], [], [], []
   for k, names in sorted(by_k.items()):
     names = tuple(dict.fromkeys(names))
-    groups.append(parallel.RunGroup(parallel.bounds_loss(model, names, k), opt,
+    bounds = ["elbo" if n == "vae" else n for n in names]   # the row label "vae" is the ELBO
+    groups.append(parallel.RunGroup(parallel.bounds_loss(model, bounds, k), opt,
                                     with_index=True, dynamic_binarization=True))
     runs = [(n, s) for n in names for s in seeds]
     members.append([(n, k, s) for n, s in runs])
