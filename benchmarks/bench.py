@@ -28,7 +28,7 @@ What it does, in order:
    time within each repetition: median, min and max over repetitions.
 4. **k=5000 evaluation** (``L_5000`` of Burda et al.) on ``--eval_images`` test images in batches
    of ``--eval_batch``, for each chunk size in ``--eval_chunks`` and dgmjax's automatic one
-   (``sample_chunk="auto"``, see ``dgmjax.evaluation.memory_budget``). The time for all 10,000
+   (``sample_chunk="auto"``, see ``dgmjax.numerics.memory_budget``). The time for all 10,000
    test images is extrapolated from the subset (labelled as such). The precision section reports
    the NLL shift of TF32 and bfloat16 matmuls versus float32 (emulated by rounding on CPU).
 
@@ -584,7 +584,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
   import numpy as np
   import torch
   import torch_peer
-  from dgmjax import evaluation
+  from dgmjax import evaluation, numerics
 
   model, params, tmodel = make_models(name, data_mean=ctx["train"][:2000].mean(0))
   if params_override is not None:
@@ -597,7 +597,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
   flops = matmul_flops(model, 1, K, train=False) * x.shape[0]
   chunks = [c.strip() for c in args.eval_chunks.split(",") if c.strip()]
   auto_chunk = evaluation.auto_sample_chunk(model, params, x[:B], num_samples=K)
-  budget = evaluation.memory_budget()
+  budget = numerics.memory_budget()
   cases = []
   for c in chunks:
     chunk = auto_chunk if c == "auto" else int(c)

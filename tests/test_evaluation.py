@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import evaluation, models, objectives, plotting
+from dgmjax import diagnostics, evaluation, models, numerics, objectives, plotting
 from dgmjax.models import vae
 
 
@@ -87,13 +87,13 @@ def test_active_units_counts_dimensions_with_variable_posterior_means():
   loc = params["params"]["encoders_0"]["loc"]
   loc["kernel"] = loc["kernel"].at[:, :2].set(0.0)  # two units ignore x: Cov_x(E_q[u]) = 0
   loc["kernel"] = loc["kernel"].at[:, 2:].multiply(10.0)
-  au = evaluation.active_units(model, params, _binary(50), jax.random.key(1),
+  au = diagnostics.active_units(model, params, _binary(50), jax.random.key(1),
                                batch_size=16)
   assert au["active"] == [3]
   assert au["variances"][0][0] == pytest.approx(0.0, abs=1e-12)
   # Two layers: a count per layer.
   model2 = vae.VAE((4, 4, 1), (4, 3), ((8,), (6,)))
-  au2 = evaluation.active_units(model2, model2.init(jax.random.key(2)),
+  au2 = diagnostics.active_units(model2, model2.init(jax.random.key(2)),
                                 _binary(20), jax.random.key(3))
   assert len(au2["active"]) == 2 and len(au2["variances"][1]) == 3
 
@@ -149,7 +149,7 @@ def test_auto_chunk_follows_the_memory_budget_and_leaves_the_estimate_unchanged(
   small, large = auto(int(40 * per_sample)), auto(int(300 * per_sample))
   assert 34 <= small <= 40 and 250 <= large <= 334  # floor(budget / per sample), spread evenly
   assert -(-1000 // small) * small - 1000 < -(-1000 // small)  # the last chunk is not a remnant
-  budget = evaluation.memory_budget()
+  budget = numerics.memory_budget()
   assert budget["bytes"] > 0 and isinstance(budget["source"], str)
   with jax.debug_key_reuse(False):
     key = jax.random.key(1)
@@ -221,13 +221,13 @@ def test_matmul_precision_rounds_the_dense_inputs_and_keeps_float32():
   k = np.asarray(params["params"]["kernel"], np.float64)
   b = np.asarray(params["params"]["bias"], np.float64)
   exact = np.asarray(x, np.float64) @ k + b
-  for name, bits in evaluation.MATMUL_PRECISIONS.items():
+  for name, bits in numerics.MATMUL_PRECISIONS.items():
     rnd = lambda a: np.asarray(jax.lax.reduce_precision(jnp.asarray(a, jnp.float32), 8, bits),
                                np.float64)
     want = rnd(x) @ rnd(k) + b
 
     def f(p, xx, name=name):
-      with evaluation.matmul_precision(name, emulate=True):
+      with numerics.matmul_precision(name, emulate=True):
         return dense.apply(p, xx)
 
     got = jax.jit(f)(params, x)
@@ -235,13 +235,13 @@ def test_matmul_precision_rounds_the_dense_inputs_and_keeps_float32():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     if bits < 23:
       assert np.abs(np.asarray(got, np.float64) - exact).max() > 1e-5  # really rounded
-  with evaluation.matmul_precision("bfloat16", emulate=False):  # native: bf16 in, f32 out
+  with numerics.matmul_precision("bfloat16", emulate=False):  # native: bf16 in, f32 out
     native = dense.apply(params, x)
   assert native.dtype == jnp.float32
   emulated = jax.jit(lambda p, xx: f(p, xx, "bfloat16"))(params, x)
   np.testing.assert_allclose(native, emulated, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="matmul_precision"):
-    with evaluation.matmul_precision("float8"):
+    with numerics.matmul_precision("float8"):
       pass
 
 
@@ -267,7 +267,7 @@ def test_matmul_precision_rounds_convolutions_and_every_matmul_like_dense(layer)
   want = apply(rnd(x), rnd(w))
 
   def f(xx, ww):
-    with evaluation.matmul_precision("bfloat16", emulate=True):
+    with numerics.matmul_precision("bfloat16", emulate=True):
       return apply(xx, ww)
 
   got = jax.jit(f)(x, w)
@@ -290,7 +290,7 @@ def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32
     fp32 = evaluation.log_likelihood(model, params, x, key, **kw)
     bf16 = evaluation.log_likelihood(model, params, x, key,
                                      matmul_precision="bfloat16", **kw)
-    with evaluation.matmul_precision("bfloat16"):
+    with numerics.matmul_precision("bfloat16"):
       lw = models.log_weights_from_keys(model, params, x, jax.random.split(key, 4))
   assert lw.dtype == jnp.float32
   shift = np.abs(bf16 - fp32)
