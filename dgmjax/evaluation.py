@@ -2,8 +2,8 @@
 
 Burda et al. report ``log p(x) ~ L_5000``. Here the 5000 samples are drawn in chunks and combined
 with a streaming log-sum-exp (:func:`dgmjax.numerics.streaming_log_mean_exp`), and the images
-are processed in fixed-size batches (the last one padded), so peak memory is set by ``batch_size * sample_chunk`` whatever ``K`` and the test-set
-size, and the jitted function is compiled once (and cached across calls).
+are processed in fixed-size batches (the last one padded), so peak memory is set by
+``batch_size * sample_chunk`` whatever ``K`` and the test-set size, and the jitted function is compiled once (and cached across calls).
 
 Every evaluator takes a model of the contract (:mod:`dgmjax.models.base`): a library model or
 your own. The estimator draws one importance sample per key
@@ -21,8 +21,9 @@ Near the roofline (``benchmarks/bench.py`` measures it):
   ``x l - max(l, 0) - log1p(exp(-|l|))``, one fused elementwise loop over the ``[c, B, D]`` logits.
 * **Chunk size from available memory** (``sample_chunk="auto"``, :func:`auto_sample_chunk`).
 * **Low-precision matmuls, float32 reductions** (``matmul_precision``,
-  :func:`dgmjax.numerics.matmul_precision`): matmul inputs in bfloat16 or TF32, products accumulated in float32, and every elementwise op,
-  pixel sum and log-sum-exp in float32 (at least).
+  :func:`dgmjax.numerics.matmul_precision`): matmul inputs in bfloat16 or TF32, products
+  accumulated in float32, and every elementwise op, pixel sum and log-sum-exp in float32 (at
+  least).
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ def auto_sample_chunk(model, params, x, *,
   .. math:: c = \\min\\big(K, \\max(1, \\lfloor \\text{budget} / \\text{bytes per sample} \\rfloor)\\big), \\text{ then } c \\leftarrow \\lceil K / \\lceil K / c \\rceil \\rceil
 
   The bytes per sample (for the whole batch ``x``) come from XLA's memory analysis of the
-  compiled log-weights at ``probe`` samples; the budget from :func:`dgmjax.numerics.memory_budget`. The last step
-  spreads ``K`` evenly over the chunks so that the final chunk is not a small remainder.
+  compiled log-weights at ``probe`` samples; the budget from
+  :func:`dgmjax.numerics.memory_budget`. The last step spreads ``K`` evenly over the chunks so
+  that the final chunk is not a small remainder.
 
   Args:
     model: a model of the contract.
@@ -252,15 +254,16 @@ def log_likelihood(model, params, images, key: Array, *,
     key: PRNG key; batch ``b`` uses the sample keys ``split(fold_in(key, b), num_samples)``.
     num_samples: ``K`` (5000 in Burda et al.).
     sample_chunk: samples drawn at once (peak memory grows with ``batch_size * sample_chunk``), or
-      ``"auto"``: :func:`auto_sample_chunk` fits one chunk into :func:`dgmjax.numerics.memory_budget`. The
-      estimate does not depend on it (up to float rounding).
+      ``"auto"``: :func:`auto_sample_chunk` fits one chunk into
+      :func:`dgmjax.numerics.memory_budget`. The estimate does not depend on it (up to float rounding).
     batch_size: images per batch (the last batch is padded, then trimmed).
     progress: show a tqdm progress bar.
     matmul_precision: ``None`` (backend default), ``'float32'``, ``'tensorfloat32'`` or
       ``'bfloat16'``: the precision of the Dense layers' matmul inputs, with float32 accumulation
       and float32 elementwise ops and reductions (see :func:`dgmjax.numerics.matmul_precision`).
     emulate_precision: emulate the low-precision matmuls by rounding (default: on CPU).
-    memory_budget_bytes: the budget of ``sample_chunk="auto"`` (default: :func:`dgmjax.numerics.memory_budget`).
+    memory_budget_bytes: the budget of ``sample_chunk="auto"`` (default:
+      :func:`dgmjax.numerics.memory_budget`).
 
   Returns:
     ``[N]`` float64 numpy array. The test NLL is ``-mean``.

@@ -83,7 +83,7 @@ def chunked(arr: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _log_q_agg(model, params, z: Array, data_chunks: Array, data_mask: Array) -> Array:
-  """``log (1/N) sum_n q(z|x_n)`` for ``z`` ``[S, D]``: a streaming log-mean-exp over data chunks."""
+  """``log (1/N) sum_n q(z|x_n)`` for ``z`` ``[S, D]``: a streaming log-mean-exp over the data."""
 
   def log_q(chunk):
     x, m = chunk

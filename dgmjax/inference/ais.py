@@ -160,7 +160,8 @@ def _blackjax():
   try:
     import blackjax  # pylint: disable=import-outside-toplevel
   except ImportError as e:  # pragma: no cover - exercised only without blackjax
-    raise ImportError("dgmjax.inference.ais needs blackjax for its HMC kernel: pip install blackjax "
+    raise ImportError("dgmjax.inference.ais needs blackjax for its HMC kernel: "
+                      "pip install blackjax "
                       "(or pip install 'dgmjax[ais]')") from e
   return blackjax
 

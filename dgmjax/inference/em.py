@@ -239,7 +239,8 @@ def _ppca_em(params, x, tol, max_iters):
 
 def ppca_em(params: linear_gaussian.Params, x: Array, *, max_iters: int = 1000,
             tol: float = 1e-8) -> EMResult:
-  """EM for probabilistic PCA, jitted (``lax.while_loop``), converging to :func:`dgmjax.models.ppca.ppca_ml`.
+  """EM for probabilistic PCA, jitted (``lax.while_loop``), converging to the closed form
+  :func:`dgmjax.models.ppca.ppca_ml`.
 
   Works from the sufficient statistics (``O(D^2 q)`` per iteration after one pass over the data).
   The log-likelihood never decreases (see :func:`ppca_em_step`); the fixed point spans the leading

@@ -166,8 +166,8 @@ def variational_em(model, params, x: Array, key: Array, *, z_dim: int,
   The lectures' generalisation of EM when ``p(z|x)`` is intractable: the E-step takes ``e_steps``
   gradient steps on every ``q_i`` (:func:`fit_local_gaussians`), the M-step ``m_steps`` gradient
   steps on ``theta``, both ascending the reparametrized Monte Carlo ELBO. Optimiser states persist
-  across iterations. For PPCA (the decoder of a :class:`~dgmjax.models.linear_vae.LinearVAE`) the result can be
-  checked against :func:`dgmjax.models.ppca.ppca_ml`.
+  across iterations. For PPCA (the decoder of a :class:`~dgmjax.models.linear_vae.LinearVAE`) the
+  result can be checked against :func:`dgmjax.models.ppca.ppca_ml`.
 
   Jitted; ``model``, the optimiser(s) and the integer arguments are static (hashed): pass a frozen
   (hashable) model and one optimiser object per setting, so that repeated calls compile once.

@@ -163,8 +163,8 @@ def fit_linear_vae(key: Array, x: Array, z_dim: int, *, num_steps: int = 2000,
   """Trains a linear VAE by maximising the Monte Carlo ELBO (:func:`dgmjax.objectives.elbo`).
 
   Adam with a cosine decay to ``learning_rate / 100``, jitted as one ``lax.scan``. At the optimum
-  the decoder is the PPCA maximum-likelihood solution (:func:`dgmjax.models.ppca.ppca_ml`, with the same fixed noise
-  variance if one is given) and the encoder its exact posterior; latent dimensions whose data
+  the decoder is the PPCA maximum-likelihood solution (:func:`dgmjax.models.ppca.ppca_ml`, with
+  the same fixed noise variance if one is given) and the encoder its exact posterior; latent dimensions whose data
   eigenvalue is below ``s^2`` collapse (``w_j = 0``, ``q(z_j|x) = p(z_j)``).
 
   .. math:: \\max_{\\theta, \\phi} \\frac1N \\sum_n \\mathbb{E}_{q_\\phi(z|x_n)}[\\log p_\\theta(x_n, z) - \\log q_\\phi(z|x_n)]
