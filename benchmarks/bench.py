@@ -28,7 +28,7 @@ What it does, in order:
    time within each repetition: median, min and max over repetitions.
 4. **k=5000 evaluation** (``L_5000`` of Burda et al.) on ``--eval_images`` test images in batches
    of ``--eval_batch``, for each chunk size in ``--eval_chunks`` and dgmjax's automatic one
-   (``sample_chunk="auto"``, see ``dgmjax.evaluation.memory_budget``). The time for all 10,000
+   (``sample_chunk="auto"``, see ``dgmjax.numerics.memory_budget``). The time for all 10,000
    test images is extrapolated from the subset (labelled as such). The precision section reports
    the NLL shift of TF32 and bfloat16 matmuls versus float32 (emulated by rounding on CPU).
 

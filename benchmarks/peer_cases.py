@@ -98,7 +98,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
   import numpy as np
   import torch
   from benchmarks import torch_peer
-  from dgmjax import evaluation
+  from dgmjax import evaluation, numerics
 
   model, params, tmodel = cases.make_models(name, data_mean=ctx["train"][:2000].mean(0))
   if params_override is not None:
@@ -111,7 +111,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
   flops = cases.matmul_flops(model, 1, K, train=False) * x.shape[0]
   chunks = [c.strip() for c in args.eval_chunks.split(",") if c.strip()]
   auto_chunk = evaluation.auto_sample_chunk(model, params, x[:B], num_samples=K)
-  budget = evaluation.memory_budget()
+  budget = numerics.memory_budget()
   chunk_cases = []
   for c in chunks:
     chunk = auto_chunk if c == "auto" else int(c)
@@ -169,7 +169,7 @@ def eval_case(name, args, ctx, machine, params_override=None) -> list[dict]:
 def precision_case(name, args, ctx, params_override=None) -> dict:
   import jax
   import numpy as np
-  from dgmjax import evaluation
+  from dgmjax import evaluation, numerics
 
   model, params, _ = cases.make_models(name, data_mean=ctx["train"][:2000].mean(0))
   if params_override is not None:

@@ -16,9 +16,10 @@ dgmjax`` (imported on first use, so ``import dgmjax`` stays light):
 ``dgmjax.priors``             learnable and flow priors
 ``dgmjax.models``             the model contract and the library's models
 ``dgmjax.training``           losses of any model, train step, ``fit``, checkpoints
-``dgmjax.evaluation``         k=5000 log-likelihood, bounds, active units
-``dgmjax.ais``                annealed importance sampling and BDMC
-``dgmjax.diagnostics``        gradient SNR, ELBO surgery
+``dgmjax.evaluation``         k=5000 log-likelihood, bounds
+``dgmjax.numerics``           streaming log-mean-exp, matmul precision, memory budget
+``dgmjax.inference``          EM, local variational fits, amortization gaps, AIS and BDMC
+``dgmjax.diagnostics``        gradient SNR, ELBO surgery, active units, KL per dimension
 ``dgmjax.data``               datasets and binarization
 ``dgmjax.plotting``           figures (needs matplotlib)
 ``dgmjax.networks``,          Burda's MLPs; PixelCNN; sharding over devices
@@ -56,15 +57,15 @@ from dgmjax._checks import ArgumentTypeError
 __version__ = "0.1.0"
 
 #: The subpackages, imported on first attribute access.
-SUBPACKAGES = ("ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
-               "gumbel", "losses", "models", "networks", "objectives", "parallel", "pixelcnn",
-               "plotting", "priors", "training", "vq")
+SUBPACKAGES = ("data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
+               "gumbel", "inference", "losses", "models", "networks", "numerics", "objectives",
+               "parallel", "pixelcnn", "plotting", "priors", "training", "vq")
 
 __all__ = [
     # subpackages
-    "ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
-    "losses", "models", "networks", "objectives", "parallel", "pixelcnn", "plotting", "priors", "training",
-    "vq",
+    "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
+    "inference", "losses", "models", "networks", "numerics", "objectives", "parallel", "pixelcnn",
+    "plotting", "priors", "training", "vq",
     # the bounds (dgmjax.objectives)
     "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
     "importance_weights", "iwae_bound", "jackknife_bound", "log_mean_exp", "miwae_bound",

@@ -1,9 +1,9 @@
-"""Evaluation: the importance-sampled test log-likelihood (k=5000), bounds, active units, figures.
+"""Evaluation: the importance-sampled test log-likelihood (k=5000), bounds, figures.
 
 Burda et al. report ``log p(x) ~ L_5000``. Here the 5000 samples are drawn in chunks and combined
-with a streaming log-sum-exp, and the images are processed in fixed-size batches (the last one
-padded), so peak memory is set by ``batch_size * sample_chunk`` whatever ``K`` and the test-set
-size, and the jitted function is compiled once (and cached across calls).
+with a streaming log-sum-exp (:func:`dgmjax.numerics.streaming_log_mean_exp`), and the images
+are processed in fixed-size batches (the last one padded), so peak memory is set by
+``batch_size * sample_chunk`` whatever ``K`` and the test-set size, and the jitted function is compiled once (and cached across calls).
 
 Every evaluator takes a model of the contract (:mod:`dgmjax.models.base`): a library model or
 your own. The estimator draws one importance sample per key
@@ -20,39 +20,33 @@ Near the roofline (``benchmarks/bench.py`` measures it):
 * **Cheap, stable Bernoulli term.** :func:`dgmjax.distributions.bernoulli_log_prob` is
   ``x l - max(l, 0) - log1p(exp(-|l|))``, one fused elementwise loop over the ``[c, B, D]`` logits.
 * **Chunk size from available memory** (``sample_chunk="auto"``, :func:`auto_sample_chunk`).
-* **Low-precision matmuls, float32 reductions** (``matmul_precision``, :func:`matmul_precision`):
-  matmul inputs in bfloat16 or TF32, products accumulated in float32, and every elementwise op,
-  pixel sum and log-sum-exp in float32 (at least).
+* **Low-precision matmuls, float32 reductions** (``matmul_precision``,
+  :func:`dgmjax.numerics.matmul_precision`): matmul inputs in bfloat16 or TF32, products
+  accumulated in float32, and every elementwise op, pixel sum and log-sum-exp in float32 (at
+  least).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import math
 import os
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from dgmjax import _checks, objectives
+from dgmjax import _checks, numerics, objectives
 from dgmjax.models import base as models_base
 
 __all__ = [
-    "MATMUL_PRECISIONS", "active_units", "auto_sample_chunk", "bounds", "log_likelihood",
-    "matmul_precision", "memory_budget", "streaming_iwae_bound", "write_sample_figures",
+    "auto_sample_chunk", "bounds", "check_images", "log_likelihood", "padded_batches",
+    "streaming_iwae_bound", "write_sample_figures",
 ]
 
 Array = jax.Array
 LogWeightsFromKeys = Callable[[object, Array, Array], Array]
-
-#: ``matmul_precision`` names: mantissa bits kept in the matmul inputs (float32 has 23).
-MATMUL_PRECISIONS = {"float32": 23, "tensorfloat32": 10, "bfloat16": 7}
-
 
 # ----------------------------------------------------------------------------- compiled cache
 
@@ -77,131 +71,7 @@ def _cached(key, build: Callable):
   return fn
 
 
-# ----------------------------------------------------------------------------- matmul precision
-
-
-def _check_precision(name):
-  if name is not None and name not in MATMUL_PRECISIONS:
-    raise ValueError(f"matmul_precision must be None or one of {sorted(MATMUL_PRECISIONS)}, got "
-                     f"{name!r}")
-
-
-#: The primitives :func:`matmul_precision` rounds: every matmul (``jnp.dot``, ``@``, ``einsum``,
-#: ``nn.Dense``, ``nn.DenseGeneral``, attention) binds ``dot_general``; every convolution
-#: (``nn.Conv``, ``nn.ConvTranspose``, ``lax.conv*``) binds ``conv_general_dilated``.
-_MATMUL_PRIMITIVES = (lax.dot_general_p, lax.conv_general_dilated_p)
-_ACTIVE_PRECISION: list = []   # the stack of (name, emulate) of the open contexts
-
-
-def _rounded_bind(original_bind):
-  """A primitive's ``bind`` that applies the innermost open :func:`matmul_precision` to its two
-  floating operands (the output dtype is unchanged)."""
-
-  def bind(*args, **params):
-    if not _ACTIVE_PRECISION or len(args) != 2:
-      return original_bind(*args, **params)
-    if not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in args):
-      return original_bind(*args, **params)  # integer or complex products are left alone
-    name, emulate = _ACTIVE_PRECISION[-1]
-    bits = MATMUL_PRECISIONS[name]
-    out = params.get("preferred_element_type") or jnp.result_type(*args)
-    params = dict(params, preferred_element_type=jnp.dtype(out))
-    if emulate:
-      def rnd(a):  # round in the operand's own dtype (a no-op where it is already as narrow)
-        if jnp.finfo(jnp.result_type(a)).nmant <= bits:
-          return a
-        return lax.reduce_precision(a, exponent_bits=8, mantissa_bits=bits)
-      args = tuple(rnd(a) for a in args)
-      prec = lax.Precision.HIGHEST
-    elif name == "bfloat16":
-      args = tuple(a.astype(jnp.bfloat16) for a in args)
-      prec = lax.Precision.DEFAULT
-    else:
-      prec = lax.Precision.HIGH if name == "tensorfloat32" else lax.Precision.HIGHEST
-    return original_bind(*args, **dict(params, precision=(prec, prec)))
-
-  return bind
-
-
-@contextlib.contextmanager
-def _intercept_matmuls(name: str, emulate: bool):
-  """Routes every ``dot_general`` / ``conv_general_dilated`` bound while open through
-  :func:`_rounded_bind` (the primitives' ``bind`` is replaced for the duration; nested contexts
-  stack, the innermost wins)."""
-  installed = []
-  if not _ACTIVE_PRECISION:
-    for prim in _MATMUL_PRIMITIVES:
-      installed.append((prim, prim.__dict__.get("bind")))
-      prim.bind = _rounded_bind(prim.bind)
-  _ACTIVE_PRECISION.append((name, emulate))
-  try:
-    yield
-  finally:
-    _ACTIVE_PRECISION.pop()
-    for prim, previous in installed:
-      if previous is None:
-        del prim.bind
-      else:
-        prim.bind = previous
-
-
-@contextlib.contextmanager
-def matmul_precision(name: str | None, *, emulate: bool | None = None):
-  """Trace-time context: every matmul and convolution multiplies in ``name`` precision.
-
-  Inside the context (while a function is traced, or run eagerly), every ``lax.dot_general`` and
-  ``lax.conv_general_dilated`` (so ``jnp.dot``, ``@``, ``einsum``, ``nn.Dense``, ``nn.Conv``,
-  ``nn.ConvTranspose``, a user's own matmuls) computes ``y = dot(round(x), round(W))`` where
-  ``round`` keeps ``MATMUL_PRECISIONS[name]`` mantissa bits (bfloat16: 7, TF32: 10, float32:
-  23), the products are accumulated in the product's own output dtype (float32 for a float32
-  model; the rounding does not change it), and everything else (biases, activations,
-  log-densities, pixel sums, the log-sum-exp over samples) keeps its dtype. That is what bfloat16
-  or TF32 tensor-core matmuls compute, so the NLL shift of a low-precision evaluation can be
-  measured on any backend.
-
-  * ``emulate=False`` (default on GPU/TPU): native low-precision matmuls, ``bfloat16``: inputs cast
-    to bfloat16, ``preferred_element_type`` the output dtype of the unrounded product;
-    ``tensorfloat32``: ``precision=lax.Precision.HIGH``; ``float32``: ``lax.Precision.HIGHEST``
-    (true float32, which JAX's default on GPU is not).
-  * ``emulate=True`` (default on CPU, whose XLA dots ignore precision settings): the operands are
-    rounded with ``lax.reduce_precision`` and multiplied in float32: the numerics of the
-    low-precision matmul at float32 speed.
-
-  The rounding is applied where the primitives are bound, so it covers every matmul and
-  convolution traced inside the context, nested ``jit``, ``scan`` and ``vmap`` bodies included
-  (``jax_default_matmul_precision`` is also set to ``name``, which keeps the compiled functions
-  traced inside the context apart from those traced outside). Integer and complex products are
-  left alone. The context is process-wide while open: do not trace other functions in other
-  threads meanwhile.
-
-  Args:
-    name: ``None`` (no change), ``'float32'``, ``'tensorfloat32'`` or ``'bfloat16'``.
-    emulate: round-and-multiply-in-float32 instead of native low-precision matmuls; default: on
-      CPU only.
-
-  Yields:
-    Nothing; trace (``jax.jit`` lowers) the function inside the context.
-
-  References:
-    Kalamkar et al., A Study of BFLOAT16 for Deep Learning Training, 2019; NVIDIA, TensorFloat-32
-    in the A100 GPU, 2020.
-  """
-  _check_precision(name)
-  if name is None:
-    yield
-    return
-  if emulate is None:
-    emulate = jax.default_backend() == "cpu"
-  with jax.default_matmul_precision(name), _intercept_matmuls(name, bool(emulate)):
-    yield
-
-
 # ----------------------------------------------------------------------------- the estimator
-
-
-def _lse0(lw: Array) -> Array:
-  """``logsumexp`` over samples (axis 0) in at least float32, whatever the log-weights' dtype."""
-  return jax.nn.logsumexp(lw.astype(jnp.promote_types(lw.dtype, jnp.float32)), axis=0)
 
 
 def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int) -> Array:
@@ -237,106 +107,17 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   batch = models_base._batch_size(x)  # pylint: disable=protected-access
   log_weights_from_keys = _FromKeys(model)
 
-  def lse(k):
-    lw = log_weights_from_keys(params, x, k)
-    return _lse0(models_base.check_log_weights(lw, k.shape[0], batch))
+  def log_w(k):
+    return models_base.check_log_weights(log_weights_from_keys(params, x, k), k.shape[0], batch)
 
-  # The first chunk outside the scan: XLA merges its encoder pass with the loop body's and hoists
-  # it out of the loop, so the per-image work runs once (see the module docstring).
-  acc = lse(keys[:chunk])
-  if num_chunks > 1:
-    rest = keys[chunk:num_chunks * chunk].reshape(num_chunks - 1, chunk)
-
-    def body(a, k):
-      return jnp.logaddexp(a, lse(k)), None
-
-    acc, _ = lax.scan(body, acc, rest)
-  if rem:
-    acc = jnp.logaddexp(acc, lse(keys[num_chunks * chunk:]))
-  return acc - math.log(num_samples)
+  # The first chunk runs outside the scan: XLA merges its encoder pass with the loop body's and
+  # hoists it out of the loop, so the per-image work runs once (see the module docstring).
+  chunks = keys[:num_chunks * chunk].reshape(num_chunks, chunk)
+  return numerics.streaming_log_mean_exp(log_w, chunks, num_samples,
+                                         last=keys[num_chunks * chunk:] if rem else None)
 
 
 # ----------------------------------------------------------------------------- chunk size
-
-
-def _cpu_cache_bytes() -> int | None:
-  """Size of the last-level CPU cache (Linux sysfs or ``sysconf``), or None if unknown."""
-  best = 0
-  base = "/sys/devices/system/cpu/cpu0/cache"
-  try:
-    for d in os.listdir(base):
-      try:
-        with open(os.path.join(base, d, "size")) as f:
-          txt = f.read().strip().upper()
-      except OSError:
-        continue
-      mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
-      num = txt[:-1] if txt[-1:] in "KMG" else txt
-      best = max(best, int(num) * mult)
-  except (OSError, ValueError):
-    pass
-  if not best:
-    try:
-      best = int(os.sysconf("SC_LEVEL3_CACHE_SIZE") or 0)
-    except (ValueError, OSError, AttributeError):
-      best = 0
-  return best or None
-
-
-def _host_available_bytes() -> int | None:
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    pass
-  try:
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-def memory_budget(device=None, *, fraction: float = 0.25) -> dict:
-  """The working-set budget of one chunk of the k=5000 estimator, and where it comes from.
-
-  The rule:
-
-  * accelerators: ``fraction`` of the free device memory, ``bytes_limit - bytes_in_use`` from
-    ``device.memory_stats()``;
-  * CPU: the smaller of ``fraction`` of the host's available memory (``MemAvailable``) and an
-    eighth of the last-level cache. On CPU each matmul's output is streamed through elementwise
-    passes (tanh, the Bernoulli term) that run at cache speed only while the chunk stays
-    cache-resident. On the 2-core EPYC of ``benchmarks/bench.py`` (32 MiB L3) Burda's 1-layer
-    model evaluates at the same speed (within 10%) from 1,000 to 8,000 rows (``batch * chunk``)
-    and 4-5x slower at 50,000 rows; an eighth of the L3 (4 MiB) at XLA's 1.2 KiB per row gives
-    about 3,300 rows, the middle of that plateau, while RAM would allow far more.
-
-  Args:
-    device: a ``jax.Device`` (default: the first device).
-    fraction: share of the free memory one chunk may use.
-
-  Returns:
-    ``{"bytes": int, "source": str}``.
-  """
-  fraction = _checks.check_real("fraction", fraction, minimum=0.0, maximum=1.0,
-                                strict_minimum=True)
-  device = device or jax.devices()[0]
-  stats = None
-  try:
-    stats = device.memory_stats()
-  except Exception:  # pylint: disable=broad-except  (backends without memory stats)
-    stats = None
-  if stats and stats.get("bytes_limit"):
-    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    return {"bytes": max(int(fraction * free), 1 << 20),
-            "source": f"{fraction:g} x free device memory ({free / 2**30:.2f} GiB)"}
-  avail = _host_available_bytes() or (4 << 30)
-  budget, source = int(fraction * avail), f"{fraction:g} x MemAvailable ({avail / 2**30:.2f} GiB)"
-  cache = _cpu_cache_bytes() if device.platform == "cpu" else None
-  if cache and cache // 8 < budget:
-    budget, source = cache // 8, f"1/8 of the last-level cache ({cache / 2**20:.0f} MiB)"
-  return {"bytes": max(budget, 1 << 18), "source": source}
 
 
 def _bytes_per_sample(log_weights_from_keys: LogWeightsFromKeys, params, x, probe: int,
@@ -345,7 +126,7 @@ def _bytes_per_sample(log_weights_from_keys: LogWeightsFromKeys, params, x, prob
   ``log_weights_from_keys`` at ``probe`` samples, divided by ``probe``."""
 
   def fn(p, xx, keys):
-    with matmul_precision(precision):
+    with numerics.matmul_precision(precision):
       return log_weights_from_keys(p, xx, keys)
 
   def measure():
@@ -376,16 +157,17 @@ def auto_sample_chunk(model, params, x, *,
   .. math:: c = \\min\\big(K, \\max(1, \\lfloor \\text{budget} / \\text{bytes per sample} \\rfloor)\\big), \\text{ then } c \\leftarrow \\lceil K / \\lceil K / c \\rceil \\rceil
 
   The bytes per sample (for the whole batch ``x``) come from XLA's memory analysis of the
-  compiled log-weights at ``probe`` samples; the budget from :func:`memory_budget`. The last step
-  spreads ``K`` evenly over the chunks so that the final chunk is not a small remainder.
+  compiled log-weights at ``probe`` samples; the budget from
+  :func:`dgmjax.numerics.memory_budget`. The last step spreads ``K`` evenly over the chunks so
+  that the final chunk is not a small remainder.
 
   Args:
     model: a model of the contract.
     params: model parameters.
     x: ``[B, ...]`` one batch (its size sets the bytes per sample).
     num_samples: ``K``.
-    budget_bytes: the budget; default :func:`memory_budget`.
-    matmul_precision_name: see :func:`matmul_precision`.
+    budget_bytes: the budget; default :func:`dgmjax.numerics.memory_budget`.
+    matmul_precision_name: see :func:`dgmjax.numerics.matmul_precision`.
     probe: samples compiled to measure the bytes per sample.
 
   Returns:
@@ -394,7 +176,7 @@ def auto_sample_chunk(model, params, x, *,
   num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
   probe = _checks.check_int("probe", probe, minimum=1)
   if budget_bytes is None:
-    budget_bytes = memory_budget()["bytes"]
+    budget_bytes = numerics.memory_budget()["bytes"]
   budget_bytes = _checks.check_real("budget_bytes", budget_bytes, minimum=0.0,
                                     strict_minimum=True)
   per_sample = _bytes_per_sample(_FromKeys(model), params, x, probe, matmul_precision_name)
@@ -403,7 +185,7 @@ def auto_sample_chunk(model, params, x, *,
   return -(-num_samples // num_chunks)
 
 
-def _batches(images: np.ndarray, batch_size: int):
+def padded_batches(images: np.ndarray, batch_size: int):
   """Yields ``(index, batch padded to batch_size, true size)``; one compiled shape for all."""
   n = images.shape[0]
   for b, start in enumerate(range(0, n, batch_size)):
@@ -414,7 +196,8 @@ def _batches(images: np.ndarray, batch_size: int):
     yield b, x, m
 
 
-def _check_eval_images(images, name: str = "images") -> np.ndarray:
+def check_images(images, name: str = "images") -> np.ndarray:
+  """A non-empty ``[N, ...]`` array of finite values as float32 numpy; else ``ValueError``."""
   images = np.asarray(images)
   if images.ndim < 2 or images.shape[0] == 0:
     raise ValueError(f"{name} is empty or has no example axis: shape {images.shape}")
@@ -440,7 +223,7 @@ def _streaming_fn(model, num_samples: int, sample_chunk: int, precision, emulate
   def build():
     @jax.jit
     def fn(p, x, k):
-      with matmul_precision(precision, emulate=emulate):
+      with numerics.matmul_precision(precision, emulate=emulate):
         return streaming_iwae_bound(model, p, x, jax.random.split(k, num_samples), sample_chunk)
     return fn
 
@@ -471,15 +254,16 @@ def log_likelihood(model, params, images, key: Array, *,
     key: PRNG key; batch ``b`` uses the sample keys ``split(fold_in(key, b), num_samples)``.
     num_samples: ``K`` (5000 in Burda et al.).
     sample_chunk: samples drawn at once (peak memory grows with ``batch_size * sample_chunk``), or
-      ``"auto"``: :func:`auto_sample_chunk` fits one chunk into :func:`memory_budget`. The
-      estimate does not depend on it (up to float rounding).
+      ``"auto"``: :func:`auto_sample_chunk` fits one chunk into
+      :func:`dgmjax.numerics.memory_budget`. The estimate does not depend on it (up to float rounding).
     batch_size: images per batch (the last batch is padded, then trimmed).
     progress: show a tqdm progress bar.
     matmul_precision: ``None`` (backend default), ``'float32'``, ``'tensorfloat32'`` or
       ``'bfloat16'``: the precision of the Dense layers' matmul inputs, with float32 accumulation
-      and float32 elementwise ops and reductions (see :func:`matmul_precision`).
+      and float32 elementwise ops and reductions (see :func:`dgmjax.numerics.matmul_precision`).
     emulate_precision: emulate the low-precision matmuls by rounding (default: on CPU).
-    memory_budget_bytes: the budget of ``sample_chunk="auto"`` (default: :func:`memory_budget`).
+    memory_budget_bytes: the budget of ``sample_chunk="auto"`` (default:
+      :func:`dgmjax.numerics.memory_budget`).
 
   Returns:
     ``[N]`` float64 numpy array. The test NLL is ``-mean``.
@@ -491,7 +275,7 @@ def log_likelihood(model, params, images, key: Array, *,
   models_base._check_contract(model)  # pylint: disable=protected-access
   _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
-  _check_precision(matmul_precision)
+  numerics.check_matmul_precision(matmul_precision)
   num_samples = models_base.check_num_samples(num_samples)
   if isinstance(sample_chunk, str):
     if sample_chunk != "auto":
@@ -504,10 +288,10 @@ def log_likelihood(model, params, images, key: Array, *,
     _checks.check_bool("emulate_precision", emulate_precision)
   if memory_budget_bytes is not None:
     _checks.check_int("memory_budget_bytes", memory_budget_bytes, minimum=1)
-  images = _check_eval_images(images)
+  images = check_images(images)
   batch_size = min(batch_size, images.shape[0])
   if sample_chunk == "auto":
-    first = next(_batches(images, batch_size))[1]
+    first = next(padded_batches(images, batch_size))[1]
     sample_chunk = auto_sample_chunk(model, params, first,
                                      num_samples=num_samples, budget_bytes=memory_budget_bytes,
                                      matmul_precision_name=matmul_precision)
@@ -516,7 +300,7 @@ def log_likelihood(model, params, images, key: Array, *,
 
   out = []
   num_batches = -(-images.shape[0] // batch_size)
-  for b, x, m in tqdm(_batches(images, batch_size), total=num_batches, disable=not progress,
+  for b, x, m in tqdm(padded_batches(images, batch_size), total=num_batches, disable=not progress,
                       unit="batch", desc=f"log p(x) with K={num_samples}"):
     out.append(np.asarray(fn(params, x, jax.random.fold_in(key, b)), np.float64)[:m])
   return np.concatenate(out)
@@ -548,7 +332,7 @@ def bounds(model, params, images, key: Array, *,
   _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
   batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
-  images = _check_eval_images(images)
+  images = check_images(images)
   batch_size = min(batch_size, images.shape[0])
   if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
     raise _checks.ArgumentTypeError(f"ks must be a sequence of ints >= 1 (e.g. (1, 5, 50)), got "
@@ -573,53 +357,11 @@ def bounds(model, params, images, key: Array, *,
 
   one = _cached(("bounds", from_keys, ks), build)
   acc = {}
-  for b, x, m in _batches(images, batch_size):
+  for b, x, m in padded_batches(images, batch_size):
     r = jax.device_get(one(params, x, jax.random.fold_in(key, b)))
     for name, v in r.items():
       acc.setdefault(name, []).append(np.asarray(v, np.float64)[:m])
   return {name: float(np.concatenate(v).mean()) for name, v in acc.items()}
-
-
-def active_units(model, params, images, key: Array, *, threshold: float = 1e-2,
-                 batch_size: int = 500, num_samples: int = 100) -> dict:
-  """Burda et al.'s active units: a latent unit ``u`` is active if ``Cov_x(E_q[u | x]) > 1e-2``.
-
-  .. math:: A_u = \\mathrm{Cov}_x\\big(\\mathbb{E}_{u \\sim q(u|x)}[u]\\big) > 10^{-2}
-
-  Args:
-    model: a model of the contract; its ``posterior_mean`` is used where it has one, else a
-      ``num_samples`` Monte Carlo average (:func:`dgmjax.models.posterior_means`), per latent leaf
-      (stochastic layer).
-    params: model parameters.
-    images: ``[N, ...]`` images over which the covariance is taken (checked first, as in
-      :func:`log_likelihood`).
-    key: PRNG key (for layers whose mean needs samples of the layer below).
-    threshold: activity threshold on the variance (1e-2 in the paper).
-    batch_size: images per call.
-    num_samples: draws of the Monte Carlo mean (models without ``posterior_mean``).
-
-  Returns:
-    ``{"active": [count per layer], "variances": [[D_l] per layer]}``.
-
-  References:
-    Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.2.
-  """
-  _checks.check_key("key", key)
-  models_base.check_data(model, images, "images")
-  threshold = _checks.check_real("threshold", threshold, minimum=0.0)
-  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
-  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
-  images = _check_eval_images(images)
-  batch_size = min(batch_size, images.shape[0])
-  fn = jax.jit(lambda p, x, k: models_base.posterior_means(model, p, x, k, num_samples))
-  chunks = []
-  for b, x, m in _batches(images, batch_size):
-    means = jax.device_get(fn(params, x, jax.random.fold_in(key, b)))
-    chunks.append([np.asarray(a, np.float64)[:m].reshape(m, -1) for a in means])
-  layers = [np.concatenate([c[l] for c in chunks], 0) for l in range(len(chunks[0]))]
-  variances = [np.var(a, axis=0) for a in layers]
-  return {"active": [int((v > threshold).sum()) for v in variances],
-          "variances": [v.tolist() for v in variances]}
 
 
 def write_sample_figures(model, params, images, key: Array, workdir: str, *,

@@ -33,6 +33,7 @@ from dgmjax import data
 from dgmjax import diagnostics
 from dgmjax import distributions as D
 from dgmjax import evaluation
+from dgmjax import numerics
 from dgmjax import models
 from dgmjax import flows as F
 from dgmjax import gumbel as G
@@ -378,9 +379,9 @@ RAISES_EVALUATION = [
     ("bounds_uint8_images", lambda: _eval(evaluation.bounds, _uint8_images(), ks=(1,)),
      ValueError, r"images must be binary.*uint8"),
     ("active_units_grey_levels_for_a_bernoulli_model",
-     lambda: _eval(evaluation.active_units, _grey_images()),
+     lambda: _eval(diagnostics.active_units, _grey_images()),
      ValueError, r"images must be binary"),
-    ("active_units_nan_images", lambda: _eval(evaluation.active_units, _nan_images()),
+    ("active_units_nan_images", lambda: _eval(diagnostics.active_units, _nan_images()),
      ValueError, r"images contains 1 NaN"),
     ("write_sample_figures_grey_levels_for_a_bernoulli_model",
      lambda: _eval(evaluation.write_sample_figures, _grey_images(),
@@ -457,19 +458,19 @@ RAISES_SETTINGS = [
      lambda: evaluation.log_likelihood(*_bernoulli_vae(), _binary_images(), 0, num_samples=4),
      TypeError, r"key must be a PRNG key \(jax.random.key\(seed\)\), got int 0"),
     ("active_units_threshold_nan",
-     lambda: _eval(evaluation.active_units, _binary_images(), threshold=np.nan),
+     lambda: _eval(diagnostics.active_units, _binary_images(), threshold=np.nan),
      ValueError, r"threshold must be a finite number >= 0, got nan"),
     ("active_units_threshold_negative",
-     lambda: _eval(evaluation.active_units, _binary_images(), threshold=-1.0),
+     lambda: _eval(diagnostics.active_units, _binary_images(), threshold=-1.0),
      ValueError, r"threshold must be a finite number >= 0"),
     ("active_units_num_samples_zero",
-     lambda: _eval(evaluation.active_units, _binary_images(), num_samples=0),
+     lambda: _eval(diagnostics.active_units, _binary_images(), num_samples=0),
      ValueError, r"num_samples must be an int >= 1, got 0"),
     ("write_sample_figures_num_reconstructions_zero",
      lambda: _eval(evaluation.write_sample_figures, _binary_images(), workdir="/nonexistent",
                    num_reconstructions=0),
      ValueError, r"num_reconstructions must be an int >= 1"),
-    ("memory_budget_fraction_negative", lambda: evaluation.memory_budget(fraction=-1),
+    ("memory_budget_fraction_negative", lambda: numerics.memory_budget(fraction=-1),
      ValueError, r"fraction must be a finite number > 0 and <= 1"),
     ("elbo_surgery_uint8_images",
      lambda: diagnostics.elbo_surgery(*_bernoulli_vae(), _uint8_images(), _key()),
@@ -510,7 +511,8 @@ RAISES_SETTINGS = [
     ("burda_num_steps_zero_steps_per_epoch",
      lambda: __import__("dgmjax.training").training.burda_num_steps(0),
      ValueError, r"steps_per_epoch must be an int >= 1, got 0"),
-    ("ais_schedule_delta_inf", lambda: __import__("dgmjax.ais").ais.schedule(5, delta=np.inf),
+    ("ais_schedule_delta_inf",
+     lambda: __import__("dgmjax.inference.ais").inference.ais.schedule(5, delta=np.inf),
      ValueError, r"delta must be a finite number > 0"),
     ("binarize_key_an_int", lambda: data.binarize(0, _grey_images()),
      TypeError, r"key must be a PRNG key"),

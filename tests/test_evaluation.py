@@ -1,4 +1,4 @@
-"""Tests of dgmjax.evaluation (chunked k=5000 estimator, bounds, active units) and plotting."""
+"""Tests of dgmjax.evaluation (chunked k=5000 estimator, bounds) and plotting."""
 
 import os
 import re
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import evaluation, models, objectives, plotting
+from dgmjax import evaluation, models, numerics, objectives, plotting
 from dgmjax.models import vae
 
 
@@ -81,23 +81,6 @@ def test_bounds_are_ordered_and_l1_is_the_elbo():
   assert b["elbo"] < b["iwae_5"] < b["iwae_50"] < 0
 
 
-def test_active_units_counts_dimensions_with_variable_posterior_means():
-  model = vae.VAE((4, 4, 1), (5,), ((8,),))
-  params = model.init(jax.random.key(0))
-  loc = params["params"]["encoders_0"]["loc"]
-  loc["kernel"] = loc["kernel"].at[:, :2].set(0.0)  # two units ignore x: Cov_x(E_q[u]) = 0
-  loc["kernel"] = loc["kernel"].at[:, 2:].multiply(10.0)
-  au = evaluation.active_units(model, params, _binary(50), jax.random.key(1),
-                               batch_size=16)
-  assert au["active"] == [3]
-  assert au["variances"][0][0] == pytest.approx(0.0, abs=1e-12)
-  # Two layers: a count per layer.
-  model2 = vae.VAE((4, 4, 1), (4, 3), ((8,), (6,)))
-  au2 = evaluation.active_units(model2, model2.init(jax.random.key(2)),
-                                _binary(20), jax.random.key(3))
-  assert len(au2["active"]) == 2 and len(au2["variances"][1]) == 3
-
-
 def test_image_grid_and_pngs(tmp_path):
   imgs = np.random.default_rng(0).uniform(size=(5, 3, 2, 1))
   g = plotting.image_grid(imgs, ncol=3, pad=1)
@@ -149,7 +132,7 @@ def test_auto_chunk_follows_the_memory_budget_and_leaves_the_estimate_unchanged(
   small, large = auto(int(40 * per_sample)), auto(int(300 * per_sample))
   assert 34 <= small <= 40 and 250 <= large <= 334  # floor(budget / per sample), spread evenly
   assert -(-1000 // small) * small - 1000 < -(-1000 // small)  # the last chunk is not a remnant
-  budget = evaluation.memory_budget()
+  budget = numerics.memory_budget()
   assert budget["bytes"] > 0 and isinstance(budget["source"], str)
   with jax.debug_key_reuse(False):
     key = jax.random.key(1)
@@ -212,74 +195,6 @@ def test_encoder_runs_once_per_image_in_the_compiled_estimator(latent_dims, hidd
   assert "f32[37,9]" in hlo
 
 
-def test_matmul_precision_rounds_the_dense_inputs_and_keeps_float32():
-  import flax.linen as nn
-  dense = nn.Dense(5)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(7, 33)).astype(np.float32))
-  params = dense.init(jax.random.key(0), x)
-  k = np.asarray(params["params"]["kernel"], np.float64)
-  b = np.asarray(params["params"]["bias"], np.float64)
-  exact = np.asarray(x, np.float64) @ k + b
-  for name, bits in evaluation.MATMUL_PRECISIONS.items():
-    rnd = lambda a: np.asarray(jax.lax.reduce_precision(jnp.asarray(a, jnp.float32), 8, bits),
-                               np.float64)
-    want = rnd(x) @ rnd(k) + b
-
-    def f(p, xx, name=name):
-      with evaluation.matmul_precision(name, emulate=True):
-        return dense.apply(p, xx)
-
-    got = jax.jit(f)(params, x)
-    assert got.dtype == jnp.float32
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    if bits < 23:
-      assert np.abs(np.asarray(got, np.float64) - exact).max() > 1e-5  # really rounded
-  with evaluation.matmul_precision("bfloat16", emulate=False):  # native: bf16 in, f32 out
-    native = dense.apply(params, x)
-  assert native.dtype == jnp.float32
-  emulated = jax.jit(lambda p, xx: f(p, xx, "bfloat16"))(params, x)
-  np.testing.assert_allclose(native, emulated, rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="matmul_precision"):
-    with evaluation.matmul_precision("float8"):
-      pass
-
-
-@pytest.mark.parametrize("layer", ["conv", "conv_transpose", "einsum"])
-def test_matmul_precision_rounds_convolutions_and_every_matmul_like_dense(layer):
-  # Oracle: the inputs rounded by hand to bfloat16's 7 mantissa bits, then the exact float32
-  # operation (products of two 8-bit mantissas are exact in float32).
-  import flax.linen as nn
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)).astype(np.float32))
-  rnd = lambda a: jax.lax.reduce_precision(jnp.asarray(a, jnp.float32), 8, 7)
-  if layer == "einsum":
-    w = jnp.asarray(rng.normal(size=(3, 4)).astype(np.float32))
-    apply = lambda xx, ww: jnp.einsum("bhwc,cd->bhwd", xx, ww,
-                                      precision=jax.lax.Precision.HIGHEST)
-  else:
-    hi = jax.lax.Precision.HIGHEST
-    module = (nn.Conv(4, (3, 3), use_bias=False, precision=hi) if layer == "conv"
-              else nn.ConvTranspose(4, (3, 3), use_bias=False, precision=hi))
-    w = module.init(jax.random.key(0), x)["params"]["kernel"]
-    apply = lambda xx, ww: module.apply({"params": {"kernel": ww}}, xx)
-  exact = apply(x, w)
-  want = apply(rnd(x), rnd(w))
-
-  def f(xx, ww):
-    with evaluation.matmul_precision("bfloat16", emulate=True):
-      return apply(xx, ww)
-
-  got = jax.jit(f)(x, w)
-  assert got.dtype == jnp.float32
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert np.abs(np.asarray(got) - np.asarray(exact)).max() > 1e-4  # really rounded
-  # the interception ends with the context: the same function traced outside is exact
-  np.testing.assert_allclose(jax.jit(apply)(x, w), exact, rtol=1e-6, atol=1e-6)
-  assert "bind" not in jax.lax.dot_general_p.__dict__
-  assert "bind" not in jax.lax.conv_general_dilated_p.__dict__
-
-
 def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32():
   model = vae.VAE((4, 4, 1), (3,), ((8,),))
   params = model.init(jax.random.key(0))
@@ -290,7 +205,7 @@ def test_low_precision_evaluation_shifts_the_nll_slightly_and_reduces_in_float32
     fp32 = evaluation.log_likelihood(model, params, x, key, **kw)
     bf16 = evaluation.log_likelihood(model, params, x, key,
                                      matmul_precision="bfloat16", **kw)
-    with evaluation.matmul_precision("bfloat16"):
+    with numerics.matmul_precision("bfloat16"):
       lw = models.log_weights_from_keys(model, params, x, jax.random.split(key, 4))
   assert lw.dtype == jnp.float32
   shift = np.abs(bf16 - fp32)

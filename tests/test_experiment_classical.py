@@ -15,7 +15,7 @@ from experiments.classical.configs import quick
 
 def _tiny_config(runs_root):
   c = quick.get_config()
-  # GMM: the shapes of tests/test_classical.py (200 points, 3 components, 100 iterations), so the
+  # GMM: the shapes of tests/test_inference_em.py (200 points, 3 components, 100 iterations), so the
   # jitted EM loop is shared when both files run in one session.
   c.gmm.num_points = 200
   c.gmm.max_iters = 100

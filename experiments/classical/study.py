@@ -19,8 +19,9 @@
    beside Cremer et al.'s Table 2 (``amortization_gaps.png`` shows parts 3 and 4). Runs that are
    missing or unfinished (no ``results.json``) are skipped and listed as such.
 
-Only composes the library (``dgmjax.models.classical``, ``linear_gaussian``, ``vae``, ``data``,
-``training``) and the checkpoint layout of ``experiments/iwae``.
+Only composes the library (``dgmjax.models``: ``gmm``, ``ppca``, ``linear_vae``,
+``linear_gaussian``, ``vae``; ``dgmjax.inference``, ``data``, ``training``) and the checkpoint
+layout of ``experiments/iwae``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ import optax
 from dgmjax import data as data_lib
 from dgmjax import distributions
 from dgmjax import models, objectives, training
-from dgmjax.models import classical
+from dgmjax import inference
+from dgmjax.models import gmm as gmm_lib
+from dgmjax.models import linear_vae as linear_vae_lib
+from dgmjax.models import ppca as ppca_lib
 from dgmjax.models import linear_gaussian as lg
 from experiments.common import config as common
 
@@ -82,13 +86,13 @@ def gmm_study(config, key) -> dict:
   gc = config.gmm
   k_data, k_init = jax.random.split(key)
   dtype = jnp.asarray(0.0).dtype  # float64 under jax.enable_x64, else float32
-  true = classical.gmm_params(np.log(np.asarray(_TRUE_WEIGHTS, dtype)),
+  true = gmm_lib.gmm_params(np.log(np.asarray(_TRUE_WEIGHTS, dtype)),
                               np.asarray(_TRUE_MEANS, dtype), np.asarray(_TRUE_COVS, dtype))
-  x, z = jax.jit(classical.gmm_sample, static_argnums=2)(true, k_data, int(gc.num_points))
-  init = classical.gmm_init(k_init, x, int(gc.num_components), reg_covar=float(gc.reg_covar))
+  x, z = jax.jit(gmm_lib.gmm_sample, static_argnums=2)(true, k_data, int(gc.num_points))
+  init = gmm_lib.gmm_init(k_init, x, int(gc.num_components), reg_covar=float(gc.reg_covar))
 
   t0 = time.perf_counter()
-  res = classical.gmm_em(init, x, max_iters=int(gc.max_iters), tol=float(gc.tol),
+  res = inference.em.gmm_em(init, x, max_iters=int(gc.max_iters), tol=float(gc.tol),
                          reg_covar=float(gc.reg_covar))
   jax.block_until_ready(res)
   em_seconds = time.perf_counter() - t0
@@ -96,7 +100,7 @@ def gmm_study(config, key) -> dict:
   trace = np.asarray(res.log_likelihood)[:n_it + 1]
 
   # Snapshots: iterate the jitted single step (the same arithmetic as the while_loop).
-  step = jax.jit(functools.partial(classical.gmm_em_step, reg_covar=float(gc.reg_covar)))
+  step = jax.jit(functools.partial(inference.em.gmm_em_step, reg_covar=float(gc.reg_covar)))
   wanted = sorted({int(i) for i in gc.snapshot_iters if int(i) <= n_it})
   snapshots, params = {}, init
   for it in range(max(wanted) + 1):
@@ -105,7 +109,7 @@ def gmm_study(config, key) -> dict:
     params, _ = step(params, x)
   snapshots[n_it] = res.params
 
-  cov0 = np.asarray(classical.gmm_covariances(init), np.float64)
+  cov0 = np.asarray(gmm_lib.gmm_covariances(init), np.float64)
   gm = GaussianMixture(int(gc.num_components), covariance_type="full",
                        reg_covar=float(gc.reg_covar), max_iter=int(gc.max_iters),
                        tol=float(gc.tol), weights_init=np.full(int(gc.num_components),
@@ -116,7 +120,7 @@ def gmm_study(config, key) -> dict:
     warnings.simplefilter("ignore")
     gm.fit(np.asarray(x, np.float64))
 
-  ll_true = _mean(jax.jit(classical.gmm_log_prob)(true, x))
+  ll_true = _mean(jax.jit(gmm_lib.gmm_log_prob)(true, x))
   diffs = np.diff(trace)
   return {
       "num_points": int(gc.num_points),
@@ -156,7 +160,7 @@ def plot_gmm(gmm: dict, workdir: str) -> list[str]:
   colors = np.array([[0.85, 0.2, 0.2], [0.2, 0.45, 0.85], [0.2, 0.7, 0.3], [0.8, 0.6, 0.1],
                      [0.6, 0.3, 0.7], [0.3, 0.7, 0.7]])
   its = sorted(snaps)
-  posterior = jax.jit(classical.gmm_posterior)
+  posterior = jax.jit(gmm_lib.gmm_posterior)
   fig, axes = plt.subplots(1, len(its), figsize=(3.0 * len(its), 3.2), squeeze=False)
   lo, hi = x.min(0) - 1.0, x.max(0) + 1.0
   for ax, it in zip(axes[0], its):
@@ -164,7 +168,7 @@ def plot_gmm(gmm: dict, workdir: str) -> list[str]:
     resp = np.exp(np.asarray(posterior(p, x)))
     c = resp @ colors[:resp.shape[1]]
     ax.scatter(x[:, 0], x[:, 1], s=4, c=np.clip(c, 0, 1), alpha=0.7)
-    covs = np.asarray(classical.gmm_covariances(p))
+    covs = np.asarray(gmm_lib.gmm_covariances(p))
     for k in range(covs.shape[0]):
       for nsig in (1, 2):
         _ellipse(ax, p.means[k], covs[k], colors[k % len(colors)], nsig)
@@ -218,7 +222,7 @@ def _lg_init(key, x_dim, z_dim):
 @jax.jit
 def _kl_per_dim(vae, x):
   """``KL(q(z_j|x_n) || N(0, 1))`` per example and latent dimension, ``[N, D_z]``."""
-  loc, log_scale = classical.linear_vae_encode(vae, x)
+  loc, log_scale = linear_vae_lib.LinearVAE().encode(vae, x)
   return distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0)
 
 
@@ -226,8 +230,8 @@ def ppca_study(config, key, train, test) -> dict:
   """Closed-form PPCA, PPCA EM and the linear VAE for each latent size; collapse at fixed noise."""
   pc = config.ppca
   log_marginal = jax.jit(lg.log_marginal)
-  elbo = jax.jit(classical.linear_vae_elbo)
-  eig = np.asarray(classical.covariance_eigenvalues(train))
+  elbo = jax.jit(linear_vae_lib.linear_vae_elbo)
+  eig = np.asarray(ppca_lib.covariance_eigenvalues(train))
   rows, fits = [], {}
   batch = int(pc.vae_batch_size) or None
   train64, test64 = train.astype(np.float64), test.astype(np.float64)
@@ -238,17 +242,17 @@ def ppca_study(config, key, train, test) -> dict:
     # float32 resolution of the log-likelihood. The linear VAE trains in float32.
     with jax.enable_x64(True):
       t0 = time.perf_counter()
-      ml = classical.ppca_ml(train64, q)
+      ml = ppca_lib.ppca_ml(train64, q)
       jax.block_until_ready(ml)
       t_ml = time.perf_counter() - t0
       t0 = time.perf_counter()
       init = _lg_init(k_em, train.shape[1], q)
       init = init._replace(b=jnp.asarray(train64.mean(0)))
-      em = classical.ppca_em(init, train64, max_iters=int(pc.em_max_iters), tol=float(pc.em_tol))
+      em = inference.em.ppca_em(init, train64, max_iters=int(pc.em_max_iters), tol=float(pc.em_tol))
       jax.block_until_ready(em)
       t_em = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vae, trace = classical.fit_linear_vae(k_vae, train, q, num_steps=int(pc.vae_steps),
+    vae, trace = linear_vae_lib.fit_linear_vae(k_vae, train, q, num_steps=int(pc.vae_steps),
                                           learning_rate=float(pc.vae_learning_rate),
                                           num_samples=int(pc.vae_num_samples), batch_size=batch)
     jax.block_until_ready(vae)
@@ -267,8 +271,8 @@ def ppca_study(config, key, train, test) -> dict:
           "test_elbo_linear_vae": _mean(elbo(vae64, test64)),
           "em_iterations": int(em.num_iters),
           "em_converged": bool(em.converged),
-          "em_max_angle_rad": _max(classical.subspace_angles(em.params.w, ml.w)),
-          "vae_max_angle_rad": _max(classical.subspace_angles(vae64.decoder.w, ml.w)),
+          "em_max_angle_rad": _max(ppca_lib.subspace_angles(em.params.w, ml.w)),
+          "vae_max_angle_rad": _max(ppca_lib.subspace_angles(vae64.decoder.w, ml.w)),
           "seconds_ml": t_ml, "seconds_em": t_em, "seconds_vae": t_vae,
       }
     row["vae_minus_ppca_test_ll"] = row["test_ll_linear_vae"] - row["test_ll_ppca_ml"]
@@ -281,13 +285,13 @@ def ppca_study(config, key, train, test) -> dict:
   collapse = []
   for s2 in pc.collapse_noise_variances:
     key, k_vae = jax.random.split(key)
-    vae, _ = classical.fit_linear_vae(k_vae, train, q, num_steps=int(pc.vae_steps),
+    vae, _ = linear_vae_lib.fit_linear_vae(k_vae, train, q, num_steps=int(pc.vae_steps),
                                       learning_rate=float(pc.vae_learning_rate),
                                       num_samples=int(pc.vae_num_samples), batch_size=batch,
                                       noise_variance=float(s2))
     kl = np.asarray(_kl_per_dim(vae, train)).mean(axis=0)
     with jax.enable_x64(True):
-      ml_fixed = classical.ppca_ml(train64, q, noise_variance=float(s2))
+      ml_fixed = ppca_lib.ppca_ml(train64, q, noise_variance=float(s2))
       vae64 = _to64(vae)
       ll_vae = _mean(log_marginal(vae64.decoder, test64))
       ll_fixed = _mean(log_marginal(ml_fixed, test64))
@@ -382,10 +386,10 @@ def plot_ppca(ppca: dict, workdir: str) -> list[str]:
 # ----------------------------------------------------------------------------- 3. gaps
 
 
-def _gap_row(name: str, gaps: classical.AmortizationGaps, **extra) -> dict:
+def _gap_row(name: str, gaps: inference.gaps.AmortizationGaps, **extra) -> dict:
   """Means over the examples of every field, and standard errors of the three gaps."""
   row = {"model": name}
-  for field in classical.AmortizationGaps._fields:
+  for field in inference.gaps.AmortizationGaps._fields:
     values = np.asarray(getattr(gaps, field), np.float64)
     row[field] = float(values.mean())
     if field.endswith("_gap") and values.size > 1:
@@ -413,14 +417,13 @@ def _gap_kwargs(config):
               optimizer=_local_optimizer(config, int(gc.num_steps)))
 
 
-def linear_vae_gaps(key, vae: classical.LinearVAEParams, x, gap_kwargs: dict) -> dict:
+def linear_vae_gaps(key, vae: linear_vae_lib.LinearVAEParams, x, gap_kwargs: dict) -> dict:
   """Gaps of a trained linear VAE, with the exact log p(x) of its decoder."""
   log_px = jax.jit(lg.log_marginal)(vae.decoder, x)
-  gaps = classical.amortization_gaps(classical.linear_vae_log_joint,
-                                     classical.linear_vae_encode, vae, x, key, log_px=log_px,
-                                     **gap_kwargs)
+  gaps = inference.gaps.amortization_gaps(linear_vae_lib.LinearVAE(), vae, x, key, log_px=log_px,
+                                          **gap_kwargs)
   # The same decomposition in closed form: checks the gradient-fitted q* and the Monte Carlo ELBOs.
-  exact = classical.linear_vae_exact_gaps(vae, x)
+  exact = inference.gaps.linear_vae_exact_gaps(vae, x)
   return _gap_row(f"linear VAE (q={vae.enc_b.shape[0]}), Gaussian, grey levels", gaps,
                   log_px_source="exact",
                   **{f"{k}_closed_form": _mean(getattr(exact, k))
@@ -432,7 +435,7 @@ def linear_vae_gaps(key, vae: classical.LinearVAEParams, x, gap_kwargs: dict) ->
 def make_vae_log_joint(model):
   """``log p(x, z) = log N(z; 0, I) + log Bern(x; decoder(z))`` of a one-layer dgmjax VAE.
 
-  Cached per (hashable, frozen) model, so :func:`classical.amortization_gaps` compiles once per
+  Cached per (hashable, frozen) model, so :func:`inference.gaps.amortization_gaps` compiles once per
   model architecture.
   """
   if model.num_layers != 1:
@@ -484,9 +487,9 @@ def _model_elbo(model, params, x, key, num_samples):
 
 def vae_gaps(key, model, params, x, name: str, gap_kwargs: dict) -> dict:
   """Gaps of a one-layer :class:`dgmjax.models.vae.VAE` (log p(x) by importance sampling)."""
-  log_joint = make_vae_log_joint(model)
+  make_vae_log_joint(model)  # one stochastic layer only (raises otherwise)
   k_gaps, k_check = jax.random.split(key)
-  gaps = classical.amortization_gaps(log_joint, model.encode, params, x, k_gaps, **gap_kwargs)
+  gaps = inference.gaps.amortization_gaps(model, params, x, k_gaps, **gap_kwargs)
   # Cross-check: the model's own log-weights give the same amortized ELBO (up to MC noise).
   own = _mean(_model_elbo(model, params, x, k_check, gap_kwargs["num_elbo_samples"]))
   return _gap_row(name, gaps, log_px_source=f"IWAE, mixture proposal, "
@@ -504,7 +507,7 @@ def gaps_study(config, key, ppca: dict, train, test) -> dict:
   if q in ppca["_fits"]:
     vae = ppca["_fits"][q][2]
   else:
-    vae, _ = classical.fit_linear_vae(k_lin, train, q, num_steps=int(config.ppca.vae_steps),
+    vae, _ = linear_vae_lib.fit_linear_vae(k_lin, train, q, num_steps=int(config.ppca.vae_steps),
                                       learning_rate=float(config.ppca.vae_learning_rate))
   # One optimiser object for every model: it is a static argument of the jitted gap function.
   gap_kwargs = _gap_kwargs(config)
@@ -595,9 +598,9 @@ def _run_test_images(run_config, test_images: np.ndarray, n: int) -> np.ndarray:
     return iwae_train.binarize_fixed(test_images, int(run_config.seed))[:n]
 
 
-def _concat_gaps(parts: list) -> classical.AmortizationGaps:
-  return classical.AmortizationGaps(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts])
-                                      for f in classical.AmortizationGaps._fields))
+def _concat_gaps(parts: list) -> inference.gaps.AmortizationGaps:
+  return inference.gaps.AmortizationGaps(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts])
+                                      for f in inference.gaps.AmortizationGaps._fields))
 
 
 def run_gaps_study(config, key) -> dict:
@@ -621,13 +624,13 @@ def run_gaps_study(config, key) -> dict:
       continue
     x = jnp.asarray(_run_test_images(rc, test_images, n))
     t0 = time.perf_counter()
-    log_joint = make_vae_log_joint(model)
+    make_vae_log_joint(model)  # one stochastic layer only (raises otherwise)
     parts, own = [], []
     for i, kb in enumerate(jax.random.split(k_run, n // bs)):
       k_gaps, k_own = jax.random.split(kb)
       xb = x[i * bs:(i + 1) * bs]
-      parts.append(jax.device_get(classical.amortization_gaps(
-          log_joint, model.encode, params, xb, k_gaps, **gap_kwargs)))
+      parts.append(jax.device_get(inference.gaps.amortization_gaps(
+          model, params, xb, k_gaps, **gap_kwargs)))
       own.append(np.asarray(_model_elbo(model, params, xb, k_own, int(gc.num_elbo_samples))))
     gaps = _concat_gaps(parts)
     arch = "-".join(str(w) for w in (model.x_dim,) + model.hidden_dims[0] + model.latent_dims[:1])
@@ -655,7 +658,7 @@ def run_gaps_study(config, key) -> dict:
       # key gives the same ELBO draws, so the difference is the change of q* alone.
       k_gaps, _ = jax.random.split(jax.random.split(k_run, n // bs)[0])
       kw = dict(gap_kwargs, num_steps=steps2, optimizer=_local_optimizer(config, steps2))
-      more = classical.amortization_gaps(log_joint, model.encode, params, x[:bs], k_gaps, **kw)
+      more = inference.gaps.amortization_gaps(model, params, x[:bs], k_gaps, **kw)
       check = {"run": str(name), "num_examples": bs, "num_steps": int(gc.num_steps),
                "more_steps": steps2,
                "elbo_local": float(np.mean(parts[0].elbo_local)),

@@ -7,11 +7,12 @@ images:
 * ``L_k`` for each ``k`` of ``config.is_ks`` (:func:`dgmjax.evaluation.log_likelihood`; k=5000
   is Burda et al.'s NLL): importance sampling with the encoder as proposal, a lower bound;
 * JVI (:func:`dgmjax.objectives.jackknife_bound`, when that function exists) on ``k`` samples;
-* AIS from ``q(z|x)`` at each ``T`` of ``config.ais.temps`` (:func:`dgmjax.ais.ais`, HMC);
+* AIS from ``q(z|x)`` at each ``T`` of ``config.ais.temps`` (:func:`dgmjax.inference.ais.ais`,
+  HMC);
 
 and on images simulated from the model, where ``z`` is an exact posterior sample, the BDMC
-sandwich ``lower <= log p(x) <= upper`` at each ``T`` (:func:`dgmjax.ais.bdmc`) beside ``L_5000``
-of the same images. The answer is ``AIS(T_max) - L_5000`` per model (paired over the test images),
+sandwich ``lower <= log p(x) <= upper`` at each ``T`` (:func:`dgmjax.inference.ais.bdmc`) beside
+``L_5000`` of the same images. The answer is ``AIS(T_max) - L_5000`` per model (paired over the test images),
 with the BDMC gap at ``T_max`` as the accuracy of AIS on the model's own data.
 
 Speed: the AIS run at the largest ``T`` and the k=5000 evaluation are timed (compilation
@@ -48,7 +49,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dgmjax import ais, evaluation, objectives, training
+from dgmjax import evaluation, objectives, training
+from dgmjax.inference import ais
 from dgmjax import models as M
 from dgmjax.models import vae
 
@@ -264,8 +266,8 @@ _COMPILED: dict = {}
 
 
 def _compiled(kind: str, model, settings: dict, args):
-  """AOT-compiled :func:`dgmjax.ais.ais` / :func:`dgmjax.ais.bdmc` with static ``settings``,
-  cached per (model, settings): models of one architecture share the program."""
+  """AOT-compiled :func:`dgmjax.inference.ais.ais` / :func:`dgmjax.inference.ais.bdmc` with
+  static ``settings``, cached per (model, settings): models of one architecture share the program."""
   key = (kind, model, tuple(sorted(settings.items())),
          tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(args[1:-1])))
   if key not in _COMPILED:

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from dgmjax import data, evaluation, plotting, training
+from dgmjax import data, diagnostics, evaluation, plotting, training
 from dgmjax.models import vae
 from experiments.common import config as common
 
@@ -221,7 +221,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
       model, params, test_x, k_nll, num_samples=config.eval.num_samples,
       sample_chunk=config.eval.sample_chunk, batch_size=config.eval.batch_size,
       progress=_show_progress(config))
-  au = evaluation.active_units(model, params, test_x, k_au,
+  au = diagnostics.active_units(model, params, test_x, k_au,
                                threshold=config.eval.active_threshold)
   eval_seconds = time.time() - t_eval
   figures = evaluation.write_sample_figures(model, params, test_x, k_fig, workdir)

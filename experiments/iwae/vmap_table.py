@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import data, evaluation, parallel, training
+from dgmjax import data, diagnostics, evaluation, parallel, training
 from dgmjax.models import vae
 
 ROWS = (("vae", 1), ("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50))
@@ -136,7 +136,7 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
                             batch_size=min(100, len(test_x)))
       ll = evaluation.log_likelihood(model, params, test_x, k_ll,
                                      num_samples=eval_k, batch_size=min(100, len(test_x)))
-      au = evaluation.active_units(model, params, test_x, k_au)
+      au = diagnostics.active_units(model, params, test_x, k_au)
       results.append({"objective": name, "k": k, "seed": seed, "test_nll": -float(ll.mean()),
                       "test_nll_se": float(ll.std(ddof=1) / np.sqrt(len(ll))) if len(ll) > 1
                       else None, **{kk: float(v) for kk, v in b.items()},

@@ -91,7 +91,7 @@ def make_schedule(config, run, num_steps: int):
 def collapse_diagnostics(model, params, images, key) -> dict:
   """KL per dimension, active units and ELBO surgery (MI, marginal KL) over ``images``."""
   kl = diagnostics.kl_per_dimension(model, params, images)
-  au = evaluation.active_units(model, params, images, key)["active"][0]
+  au = diagnostics.active_units(model, params, images, key)["active"][0]
   s = diagnostics.elbo_surgery(model, params, images, jax.random.fold_in(key, 1), num_samples=1,
                                batch_size=250, chunk_size=500)
   return {"kl_per_dimension": kl.tolist(), "kl": float(kl.sum()), "active_units": int(au),

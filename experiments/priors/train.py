@@ -149,7 +149,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str, resume
                                      num_samples=config.surgery.num_samples,
                                      batch_size=config.surgery.batch_size,
                                      chunk_size=config.surgery.chunk_size)
-  au = evaluation.active_units(model, params, test_x, k_au,
+  au = diagnostics.active_units(model, params, test_x, k_au,
                                threshold=config.eval.active_threshold)
   figures = evaluation.write_sample_figures(model, params, test_x, k_fig, vdir)
   figures["training_curve"] = plotting.save_training_curve(

@@ -47,7 +47,7 @@ def get_config():
   c.jvi.num_samples = 5000
   c.jvi.order = 1
   c.jvi.batch_size = 5
-  # AIS (dgmjax.ais.ais) on the test images
+  # AIS (dgmjax.inference.ais.ais) on the test images
   c.ais = ml_collections.ConfigDict()
   c.ais.temps = (10, 100, 1000, 10000)
   c.ais.num_chains = 16
@@ -57,7 +57,7 @@ def get_config():
   c.ais.target_accept = 0.65
   c.ais.pilot_chains = 0          # 0: adapt within the run; P: exact (pilot-adapted) AIS
   c.ais.batch_size = 50
-  # BDMC (dgmjax.ais.bdmc) on data simulated from each model
+  # BDMC (dgmjax.inference.ais.bdmc) on data simulated from each model
   c.bdmc = ml_collections.ConfigDict()
   c.bdmc.num_examples = 100
   c.bdmc.temps = (10, 100, 1000, 10000)

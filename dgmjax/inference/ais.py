@@ -87,7 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dgmjax import _checks
+from dgmjax import _checks, numerics
 from dgmjax.models import base as models_base
 
 Array = jax.Array
@@ -160,7 +160,8 @@ def _blackjax():
   try:
     import blackjax  # pylint: disable=import-outside-toplevel
   except ImportError as e:  # pragma: no cover - exercised only without blackjax
-    raise ImportError("dgmjax.ais needs blackjax for its HMC kernel: pip install blackjax "
+    raise ImportError("dgmjax.inference.ais needs blackjax for its HMC kernel: "
+                      "pip install blackjax "
                       "(or pip install 'dgmjax[ais]')") from e
   return blackjax
 
@@ -218,16 +219,41 @@ def _betas(sched, num_temps: int, dtype) -> Array:
   return jnp.asarray(b, dtype)
 
 
+# ----------------------------------------------------------------------------- settings
+
+
+def _need(model, name: str, purpose: str) -> None:
+  if not models_base.has(model, name):
+    raise TypeError(f"{purpose} needs the model to provide {name}(...); {type(model).__name__} "
+                    f"does not (see dgmjax.models.base for the optional contract functions)")
+
+
+def _check_contract(model) -> None:
+  missing = [n for n in ("sample_q", "log_q", "log_prior", "log_likelihood")
+             if not models_base.has(model, n)]
+  if missing:
+    raise TypeError(f"model must follow the dgmjax model contract (sample_q, log_q, log_prior, "
+                    f"log_likelihood); {type(model).__name__} lacks {missing}")
+
+
+def _batch_size(x) -> int:
+  leaves = jax.tree.leaves(x)
+  if not leaves or jnp.ndim(leaves[0]) < 1:
+    raise ValueError(f"x must be a batch [B, ...] with the batch on axis 0, got "
+                     f"{jax.tree.map(jnp.shape, x)}")
+  return int(jnp.shape(leaves[0])[0])
+
+
 def _check_settings(model, params, x, *, num_temps, num_chains, init, num_leapfrog, step_size,
                     target_accept, adapt_rate, step_size_range, step_size_sharing):
-  models_base._check_contract(model)  # pylint: disable=protected-access
+  _check_contract(model)
   num_temps = models_base.check_num_samples(num_temps, "num_temps")
   num_chains = models_base.check_num_samples(num_chains, "num_chains")
   num_leapfrog = models_base.check_num_samples(num_leapfrog, "num_leapfrog")
   if init not in INITS:
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
   if init == "prior":
-    models_base._need(model, "sample_prior", "AIS with init='prior'")  # pylint: disable=protected-access
+    _need(model, "sample_prior", "AIS with init='prior'")
   if step_size_sharing not in STEP_SIZE_SHARING:
     raise ValueError(f"step_size_sharing must be one of {STEP_SIZE_SHARING}, got "
                      f"{step_size_sharing!r}")
@@ -242,7 +268,7 @@ def _check_settings(model, params, x, *, num_temps, num_chains, init, num_leapfr
   if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo <= hi):
     raise ValueError(f"step_size_range must be (min, max) with 0 < min <= max, got "
                      f"{step_size_range!r}")
-  b = models_base._batch_size(x)  # pylint: disable=protected-access
+  b = _batch_size(x)
   if _checks.is_concrete(step_size):
     s = np.asarray(step_size, np.float64)
     if s.ndim > 2 or not np.all(np.isfinite(s)) or not np.all(s > 0):
@@ -380,7 +406,8 @@ def _anneal(model, params, x, z0, key, betas, *, init, num_leapfrog, step_size, 
 
 
 def _log_mean_exp0(a: Array) -> Array:
-  return jax.nn.logsumexp(a, axis=0) - math.log(a.shape[0])
+  """``log mean_s exp(a[s])`` over the chains (axis 0), as one chunk of the library's log-mean-exp."""
+  return numerics.streaming_log_mean_exp(lambda chunk: chunk, a[None], a.shape[0])
 
 
 def _initial_draws(model, params, x, key, num_chains: int, init: str, b: int):
@@ -500,14 +527,14 @@ def simulate(model, params, key: Array, num: int, *,
     ``(x [num, ...], z)``: ``z`` is an exact sample of ``p(z | x)`` for its ``x``.
   """
   num = models_base.check_num_samples(num, "num")
-  models_base._need(model, "sample_prior", "simulate")  # pylint: disable=protected-access
+  _need(model, "sample_prior", "simulate")
   k_z, k_x = jax.random.split(key)
   z = model.sample_prior(params, k_z, num)
   if isinstance(sample_x_given_z, str):
     if sample_x_given_z != "bernoulli":
       raise ValueError(f"sample_x_given_z must be 'bernoulli' or a function (params, z, key) -> "
                        f"x, got {sample_x_given_z!r}")
-    models_base._need(model, "decode", "simulate with sample_x_given_z='bernoulli'")  # pylint: disable=protected-access
+    _need(model, "decode", "simulate with sample_x_given_z='bernoulli'")
     mean = model.decode(params, z, None)
     x = jax.random.bernoulli(k_x, mean).astype(mean.dtype)
   elif callable(sample_x_given_z):
@@ -515,7 +542,7 @@ def simulate(model, params, key: Array, num: int, *,
   else:
     raise ValueError(f"sample_x_given_z must be 'bernoulli' or a function (params, z, key) -> x, "
                      f"got {type(sample_x_given_z).__name__}")
-  if models_base._batch_size(x) != num:  # pylint: disable=protected-access
+  if _batch_size(x) != num:
     raise ValueError(f"sample_x_given_z must return x with {num} rows, got "
                      f"{jax.tree.map(jnp.shape, x)}")
   return x, z

@@ -1,4 +1,4 @@
-"""Tests of dgmjax.ais: AIS and BDMC against the exact log p(x) of the linear-Gaussian model.
+"""Tests of dgmjax.inference.ais: AIS and BDMC against the exact log p(x) of the linear-Gaussian model.
 
 Oracles: the closed-form marginal ``log N(x; b, W W^T + s^2 I)`` (dgmjax.models.linear_gaussian);
 the identity "AIS with one temperature is importance sampling" (its log-weights equal
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import ais, objectives
+from dgmjax import objectives
+from dgmjax.inference import ais
 from dgmjax import models as M
 from dgmjax.models import linear_gaussian as lg, vae
 
