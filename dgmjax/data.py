@@ -4,7 +4,9 @@ Every loader returns a dict of numpy arrays, ``image`` of shape ``[N, H, W, C]``
 float32 and values in ``[0, 1]`` (for every dataset), and ``label`` (int32, ``[N]``) where the
 dataset has labels. Binarization for training is separate: statically binarized MNIST is
 already in ``{0, 1}``; for grey-level images draw a fresh binarization per minibatch with
-:func:`binarize`.
+:func:`binarize`. :func:`check_images` validates an image array before any work (it scales
+``uint8`` grey levels by ``1/255``); :func:`check_train_images` is the check
+:func:`dgmjax.training.fit` makes of its training data.
 
 Sources, in order of preference:
 

@@ -1,4 +1,5 @@
-"""Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors.
+"""Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors, and
+the checks of image arrays (check_images, check_train_images).
 
 The MNIST-family tests read the staged files from ``tests.conftest.shared_data_dir()`` and are
 skipped when it is None. Oracles: the counts and pixel means published in shared/data/README.md
@@ -382,3 +383,17 @@ def test_check_images_accepts_unit_interval_and_scales_uint8():
 def test_check_images_rejects_bad_data(images, match):
   with pytest.raises(ValueError, match=match):
     data.check_images(images, name="mnist/train image", image_shape=(4, 4, 1))
+
+
+def test_check_train_images_checks_the_support_and_returns_the_array():
+  x = _grey(3)
+  assert data.check_train_images(x) is x
+  assert data.check_train_images(x, dynamic_binarization=True) is x
+  with pytest.raises(TypeError, match="train_images must be an array"):
+    data.check_train_images(x.tolist())
+  with pytest.raises(ValueError, match="non-empty"):
+    data.check_train_images(np.zeros((0, 4), np.float32))
+  with pytest.raises(ValueError, match=r"uint8 array .*data\.check_images"):
+    data.check_train_images(np.full((2, 4, 4, 1), 255, np.uint8), dynamic_binarization=True)
+  with pytest.raises(ValueError, match="train_images"):
+    data.check_train_images(np.full((2, 4, 4, 1), 2.0, np.float32), dynamic_binarization=True)

@@ -18,8 +18,8 @@ import numpy as np
 
 from dgmjax import _checks, data
 from dgmjax.training import checkpoints, rundir
-from dgmjax.training.step import LossFn, TrainState, check_optimizer, init_state, make_train_step
 from dgmjax.training.schedules import check_learning_rate
+from dgmjax.training.step import LossFn, TrainState, check_optimizer, init_state, make_train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -33,7 +33,7 @@ def epoch_order(num_examples: int, epoch: int, seed: int, *, shuffle: bool) -> n
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def minibatches(images: np.ndarray, batch_size: int, seed: int, *, shuffle: bool, start: int,
+def _minibatches(images: np.ndarray, batch_size: int, seed: int, *, shuffle: bool, start: int,
                 num_steps: int):
   """``(step, minibatch)`` for ``step = start .. num_steps - 1``: an epoch is
   ``N // batch_size`` steps (the remainder dropped) in the order :func:`epoch_order` gives it."""
@@ -119,7 +119,7 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
              disable=not (sys.stderr.isatty() if progress is None else progress))
   t0, window = time.time(), []
   try:
-    for step, batch in minibatches(s.train_images, s.batch_size, s.seed, shuffle=shuffle,
+    for step, batch in _minibatches(s.train_images, s.batch_size, s.seed, shuffle=shuffle,
                                    start=start, num_steps=s.num_steps):
       run.state, metrics = train_step(run.state, batch)
       window.append(metrics)
