@@ -4,7 +4,9 @@ Every loader returns a dict of numpy arrays, ``image`` of shape ``[N, H, W, C]``
 float32 and values in ``[0, 1]`` (for every dataset), and ``label`` (int32, ``[N]``) where the
 dataset has labels. Binarization for training is separate: statically binarized MNIST is
 already in ``{0, 1}``; for grey-level images draw a fresh binarization per minibatch with
-:func:`binarize`.
+:func:`binarize`. :func:`check_images` validates an image array before any work (it scales
+``uint8`` grey levels by ``1/255``); :func:`check_train_images` is the check
+:func:`dgmjax.training.fit` makes of its training data.
 
 Sources, in order of preference:
 
@@ -42,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "DATASETS", "SPLITS", "load", "binarize", "splits"]
+__all__ = ["BACKENDS", "DATASETS", "SPLITS", "load", "binarize", "splits", "check_images",
+           "check_train_images"]
 
 #: Allowed splits per dataset name.
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -328,6 +331,86 @@ def binarize(key, images):
   if not concrete:
     out = _checks.nan_unless((x >= 0) & (x <= 1), out)
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# image checks
+
+
+def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] | None = None,
+                 binary_likelihood: bool = True) -> np.ndarray:
+  """Validates a training or test array before any work is done; returns it as float32.
+
+  ``uint8`` arrays are scaled by ``1/255`` first (grey levels, as MNIST is distributed).
+
+  Args:
+    images: ``[N, H, W, C]`` (or ``[N, D]``).
+    name: how the array is named in error messages (e.g. ``"mnist/train image"``).
+    image_shape: the model's ``(H, W, C)``; the per-example shape (or its size, for flat
+      arrays) must match.
+    binary_likelihood: the model has a Bernoulli decoder, so values must lie in [0, 1].
+
+  Returns:
+    ``images`` as a float32 numpy array.
+
+  Raises:
+    ValueError: an empty split, non-finite values, values outside [0, 1] for a Bernoulli decoder,
+      or an image size different from the model's.
+  """
+  arr = np.asarray(images)
+  if arr.ndim < 2 or arr.shape[0] == 0:
+    raise ValueError(f"{name} split is empty (shape {arr.shape}); nothing to train or evaluate on")
+  if arr.dtype == np.uint8:
+    arr = arr.astype(np.float32) / 255.0
+  if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer) \
+      and arr.dtype != np.bool_:
+    raise ValueError(f"{name} has dtype {arr.dtype}; expected floats in [0, 1] or uint8")
+  arr = arr.astype(np.float32, copy=False)
+  if image_shape is not None:
+    image_shape = tuple(image_shape)
+    size = int(np.prod(image_shape))
+    if arr.shape[1:] != image_shape and arr.shape[1:] != (size,):
+      raise ValueError(f"{name} has per-example shape {arr.shape[1:]}, but the model expects "
+                       f"images of shape {image_shape} ({size} pixels)")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+  if binary_likelihood:
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+      raise ValueError(f"{name} values must lie in [0, 1] for the Bernoulli decoder, got values "
+                       f"in [{lo:g}, {hi:g}]")
+  return arr
+
+
+def check_train_images(images, *, model=None, dynamic_binarization: bool = False):
+  """The training data of :func:`dgmjax.training.fit`, checked before any work: an array
+  ``[N, ...]``, finite, in [0, 1] when binarized per minibatch, else in the support of ``model``
+  (the ``model`` of a loss from :func:`dgmjax.losses.make_loss`; see
+  :func:`dgmjax.models.check_data`).
+
+  Returns:
+    ``images``, unchanged.
+
+  Raises:
+    TypeError: ``images`` is not an array.
+    ValueError: an empty array, a uint8 array to binarize, or values outside the support.
+  """
+  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
+
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"train_images must be an array [N, ...], got {type(images).__name__}")
+  if images.ndim < 2 or images.shape[0] == 0:
+    raise ValueError(f"train_images must be a non-empty array [N, ...], got shape {images.shape}")
+  if dynamic_binarization:
+    if np.dtype(images.dtype) == np.uint8:
+      raise ValueError("train_images is a uint8 array (0..255 grey levels?); dynamic binarization "
+                       "draws pixels with probability x, so pass floats in [0, 1] (e.g. "
+                       "data.check_images(images), which scales uint8 by 1/255)")
+    base.check_data(None, images, "train_images (binarized per minibatch)",
+                    support="unit_interval")
+    return images
+  base.check_data(model, images, "train_images")
+  return images
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors.
+"""Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors, and
+the checks of image arrays (check_images, check_train_images).
 
 The MNIST-family tests read the staged files from ``tests.conftest.shared_data_dir()`` and are
 skipped when it is None. Oracles: the counts and pixel means published in shared/data/README.md
@@ -356,3 +357,43 @@ def test_concurrent_loads_share_one_preparation(tmp_path):
   assert outs[0] == outs[1] and outs[0][1] == "10000"
   assert sorted(os.listdir(tmp_path / "dgmjax_npz")) == ["mnist-v%d.npz" % data._NPZ_VERSION,
                                                          "mnist.lock"]
+
+
+# ----------------------------------------------------------------------------- image checks
+
+
+def _grey(n, seed=0):
+  return np.random.default_rng(seed).uniform(size=(n, 4, 4, 1)).astype(np.float32)
+
+
+def test_check_images_accepts_unit_interval_and_scales_uint8():
+  out = data.check_images(np.full((2, 4, 4, 1), 255, np.uint8), image_shape=(4, 4, 1))
+  assert out.dtype == np.float32 and np.all(out == 1.0)
+  data.check_images(_grey(3), image_shape=(4, 4, 1))
+  data.check_images(_grey(3).reshape(3, 16), image_shape=(4, 4, 1))
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((0, 4, 4, 1), np.float32), "empty"),
+    (np.full((2, 4, 4, 1), 2.0, np.float32), r"\[0, 1\].*\[2, 2\]"),
+    (np.full((2, 4, 4, 1), -0.5, np.float32), "Bernoulli"),
+    (np.zeros((2, 5, 5, 1), np.float32), "expects images of shape"),
+    (np.full((2, 4, 4, 1), np.nan, np.float32), "non-finite"),
+])
+def test_check_images_rejects_bad_data(images, match):
+  with pytest.raises(ValueError, match=match):
+    data.check_images(images, name="mnist/train image", image_shape=(4, 4, 1))
+
+
+def test_check_train_images_checks_the_support_and_returns_the_array():
+  x = _grey(3)
+  assert data.check_train_images(x) is x
+  assert data.check_train_images(x, dynamic_binarization=True) is x
+  with pytest.raises(TypeError, match="train_images must be an array"):
+    data.check_train_images(x.tolist())
+  with pytest.raises(ValueError, match="non-empty"):
+    data.check_train_images(np.zeros((0, 4), np.float32))
+  with pytest.raises(ValueError, match=r"uint8 array .*data\.check_images"):
+    data.check_train_images(np.full((2, 4, 4, 1), 255, np.uint8), dynamic_binarization=True)
+  with pytest.raises(ValueError, match="train_images"):
+    data.check_train_images(np.full((2, 4, 4, 1), 2.0, np.float32), dynamic_binarization=True)

@@ -1,5 +1,5 @@
 """Tests of dgmjax.training: Burda's schedule and Adam variant, the jitted step, NaN guard,
-checkpoint/resume equality, and data checks."""
+checkpoint/resume equality, and fit's checks of its training data."""
 
 import json
 import os
@@ -429,25 +429,3 @@ def test_epoch_order_is_a_seeded_permutation():
   assert sorted(a) == list(range(10)) and not np.array_equal(
       a, training.epoch_order(10, 4, 0, shuffle=True))
   np.testing.assert_array_equal(training.epoch_order(5, 1, 0, shuffle=False), np.arange(5))
-
-
-# ----------------------------------------------------------------------------- data checks
-
-
-def test_check_images_accepts_unit_interval_and_scales_uint8():
-  out = training.check_images(np.full((2, 4, 4, 1), 255, np.uint8), image_shape=(4, 4, 1))
-  assert out.dtype == np.float32 and np.all(out == 1.0)
-  training.check_images(_grey(3), image_shape=(4, 4, 1))
-  training.check_images(_grey(3).reshape(3, 16), image_shape=(4, 4, 1))
-
-
-@pytest.mark.parametrize("images, match", [
-    (np.zeros((0, 4, 4, 1), np.float32), "empty"),
-    (np.full((2, 4, 4, 1), 2.0, np.float32), r"\[0, 1\].*\[2, 2\]"),
-    (np.full((2, 4, 4, 1), -0.5, np.float32), "Bernoulli"),
-    (np.zeros((2, 5, 5, 1), np.float32), "expects images of shape"),
-    (np.full((2, 4, 4, 1), np.nan, np.float32), "non-finite"),
-])
-def test_check_images_rejects_bad_data(images, match):
-  with pytest.raises(ValueError, match=match):
-    training.check_images(images, name="mnist/train image", image_shape=(4, 4, 1))

@@ -53,7 +53,7 @@ def _load(config, split: str) -> np.ndarray:
                            data_dir=config.get("data_dir") or default_data_dir())["image"])
   if x.ndim == 3:
     x = x[..., None]
-  return training.check_images(x, name=f"{config.dataset}/{split} image", binary_likelihood=True)
+  return data.check_images(x, name=f"{config.dataset}/{split} image", binary_likelihood=True)
 
 
 def _subset(x: np.ndarray, num: int, seed: int) -> np.ndarray:

@@ -81,8 +81,8 @@ def load_images(config, split: str, image_shape=None) -> np.ndarray:
   images = np.asarray(ds["image"])
   if images.ndim == 3:  # [N, H, W] -> [N, H, W, 1]
     images = images[..., None]
-  return training.check_images(images, name=name, image_shape=image_shape,
-                               binary_likelihood=True)
+  return data.check_images(images, name=name, image_shape=image_shape,
+                           binary_likelihood=True)
 
 
 def binarize_fixed(images: np.ndarray, seed: int) -> np.ndarray:
