@@ -21,9 +21,8 @@ dgmjax`` (imported on first use, so ``import dgmjax`` stays light):
 ``dgmjax.diagnostics``        gradient SNR, ELBO surgery
 ``dgmjax.data``               datasets and binarization
 ``dgmjax.plotting``           figures (needs matplotlib)
-``dgmjax.networks``,          Burda's MLPs; PixelCNN; sharding over devices
-``dgmjax.pixelcnn``,
-``dgmjax.parallel``
+``dgmjax.nn``                 the Flax modules: Burda's MLPs, PixelCNN, VQ codebook, NVIL baseline
+``dgmjax.parallel``           sharding over devices
 ============================  ========================================================
 
 The distribution, Gumbel and VQ functions that used to sit at the top level (``dgmjax.quantize``,
@@ -57,14 +56,13 @@ __version__ = "0.1.0"
 
 #: The subpackages, imported on first attribute access.
 SUBPACKAGES = ("ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
-               "gumbel", "losses", "models", "networks", "objectives", "parallel", "pixelcnn",
-               "plotting", "priors", "training", "vq")
+               "gumbel", "losses", "models", "nn", "objectives", "parallel", "plotting", "priors",
+               "training", "vq")
 
 __all__ = [
     # subpackages
     "ais", "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
-    "losses", "models", "networks", "objectives", "parallel", "pixelcnn", "plotting", "priors", "training",
-    "vq",
+    "losses", "models", "nn", "objectives", "parallel", "plotting", "priors", "training", "vq",
     # the bounds (dgmjax.objectives)
     "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
     "importance_weights", "iwae_bound", "jackknife_bound", "log_mean_exp", "miwae_bound",
