@@ -80,8 +80,9 @@ def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
     log_q: ``(params, x, z) -> [B]``.
     log_prior: ``(params, z) -> [B]``.
     log_likelihood: ``(params, x, z) -> [B]``.
-    data_support: the support of ``p(x|z)`` (a key of :data:`DATA_SUPPORTS`, e.g. ``"binary"``),
-      checked eagerly by the entry points that receive data; ``None``: only finiteness.
+    data_support: the support of ``p(x|z)`` (a key of
+      :data:`~dgmjax.models.base.DATA_SUPPORTS`, e.g. ``"binary"``), checked eagerly by the entry
+      points that receive data; ``None``: only finiteness.
     **optional: any of ``sample_and_log_q``, ``posterior_mean``, ``sample_prior``, ``decode``,
       ``kl``, ``encode``, ``features``.
   """
