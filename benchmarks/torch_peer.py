@@ -5,7 +5,7 @@ The same model as dgmjax, written the way a PyTorch user would write it (``nn.Li
 the same noise and checked to agree:
 
 * encoder ``q(h_l | h_{l-1})`` and conditional prior ``p(h_l | h_{l+1})``: tanh MLP, then two linear
-  heads, the mean and ``log sigma`` (``sigma = exp`` of a linear layer, as ``dgmjax.networks
+  heads, the mean and ``log sigma`` (``sigma = exp`` of a linear layer, as ``dgmjax.nn
   .GaussianHead`` and Burda et al.'s reference code);
 * decoder ``p(x | h_1)``: tanh MLP with Bernoulli logits;
 * ``log w_k = log p(x | h_1) + log p(h) - log q(h | x)``, ``[K, B]``; the first encoder runs once

@@ -15,21 +15,17 @@ dgmjax`` (imported on first use, so ``import dgmjax`` stays light):
 ``dgmjax.flows``              bijectors and flow distributions
 ``dgmjax.priors``             learnable and flow priors
 ``dgmjax.models``             the model contract and the library's models
-``dgmjax.training``           losses of any model, train step, ``fit``, checkpoints
+``dgmjax.losses``             training losses of any model: a bound and its gradient estimator
+``dgmjax.training``           train step, ``fit``, schedules, checkpoints, run directories
 ``dgmjax.evaluation``         k=5000 log-likelihood, bounds
 ``dgmjax.numerics``           streaming log-mean-exp, matmul precision, memory budget
 ``dgmjax.inference``          EM, local variational fits, amortization gaps, AIS and BDMC
 ``dgmjax.diagnostics``        gradient SNR, ELBO surgery, active units, KL per dimension
 ``dgmjax.data``               datasets and binarization
 ``dgmjax.plotting``           figures (needs matplotlib)
-``dgmjax.networks``,          Burda's MLPs; PixelCNN; sharding over devices
-``dgmjax.pixelcnn``,
-``dgmjax.parallel``
+``dgmjax.nn``                 the Flax modules: Burda's MLPs, PixelCNN, VQ codebook, NVIL baseline
+``dgmjax.parallel``           sharding over devices
 ============================  ========================================================
-
-The distribution, Gumbel and VQ functions that used to sit at the top level (``dgmjax.quantize``,
-``dgmjax.normal_log_prob``, ...) still work for one release, with a ``DeprecationWarning`` naming
-their module.
 """
 
 import importlib as _importlib
@@ -58,14 +54,14 @@ __version__ = "0.1.0"
 
 #: The subpackages, imported on first attribute access.
 SUBPACKAGES = ("data", "diagnostics", "distributions", "estimators", "evaluation", "flows",
-               "gumbel", "inference", "losses", "models", "networks", "numerics", "objectives",
-               "parallel", "pixelcnn", "plotting", "priors", "training", "vq")
+               "gumbel", "inference", "losses", "models", "nn", "numerics", "objectives",
+               "parallel", "plotting", "priors", "training", "vq")
 
 __all__ = [
     # subpackages
     "data", "diagnostics", "distributions", "estimators", "evaluation", "flows", "gumbel",
-    "inference", "losses", "models", "networks", "numerics", "objectives", "parallel", "pixelcnn",
-    "plotting", "priors", "training", "vq",
+    "inference", "losses", "models", "nn", "numerics", "objectives", "parallel", "plotting",
+    "priors", "training", "vq",
     # the bounds (dgmjax.objectives)
     "beta_elbo", "ciwae_bound", "effective_sample_size", "elbo", "elbo_analytic_kl", "free_bits",
     "importance_weights", "iwae_bound", "jackknife_bound", "log_mean_exp", "miwae_bound",

@@ -49,10 +49,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +60,7 @@ from jaxtyping import Array, ArrayLike, DTypeLike, Float, Real
 from dgmjax import _checks, objectives
 
 __all__ = [
-    "BOUNDS", "ESTIMATORS", "LogWeightTerms", "NVILBaseline", "RunningMean", "baseline_loss",
+    "BOUNDS", "ESTIMATORS", "LogWeightTerms", "RunningMean", "baseline_loss",
     "ciwae_surrogate", "dreg_surrogate", "elbo_surrogate", "iwae_surrogate", "learning_signal",
     "miwae_surrogate", "piwae_surrogate", "reinforce_surrogate", "renyi_dreg_surrogate",
     "running_mean_init", "running_mean_update", "rws_dreg_surrogate", "rws_surrogate",
@@ -498,28 +496,6 @@ def running_mean_update(state: RunningMean, value: Real[ArrayLike, "..."],
   v = jnp.mean(lax.stop_gradient(value)).astype(state.average.dtype)
   return RunningMean(decay * state.average + (1.0 - decay) * v,
                      1.0 - decay * (1.0 - state.correction))
-
-
-class NVILBaseline(nn.Module):
-  """An input-dependent baseline ``b(x)``: a small MLP, ``[B, ...] -> [B]``.
-
-  Train it jointly with the model by adding :func:`baseline_loss` to the training loss; it only
-  reduces the variance of :func:`reinforce_surrogate`, never biases it.
-
-  Attributes:
-    hidden: widths of the tanh hidden layers (NVIL uses one layer of 100).
-
-  References:
-    Mnih & Gregor, Neural Variational Inference and Learning in Belief Networks, ICML 2014, Sec. 3.
-  """
-  hidden: Sequence[int] = (100,)
-
-  @nn.compact
-  def __call__(self, x: Real[ArrayLike, "B *features"]) -> Float[Array, "B"]:
-    h = jnp.reshape(x, (x.shape[0], -1))
-    for width in self.hidden:
-      h = nn.tanh(nn.Dense(width)(h))
-    return nn.Dense(1)(h)[:, 0]
 
 
 def baseline_loss(signal: Float[ArrayLike, "..."],

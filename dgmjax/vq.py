@@ -1,8 +1,8 @@
 """Vector quantization: nearest code, straight-through, codebook/commitment losses, EMA, usage.
 
 Encoder outputs ``z_e`` are ``[..., D]`` (a spatial map ``[B, H, W, D]`` or vectors); a codebook is
-``[N, D]``. Everything is a pure function; :class:`VectorQuantizer` is a thin Flax module holding
-the codebook as a parameter.
+``[N, D]``. Everything is a pure function; :class:`dgmjax.nn.VectorQuantizer` is a thin Flax module
+holding the codebook as a parameter.
 
 References:
   van den Oord, Vinyals & Kavukcuoglu, Neural Discrete Representation Learning (VQ-VAE), NeurIPS
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,7 @@ from dgmjax import _checks
 from dgmjax.gumbel import straight_through
 
 __all__ = [
-    "EMAState", "Quantized", "VectorQuantizer", "code_counts", "ema_init", "ema_update", "lookup",
+    "EMAState", "Quantized", "code_counts", "ema_init", "ema_update", "lookup",
     "nearest_code", "perplexity", "quantize", "restart_dead_codes", "squared_distances", "usage",
 ]
 
@@ -310,32 +309,3 @@ def restart_dead_codes(key: PRNGKeyArray, codebook: Float[ArrayLike, "..."],
   pick = jax.random.randint(key, (n,), 0, pool.shape[0])
   dead = counts < threshold
   return jnp.where(dead[:, None], pool[pick], codebook), dead
-
-
-# ----------------------------------------------------------------------------- Flax module
-
-
-class VectorQuantizer(nn.Module):
-  """A codebook of ``num_codes`` vectors of size ``embedding_dim``; calls :func:`quantize`.
-
-  Attributes:
-    num_codes: codebook size ``N >= 1``.
-    embedding_dim: ``D``; the last axis of the input must match.
-    init_scale: codes initialised uniformly in ``[-init_scale, init_scale]``.
-  """
-  num_codes: int
-  embedding_dim: int
-  init_scale: float = 1.0
-
-  @nn.compact
-  def __call__(self, z_e: Shaped[ArrayLike, "..."]) -> Quantized:
-    _checks.check_int("num_codes", self.num_codes, minimum=1)
-    _checks.check_int("embedding_dim", self.embedding_dim, minimum=1)
-    if z_e.shape[-1] != self.embedding_dim:
-      raise ValueError(f"z_e has embedding dim {z_e.shape[-1]}, the quantizer expects "
-                       f"embedding_dim={self.embedding_dim}")
-    s = self.init_scale
-    codebook = self.param(
-        "codebook", lambda k, shape: jax.random.uniform(k, shape, minval=-s, maxval=s),
-        (self.num_codes, self.embedding_dim))
-    return quantize(z_e, codebook)

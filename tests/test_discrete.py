@@ -14,7 +14,8 @@ import optax
 import pytest
 from scipy import stats
 
-from dgmjax import distributions, gumbel, models, pixelcnn, training, vq
+from dgmjax import distributions, gumbel, models, training, vq
+from dgmjax.nn import VectorQuantizer, pixelcnn
 from dgmjax.models import categorical_vae, vqvae
 
 # ----------------------------------------------------------------------------- categorical VAE
@@ -313,7 +314,7 @@ def test_vqvae_bad_input():
     m = _vq()
     m.loss(m.init(jax.random.key(0)), jnp.zeros((2, 28, 28, 1)), None)
   with pytest.raises(ValueError, match="embedding"):
-    vq.VectorQuantizer(4, 3).init(jax.random.key(0), jnp.zeros((2, 5)))
+    VectorQuantizer(4, 3).init(jax.random.key(0), jnp.zeros((2, 5)))
 
 
 def test_pixelcnn_with_a_spatial_condition_is_a_normalised_causal_prior():

@@ -17,6 +17,7 @@ import pytest
 
 from dgmjax import diagnostics, distributions, estimators, models, objectives
 from dgmjax.models import linear_gaussian as lg
+from dgmjax.nn import NVILBaseline
 
 DX, DZ, B = 4, 2, 3
 
@@ -248,7 +249,7 @@ def test_running_mean_is_bias_corrected():
 
 def test_nvil_baseline_learns_the_signal_and_gets_no_estimator_gradient():
   x, _, params = make_problem()
-  net = estimators.NVILBaseline(hidden=(16,))
+  net = NVILBaseline(hidden=(16,))
   bparams = net.init(jax.random.key(2), x)
   assert net.apply(bparams, x).shape == (B,)
   opt = optax.adam(0.05)

@@ -1,4 +1,4 @@
-"""Tests of dgmjax.networks: shapes over leading sample axes, Burda's initialisation."""
+"""Tests of dgmjax.nn.mlp: shapes over leading sample axes, Burda's initialisation."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import networks
+from dgmjax.nn import mlp as networks
 
 
 def test_mlp_acts_on_last_axis_with_leading_sample_axes():

@@ -1,11 +1,11 @@
-"""Tests for dgmjax.pixelcnn: causality, receptive field, exact likelihood, sampling."""
+"""Tests for dgmjax.nn.pixelcnn: causality, receptive field, exact likelihood, sampling."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import pixelcnn as P
+from dgmjax.nn import pixelcnn as P
 
 H = W = 6
 

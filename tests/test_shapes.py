@@ -77,7 +77,7 @@ def test_every_public_function_of_the_core_is_checked():
   for fn in (F.Bijector.forward_and_log_det, F.Bijector.inverse_and_log_det, F.Bijector.forward,
              F.Flow.log_prob, F.Flow.sample_and_log_prob, F.QRLinear.apply_q,
              F.LULinear.weight, F.LULinear.params_from_matrix, F.MAF.conditioner,
-             E.RunningMean.mean.fget, vq.VectorQuantizer.__call__):
+             E.RunningMean.mean.fget):
     assert _is_checked(fn), fn
 
 

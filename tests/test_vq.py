@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dgmjax import vq
+from dgmjax.nn import VectorQuantizer
 
 RNG = np.random.default_rng(0)
 
@@ -109,7 +110,7 @@ def test_bad_collapse_recovers_with_restarts():
 
 
 def test_module_and_bad_input():
-  m = vq.VectorQuantizer(num_codes=8, embedding_dim=3)
+  m = VectorQuantizer(num_codes=8, embedding_dim=3)
   z = jnp.ones((2, 4, 4, 3))
   params = m.init(jax.random.key(0), z)
   out = m.apply(params, z)
@@ -117,7 +118,7 @@ def test_module_and_bad_input():
   with pytest.raises(ValueError, match="embedding_dim"):
     m.apply(params, jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="num_codes"):
-    vq.VectorQuantizer(num_codes=0, embedding_dim=3).init(jax.random.key(0), z)
+    VectorQuantizer(num_codes=0, embedding_dim=3).init(jax.random.key(0), z)
   with pytest.raises(ValueError, match="codebook"):
     vq.quantize(jnp.ones((2, 3)), jnp.ones((4, 2)))
   with pytest.raises(ValueError, match="codebook"):

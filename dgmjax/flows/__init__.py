@@ -7,8 +7,8 @@ Every bijector is a frozen dataclass of static configuration with
 * ``inverse_and_log_det(params, x, context=None) -> (u, log|det du/dx|)`` (density direction),
 
 event on the trailing axes, log-determinants with the batch shape. :class:`Flow` adds a standard
-Normal base (``log_prob``, ``sample``, ``sample_and_log_prob``); :class:`FlowModule` is a Flax linen
-module holding the params.
+Normal base (``log_prob``, ``sample``, ``sample_and_log_prob``); :class:`dgmjax.nn.FlowModule` is a
+Flax linen module holding the params.
 
 Recipes for latent-variable models:
 
@@ -35,17 +35,10 @@ from dgmjax.flows.linear import InvertibleConv1x1, LULinear, LUParams, QRLinear,
 from dgmjax.flows.permutation import Permute, Reverse, random_permutation
 
 __all__ = [
-    "ActNorm", "AffineCoupling", "Bijector", "Chain", "Flow", "FlowModule", "IAF",
+    "ActNorm", "AffineCoupling", "Bijector", "Chain", "Flow", "IAF",
     "InvertibleConv1x1", "Invert", "LULinear", "LUParams", "MAF", "Permute", "QRLinear",
     "QRParams", "Reverse", "alternating_mask", "check_finite", "half_mask",
     "inverse_autoregressive_flow", "masked_autoregressive_flow", "normalize_order",
     "random_order", "random_permutation", "real_nvp",
 ]
 
-
-def __getattr__(name):
-  # The Flax wrapper is imported on first use, so the pure core does not import Flax.
-  if name == "FlowModule":
-    from dgmjax.flows.modules import FlowModule  # pylint: disable=import-outside-toplevel
-    return FlowModule
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ Conventions:
     ``context_size == 0`` refuse a context.
   * Bijectors are hashable, so a bound method such as ``jax.jit(bij.inverse_and_log_det)`` jits
     with the configuration static, and a bijector can be a Flax module field
-    (:class:`~dgmjax.flows.FlowModule`).
+    (:class:`dgmjax.nn.FlowModule`).
 
 Input checks (in ``forward_and_log_det`` / ``inverse_and_log_det``; the unchecked ``_forward`` /
 ``_inverse`` are what compositions call): a wrong event shape raises ``ValueError`` naming the

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from dgmjax import distributions, gumbel
 from dgmjax.models.base import LatentModel
-from dgmjax.networks import MLP, flatten_images
+from dgmjax.nn.mlp import MLP, flatten_images
 
 Array = jax.Array
 

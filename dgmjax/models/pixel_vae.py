@@ -2,7 +2,7 @@
 
 .. math:: p(x | z) = \\prod_j p(x_j | x_{<j}, z), \\quad q(z|x) = N(\\mu(x), \\mathrm{diag}\\,\\sigma(x)^2), \\quad p(z) = N(0, I)
 
-The code ``z`` enters the PixelCNN (:mod:`dgmjax.pixelcnn`) as a spatial map: an MLP turns ``z``
+The code ``z`` enters the PixelCNN (:mod:`dgmjax.nn.pixelcnn`) as a spatial map: an MLP turns ``z``
 into ``[H, W, cond_channels]`` features that bias the gates of every masked layer, so the decoder
 can place information where it is needed. The PixelCNN's depth sets how much of ``p(x)`` the
 decoder can model without ``z``: a few small layers see local statistics only (a *weak* decoder,
@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgmjax import distributions
-from dgmjax import pixelcnn as pixelcnn_lib
+from dgmjax.nn import pixelcnn as pixelcnn_lib
 from dgmjax.models.base import LatentModel
 from dgmjax.models.vae import output_bias_from_mean
-from dgmjax.networks import MLP, GaussianHead, flatten_images
+from dgmjax.nn.mlp import MLP, GaussianHead, flatten_images
 
 Array = jax.Array
 
@@ -49,7 +49,7 @@ class PixelVAE(LatentModel):
 
   Params: ``{"encoder": ..., "decoder": ...}`` for ``decoder='mlp'`` and
   ``{"encoder": ..., "cond": ..., "pixelcnn": ...}`` for ``decoder='pixelcnn'`` (Flax variables
-  each; ``pixelcnn`` is a :class:`dgmjax.pixelcnn.PixelCNN`'s, so :mod:`dgmjax.pixelcnn`'s
+  each; ``pixelcnn`` is a :class:`dgmjax.nn.pixelcnn.PixelCNN`'s, so :mod:`dgmjax.nn.pixelcnn`'s
   functions apply to it directly).
 
   Attributes:

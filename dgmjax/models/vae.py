@@ -37,7 +37,7 @@ import numpy as np
 from dgmjax import distributions
 from dgmjax.models.base import LatentModel
 from dgmjax.models.prior_vae import PriorVAE
-from dgmjax.networks import GaussianHead, MLP, flatten_images
+from dgmjax.nn.mlp import GaussianHead, MLP, flatten_images
 
 Array = jax.Array
 

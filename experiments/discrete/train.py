@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import estimators, evaluation, pixelcnn, plotting, training, vq
+from dgmjax import evaluation, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
+from dgmjax.nn import NVILBaseline, pixelcnn
 from experiments.common import config as common
 from experiments.iwae.train import default_data_dir
 
@@ -113,7 +114,7 @@ ESTIMATORS = ("gumbel", "st", "reinforce", "vimco", "nvil")
 def _nvil_baseline(config):
   """NVIL's input-dependent baseline: ``(params, x) -> [B]`` reading ``params["baseline"]``.
 
-  An MLP (``config.nvil.hidden`` tanh layers, :class:`dgmjax.estimators.NVILBaseline`) whose
+  An MLP (``config.nvil.hidden`` tanh layers, :class:`dgmjax.nn.NVILBaseline`) whose
   output is multiplied by ``config.nvil.output_scale``: the learning signal is ``log p(x|z)``,
   hundreds of nats, and Adam moves every weight by about the learning rate per step, so an
   unscaled output would need far more steps than the run has to reach it (Mnih & Gregor centre
@@ -122,7 +123,7 @@ def _nvil_baseline(config):
   Returns:
     ``(apply, init)``: ``apply(params, x) -> [B]`` and ``init(key, x) -> baseline params``.
   """
-  net = estimators.NVILBaseline(tuple(config.nvil.hidden))
+  net = NVILBaseline(tuple(config.nvil.hidden))
   scale = float(config.nvil.output_scale)
 
   def apply(params, x):

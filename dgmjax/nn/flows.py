@@ -1,4 +1,5 @@
-"""Flax linen module holding a bijector's params (a thin wrapper over the pure functions)."""
+"""Flax linen module holding a bijector's params (a thin wrapper over the pure functions of
+:mod:`dgmjax.flows`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real, Shaped
 
 from dgmjax.flows import base
 from dgmjax.flows.distribution import Flow
+
+__all__ = ["FlowModule"]
 
 
 class FlowModule(nn.Module):
