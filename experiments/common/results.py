@@ -11,9 +11,9 @@ import numpy as np
 
 
 def stderr(values, *, ddof: int = 1) -> float:
-  """The standard error of the mean of ``values``, ``std(values, ddof) / sqrt(n)``; 0 for n < 2.
+  r"""The standard error of the mean of ``values`` (numpy or jax, ``[n]``); 0 for ``n < 2``.
 
-  .. math:: \\mathrm{se} = \\sqrt{\\tfrac{1}{n - \\mathrm{ddof}} \\sum_i (v_i - \\bar v)^2} / \\sqrt{n}
+  .. math:: \mathrm{se} = \sqrt{\textstyle\sum_i (v_i - \bar v)^2 / (n - \mathrm{ddof})} / \sqrt{n}
   """
   values = values if hasattr(values, "std") else np.asarray(values)  # numpy or jax, as given
   if values.size < 2:

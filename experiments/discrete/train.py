@@ -406,7 +406,8 @@ def run_vqvae(config, workdir: str, resume: bool = False) -> dict:
            "seconds": time.time() - t0,
            "figures": {k: os.path.basename(v) for k, v in figs.items()}}
     results_lib.write_json(os.path.join(d, "results.json"), row)
-    results_lib.write_json(os.path.join(d, "codebook_counts.json"), [u["counts"] for u in ev["usage"]])
+    results_lib.write_json(os.path.join(d, "codebook_counts.json"),
+                           [u["counts"] for u in ev["usage"]])
     rows[name] = row
   out = {"study": "vqvae", "runs": rows}
   results_lib.write_json(os.path.join(workdir, "summary.json"), out)

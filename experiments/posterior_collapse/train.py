@@ -144,7 +144,8 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   ll = evaluation.log_likelihood(model, params, test_x, keys[0],
                                  num_samples=config.eval.num_samples,
                                  sample_chunk=config.eval.sample_chunk,
-                                 batch_size=config.eval.batch_size, progress=run_lib.show_progress(config))
+                                 batch_size=config.eval.batch_size,
+                                 progress=run_lib.show_progress(config))
   elbo = _analytic_elbo(model, params, test_x, keys[1], config.eval.batch_size)
   final = collapse_diagnostics(model, params, diag_x, diag_key)
   eval_seconds = time.time() - t1
