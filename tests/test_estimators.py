@@ -571,7 +571,7 @@ def test_rainforth_table_prints_ours_beside_the_paper(tmp_path, capsys):
     d = tmp_path / name
     d.mkdir()
     (d / "results.json").write_text(json.dumps(
-        {"objective": obj, "k": k, "epochs": 3.0, "test_nll": nll, "test_nll_stderr": 0.5,
+        {"estimator": obj, "k": k, "epochs": 3.0, "test_nll": nll, "test_nll_stderr": 0.5,
          "test_examples": 1000, **extra}))
   assert table.main([str(tmp_path / "*")]) == 0
   out = capsys.readouterr().out

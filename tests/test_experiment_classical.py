@@ -46,7 +46,7 @@ def _write_runs(root):
   """A finished experiments/iwae-style run (an untrained tiny model on the digits) and an
   unfinished one (no results.json)."""
   config = {"dataset": "digits", "data_dir": "", "model": "custom", "latent_dims": [2],
-            "hidden_dims": [[8]], "objective": "iwae", "num_samples": 3, "seed": 0,
+            "hidden_dims": [[8]], "estimator": "iwae", "num_samples": 3, "seed": 0,
             "dynamic_binarization": True}
   run = os.path.join(root, "tiny-run")
   os.makedirs(run)

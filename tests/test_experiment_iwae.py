@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from dgmjax import data
+from experiments.common import burda
+from experiments.common import data as run_data
 from experiments.iwae import table, train
 from experiments.iwae.configs import mnist, quick, quickstart
 
@@ -71,7 +73,7 @@ def test_resume_after_kill_gives_the_same_results(tmp_path):
 def _patch_data(monkeypatch, images_by_split):
   def fake_load(name, split, *, data_dir=None):
     return {"image": images_by_split[split], "label": np.zeros(len(images_by_split[split]))}
-  monkeypatch.setattr(train.data, "load", fake_load)
+  monkeypatch.setattr(data, "load", fake_load)
 
 
 def test_resume_with_a_changed_training_setting_is_refused(tmp_path):
@@ -124,7 +126,7 @@ def test_configured_image_shape_must_match_the_data(tmp_path):
                                            ("half", "'auto', 'none' or a positive integer"),
                                            ("0", "'auto', 'none' or a positive integer")])
 def test_bad_microbatch_raises_before_loading(tmp_path, monkeypatch, setting, match):
-  monkeypatch.setattr(train, "load_images", lambda *a, **k: pytest.fail("data was loaded"))
+  monkeypatch.setattr(run_data, "load_images", lambda *a, **k: pytest.fail("data was loaded"))
   c = _tiny_config()
   c.microbatch = setting
   with pytest.raises(ValueError, match=match):
@@ -167,11 +169,11 @@ def test_configs():
 
 
 def test_table_prints_ours_beside_burda(tmp_path, capsys):
-  for name, obj, k, nll in (("a", "vae", 1, 100.5), ("b", "iwae", 50, 97.25)):
+  for name, est, k, nll in (("a", "elbo", 1, 100.5), ("b", "iwae", 50, 97.25)):
     d = tmp_path / name
     d.mkdir()
     with open(d / "results.json", "w") as f:
-      json.dump({"dataset": "mnist", "num_layers": 1, "objective": obj, "k": k, "epochs": 5.0,
+      json.dump({"dataset": "mnist", "num_layers": 1, "estimator": est, "k": k, "epochs": 5.0,
                  "test_nll": nll, "test_nll_stderr": 0.8, "eval_num_samples": 5000,
                  "test_examples": 1000, "active_units": [30]}, f)
   assert table.main([str(tmp_path / "*")]) == 0
@@ -183,56 +185,30 @@ def test_table_prints_ours_beside_burda(tmp_path, capsys):
   assert table.BURDA_TABLE1[(2, "iwae", 50)] == (82.90, (26, 7))
 
 
-def test_deprecated_objective_key_is_used_as_the_estimator_with_a_warning():
+def test_prepare_config_checks_the_estimator_and_leaves_the_callers_config_alone():
   c = _tiny_config()
-  c.objective = "vae"                       # an old config (or --config.objective=vae)
-  with pytest.warns(DeprecationWarning, match="config.objective is deprecated"):
-    new = train.prepare_config(c)
-  assert (new.estimator, new.objective) == ("elbo", None)
-  assert c.objective == "vae"               # the caller's config is not changed
-  c = _tiny_config()
-  c.estimator = "vae"                       # the old value under the new key
-  with pytest.warns(DeprecationWarning, match="config.estimator='vae' is deprecated"):
-    assert train.prepare_config(c).estimator == "elbo"
+  assert "objective" not in c                # one key per setting: `estimator`
+  new = burda.prepare_config(c)
+  assert new.estimator == "iwae" and new is not c
   c.estimator = "iwea"
   with pytest.raises(ValueError, match=r"config\.estimator must be one of .*'iwae'"):
-    train.prepare_config(c)
+    burda.prepare_config(c)
+  c.estimator = "vae"                        # a run name of the config strings, not an estimator
+  with pytest.raises(ValueError, match=r"config\.estimator must be one of"):
+    burda.prepare_config(c)
 
 
-def test_resume_of_a_run_saved_with_the_old_objective_key_is_accepted(tmp_path):
-  c = _tiny_config()
-  c.stop_after_steps = 5
-  assert train.train_and_evaluate(c, str(tmp_path)) == {"stopped_at": 5}
-  saved = json.load(open(tmp_path / "config.json"))
-  assert saved["estimator"] == "iwae" and saved["objective"] is None
-  old = {k: v for k, v in saved.items() if k != "estimator"}
-  old["objective"] = "iwae"                 # config.json as written before the rename
-  with open(tmp_path / "config.json", "w") as f:
-    json.dump(old, f)
-  c.stop_after_steps = 10
-  assert train.train_and_evaluate(c, str(tmp_path), resume=True) == {"stopped_at": 10}
-  now = json.load(open(tmp_path / "config.json"))
-  assert now["estimator"] == "iwae" and "resume_changes" not in now
-  changed = _tiny_config()                  # a real change is still refused
-  changed.estimator = "dreg"
-  with pytest.raises(ValueError, match=r"estimator: 'iwae' -> 'dreg'"):
-    train.train_and_evaluate(changed, str(tmp_path), resume=True)
-
-
-def test_results_name_the_estimator_and_tables_read_old_and_new_results(tmp_path, capsys):
-  for name, key, value in (("old", "objective", "vae"), ("new", "estimator", "elbo")):
-    d = tmp_path / name
-    d.mkdir()
-    with open(d / "results.json", "w") as f:
-      json.dump({"dataset": "mnist", "num_layers": 1, key: value, "k": 1, "epochs": 5.0,
-                 "test_nll": 100.0, "test_nll_stderr": 0.8, "eval_num_samples": 5000,
-                 "test_examples": 1000, "active_units": [30]}, f)
-  rows = table.rows(table.read_results([str(tmp_path / "old"), str(tmp_path / "new")]))
-  assert [r["objective"] for r in rows] == ["vae", "vae"]
-  assert all(r["burda_nll"] == 86.76 for r in rows)   # both find Burda's VAE row
+def test_results_name_the_estimator_and_the_table_reads_it(tmp_path, capsys):
+  d = tmp_path / "run"
+  d.mkdir()
+  with open(d / "results.json", "w") as f:
+    json.dump({"dataset": "mnist", "num_layers": 1, "estimator": "elbo", "k": 1, "epochs": 5.0,
+               "test_nll": 100.0, "test_nll_stderr": 0.8, "eval_num_samples": 5000,
+               "test_examples": 1000, "active_units": [30]}, f)
+  rows = table.rows(table.read_results([str(d)]))
+  assert [r["objective"] for r in rows] == ["vae"]     # Burda's row name of the ELBO
+  assert rows[0]["burda_nll"] == 86.76
   r = {"dataset": "digits", "estimator": "elbo", "k": 1, "num_layers": 1, "epochs": 1.0,
        "steps": 3, "train_seconds": 1.0, "test_elbo": -1.0, "eval_num_samples": 5,
        "test_nll": 1.0, "test_nll_stderr": 0.1, "test_examples": 3, "active_units": [1]}
   assert "ELBO k=1" in train.format_results(r)
-  old = {**{k: v for k, v in r.items() if k != "estimator"}, "objective": "vae"}
-  assert "ELBO k=1" in train.format_results(old)

@@ -82,7 +82,7 @@ class _Loaded(Exception):
   pass
 
 
-def test_deprecated_objective_key_is_used_as_the_bound(tmp_path, monkeypatch):
+def test_the_bound_is_checked_before_the_data_is_loaded(tmp_path, monkeypatch):
   seen = {}
 
   def fake_load(config, split):
@@ -91,10 +91,10 @@ def test_deprecated_objective_key_is_used_as_the_bound(tmp_path, monkeypatch):
 
   monkeypatch.setattr(train, "_load", fake_load)
   c = _tiny("mlp")
-  c.objective = "iwae"                       # an old config, or --config.objective=iwae
-  with pytest.warns(DeprecationWarning, match=r"config\.objective is deprecated.*config\.bound"):
-    with pytest.raises(_Loaded):
-      train.train_and_evaluate(c, str(tmp_path))
+  assert "objective" not in c                # one key per setting: `bound`
+  c.bound = "iwae"
+  with pytest.raises(_Loaded):
+    train.train_and_evaluate(c, str(tmp_path))
   assert seen["bound"] == "iwae" and _tiny("mlp").bound == "elbo"
   c = _tiny("mlp")
   c.bound = "renyi"
@@ -102,16 +102,13 @@ def test_deprecated_objective_key_is_used_as_the_bound(tmp_path, monkeypatch):
     train.train_and_evaluate(c, str(tmp_path))
 
 
-def test_resume_compares_a_config_saved_with_objective_vae_equal_to_bound_elbo(tmp_path):
-  from experiments.common import config as common
+def test_resume_policy_allows_evaluation_settings_and_refuses_the_bound(tmp_path):
+  from experiments.common import resume
   current = json.loads(_tiny("mlp").to_json_best_effort())
-  old = {k: v for k, v in current.items() if k != "bound"}
-  old["objective"] = "vae"                   # config.json as written before the rename
-  with open(tmp_path / "config.json", "w") as f:
-    json.dump(old, f)
-  common.record_config(str(tmp_path), current, resume=True, renamed=train.RENAMED)
-  saved = json.load(open(tmp_path / "config.json"))
-  assert saved["bound"] == "elbo" and saved["objective"] is None and "resume_changes" not in saved
+  resume.record_config(str(tmp_path), current, resume=False)
+  later = dict(current, eval=dict(current["eval"], num_samples=7), progress=True)
+  resume.record_config(str(tmp_path), later, resume=True)   # eval.* and progress may change
+  assert "resume_changes" not in json.load(open(tmp_path / "config.json"))
   changed = dict(current, bound="iwae")
   with pytest.raises(ValueError, match=r"bound: 'elbo' -> 'iwae'"):
-    common.record_config(str(tmp_path), changed, resume=True, renamed=train.RENAMED)
+    resume.record_config(str(tmp_path), changed, resume=True)

@@ -98,13 +98,3 @@ def test_resume_with_a_changed_training_setting_is_refused(tmp_path):
   saved = json.load(open(tmp_path / "standard" / "config.json"))
   assert saved["learning_rate"] == 3e-4
   assert saved["resume_changes"][-1]["learning_rate"] == {"saved": 0.001, "now": 0.0003}
-
-
-def test_deprecated_objective_key_still_trains_the_elbo(tmp_path):
-  c = _tiny(variants=("standard",))
-  c.objective = "vae"
-  c.estimator = "iwae"                      # overridden by the deprecated key, as documented
-  c.stop_after_steps = 2
-  with pytest.warns(DeprecationWarning, match="config.objective is deprecated"):
-    train.train_and_evaluate(c, str(tmp_path))
-  assert json.load(open(tmp_path / "standard" / "config.json"))["estimator"] == "elbo"

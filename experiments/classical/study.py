@@ -45,6 +45,9 @@ from dgmjax.models import linear_vae as linear_vae_lib
 from dgmjax.models import ppca as ppca_lib
 from dgmjax.models import linear_gaussian as lg
 from experiments.common import config as common
+from experiments.common import data as run_data
+from experiments.common import figures as figures_lib
+from experiments.common import results as results_lib
 
 # The mixture the 2-D data are drawn from.
 _TRUE_MEANS = ((-2.0, 0.0), (2.5, 1.0), (0.0, 3.5))
@@ -151,9 +154,7 @@ def _ellipse(ax, mean, cov, color, nsig):
 
 def plot_gmm(gmm: dict, workdir: str) -> list[str]:
   """The fitted components per iteration, and the log-likelihood curve."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
 
   x = gmm["_x"]
   snaps = gmm["_snapshots"]
@@ -317,9 +318,7 @@ def ppca_study(config, key, train, test) -> dict:
 
 def plot_ppca(ppca: dict, workdir: str) -> list[str]:
   """Spectrum with the ML noise levels, LL per latent size, and the collapse figure."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
 
   eig = np.asarray(ppca["eigenvalues"])
   rows = ppca["rows"]
@@ -393,7 +392,7 @@ def _gap_row(name: str, gaps: inference.gaps.AmortizationGaps, **extra) -> dict:
     values = np.asarray(getattr(gaps, field), np.float64)
     row[field] = float(values.mean())
     if field.endswith("_gap") and values.size > 1:
-      row[field + "_stderr"] = float(values.std(ddof=1) / np.sqrt(values.size))
+      row[field + "_stderr"] = results_lib.stderr(values)
   row.update(extra)
   return row
 
@@ -562,7 +561,6 @@ def load_run(run_dir: str):
   """
   import ml_collections
   from dgmjax.models import vae as vae_lib
-  from experiments.iwae import train as iwae_train
 
   for name in ("config.json", "results.json"):
     if not os.path.exists(os.path.join(run_dir, name)):
@@ -572,7 +570,7 @@ def load_run(run_dir: str):
     run_config = ml_collections.ConfigDict(json.load(f))
   with open(os.path.join(run_dir, "results.json")) as f:
     run_results = json.load(f)
-  test_images = iwae_train.load_images(run_config, "test")
+  test_images = run_data.load_images(run_config, "test")
   model = vae_lib.make(run_config.model, test_images.shape[1:],
                        latent_dims=run_config.get("latent_dims") or None,
                        hidden_dims=run_config.get("hidden_dims") or None)
@@ -590,12 +588,11 @@ def load_run(run_dir: str):
 
 def _run_test_images(run_config, test_images: np.ndarray, n: int) -> np.ndarray:
   """The first ``n`` test images as the run evaluated them (its one fixed binarization)."""
-  from experiments.iwae import train as iwae_train
   if not run_config.dynamic_binarization:
     return test_images[:n]
   # The binarization of experiments/iwae draws with JAX's default (partitionable) threefry.
   with jax.threefry_partitionable(True):
-    return iwae_train.binarize_fixed(test_images, int(run_config.seed))[:n]
+    return run_data.binarize_fixed(test_images, int(run_config.seed))[:n]
 
 
 def _concat_gaps(parts: list) -> inference.gaps.AmortizationGaps:
@@ -634,8 +631,7 @@ def run_gaps_study(config, key) -> dict:
       own.append(np.asarray(_model_elbo(model, params, xb, k_own, int(gc.num_elbo_samples))))
     gaps = _concat_gaps(parts)
     arch = "-".join(str(w) for w in (model.x_dim,) + model.hidden_dims[0] + model.latent_dims[:1])
-    # the run's estimator: `estimator` ('elbo') in new runs, `objective` ('vae') in older ones
-    label = (f"{'VAE' if common.estimator_of(rc) == 'elbo' else 'IWAE'} (k={int(rc.num_samples)}), "
+    label = (f"{'VAE' if rc.get('estimator') == 'elbo' else 'IWAE'} (k={int(rc.num_samples)}), "
              f"{rc.dataset} {arch}, {rr.get('epochs', float('nan')):g} epochs")
     row = _gap_row(label, gaps, run=str(name), checkpoint_step=step,
                    log_px_source=f"IWAE, mixture proposal, {2 * int(gc.num_iwae_samples)} samples",
@@ -676,9 +672,7 @@ def run_gaps_study(config, key) -> dict:
 
 def plot_gaps(gaps: dict, run_gaps: dict, workdir: str) -> list[str]:
   """Stacked bars: approximation + amortization = inference gap, per model, beside the paper's."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
 
   rows = list(gaps["rows"]) + list(run_gaps["rows"])
   labels = [r["model"].replace("), ", ")\n", 1) for r in rows]
@@ -787,8 +781,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                             "timings": timings,
                             "figures": [os.path.basename(p) for p in figures]})
   results["checks"] = checks(results)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(format_results(results) + "\n")
   return results

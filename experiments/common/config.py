@@ -1,4 +1,4 @@
-"""Config handling shared by every experiment driver: flags, config strings, field checks, renames.
+"""Config handling shared by every experiment driver: flags, config strings, field checks.
 
 * :func:`run` replaces ``absl.app.run(main)`` in each driver's ``main.py``. Its flag parser
   (:func:`parse_flags`) reports a bad ``--config`` in a few lines: an unknown key
@@ -10,29 +10,18 @@
   listing the valid forms for any unknown or malformed part, never a silent default.
 * :func:`check_fields` checks the numeric fields of a config (types and ranges, e.g. a negative
   ``eval.num_examples``) before a driver loads any data.
-* Renamed keys: :func:`resolve_renamed` keeps a deprecated key (``objective``) working for one
-  release, and :func:`record_config` lets ``--resume`` compare a run saved with the old key with
-  the new config.
+* The resume policy (which keys may change on ``--resume``) is :mod:`experiments.common.resume`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
-import os
 import re
 import sys
-import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-
-from dgmjax import _deprecation
-
-#: Values renamed with the bound / estimator vocabulary: the ``K``-sample ELBO is ``'elbo'``
-#: (the library's own table of old names).
-VALUE_ALIASES = dict(_deprecation.BOUND_ALIASES)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -262,75 +251,3 @@ def check_choice(key: str, value, valid: Sequence[str]) -> None:
   """Raises ValueError unless ``value`` is one of ``valid``."""
   if value not in valid:
     raise ValueError(f"config.{key} must be one of {list(valid)}, got {value!r}")
-
-
-# ----------------------------------------------------------------------------- renamed keys
-
-
-def resolve_renamed(config, renamed: Mapping[str, str], *, aliases: Mapping[str, str] = VALUE_ALIASES):
-  """A copy of ``config`` in the current vocabulary (the deprecated keys kept for one release).
-
-  For each ``old -> new`` of ``renamed`` (e.g. ``{'objective': 'estimator'}``): a set
-  ``config.<old>`` is moved into ``config.<new>`` (and ``<old>`` reset to ``None``) with a
-  ``DeprecationWarning``; then a deprecated value of ``<new>`` (``'vae'``) becomes its current
-  name (``'elbo'``), with a warning too. The caller's config is not changed.
-  """
-  c = config.copy_and_resolve_references()
-  for old, new in renamed.items():
-    value = c.get(old)
-    if value is not None:
-      warnings.warn(f"config.{old} is deprecated and will be removed: it is now config.{new} "
-                    f"(config.{old}={value!r} is used as config.{new})", DeprecationWarning,
-                    stacklevel=2)
-      c[new] = value
-      c[old] = None
-    if c.get(new) in aliases:
-      warnings.warn(f"config.{new}={c[new]!r} is deprecated: use {aliases[c[new]]!r}",
-                    DeprecationWarning, stacklevel=2)
-      c[new] = aliases[c[new]]
-  return c
-
-
-def upgrade_saved(saved: dict, renamed: Mapping[str, str], *,
-                  aliases: Mapping[str, str] = VALUE_ALIASES) -> dict:
-  """A saved config (``config.json``) in the current vocabulary: what :func:`resolve_renamed`
-  makes of the config it was saved from."""
-  out = dict(saved)
-  for old, new in renamed.items():
-    if out.get(old) is not None and new not in out:
-      out[new] = out[old]
-      out[old] = None
-    if out.get(new) in aliases:
-      out[new] = aliases[out[new]]
-  return out
-
-
-def record_config(workdir: str, config: dict, *, resume: bool, allow_changes=False,
-                  renamed: Mapping[str, str] = (), ignore=None) -> dict:
-  """:func:`dgmjax.training.record_config` for a run whose saved config may use old key names.
-
-  On ``resume``, a ``config.json`` saved before a rename (``objective: 'vae'``) is first
-  rewritten in the current vocabulary (``estimator: 'elbo'``, ``objective: None``), so that it
-  compares equal to the same settings under the new names; ``record_config`` then refuses real
-  changes as before.
-  """
-  from dgmjax import training  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "config.json")
-  if resume and renamed and os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    upgraded = upgrade_saved(saved, dict(renamed))
-    if upgraded != saved:
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(upgraded, f, indent=2, sort_keys=True)
-      os.replace(tmp, path)
-  return training.record_config(workdir, config, resume=resume, allow_changes=allow_changes,
-                                ignore=training.RESUME_IGNORED if ignore is None else ignore)
-
-
-def estimator_of(record: Mapping) -> str | None:
-  """The training estimator of a run's saved config or results, old (``objective``) or new
-  (``estimator``) key, in the current vocabulary (``'vae'`` -> ``'elbo'``)."""
-  value = record.get("estimator") or record.get("objective")
-  return VALUE_ALIASES.get(value, value)

@@ -23,9 +23,7 @@ sub-directory of the workdir, and the study writes ``summary.json``; ``--resume`
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import time
 
 import jax
@@ -37,68 +35,39 @@ from dgmjax import evaluation, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
 from dgmjax.nn import NVILBaseline, pixelcnn
 from experiments.common import config as common
-from experiments.iwae.train import default_data_dir
+from experiments.common import data as data_lib
+from experiments.common import figures as figures_lib
+from experiments.common import resume as resume_lib
+from experiments.common import results as results_lib
+from experiments.common import run as run_lib
 
 # Jang et al. 2017, Table 2 (negative ELBO, binarized MNIST, categorical VAE 20x10)
 JANG_TABLE2 = {"gumbel": 101.5, "st": 107.8}
 
 
-def _progress(config) -> bool:
-  p = config.get("progress")
-  return sys.stderr.isatty() if p is None else bool(p)
-
-
-def _load(config, split: str) -> np.ndarray:
-  from dgmjax import data
-  x = np.asarray(data.load(config.dataset, split,
-                           data_dir=config.get("data_dir") or default_data_dir())["image"])
-  if x.ndim == 3:
-    x = x[..., None]
-  return data.check_images(x, name=f"{config.dataset}/{split} image", binary_likelihood=True)
-
-
-def _subset(x: np.ndarray, num: int, seed: int) -> np.ndarray:
-  """``num`` examples drawn without replacement (kept in order), or all when ``num`` is 0.
-
-  A random subset, not the first ``num``: binarized MNIST's test split is ordered by class.
-  """
-  if not num or num >= len(x):
-    return x
-  return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:num])]
-
-
 def _splits(config) -> tuple[np.ndarray, np.ndarray]:
   """Validated train and test images, cut to ``max_train_examples`` / ``eval.num_examples``."""
-  train_x, test_x = _load(config, "train"), _load(config, "test")
+  train_x, test_x = data_lib.load_images(config, "train"), data_lib.load_images(config, "test")
   if config.get("max_train_examples"):
     train_x = train_x[:config.max_train_examples]
-  return train_x, _subset(test_x, config.eval.get("num_examples"), config.seed)
+  return train_x, data_lib.random_subset(test_x, config.eval.get("num_examples"), config.seed)
 
 
 def _fit(loss_fn, params, train_x, config, workdir, resume, *, pass_step=False, post_update=None):
-  steps_per_epoch = train_x.shape[0] // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {train_x.shape[0]} training "
-                     f"images")
-  num_steps = int(round(config.num_epochs * steps_per_epoch))
+  steps_per_epoch = run_lib.steps_per_epoch(train_x.shape[0], config.batch_size)
+  num_steps = run_lib.epochs_to_steps(config.num_epochs, steps_per_epoch)
   log_every = max(1, min(config.log_every_steps, num_steps))
   checkpoint_every = max(log_every, (steps_per_epoch // log_every) * log_every)
   opt = optax.adam(config.learning_rate)
   step = training.make_train_step(loss_fn, opt, seed=config.seed, pass_step=pass_step,
                                   post_update=post_update)
-  state, summary = training.fit(
-      loss_fn, params, train_x, optimizer=opt, num_steps=num_steps, batch_size=config.batch_size,
-      seed=config.seed, workdir=workdir, shuffle=True, checkpoint_every=checkpoint_every,
-      log_every=log_every, resume=resume, progress=_progress(config), train_step=step,
-      stop_after=config.get("stop_after_steps") or None)
+  state, summary = run_lib.fit(
+      config, loss_fn, params, train_x, workdir, resume=resume, optimizer=opt,
+      num_steps=num_steps, shuffle=True, checkpoint_every=checkpoint_every, log_every=log_every,
+      train_step=step)
   summary["steps"] = num_steps
   summary["epochs"] = num_steps / steps_per_epoch
   return state, summary
-
-
-def _write(path: str, obj) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
 
 
 # ----------------------------------------------------------------------------- categorical VAE
@@ -217,7 +186,8 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
     ll = evaluation.log_likelihood(model, params, test_x, k_ll,
                                    num_samples=config.eval.num_samples,
                                    sample_chunk=config.eval.sample_chunk,
-                                   batch_size=config.eval.batch_size, progress=_progress(config))
+                                   batch_size=config.eval.batch_size,
+                                   progress=run_lib.show_progress(config))
     final_tau = categorical_vae.jang_temperature(summary["steps"], **temp)
     relaxed_loss = training.make_loss(model.relaxed(final_tau), "elbo", 1, kl="analytic")
     relaxed = jax.jit(lambda p, xb, k: relaxed_loss(p, xb, k)[1]["elbo"])
@@ -236,21 +206,21 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
            "test_neg_elbo_relaxed_final_tau": -relaxed_elbo,
            **({f"test_neg_iwae_k{k_train}": -b[f"iwae_{k_train}"]} if k_train > 1 else {}),
            f"test_nll_k{config.eval.num_samples}": float(-ll.mean()),
-           "test_nll_stderr": float(ll.std(ddof=1) / math.sqrt(ll.size)),
+           "test_nll_stderr": results_lib.stderr(ll),
            "jang_neg_elbo": JANG_TABLE2.get(est),
            "final_temperature": float(final_tau),
            "nonfinite_steps": summary["nonfinite_total"],
            "seconds": time.time() - t0,
            "figures": {k: os.path.basename(v) for k, v in figs.items()}}
-    _write(os.path.join(d, "results.json"), row)
+    results_lib.write_json(os.path.join(d, "results.json"), row)
     rows[est] = row
   out = {"study": "categorical", "runs": rows}
-  _write(os.path.join(workdir, "summary.json"), out)
+  results_lib.write_json(os.path.join(workdir, "summary.json"), out)
   return out
 
 
 def _temperature_figure(path: str, metrics: str, est: str) -> str:
-  plt = plotting._plt()
+  plt = figures_lib.pyplot()
   rows = [json.loads(l) for l in open(metrics) if l.strip()]
   rows = [r for r in rows if "elbo" in r]
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -436,16 +406,17 @@ def run_vqvae(config, workdir: str, resume: bool = False) -> dict:
            "nonfinite_steps": summary["nonfinite_total"],
            "seconds": time.time() - t0,
            "figures": {k: os.path.basename(v) for k, v in figs.items()}}
-    _write(os.path.join(d, "results.json"), row)
-    _write(os.path.join(d, "codebook_counts.json"), [u["counts"] for u in ev["usage"]])
+    results_lib.write_json(os.path.join(d, "results.json"), row)
+    results_lib.write_json(os.path.join(d, "codebook_counts.json"),
+                           [u["counts"] for u in ev["usage"]])
     rows[name] = row
   out = {"study": "vqvae", "runs": rows}
-  _write(os.path.join(workdir, "summary.json"), out)
+  results_lib.write_json(os.path.join(workdir, "summary.json"), out)
   return out
 
 
 def _usage_figure(path: str, usage: list, title: str) -> str:
-  plt = plotting._plt()
+  plt = figures_lib.pyplot()
   fig, axes = plt.subplots(1, len(usage), figsize=(5 * len(usage), 3.2), squeeze=False)
   for ax, u in zip(axes[0], usage):
     counts = np.asarray(u["counts"], np.float64)
@@ -484,9 +455,9 @@ def run_codebook(config, workdir: str, resume: bool = False) -> dict:
                   "epochs": summary["epochs"],
                   "figure": os.path.basename(_usage_figure(
                       os.path.join(d, "codebook_usage.png"), ev["usage"], name))}
-    _write(os.path.join(d, "results.json"), rows[name])
+    results_lib.write_json(os.path.join(d, "results.json"), rows[name])
   out = {"study": "codebook", "runs": rows}
-  _write(os.path.join(workdir, "summary.json"), out)
+  results_lib.write_json(os.path.join(workdir, "summary.json"), out)
   return out
 
 
@@ -520,8 +491,8 @@ def run(config, workdir: str, resume: bool = False, allow_config_change=False) -
   common.check_fields(config, FIELDS)
   os.makedirs(workdir, exist_ok=True)
   # a resumed run continues what was trained: a changed training setting is refused
-  training.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
-                         allow_changes=allow_config_change, ignore=training.RESUME_IGNORED)
+  resume_lib.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                           allow_changes=allow_config_change)
   return STUDIES[config.study](config, workdir, resume)
 
 

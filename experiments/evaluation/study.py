@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import math
 import os
 import time
 
@@ -53,6 +52,10 @@ from dgmjax import evaluation, objectives, training
 from dgmjax.inference import ais
 from dgmjax import models as M
 from dgmjax.models import vae
+from experiments.common import burda
+from experiments.common import data as data_lib
+from experiments.common import figures as figures_lib
+from experiments.common import results as results_lib
 
 #: Wu et al. (2017) evaluated VAEs (and GANs, GMMNs) on MNIST with AIS, validated by BDMC on
 #: simulated data, and compared it with the importance-weighted estimate. Their finding, in words:
@@ -89,8 +92,7 @@ def wu_2017_lines() -> list[str]:
 
 def _run_config(config, name: str):
   """The ``experiments.iwae`` config of ``name`` at the study's retraining budget."""
-  from experiments.iwae.configs import mnist as iwae_mnist  # pylint: disable=import-outside-toplevel
-  c = iwae_mnist.get_config(name)
+  c = burda.named_config(name)
   c.dataset = config.dataset
   c.data_dir = config.get("data_dir", "")
   c.seed = int(config.seed)
@@ -130,7 +132,6 @@ def load_model(config, name: str, workdir: str, image_shape) -> tuple[vae.VAE, d
   ``info`` says where the params came from (``source``: ``restored`` or ``retrained``), the run
   directory, its step and its training budget.
   """
-  from experiments.iwae import train as iwae_train  # pylint: disable=import-outside-toplevel
   candidates = []
   if config.get("runs_dir"):
     candidates.append(os.path.join(config.runs_dir, name))
@@ -142,7 +143,7 @@ def load_model(config, name: str, workdir: str, image_shape) -> tuple[vae.VAE, d
     if not config.retrain.enabled:
       raise FileNotFoundError(f"no checkpoints for model {name!r} in {candidates} and "
                               f"config.retrain.enabled is False")
-    iwae_train.train_and_evaluate(_run_config(config, name), retrain_dir)
+    burda.train_and_evaluate(_run_config(config, name), retrain_dir)
     run_dir, source = retrain_dir, "retrained"
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.exists(cfg_path):
@@ -156,11 +157,10 @@ def load_model(config, name: str, workdir: str, image_shape) -> tuple[vae.VAE, d
   model = _model_of_run(run_cfg, image_shape)
   like = jax.eval_shape(model.init, jax.random.key(0))
   params, _, step = training.restore(run_dir, like=like)
-  # runs saved before the estimator rename have `objective`, newer ones `estimator`; both are
-  # reported as before (`objective`, 'vae' for the ELBO), so the study's results read unchanged
+  # the run's training in the paper's terms ('vae' for the ELBO estimator, as Burda et al.)
   estimator = run_cfg.get("estimator")
   info = {"source": source, "run_dir": os.path.abspath(run_dir), "step": int(step),
-          "objective": run_cfg.get("objective") or ("vae" if estimator == "elbo" else estimator),
+          "objective": "vae" if estimator == "elbo" else estimator,
           "k": run_cfg.get("num_samples"),
           "model": run_cfg.get("model"), "num_epochs": run_cfg.get("num_epochs"),
           "num_passes": run_cfg.get("num_passes"),
@@ -344,14 +344,14 @@ def run_bdmc(model, params, x, z, key, cfg, num_temps: int) -> dict:
   lower, upper = np.concatenate(lower), np.concatenate(upper)
   return {"T": num_temps, "lower": float(lower.mean()), "upper": float(upper.mean()),
           "gap": float((upper - lower).mean()),
-          "gap_stderr": float((upper - lower).std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+          "gap_stderr": results_lib.stderr(upper - lower),
           "lower_per_example": lower, "upper_per_example": upper,
           "seconds": seconds, "compile_seconds": compile_s}
 
 
 def _stats(d: np.ndarray) -> dict:
   return {"mean": float(d.mean()),
-          "stderr": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0}
+          "stderr": results_lib.stderr(d)}
 
 
 def speed(model, ais_row: dict, is_seconds: float, num_images: int, num_samples: int,
@@ -379,11 +379,10 @@ def speed(model, ais_row: dict, is_seconds: float, num_images: int, num_samples:
 
 
 def _load_test(config) -> np.ndarray:
-  from experiments.iwae import train as iwae_train  # pylint: disable=import-outside-toplevel
   dc = ml_collections.ConfigDict({"dataset": config.dataset,
                                   "data_dir": config.get("data_dir", "")})
-  test = iwae_train.load_images(dc, "test")
-  x = iwae_train.binarize_fixed(test, int(config.seed))   # the experiments.iwae test binarization
+  test = data_lib.load_images(dc, "test")
+  x = data_lib.binarize_fixed(test, int(config.seed))   # the experiments.iwae test binarization
   n = int(config.num_test)
   if not 1 <= n <= x.shape[0]:
     raise ValueError(f"config.num_test must be in [1, {x.shape[0]}], got {n}")
@@ -479,8 +478,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   out["machine_matmul_gflops"] = max(rate, matmul_rate(int(config.matmul_size))) / 1e9
   out["total_seconds"] = time.time() - t_start
   out["figures"] = write_figures(out, workdir)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(out, f, indent=2)
+  results_lib.write_json(os.path.join(workdir, "results.json"), out)
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(format_table(out, markdown=True) + "\n")
   return out
@@ -538,8 +536,7 @@ def format_table(out: dict, *, markdown: bool = False) -> str:
 
 def write_figures(out: dict, workdir: str) -> dict:
   """``ais_vs_T.png``, ``ais_vs_time.png``, ``bdmc_sandwich.png``; returns their file names."""
-  from dgmjax import plotting  # pylint: disable=import-outside-toplevel
-  plt = plotting._plt()  # pylint: disable=protected-access
+  plt = figures_lib.pyplot()
   names = list(out["models"])
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   files = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any
@@ -32,6 +31,8 @@ from absl import logging
 
 from dgmjax import flows
 from experiments.common import config as common
+from experiments.common import figures as figures_lib
+from experiments.common import results as results_lib
 from experiments.flows import targets as targets_lib
 
 MODELS = ("real_nvp", "maf", "lu", "qr")
@@ -140,7 +141,7 @@ def evaluate(flow: flows.Flow, params, x: jax.Array, log_p: np.ndarray,
   return {
       "nll": float(-np.mean(log_q)),
       "kl": float(np.mean(diff)),
-      "kl_stderr": float(np.std(diff) / math.sqrt(x.shape[0])),
+      "kl_stderr": results_lib.stderr(diff, ddof=0),
       "target_entropy": float(-np.mean(log_p)),
   }
 
@@ -182,9 +183,7 @@ def _grid(config):
 
 def plot_results(workdir: str, config, fitted: dict, results: dict) -> None:
   """Writes ``densities.png``, ``samples.png`` and ``losses.png``."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
 
   names = list(config.targets)
   models = list(config.models)

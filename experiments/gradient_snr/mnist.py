@@ -28,6 +28,9 @@ import numpy as np
 
 from dgmjax import diagnostics, training
 from dgmjax.models import vae
+from experiments.common import data as data_lib
+from experiments.common import figures as figures_lib
+from experiments.common import results as results_lib
 
 
 def is_encoder(path: str) -> bool:
@@ -69,8 +72,6 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
   ``resume`` the saved points are reused (``experiments.gradient_snr.run`` checks first that the
   settings are those of the saved ``config.json``).
   """
-  from experiments.gradient_snr import run as run_lib
-  from experiments.iwae import train as iwae_train
 
   mc = config.mnist
   os.makedirs(workdir, exist_ok=True)
@@ -85,7 +86,7 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
     run_cfg = json.load(fh)
   data_cfg = ml_collections.ConfigDict({"dataset": run_cfg["dataset"],
                                         "data_dir": run_cfg.get("data_dir", "")})
-  train_images = iwae_train.load_images(data_cfg, "train")
+  train_images = data_lib.load_images(data_cfg, "train")
   if run_cfg.get("max_train_examples"):
     train_images = train_images[:run_cfg["max_train_examples"]]
   steps_per_epoch = train_images.shape[0] // int(run_cfg["batch_size"])
@@ -93,8 +94,8 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
                    latent_dims=run_cfg.get("latent_dims") or None,
                    hidden_dims=run_cfg.get("hidden_dims") or None)
   data_mean = train_images.mean(axis=0)
-  test = iwae_train.load_images(data_cfg, "test")
-  x = iwae_train.binarize_fixed(test[:int(mc.batch_size)], int(config.seed))
+  test = data_lib.load_images(data_cfg, "test")
+  x = data_lib.binarize_fixed(test[:int(mc.batch_size)], int(config.seed))
   ks = [int(k) for k in mc.num_samples]
   names = list(mc.estimators)
   n = int(mc.num_draws)
@@ -152,13 +153,12 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
     return entry
 
   for pi, point in enumerate(points):
-    entry, _ = run_lib.part(workdir, f"mnist_point_{pi}", resume,
+    entry, _ = results_lib.part(workdir, f"mnist_point_{pi}", resume,
                             lambda pi=pi, point=point: measure_point(pi, point))
     results["points"].append(entry)
   results["seconds"] = time.perf_counter() - t_start
   results["figure"] = os.path.basename(plot(os.path.join(workdir, "mnist_snr_vs_k.png"), results))
-  with open(os.path.join(workdir, "mnist_snr.json"), "w") as fh:
-    json.dump(results, fh, indent=2)
+  results_lib.write_json(os.path.join(workdir, "mnist_snr.json"), results)
   return results
 
 
@@ -170,9 +170,7 @@ _STYLE = {"iwae": ("C0", "o-"), "iwae_cv": ("C0", "o--"), "dreg": ("C2", "s-"),
 
 def plot(path: str, results: dict) -> str:
   """SNR against K, one column per point of training, rows: encoder and decoder."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
   ks = np.asarray(results["num_samples"], np.float64)
   pts = results["points"]
   fig, axes = plt.subplots(2, len(pts), figsize=(4.2 * len(pts), 7), squeeze=False,

@@ -20,7 +20,7 @@ Writes into ``workdir``: ``config.json``; ``results.json`` (SNR curves, fitted s
 of the expected slopes, REINFORCE-vs-reparametrization variances, timings); ``snr_vs_k.png``;
 ``reinforce_vs_reparam.png``; ``parts/*.json``, each part of the study as it is measured
 (``--resume`` reuses them after an interruption; a changed setting is refused, as for training
-runs, by :func:`dgmjax.training.record_config`).
+runs, by :func:`experiments.common.resume.record_config`).
 
 References:
   Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
@@ -34,14 +34,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 
 import jax
 import numpy as np
 
-from dgmjax import diagnostics, estimators, models, training
+from dgmjax import diagnostics, estimators, models
 from experiments.common import config as common
-from experiments.gradient_snr import toy
+from experiments.common import figures as figures_lib
+from experiments.common import resume as resume_lib
+from experiments.common import results as results_lib
+from experiments.gradient_snr import mnist, toy
 
 # Expected slopes of log SNR in log K (Rainforth et al. 2018, Theorem 1; Tucker et al. 2019).
 EXPECTED = {
@@ -81,7 +83,7 @@ def prepare(config, workdir: str, *, resume: bool = False, allow_config_change=F
   """Checks the settings and records them in ``workdir/config.json``.
 
   On ``resume`` a changed setting is refused unless ``allow_config_change`` allows it (see
-  :func:`dgmjax.training.record_config`).
+  :func:`experiments.common.resume.record_config`).
 
   Returns:
     Whether the parts saved in ``workdir`` may be reused: on ``resume`` with unchanged settings
@@ -104,32 +106,9 @@ def prepare(config, workdir: str, *, resume: bool = False, allow_config_change=F
     with open(path) as f:
       saved = json.load(f)
     saved.pop("resume_changes", None)
-    changed = bool(training.config_changes(saved, settings, ignore=training.RESUME_IGNORED))
-  common.record_config(workdir, settings, resume=resume, allow_changes=allow_config_change,
-                       ignore=training.RESUME_IGNORED)
+    changed = bool(resume_lib.config_changes(saved, settings))
+  resume_lib.record_config(workdir, settings, resume=resume, allow_changes=allow_config_change)
   return resume and not changed
-
-
-def part(workdir: str, name: str, resume: bool, compute):
-  """``compute()``, saved as ``workdir/parts/<name>.json``; with ``resume`` a saved part is
-  reused instead (its settings are those of ``config.json``, checked by :func:`prepare`).
-
-  Returns ``(value, seconds)``: the seconds ``compute`` took when it ran.
-  """
-  path = os.path.join(workdir, "parts", f"{name}.json")
-  if resume and os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    return saved["value"], saved["seconds"]
-  t0 = time.perf_counter()
-  value = compute()
-  seconds = time.perf_counter() - t0
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"value": value, "seconds": seconds}, f)
-  os.replace(tmp, path)
-  return json.loads(json.dumps(value)), seconds
 
 
 def _chunk(config, k: int, b: int, d: int) -> int:
@@ -317,20 +296,13 @@ def _checks(slopes: dict) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
 _LABELS = {"iwae": "IWAE", "dreg": "DReG", "stl": "STL", "elbo_m": "VAE (M = K samples)"}
 _COLORS = {"iwae": "C0", "dreg": "C2", "stl": "C1", "elbo_m": "C3"}
 
 
 def plot_snr(path: str, snr: dict, direct: dict | None = None) -> str:
   """Log-log SNR against K for theta and phi, with fitted slopes in the legend."""
-  plt = _plt()
+  plt = figures_lib.pyplot()
   ks = np.asarray(snr["num_samples"], np.float64)
   fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
   for ax, group in zip(axes, ("theta", "phi")):
@@ -373,7 +345,7 @@ def plot_snr(path: str, snr: dict, direct: dict | None = None) -> str:
 
 def plot_reinforce(path: str, rf: dict) -> str:
   """Total phi-gradient variance against K: score-function estimators vs reparametrization."""
-  plt = _plt()
+  plt = figures_lib.pyplot()
   rows = rf["rows"]
   objectives = sorted({r["objective"] for r in rows})
   fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 4.2),
@@ -418,14 +390,13 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
   """
   resume = prepare(config, workdir, resume=resume, allow_config_change=allow_config_change)
   if config.study == "mnist":
-    from experiments.gradient_snr import mnist
     return mnist.measure(config, workdir, resume=resume)
   tc = config.toy
   key = jax.random.key(int(config.seed))
   k_problem, k_snr, k_rf, k_direct = jax.random.split(key, 4)
   problem = toy.make_problem(k_problem, int(tc.dim), int(tc.num_data), float(tc.perturbation))
   timings = {}
-  snr, timings["snr_versus_k_s"] = part(workdir, "snr_versus_k", resume,
+  snr, timings["snr_versus_k_s"] = results_lib.part(workdir, "snr_versus_k", resume,
                                         lambda: snr_versus_k(config, problem, k_snr))
   slopes = dict(snr["slopes"])
   results = {"study": "toy", "model": "Rainforth et al. (2018) Gaussian, D=%d" % int(tc.dim),
@@ -433,14 +404,14 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
              "perturbation": float(tc.perturbation), "phi_signal": tc.phi_signal,
              "measurement": MEASUREMENT, "snr": snr}
   if tc.direct.enabled:
-    results["direct"], timings["direct_snr_versus_k_s"] = part(
+    results["direct"], timings["direct_snr_versus_k_s"] = results_lib.part(
         workdir, "direct_snr_versus_k", resume,
         lambda: direct_snr_versus_k(config, problem, k_direct))
     slopes.update(results["direct"]["slopes"])
   results["slopes"] = slopes
   results["checks"] = _checks(slopes)
   if config.reinforce.enabled:
-    results["reinforce_vs_reparam"], timings["reinforce_vs_reparam_s"] = part(
+    results["reinforce_vs_reparam"], timings["reinforce_vs_reparam_s"] = results_lib.part(
         workdir, "reinforce_versus_reparam", resume,
         lambda: reinforce_versus_reparam(config, problem, k_rf))
   results["timings"] = timings
@@ -449,8 +420,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
   if "reinforce_vs_reparam" in results:
     results["figures"].append(os.path.basename(plot_reinforce(
         os.path.join(workdir, "reinforce_vs_reparam.png"), results["reinforce_vs_reparam"])))
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 
-from experiments.common import config as common
 
 # Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Table 1 (MNIST):
 # (layers, objective, k) -> (test NLL in nats with k=5000, active units per stochastic layer).
@@ -50,8 +49,8 @@ def read_results(paths) -> list[dict]:
 
 def row_name(r: dict) -> str:
   """The Table 1 name of a run's training (``'vae'`` for the ELBO estimator, as in the paper),
-  from its results: ``estimator`` in new runs, ``objective`` in older ones."""
-  est = common.estimator_of(r)
+  from its results."""
+  est = r["estimator"]
   return "vae" if est == "elbo" else est
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from dgmjax import data, diagnostics, evaluation, parallel, training
 from dgmjax.models import vae
+from experiments.common import figures as figures_lib
 
 ROWS = (("vae", 1), ("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50))
 
@@ -162,9 +163,7 @@ def format_table(res: dict) -> str:
 
 def plot_history(res: dict, path: str) -> None:
   """The training bound of every row against the step (one figure, one line a row)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures_lib.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   steps = [h["step"] for h in res["history"]]
   for name in (res["history"][0] if res["history"] else {}):

@@ -13,23 +13,21 @@ against the epoch and of the final KL per dimension, ``summary.json`` and a tabl
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import pixel_vae
 from experiments.common import config as common
-from experiments.discrete import train as discrete_train
-
-#: Config keys renamed with the bound / estimator vocabulary (old -> new), for one release.
-RENAMED = {"objective": "bound"}
+from experiments.common import data as data_lib
+from experiments.common import figures as figures_lib
+from experiments.common import resume as resume_lib
+from experiments.common import results as results_lib
+from experiments.common import run as run_lib
 
 #: Numeric settings, checked before any data is loaded.
 FIELDS = {
@@ -54,21 +52,13 @@ PUBLISHED = {"PixelVAE (Gulrajani et al. 2017)": 79.02, "VLAE (Chen et al. 2017)
 DIAGNOSTIC_KEYS = ("diag_kl", "diag_au", "diag_mi", "diag_marginal_kl", "diag_dims_above_0.1")
 
 
-def _progress(config) -> bool:
-  p = config.get("progress")
-  return sys.stderr.isatty() if p is None else bool(p)
-
-
 def _load(config, split: str) -> np.ndarray:
-  """A validated split (see :func:`experiments.discrete.train._load`) that must be binary."""
-  x = discrete_train._load(config, split)  # pylint: disable=protected-access
+  """A validated split (:func:`experiments.common.data.load_images`) that must be binary."""
+  x = data_lib.load_images(config, split)
   if not np.all((x == 0) | (x == 1)):
     raise ValueError(f"{config.dataset}/{split}: the posterior-collapse study needs fixed-"
                      "binarization images (e.g. binarized_mnist); got grey levels")
   return x
-
-
-_subset = discrete_train._subset  # pylint: disable=protected-access  (class-ordered test split)
 
 
 def make_model(config, run) -> pixel_vae.PixelVAE:
@@ -113,11 +103,8 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   d = os.path.join(workdir, name)
   os.makedirs(d, exist_ok=True)
   model = make_model(config, run)
-  steps_per_epoch = train_x.shape[0] // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {train_x.shape[0]} training "
-                     f"images")
-  num_steps = int(round(config.num_epochs * steps_per_epoch))
+  steps_per_epoch = run_lib.steps_per_epoch(train_x.shape[0], config.batch_size)
+  num_steps = run_lib.epochs_to_steps(config.num_epochs, steps_per_epoch)
   log_every = max(1, min(config.log_every_steps, num_steps))
   eval_every = max(log_every, (steps_per_epoch // max(1, config.diagnostics_per_epoch))
                    // log_every * log_every)
@@ -143,12 +130,10 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
             "beta_now": float(beta(done - 1))}
 
   t0 = time.time()
-  state, summary = training.fit(
-      loss_fn, model.init(jax.random.key(config.seed)), train_x, optimizer=opt,
-      num_steps=num_steps, batch_size=config.batch_size, seed=config.seed, workdir=d,
-      shuffle=True, checkpoint_every=checkpoint_every, log_every=log_every, resume=resume,
-      progress=_progress(config), train_step=step, eval_every=eval_every, eval_fn=eval_fn,
-      stop_after=config.get("stop_after_steps") or None)
+  state, summary = run_lib.fit(
+      config, loss_fn, model.init(jax.random.key(config.seed)), train_x, d, resume=resume,
+      optimizer=opt, num_steps=num_steps, shuffle=True, checkpoint_every=checkpoint_every,
+      log_every=log_every, train_step=step, eval_every=eval_every, eval_fn=eval_fn)
   if "stopped_at" in summary:
     return {"stopped_at": summary["stopped_at"]}
   train_seconds = time.time() - t0
@@ -159,7 +144,8 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
   ll = evaluation.log_likelihood(model, params, test_x, keys[0],
                                  num_samples=config.eval.num_samples,
                                  sample_chunk=config.eval.sample_chunk,
-                                 batch_size=config.eval.batch_size, progress=_progress(config))
+                                 batch_size=config.eval.batch_size,
+                                 progress=run_lib.show_progress(config))
   elbo = _analytic_elbo(model, params, test_x, keys[1], config.eval.batch_size)
   final = collapse_diagnostics(model, params, diag_x, diag_key)
   eval_seconds = time.time() - t1
@@ -188,8 +174,7 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
       "epochs": summary["steps"] / summary["steps_per_epoch"], "steps": summary["steps"],
       "train_examples": int(train_x.shape[0]), "test_examples": int(test_x.shape[0]),
       f"test_nll_k{config.eval.num_samples}": float(-ll.mean()),
-      "test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / math.sqrt(ll.size))
-      if ll.size > 1 else 0.0,
+      "test_nll": float(-ll.mean()), "test_nll_stderr": results_lib.stderr(ll),
       "test_elbo": elbo["elbo"], "test_reconstruction": elbo["log_px_given_z"],
       "test_kl": elbo["kl"], "eval_num_samples": config.eval.num_samples,
       "diagnostics_examples": int(diag_x.shape[0]),
@@ -247,7 +232,7 @@ def _analytic_elbo(model, params, images, key, batch_size: int) -> dict:
 
 def kl_curves_figure(workdir: str, names) -> str:
   """KL, active units and MI on the diagnostics images against the epoch, one line per run."""
-  plt = plotting._plt()
+  plt = figures_lib.pyplot()
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   for i, name in enumerate(names):
     rows = [r for r in _read_jsonl(os.path.join(workdir, name, "metrics.jsonl")) if "diag_kl" in r]
@@ -279,7 +264,7 @@ def kl_curves_figure(workdir: str, names) -> str:
 
 def kl_dims_figure(workdir: str, rows: dict) -> str:
   """Final KL per latent dimension (sorted, largest first), one line per run."""
-  plt = plotting._plt()
+  plt = figures_lib.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   for i, (name, r) in enumerate(rows.items()):
     kl = np.sort(np.asarray(r["kl_per_dimension"]))[::-1]
@@ -300,7 +285,7 @@ def kl_dims_figure(workdir: str, rows: dict) -> str:
 
 def samples_figure(workdir: str, names) -> str:
   """One row of model samples per run."""
-  plt = plotting._plt()
+  plt = figures_lib.pyplot()
   fig, axes = plt.subplots(len(names), 1, figsize=(8, 1.3 * len(names) + 0.3), squeeze=False)
   for ax, name in zip(axes[:, 0], names):
     path = os.path.join(workdir, name, "samples.png")
@@ -321,24 +306,21 @@ def train_and_evaluate(config, workdir: str, resume: bool = False,
   """Runs ``config.selected`` (resuming each from its checkpoints if ``resume``) and writes the
   study's ``summary.json`` and figures.
 
-  Settings are checked first (``ValueError`` naming the field), before any data is loaded; a
-  deprecated ``config.objective`` is used as ``config.bound`` with a ``DeprecationWarning``.
+  Settings are checked first (``ValueError`` naming the field), before any data is loaded.
   """
-  config = common.resolve_renamed(config, RENAMED)
   common.check_fields(config, FIELDS)
   common.check_choice("bound", config.bound, training.KL_BOUNDS)
   for name in config.selected:
     if name not in config.runs:
       raise ValueError(f"unknown run {name!r}; runs: {sorted(config.runs)}")
   os.makedirs(workdir, exist_ok=True)
-  train_x = _subset(_load(config, "train"), config.max_train_examples, config.seed)
+  train_x = data_lib.random_subset(_load(config, "train"), config.max_train_examples, config.seed)
   test_all = _load(config, "test")
-  test_x = _subset(test_all, config.eval.num_examples, config.seed)
-  diag_x = _subset(test_all, config.eval.diagnostics_examples, config.seed + 1)
-  # a resumed run continues what was trained: a changed training setting is refused (a run saved
-  # with the old key `objective` compares equal to the same setting as `bound`)
-  common.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
-                       allow_changes=allow_config_change, renamed=RENAMED)
+  test_x = data_lib.random_subset(test_all, config.eval.num_examples, config.seed)
+  diag_x = data_lib.random_subset(test_all, config.eval.diagnostics_examples, config.seed + 1)
+  # a resumed run continues what was trained: a changed training setting is refused
+  resume_lib.record_config(workdir, json.loads(config.to_json_best_effort()), resume=resume,
+                           allow_changes=allow_config_change)
   rows = {}
   for name in config.selected:
     row = run_one(name, config, train_x, test_x, diag_x, workdir, resume)
@@ -356,8 +338,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False,
              "kl_per_dimension": os.path.basename(kl_dims_figure(workdir, rows)),
              "samples": os.path.basename(samples_figure(workdir, names))}
   out = {"dataset": config.dataset, "runs": rows, "figures": figures, "published_nll": PUBLISHED}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(out, f, indent=2)
+  results_lib.write_json(os.path.join(workdir, "summary.json"), out)
   return out
 
 

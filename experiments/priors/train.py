@@ -20,7 +20,6 @@ References:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -31,8 +30,12 @@ import numpy as np
 
 from dgmjax import diagnostics, evaluation, models, plotting, training
 from dgmjax.models import vae
-from experiments.common import config as common
-from experiments.iwae import train as iwae_train
+from experiments.common import burda
+from experiments.common import data as data_lib
+from experiments.common import figures as figures_lib
+from experiments.common import resume as resume_lib
+from experiments.common import results as results_lib
+from experiments.common import run as run_lib
 
 # Test log-likelihoods reported by Tomczak & Welling (2018) for the one-layer VAE on static MNIST
 # (their architecture, warm-up and training length differ from the runs here).
@@ -44,17 +47,17 @@ PAPER = {
 VARIANT_LABELS = {"standard": "N(0, I)", "mog": "MoG", "vamp": "VampPrior",
                   "realnvp": "RealNVP prior", "maf": "MAF prior", "iaf": "IAF posterior"}
 
-#: Numeric settings, checked before any data is loaded: those of experiments.iwae and these.
+#: Numeric settings, checked before any data is loaded: those of Burda et al.'s run and these.
 FIELDS = {
-    **iwae_train.FIELDS, "num_components": "int>0",
+    **burda.FIELDS, "num_components": "int>0",
     "num_pseudo_inputs": "int>0", "flow_layers": "int>0", "flow_hidden": "ints>0",
     "surgery.num_samples": "int>0", "surgery.batch_size": "int>0", "surgery.chunk_size": "int>0",
     "two_d.hidden": "ints>0", "two_d.num_epochs": "float>=0", "two_d.num_examples": "int>0",
     "two_d.grid_size": "int>1",
 }
 #: Settings that do not alter what one variant's folder trains (other variants share a workdir).
-VARIANT_IGNORED = training.RESUME_IGNORED + ("variants", "two_d.*")
-TWO_D_IGNORED = training.RESUME_IGNORED + ("variants", "two_d.enabled", "two_d.priors")
+VARIANT_IGNORED = resume_lib.RESUME_IGNORED + ("variants", "two_d.*")
+TWO_D_IGNORED = resume_lib.RESUME_IGNORED + ("variants", "two_d.enabled", "two_d.priors")
 
 
 def variant_spec(variant: str) -> tuple[str, str]:
@@ -79,7 +82,7 @@ def build_model(config, variant: str, image_shape, *, latent_dims=None, hidden_d
 
 def eval_subset(config, test_images: np.ndarray) -> np.ndarray:
   """The binarized test images to evaluate on (a seeded random subset if configured)."""
-  test_x = (iwae_train.binarize_fixed(test_images, config.seed) if config.dynamic_binarization
+  test_x = (data_lib.binarize_fixed(test_images, config.seed) if config.dynamic_binarization
             else test_images)
   n = config.eval.get("num_examples") or 0
   if n and n < test_x.shape[0]:
@@ -96,29 +99,24 @@ def _train(config, model, train_images, workdir, num_epochs, seed_offset=0, resu
   init_key = jax.random.fold_in(root, 1 + seed_offset)
   data_mean = train_images.mean(axis=0) if config.init_output_bias else None
   params = model.init(init_key, data_mean=data_mean)
-  steps_per_epoch = train_images.shape[0] // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {train_images.shape[0]} "
-                     "training images")
+  steps_per_epoch = run_lib.steps_per_epoch(train_images.shape[0], config.batch_size)
   cfg = config.copy_and_resolve_references()
   cfg.num_epochs = float(num_epochs)
-  optimizer, schedule, num_steps = iwae_train.make_optimizer(cfg, steps_per_epoch)
+  optimizer, schedule, num_steps = run_lib.make_optimizer(cfg, steps_per_epoch)
   loss_fn = training.make_loss(model, config.estimator, config.num_samples)
   log_every = max(1, min(config.log_every_steps, num_steps))
   if not resume:  # a fresh run; with resume, fit continues from the latest checkpoint
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
       os.remove(os.path.join(workdir, "metrics.jsonl"))
-  state, summary = training.fit(
-      loss_fn, params, train_images, optimizer=optimizer, num_steps=num_steps,
-      batch_size=config.batch_size, seed=config.seed, workdir=workdir,
-      dynamic_binarization=config.dynamic_binarization, shuffle=config.shuffle,
-      checkpoint_every=iwae_train._round_up(  # pylint: disable=protected-access
+  state, summary = run_lib.fit(
+      config, loss_fn, params, train_images, workdir, resume=resume, optimizer=optimizer,
+      num_steps=num_steps, dynamic_binarization=config.dynamic_binarization,
+      shuffle=config.shuffle,
+      checkpoint_every=run_lib.round_up(
           int(round(config.checkpoint_every_epochs * steps_per_epoch)), log_every),
-      log_every=log_every,
-      max_consecutive_nonfinite=config.max_consecutive_nonfinite, resume=resume,
-      progress=iwae_train._show_progress(config), learning_rate_fn=schedule,  # pylint: disable=protected-access
-      stop_after=config.get("stop_after_steps") or None)
+      log_every=log_every, max_consecutive_nonfinite=config.max_consecutive_nonfinite,
+      learning_rate_fn=schedule)
   return state.params, summary, num_steps, steps_per_epoch
 
 
@@ -144,7 +142,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str, resume
                                  num_samples=config.eval.num_samples,
                                  sample_chunk=config.eval.sample_chunk,
                                  batch_size=config.eval.batch_size,
-                                 progress=iwae_train._show_progress(config))  # pylint: disable=protected-access
+                                 progress=run_lib.show_progress(config))
   surgery = diagnostics.elbo_surgery(model, params, test_x, k_surgery,
                                      num_samples=config.surgery.num_samples,
                                      batch_size=config.surgery.batch_size,
@@ -166,7 +164,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str, resume
       **{f"test_iwae_{k}": bounds[f"iwae_{k}"] for k in config.eval.bound_ks},
       "test_log_likelihood": float(ll.mean()),
       "test_nll": float(-ll.mean()),
-      "test_nll_stderr": float(ll.std(ddof=1) / math.sqrt(ll.size)) if ll.size > 1 else 0.0,
+      "test_nll_stderr": results_lib.stderr(ll),
       "eval_num_samples": config.eval.num_samples,
       **{k: v for k, v in surgery.as_dict().items() if k not in ("num_examples", "num_samples")},
       "surgery_num_samples": surgery.num_samples,
@@ -181,8 +179,7 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str, resume
     kl_dims = diagnostics.kl_per_dimension(model.base, params["base"], test_x,
                                            batch_size=config.eval.batch_size)
     results["kl_per_dimension"] = [float(v) for v in kl_dims]
-  with open(os.path.join(vdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  results_lib.write_json(os.path.join(vdir, "results.json"), results)
   return results
 
 
@@ -191,10 +188,10 @@ def run_variant(config, variant: str, train_images, test_x, workdir: str, resume
 
 def run_two_d(config, train_images, workdir: str, resume=False) -> dict:
   """A 2-latent VAE per prior: the prior density beside the aggregated posterior ``q_agg(z)``."""
-  plt = plotting._plt()  # pylint: disable=protected-access
+  plt = figures_lib.pyplot()
   td = config.two_d
   n = min(td.num_examples, train_images.shape[0])
-  x_data = iwae_train.binarize_fixed(train_images[:n], config.seed + 1)
+  x_data = data_lib.binarize_fixed(train_images[:n], config.seed + 1)
   out, cols = {}, []
   for i, name in enumerate(td.priors):
     model = build_model(config, name, train_images.shape[1:], latent_dims=(2,),
@@ -271,11 +268,11 @@ def paired_differences(workdir: str, variants: dict) -> None:
       continue
     d = ref - ll  # per image: NLL(variant) - NLL(standard) = log p_standard - log p_variant
     r["nll_minus_standard"] = float(d.mean())
-    r["nll_minus_standard_stderr"] = float(d.std(ddof=1) / math.sqrt(d.size))
+    r["nll_minus_standard_stderr"] = results_lib.stderr(d)
 
 
 def save_comparison(path: str, variants: dict) -> str:
-  plt = plotting._plt()  # pylint: disable=protected-access
+  plt = figures_lib.pyplot()
   names = list(variants)
   labels = [VARIANT_LABELS[v] for v in names]
   x = np.arange(len(names))
@@ -306,18 +303,18 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
   """Runs ``config.variants`` (and the 2-D figure if enabled); returns the combined table.
 
   Settings and data are validated before any training (see
-  :func:`experiments.iwae.train.load_images`). Each variant's folder records the settings it was
+  :func:`experiments.common.data.load_images`). Each variant's folder records the settings it was
   trained with (``<variant>/config.json``, as ``two_d/<prior>/config.json``); with ``resume`` each
   continues from its latest checkpoint, and a changed training setting is refused unless
   ``allow_config_change`` allows it (``True`` or key globs; see
-  :func:`dgmjax.training.record_config`).
+  :func:`experiments.common.resume.record_config`).
 
   Returns:
     The table, or ``{"stopped_at": step, "variant": name}`` when ``config.stop_after_steps``
     stopped a training (tests: a simulated kill).
   """
   t0 = time.time()
-  config = iwae_train.prepare_config(config, FIELDS)  # bad settings fail before anything is done
+  config = burda.prepare_config(config, FIELDS)  # bad settings fail before anything is done
   for v in config.variants:
     variant_spec(v)
   os.makedirs(workdir, exist_ok=True)
@@ -329,12 +326,11 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
   two_d_priors = tuple(config.two_d.priors) if config.two_d.enabled else ()
   for folder, ignore in ([(v, VARIANT_IGNORED) for v in config.variants]
                          + [(os.path.join("two_d", p), TWO_D_IGNORED) for p in two_d_priors]):
-    common.record_config(os.path.join(workdir, folder), settings, resume=resume,
-                         allow_changes=allow_config_change, renamed=iwae_train.RENAMED,
-                         ignore=ignore)
+    resume_lib.record_config(os.path.join(workdir, folder), settings, resume=resume,
+                             allow_changes=allow_config_change, ignore=ignore)
   image_shape = tuple(config.image_shape) if config.get("image_shape") else None
-  train_images = iwae_train.load_images(config, "train", image_shape)
-  test_images = iwae_train.load_images(config, "test", train_images.shape[1:])
+  train_images = data_lib.load_images(config, "train", image_shape)
+  test_images = data_lib.load_images(config, "test", train_images.shape[1:])
   if config.get("max_train_examples"):
     train_images = train_images[:config.max_train_examples]
   test_x = eval_subset(config, test_images)
@@ -348,7 +344,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
     if config.two_d.dataset and config.two_d.dataset != config.dataset:
       c2 = config.copy_and_resolve_references()
       c2.dataset = config.two_d.dataset
-      td_images = iwae_train.load_images(c2, "train")
+      td_images = data_lib.load_images(c2, "train")
     two_d = run_two_d(config, td_images, workdir, resume=resume)
     if "stopped_at" in two_d:
       return {"stopped_at": two_d["stopped_at"], "variant": "two_d"}

@@ -4,7 +4,7 @@
 
 Each model is restored from ``runs_dir/<name>`` (a workdir of ``experiments.iwae`` with that
 config string, e.g. ``runs/iwae-k50-l1-short``) when it holds checkpoints; otherwise it is
-retrained into ``workdir/models/<name>`` with ``experiments.iwae.train`` at the ``retrain``
+retrained into ``workdir/models/<name>`` with ``experiments.common.burda`` at the ``retrain``
 budget. Then, on ``num_test`` fixed-binarization test images (the binarization of the
 ``experiments.iwae`` evaluation): the importance-sampled estimate ``L_k`` for each ``k`` of
 ``is_ks`` (k=5000: Burda et al.'s NLL), JVI when ``dgmjax.objectives.jackknife_bound`` exists,

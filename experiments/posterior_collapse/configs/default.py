@@ -54,8 +54,6 @@ def get_config(arg: str = "all"):
   c.cond_channels = 4
   c.bound = "elbo"               # elbo | iwae (dgmjax.training.make_kl_controlled_loss)
   c.num_samples = 1              # K of the training bound
-  # deprecated name of `bound` (one release): when set, it is used as `bound`, with a warning
-  c.objective = ml_collections.config_dict.placeholder(str)
   c.seed = 0
   c.batch_size = 32
   c.learning_rate = 1e-3

@@ -2,13 +2,13 @@
 
 import ml_collections
 
-from experiments.iwae.configs import default as iwae_default
+from experiments.common import burda
 
 VARIANTS = ("standard", "mog", "vamp", "realnvp", "maf", "iaf")
 
 
 def get_config():
-  c = iwae_default.get_config()   # data, optimiser, schedule and k=5000 evaluation fields
+  c = burda.default_config()   # data, optimiser, schedule and k=5000 evaluation fields
   c.estimator = "elbo"            # elbo (K-sample ELBO average) | iwae (dgmjax.training.make_loss)
   c.num_samples = 1
   c.schedule = "burda"
