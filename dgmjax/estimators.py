@@ -73,11 +73,12 @@ from dgmjax import _checks, objectives
 __all__ = [
     "BASELINES", "BOUNDS", "CIWAE", "DReG", "ELBO", "ESTIMATORS", "Estimator", "IWAE", "MIWAE",
     "LogWeightTerms", "NVILBaseline", "PIWAE", "PIWAEDReG", "RWS", "RWSDReG", "Reinforce", "Renyi",
-    "RenyiDReG", "RunningMean", "STL", "VIMCO", "baseline_loss", "ciwae_surrogate", "dreg_surrogate",
-    "elbo_surrogate", "iwae_surrogate", "learning_signal", "miwae_surrogate", "piwae_surrogate",
-    "register", "reinforce_surrogate", "renyi_dreg_surrogate", "running_mean_init",
-    "running_mean_update", "rws_dreg_surrogate", "rws_surrogate", "stl_surrogate",
-    "vimco_learning_signals", "vimco_surrogate", "zero_with_grad",
+    "RenyiDReG", "RunningMean", "STL", "VIMCO", "baseline_loss", "ciwae_surrogate",
+    "dreg_surrogate", "elbo_surrogate", "from_name", "iwae_surrogate", "learning_signal",
+    "miwae_surrogate", "piwae_surrogate", "register", "reinforce_surrogate",
+    "renyi_dreg_surrogate", "running_mean_init", "running_mean_update", "rws_dreg_surrogate",
+    "rws_surrogate", "stl_surrogate", "vimco_learning_signals", "vimco_surrogate",
+    "zero_with_grad",
 ]
 
 Params = Any
@@ -1055,3 +1056,66 @@ class RenyiDReG(Estimator):
 
   def surrogate(self, terms, axis=0):
     return renyi_dreg_surrogate(terms.log_w_theta, terms.log_w_path, self.alpha, axis)
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _quoted(names: Sequence[str]) -> str:
+  """``'a', 'b' and 'c'``."""
+  names = [repr(n) for n in names]
+  return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _owners(setting: str) -> list[str]:
+  """The registered estimators with ``setting`` among their fields, in registry order."""
+  return [n for n, c in ESTIMATORS.items()
+          if setting in {f.name for f in dataclasses.fields(c)}]
+
+
+def from_name(name: str, **settings: Any) -> Estimator:
+  """The estimator registered as ``name``, built with ``settings`` (how configs name one).
+
+  A setting given as ``None`` is no setting, and ``bound='iwae'`` is accepted by every estimator
+  (the others name their bound); any other setting the class does not have is an error naming
+  the estimators it applies to. The class checks the values.
+
+  Args:
+    name: a key of :data:`ESTIMATORS`.
+    **settings: the fields of its class.
+
+  Returns:
+    ``ESTIMATORS[name](**settings)``; e.g. ``from_name('dreg', num_groups=2) == DReG(2)``.
+
+  Raises:
+    ValueError: an unknown name; a setting the estimator does not have, or one it needs missing.
+    TypeError: a setting no registered estimator has.
+  """
+  if not isinstance(name, str) or name not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {name!r}")
+  cls = ESTIMATORS[name]
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  kwargs = {s: v for s, v in settings.items() if v is not None and s in fields}
+  for s, v in settings.items():
+    if v is None or s in fields:
+      continue
+    who = _owners(s)
+    if not who:
+      known = sorted({f.name for c in ESTIMATORS.values() for f in dataclasses.fields(c)})
+      raise TypeError(f"{s!r} is a setting of no estimator (those of the registered ones: "
+                      f"{known})")
+    if s == "bound":
+      _bound_arg(v)
+      if v != "iwae":
+        raise ValueError(f"bound= applies to estimators {_quoted(who)} only (the others name "
+                         f"their bound), got estimator {name!r} with bound={v!r}")
+    elif s == "kl" and v == "analytic":
+      raise ValueError(f"kl='analytic' applies to the ELBO ({', '.join(map(repr, who))}), not "
+                       f"{name!r}")
+    else:
+      raise ValueError(f"{s} applies to {'estimator ' if len(who) == 1 else ''}{_quoted(who)} "
+                       f"only, got estimator {name!r}")
+  missing = [f for f in fields if fields[f].default is dataclasses.MISSING and f not in kwargs]
+  if missing:
+    raise ValueError(f"estimator {name!r} needs {' and '.join(missing)}")
+  return cls(**kwargs)

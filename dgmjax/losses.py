@@ -32,51 +32,6 @@ SURROGATE_ESTIMATORS = tuple(n for n in estimators.ESTIMATORS if n not in BOUND_
 BASELINES = estimators.BASELINES
 
 
-def _quoted(names) -> str:
-  """``'a', 'b' and 'c'``."""
-  names = [repr(n) for n in names]
-  return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _owners(setting: str) -> list[str]:
-  """The registered estimators with ``setting`` among their fields."""
-  return [n for n, c in estimators.ESTIMATORS.items()
-          if setting in {f.name for f in dataclasses.fields(c)}]
-
-
-def _from_name(name: str, settings: dict) -> estimators.Estimator:
-  """The estimator object of a registry name and :func:`make_loss`'s keyword settings.
-
-  A setting left at ``None`` (or ``bound='iwae'``, the bound the other estimators name) is not
-  passed; one the class does not have is an error naming the estimators it applies to.
-  """
-  if name not in estimators.ESTIMATORS:
-    raise ValueError(f"estimator must be one of {sorted(estimators.ESTIMATORS)}, got {name!r}")
-  cls = estimators.ESTIMATORS[name]
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  kwargs = {s: v for s, v in settings.items() if v is not None and s in fields}
-  for s, v in settings.items():
-    if v is None or s in fields:
-      continue
-    if s == "bound":
-      if v not in estimators.BOUNDS:
-        raise ValueError(f"bound must be 'iwae' or 'elbo', got {v!r}")
-      if v != "iwae":
-        raise ValueError(f"bound= applies to estimators {_quoted(_owners(s))} only (the others "
-                         f"name their bound), got estimator {name!r} with bound={v!r}")
-    elif s == "kl" and v == "analytic":
-      raise ValueError(f"kl='analytic' applies to the ELBO ({', '.join(map(repr, _owners(s)))}), "
-                       f"not {name!r}")
-    else:
-      who = _owners(s)
-      raise ValueError(f"{s} applies to {'estimator ' if len(who) == 1 else ''}{_quoted(who)} "
-                       f"only, got estimator {name!r}")
-  missing = [f for f in fields if fields[f].default is dataclasses.MISSING and f not in kwargs]
-  if missing:
-    raise ValueError(f"estimator {name!r} needs {' and '.join(missing)}")
-  return cls(**kwargs)
-
-
 def _for_model(loss: Callable, model) -> Callable:
   """Tags a loss with its model, so that :func:`fit` checks the training data against the
   model's likelihood support (:func:`dgmjax.models.check_data`) before it starts."""
@@ -84,9 +39,8 @@ def _for_model(loss: Callable, model) -> Callable:
   return loss
 
 
-def make_loss(model, estimator: str | estimators.Estimator, num_samples: int, *,
-              num_groups: int | None = None, beta=None, bound: str | None = None, baseline=None,
-              kl: str | None = None, alpha=None) -> LossFn:
+def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
+              **settings) -> LossFn:
   """The training loss of any contract model: the negative bound, with ``estimator``'s gradient.
 
   The bound estimators (:data:`BOUND_ESTIMATORS`) differentiate the bound itself
@@ -99,7 +53,8 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int, *,
   Args:
     model: a model of the contract (:mod:`dgmjax.models.base`).
     estimator: an estimator object (``estimators.DReG(num_groups=2)``, ...), which carries its
-      settings, or a name of :data:`dgmjax.estimators.ESTIMATORS` with the settings below:
+      settings, or a name of :data:`dgmjax.estimators.ESTIMATORS` with its settings as keywords
+      (:func:`dgmjax.estimators.from_name`):
       ``'elbo'`` (the ``K``-sample ELBO average; ``kl``), ``'iwae'``, ``'miwae'``
       (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
       ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
@@ -108,18 +63,17 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int, *,
       (the variational Rényi bound of order ``alpha``, reparametrized) and ``'renyi_dreg'`` (its
       doubly reparametrized estimator, finite ``alpha``).
     num_samples: ``K`` (``M * K`` for MIWAE and PIWAE).
-    num_groups: ``M``.
-    beta: the ELBO weight of CIWAE, in [0, 1].
-    bound: ``'iwae'`` (default) or ``'elbo'``, the target of ``'stl'`` and ``'reinforce'``.
-    baseline: for ``'reinforce'``: ``None``, ``'batch_mean'`` (leave-one-out minibatch mean) or a
-      function ``(params, x) -> [B]`` reading its own entries of ``params`` (an input-dependent
-      baseline, NVIL): it is regressed onto the learning signal by
-      :func:`dgmjax.estimators.baseline_loss`, added to the loss (its gradient reaches only the
-      baseline's parameters).
-    kl: ``None`` or ``'analytic'``: the ELBO as ``E_q[log p(x|z)] - KL`` with the model's analytic
-      ``kl(params, x)`` (for ``'elbo'`` and ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s
-      Gumbel-softmax objective).
-    alpha: the order of ``'renyi'`` / ``'renyi_dreg'`` (0: IWAE, 1: ELBO, ``-inf``: VR-max).
+    **settings: with a name, the settings of its estimator class (``None`` is no setting). Those
+      of the library's estimators: ``num_groups`` (``M``); ``beta`` (the ELBO weight of CIWAE, in
+      [0, 1]); ``bound`` (``'iwae'``, the default, or ``'elbo'``: the target of ``'stl'`` and
+      ``'reinforce'``); ``baseline`` (of ``'reinforce'``: ``None``, ``'batch_mean'``, the
+      leave-one-out minibatch mean, or a function ``(params, x) -> [B]`` reading its own entries
+      of ``params``, an input-dependent baseline as NVIL's: it is regressed onto the learning
+      signal by :func:`dgmjax.estimators.baseline_loss`, added to the loss, its gradient reaching
+      only the baseline's parameters); ``kl`` (``None`` or ``'analytic'``: the ELBO as
+      ``E_q[log p(x|z)] - KL`` with the model's analytic ``kl(params, x)``, for ``'elbo'`` and
+      ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s Gumbel-softmax objective); ``alpha``
+      (the order of ``'renyi'`` / ``'renyi_dreg'``; 0: IWAE, 1: ELBO, ``-inf``: VR-max).
 
   Returns:
     ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose negative
@@ -132,19 +86,14 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int, *,
   """
   from dgmjax.models import base  # pylint: disable=import-outside-toplevel
 
-  settings = dict(num_groups=num_groups, beta=beta, bound=bound, baseline=baseline, kl=kl,
-                  alpha=alpha)
   if isinstance(estimator, estimators.Estimator):
     given = [s for s, v in settings.items() if v is not None]
     if given:
       raise ValueError(f"{type(estimator).__name__} carries its own settings: make_loss takes "
                        f"{', '.join(given)} with an estimator name only")
     est = estimator
-  elif isinstance(estimator, str):
-    est = _from_name(estimator, settings)
   else:
-    raise ValueError(f"estimator must be one of {sorted(estimators.ESTIMATORS)} or an "
-                     f"estimators.Estimator, got {estimator!r}")
+    est = estimators.from_name(estimator, **settings)
   base._check_contract(model)  # pylint: disable=protected-access
   num_samples = base.check_num_samples(num_samples)
   est.check_num_samples(num_samples)
