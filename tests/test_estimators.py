@@ -19,6 +19,8 @@ from dgmjax import diagnostics, distributions, estimators, models, objectives
 from dgmjax.models import linear_gaussian as lg
 
 DX, DZ, B = 4, 2, 3
+#: The registry as this module was imported (a docs page run in the same process registers more).
+REGISTERED = tuple(estimators.ESTIMATORS)
 
 
 # ----------------------------------------------------------------------------- the oracle model
@@ -83,9 +85,11 @@ def _make_problem(seed, dtype):
 
 
 def loss_fn(name, x, k, **kw):
+  est = estimators.from_name(name, **kw)
+
   def loss(params, key):
     terms = models.log_weight_terms(MODEL, params, x, key, k)
-    return -jnp.sum(estimators.surrogate(name, terms, **kw))
+    return -jnp.sum(est.surrogate(terms))
   return loss
 
 
@@ -116,36 +120,36 @@ def test_terms_share_one_value(terms):
 def test_surrogate_values_equal_bounds(terms):
   lw = terms.log_w
   iwae, elbo = objectives.iwae_bound(lw), objectives.elbo(lw)
+  e = estimators
   expected = [
-      ("iwae", {}, iwae), ("elbo", {}, elbo), ("stl", {}, iwae),
-      ("stl", {"bound": "elbo"}, elbo), ("dreg", {}, iwae),
-      ("dreg", {"num_groups": 2}, objectives.miwae_bound(lw, 2)),
-      ("reinforce", {}, iwae), ("reinforce", {"baseline": -7.0}, iwae),
-      ("reinforce", {"bound": "elbo", "baseline": jnp.ones(B)}, elbo),
-      ("vimco", {}, iwae), ("rws", {}, iwae), ("rws_dreg", {}, iwae),
-      ("miwae", {"num_groups": 3}, objectives.miwae_bound(lw, 3)),
-      ("ciwae", {"beta": 0.05}, objectives.ciwae_bound(lw, 0.05)),
-      ("piwae", {"num_groups": 2}, iwae), ("piwae_dreg", {"num_groups": 2}, iwae),
-      ("renyi", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
-      ("renyi", {"alpha": 0.0}, iwae),
-      ("renyi_dreg", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
+      (e.IWAE(), iwae), (e.ELBO(), elbo), (e.STL(), iwae), (e.STL(bound="elbo"), elbo),
+      (e.DReG(), iwae), (e.DReG(num_groups=2), objectives.miwae_bound(lw, 2)),
+      (e.Reinforce(), iwae), (e.Reinforce(baseline=-7.0), iwae),
+      (e.Reinforce(bound="elbo", baseline=jnp.ones(B)), elbo),
+      (e.Reinforce(baseline="batch_mean"), iwae),
+      (e.VIMCO(), iwae), (e.RWS(), iwae), (e.RWSDReG(), iwae),
+      (e.MIWAE(3), objectives.miwae_bound(lw, 3)),
+      (e.CIWAE(0.05), objectives.ciwae_bound(lw, 0.05)),
+      (e.PIWAE(2), iwae), (e.PIWAEDReG(2), iwae),
+      (e.Renyi(0.5), objectives.renyi_bound(lw, 0.5)), (e.Renyi(0.0), iwae),
+      (e.RenyiDReG(0.5), objectives.renyi_bound(lw, 0.5)),
   ]
-  assert {name for name, _, _ in expected} == set(estimators.ESTIMATORS)
-  values = jax.jit(lambda t: [estimators.surrogate(name, t, **kw) for name, kw, _ in expected])(
-      terms)
-  for (name, kw, bound), value in zip(expected, values):
-    np.testing.assert_allclose(value, bound, rtol=1e-6, err_msg=f"{name} {kw}")
+  assert {est.name for est, _ in expected} == set(REGISTERED)
+  values = jax.jit(lambda t: [est.surrogate(t) for est, _ in expected])(terms)
+  for (est, bound), value in zip(expected, values):
+    np.testing.assert_allclose(value, bound, rtol=1e-6, err_msg=repr(est))
 
 
 def test_sample_axis_argument(terms):
-  names = ("iwae", "stl", "dreg", "reinforce", "vimco", "rws", "rws_dreg", "piwae")
-  kws = [{"num_groups": 2} if name == "piwae" else {} for name in names]
+  e = estimators
+  ests = (e.IWAE(), e.STL(), e.DReG(), e.Reinforce(), e.Reinforce(baseline="batch_mean"),
+          e.Reinforce(bound="elbo", baseline="batch_mean"), e.VIMCO(), e.RWS(), e.RWSDReG(),
+          e.PIWAE(2))
 
   @jax.jit
   def both(t):
     t1 = jax.tree.map(lambda a: a.T, t)
-    return ([estimators.surrogate(n, t1, axis=1, **kw) for n, kw in zip(names, kws)],
-            [estimators.surrogate(n, t, **kw) for n, kw in zip(names, kws)])
+    return ([est.surrogate(t1, axis=1) for est in ests], [est.surrogate(t) for est in ests])
 
   for a, b in zip(*both(terms)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -158,7 +162,7 @@ def test_all_neg_inf_slice_gives_neg_inf_value_and_finite_gradients():
 
   def f(a, b, c, name):
     t = estimators.LogWeightTerms(a, a, b, c)
-    return estimators.surrogate(name, t, num_groups=3 if name == "piwae" else 1)
+    return estimators.from_name(name, num_groups=3 if name == "piwae" else None).surrogate(t)
 
   def finite_sum(a, b, c, name):
     v = f(a, b, c, name)
@@ -176,7 +180,7 @@ def test_all_neg_inf_slice_gives_neg_inf_value_and_finite_gradients():
 def test_bfloat16_follows_input(terms):
   t = jax.tree.map(lambda a: a.astype(jnp.bfloat16), terms)
   names = ("iwae", "dreg", "stl", "vimco", "rws")
-  out = jax.eval_shape(lambda t: [estimators.surrogate(n, t) for n in names], t)
+  out = jax.eval_shape(lambda t: [estimators.from_name(n).surrogate(t) for n in names], t)
   for name, o in zip(names, out):
     assert o.dtype == jnp.bfloat16, name
 
@@ -187,9 +191,9 @@ def test_errors():
     estimators.vimco_learning_signals(jnp.zeros((1, 2)))
   with pytest.raises(ValueError, match="num_groups"):
     estimators.dreg_surrogate(lw, lw, num_groups=3)
-  with pytest.raises(ValueError, match="unknown estimator"):
-    estimators.surrogate("nope", estimators.LogWeightTerms(lw, lw, lw, lw))
-  with pytest.raises(ValueError, match=r"bound must be one of \('iwae', 'elbo'\), got 'vae'"):
+  with pytest.raises(ValueError, match="estimator must be one of"):
+    estimators.from_name("nope")
+  with pytest.raises(ValueError, match=r"bound must be 'iwae' or 'elbo', got 'vae'"):
     estimators.reinforce_surrogate(lw, lw, bound="vae")
   with pytest.raises(ValueError, match="share one shape"):
     estimators.dreg_surrogate(lw, jnp.zeros((3, 2)))
@@ -201,10 +205,10 @@ _OLD_KEYWORD_CASES = [
     ("learning_signal", lambda lw, **kw: estimators.learning_signal(lw, **kw)),
     ("stl_surrogate", lambda lw, **kw: estimators.stl_surrogate(lw, lw, **kw)),
     ("reinforce_surrogate", lambda lw, **kw: estimators.reinforce_surrogate(lw, lw, **kw)),
-    ("surrogate_stl", lambda lw, **kw: estimators.surrogate(
-        "stl", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
-    ("surrogate_reinforce", lambda lw, **kw: estimators.surrogate(
-        "reinforce", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
+    ("STL", lambda lw, **kw: estimators.STL(**kw).surrogate(
+        estimators.LogWeightTerms(lw, lw, lw, lw))),
+    ("Reinforce", lambda lw, **kw: estimators.Reinforce(**kw).surrogate(
+        estimators.LogWeightTerms(lw, lw, lw, lw))),
 ]
 
 
@@ -215,7 +219,7 @@ def test_bound_is_the_only_keyword_for_the_bound(f):
   lw = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
   with pytest.raises(TypeError, match="objective"):
     f(lw, objective="iwae")
-  with pytest.raises(ValueError, match="bound must be one of"):
+  with pytest.raises(ValueError, match="bound must be 'iwae' or 'elbo'"):
     f(lw, bound="vae")
 
 
@@ -304,7 +308,7 @@ def grads_on_shared_samples(x, params, key, k, surrogates):
 
 
 def _sur(name, **kw):
-  return lambda t: estimators.surrogate(name, t, **kw)
+  return estimators.from_name(name, **kw).surrogate
 
 
 @pytest.fixture(scope="module")
