@@ -5,6 +5,7 @@ Surrogates are built on stop_gradient, so they are checked by value and by known
 identities (never by finite differences, which cannot see stop_gradient).
 """
 
+import dataclasses
 import functools
 import json
 
@@ -221,6 +222,112 @@ def test_bound_is_the_only_keyword_for_the_bound(f):
     f(lw, objective="iwae")
   with pytest.raises(ValueError, match="bound must be 'iwae' or 'elbo'"):
     f(lw, bound="vae")
+
+
+# ----------------------------------------------------------------------------- objects, registry
+
+
+_BAD_SETTINGS = [
+    ("miwae_zero", lambda: estimators.MIWAE(0), ValueError,
+     r"num_groups must be a positive int \(M\), got 0"),
+    ("dreg_bool", lambda: estimators.DReG(True), ValueError, r"num_groups must be a positive int"),
+    ("piwae_float", lambda: estimators.PIWAE(2.0), ValueError,
+     r"num_groups must be a positive int"),
+    ("ciwae_beta", lambda: estimators.CIWAE(1.5), ValueError,
+     r"beta must be a finite number >= 0 and <= 1, got 1.5"),
+    ("renyi_nan", lambda: estimators.Renyi(np.nan), ValueError,
+     r"alpha must be a real number, got nan"),
+    ("renyi_inf", lambda: estimators.Renyi(np.inf), ValueError, r"alpha must be a real number"),
+    ("renyi_dreg_minus_inf", lambda: estimators.RenyiDReG(-np.inf), ValueError,
+     r"alpha must be a real number \(finite\), got -inf"),
+    ("stl_bound", lambda: estimators.STL("vae"), ValueError,
+     r"bound must be 'iwae' or 'elbo', got 'vae'"),
+    ("reinforce_baseline_name", lambda: estimators.Reinforce(baseline="mean"), ValueError,
+     r"baseline must be None, one of \('batch_mean',\)"),
+    ("reinforce_baseline_bool", lambda: estimators.Reinforce(baseline=True), ValueError,
+     r"baseline must be None"),
+    ("reinforce_kl", lambda: estimators.Reinforce(kl="exact"), ValueError,
+     r"kl must be None or 'analytic', got 'exact'"),
+    ("reinforce_kl_iwae", lambda: estimators.Reinforce(kl="analytic"), ValueError,
+     r"kl='analytic' with 'reinforce' needs bound='elbo'"),
+    ("elbo_kl", lambda: estimators.ELBO(kl="exact"), ValueError, r"kl must be None or 'analytic'"),
+    ("miwae_missing", lambda: estimators.MIWAE(), TypeError, r"num_groups"),
+    ("from_name_unknown", lambda: estimators.from_name("nope"), ValueError,
+     r"estimator must be one of \['ciwae', "),
+    ("from_name_not_its_setting", lambda: estimators.from_name("stl", num_groups=2), ValueError,
+     r"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only, got estimator 'stl'"),
+    ("from_name_needs", lambda: estimators.from_name("renyi_dreg"), ValueError,
+     r"estimator 'renyi_dreg' needs alpha"),
+    ("from_name_no_such_setting", lambda: estimators.from_name("iwae", temperature=1.0),
+     TypeError, r"'temperature' is a setting of no estimator"),
+]
+
+
+@pytest.mark.parametrize("f,error,match", [c[1:] for c in _BAD_SETTINGS],
+                         ids=[c[0] for c in _BAD_SETTINGS])
+def test_an_estimator_checks_its_settings_when_built(f, error, match):
+  with pytest.raises(error, match=match):
+    f()
+
+
+def test_estimators_are_frozen_values_with_their_settings():
+  d = estimators.DReG(num_groups=np.int64(2))
+  assert d == estimators.DReG(2) and hash(d) == hash(estimators.DReG(2))
+  assert type(d.num_groups) is int and d != estimators.DReG()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    d.num_groups = 3
+  assert estimators.Reinforce("elbo", "batch_mean", "analytic").kl == "analytic"
+  assert estimators.IWAE().kl is None and estimators.Renyi(-np.inf).alpha == -np.inf
+  assert estimators.from_name("dreg", bound="iwae", kl=None, alpha=None) == estimators.DReG()
+  d.check_num_samples(4)
+  with pytest.raises(ValueError, match="dividing num_samples=5, got 2"):
+    d.check_num_samples(5)
+  with pytest.raises(ValueError, match="num_samples >= 2, got 1"):
+    estimators.VIMCO().check_num_samples(1)
+
+
+def test_the_registry_names_each_class_once():
+  assert len(REGISTERED) == 14
+  for name in REGISTERED:
+    cls = estimators.ESTIMATORS[name]
+    assert cls.name == name and issubclass(cls, estimators.Estimator)
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+    assert set(cls.views) <= set(estimators.LogWeightTerms._fields)
+
+
+def test_register_checks_the_class():
+  class NotADataclass(estimators.Estimator):
+    name = "not_a_dataclass"
+
+  @dataclasses.dataclass
+  class NotFrozen(estimators.Estimator):
+    name = "not_frozen"
+
+  @dataclasses.dataclass(frozen=True)
+  class NoName(estimators.Estimator):
+    pass
+
+  @dataclasses.dataclass(frozen=True)
+  class Taken(estimators.Estimator):
+    name = "iwae"
+
+  for cls in (NotADataclass, NotFrozen):
+    with pytest.raises(TypeError, match="frozen dataclass subclass of Estimator"):
+      estimators.register(cls)
+  with pytest.raises(ValueError, match="needs a name of its own"):
+    estimators.register(NoName)
+  with pytest.raises(ValueError, match="an estimator named 'iwae' is registered already"):
+    estimators.register(Taken)
+  assert estimators.ESTIMATORS["iwae"] is estimators.IWAE
+  assert estimators.register(estimators.IWAE) is estimators.IWAE  # registering again: no change
+
+
+def test_a_baseline_function_is_evaluated_by_the_loss(terms):
+  est = estimators.Reinforce(baseline=lambda p, x: jnp.zeros(B))
+  with pytest.raises(ValueError, match="evaluated by the loss"):
+    est.surrogate(terms)
+  value = dataclasses.replace(est, baseline=jnp.zeros(B)).surrogate(terms)
+  np.testing.assert_allclose(value, objectives.iwae_bound(terms.log_w), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- VIMCO, baselines
