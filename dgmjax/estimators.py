@@ -864,7 +864,7 @@ class CIWAE(Estimator):
 @register
 @dataclasses.dataclass(frozen=True)
 class Renyi(Estimator):
-  """The variational Rényi bound ``L_alpha``, reparametrized (:func:`dgmjax.objectives.renyi_bound`).
+  """The variational Rényi bound ``L_alpha``, reparametrized (:func:`objectives.renyi_bound`).
 
   Attributes:
     alpha: the order, a real number (0: IWAE, 1: ELBO, ``-inf``: VR-max).
@@ -1027,7 +1027,7 @@ class Reinforce(Estimator):
 @register
 @dataclasses.dataclass(frozen=True)
 class VIMCO(Estimator):
-  """VIMCO: REINFORCE for IWAE with leave-one-out baselines (:func:`vimco_surrogate`); ``K >= 2``."""
+  """VIMCO: REINFORCE for IWAE, leave-one-out baselines (:func:`vimco_surrogate`); ``K >= 2``."""
   name: ClassVar[str] = "vimco"
   views: ClassVar[tuple[str, ...]] = ("log_w_theta", "log_q_score")
 

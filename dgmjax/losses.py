@@ -2,8 +2,9 @@
 
 :func:`make_loss` builds ``loss(params, x, key) -> (loss, metrics)`` for any contract model from
 an estimator (an object of :mod:`dgmjax.estimators`, or its name); :func:`make_kl_controlled_loss`
-the ELBO / IWAE loss with KL annealing and free bits, ``loss(params, x, key, step)``. The loss's value is the negative bound, its gradient the
-estimator's (the surrogates of :mod:`dgmjax.estimators`).
+the ELBO / IWAE loss with KL annealing and free bits, ``loss(params, x, key, step)``. The loss's
+value is the negative bound, its gradient the estimator's (the surrogates of
+:mod:`dgmjax.estimators`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ LossFn = Callable[..., tuple[Array, dict]]
 
 
 #: The estimators of :func:`make_loss` that differentiate their bound as it is (the
-#: reparametrization estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds): read off the registry.
+#: reparametrization estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds), read off the
+#: registry when this module is imported.
 BOUND_ESTIMATORS = tuple(n for n, c in estimators.ESTIMATORS.items() if c.views == ("log_w",))
 #: The estimators whose surrogate reads the gradient views of :func:`dgmjax.models.log_weight_terms`
 #: (routing by role: what ``q`` reads vs what ``p`` reads): the rest of the registry.

@@ -231,8 +231,11 @@ class _HalfDReG(estimators.Estimator):
 
 def test_an_unregistered_estimator_object_trains_through_make_loss():
   params = _params()
-  grad = lambda est: jax.grad(lambda p: losses.make_loss(MODEL, est, K)(p, X, jax.random.key(4))[0])(
-      params)
+
+  def grad(est):
+    loss = losses.make_loss(MODEL, est, K)
+    return jax.grad(lambda p: loss(p, X, jax.random.key(4))[0])(params)
+
   g_half, g_iwae, g_dreg = grad(_HalfDReG()), grad(estimators.IWAE()), grad(estimators.DReG())
   jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, 0.5 * (a + b), rtol=1e-5, atol=1e-6),
                g_half, g_iwae, g_dreg)
