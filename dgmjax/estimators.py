@@ -767,9 +767,10 @@ class Estimator:
     del num_samples
 
 
-#: The registry of estimators by name (:func:`register` adds one): the names of
-#: :func:`dgmjax.losses.make_loss`. The first five differentiate their bound as it is.
 ESTIMATORS: dict[str, type[Estimator]] = {}
+"""The registry, name -> estimator class (:func:`register` adds one): the names configs and
+:func:`dgmjax.losses.make_loss` use (:func:`from_name`). The first five differentiate their bound
+as it is."""
 
 
 def register(cls: type[Estimator]) -> type[Estimator]:
