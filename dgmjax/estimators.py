@@ -850,13 +850,14 @@ class CIWAE(Estimator):
   """CIWAE(beta) = ``beta * ELBO + (1 - beta) * IWAE``, reparametrized (:func:`ciwae_surrogate`).
 
   Attributes:
-    beta: the ELBO weight, in ``[0, 1]``.
+    beta: the ELBO weight, in ``[0, 1]`` (checked when concrete; a traced one may be swept).
   """
   name: ClassVar[str] = "ciwae"
-  beta: float
+  beta: Real[ArrayLike, ""]
 
   def __post_init__(self):
-    _checks.check_real("beta", self.beta, minimum=0.0, maximum=1.0)
+    if _checks.is_concrete(self.beta):
+      _checks.check_real("beta", self.beta, minimum=0.0, maximum=1.0)
 
   def surrogate(self, terms, axis=0):
     return ciwae_surrogate(terms.log_w, self.beta, axis)
@@ -871,7 +872,7 @@ class Renyi(Estimator):
     alpha: the order, a real number (0: IWAE, 1: ELBO, ``-inf``: VR-max).
   """
   name: ClassVar[str] = "renyi"
-  alpha: float
+  alpha: Real[ArrayLike, ""]
 
   def __post_init__(self):
     _alpha_arg(self.alpha, finite=False)
@@ -1050,7 +1051,7 @@ class RenyiDReG(Estimator):
   """
   name: ClassVar[str] = "renyi_dreg"
   views: ClassVar[tuple[str, ...]] = ("log_w_theta", "log_w_path")
-  alpha: float
+  alpha: Real[ArrayLike, ""]
 
   def __post_init__(self):
     _alpha_arg(self.alpha, finite=True)

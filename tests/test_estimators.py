@@ -286,6 +286,13 @@ def test_estimators_are_frozen_values_with_their_settings():
     estimators.VIMCO().check_num_samples(1)
 
 
+def test_a_traced_setting_is_checked_when_concrete_only(terms):
+  betas = jnp.array([0.0, 0.5])
+  swept = jax.jit(jax.vmap(lambda b: estimators.CIWAE(b).surrogate(terms)))(betas)
+  for beta, value in zip(betas, swept):
+    np.testing.assert_allclose(value, objectives.ciwae_bound(terms.log_w, beta), rtol=1e-6)
+
+
 def test_the_registry_names_each_class_once():
   assert len(REGISTERED) == 14
   for name in REGISTERED:
