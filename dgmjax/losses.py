@@ -1,13 +1,15 @@
 """Training losses over the model contract: a bound and the estimator of its gradient.
 
 :func:`make_loss` builds ``loss(params, x, key) -> (loss, metrics)`` for any contract model from
-an estimator name; :func:`make_kl_controlled_loss` the ELBO / IWAE loss with KL annealing and free
-bits, ``loss(params, x, key, step)``. The loss's value is the negative bound, its gradient the
-estimator's (the surrogates of :mod:`dgmjax.estimators`).
+an estimator (an object of :mod:`dgmjax.estimators`, or its name); :func:`make_kl_controlled_loss`
+the ELBO / IWAE loss with KL annealing and free bits, ``loss(params, x, key, step)``. The loss's
+value is the negative bound, its gradient the estimator's (the surrogates of
+:mod:`dgmjax.estimators`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -15,34 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import _checks, objectives
+from dgmjax import estimators, objectives
 
 Array = jax.Array
 LossFn = Callable[..., tuple[Array, dict]]
 
 
-#: Estimators of :func:`make_loss` that differentiate the bound itself (the reparametrization
-#: estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds).
-BOUND_ESTIMATORS = ("elbo", "iwae", "miwae", "ciwae", "renyi")
-#: Estimators whose gradient is a surrogate of :mod:`dgmjax.estimators` over the gradient views of
-#: :func:`dgmjax.models.log_weight_terms` (routing by role: what ``q`` reads vs what ``p`` reads).
-SURROGATE_ESTIMATORS = ("dreg", "piwae", "piwae_dreg", "stl", "rws", "rws_dreg", "reinforce",
-                        "vimco", "renyi_dreg")
+#: The estimators of :func:`make_loss` that differentiate their bound as it is (the
+#: reparametrization estimator of the ELBO, IWAE, MIWAE, CIWAE, Renyi bounds), read off the
+#: registry when this module is imported.
+BOUND_ESTIMATORS = tuple(n for n, c in estimators.ESTIMATORS.items() if c.views == ("log_w",))
+#: The estimators whose surrogate reads the gradient views of :func:`dgmjax.models.log_weight_terms`
+#: (routing by role: what ``q`` reads vs what ``p`` reads): the rest of the registry.
+SURROGATE_ESTIMATORS = tuple(n for n in estimators.ESTIMATORS if n not in BOUND_ESTIMATORS)
 #: Baselines of ``'reinforce'`` by name (a function ``(params, x) -> [B]`` is NVIL's).
-BASELINES = ("batch_mean",)
-
-
-def _batch_mean_baseline(signal: Array) -> Array:
-  """Leave-one-out minibatch mean of the learning signal ``[B]`` (or ``[K, B]``, averaged over
-  ``K``): example ``i``'s baseline depends on the other examples only, so REINFORCE stays unbiased."""
-  f = jax.lax.stop_gradient(signal)
-  if f.ndim == 2:
-    f = jnp.mean(f, axis=0)
-  b = f.shape[0]
-  if b < 2:
-    raise ValueError("baseline='batch_mean' needs a batch of at least 2 (the baseline of an example "
-                     "is the mean signal of the others)")
-  return (jnp.sum(f) - f) / (b - 1)
+BASELINES = estimators.BASELINES
 
 
 def _for_model(loss: Callable, model) -> Callable:
@@ -52,40 +41,41 @@ def _for_model(loss: Callable, model) -> Callable:
   return loss
 
 
-def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None = None,
-              beta=None, bound: str = "iwae", baseline=None, kl: str | None = None,
-              alpha=None) -> LossFn:
+def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
+              **settings) -> LossFn:
   """The training loss of any contract model: the negative bound, with ``estimator``'s gradient.
 
-  The bound estimators differentiate the bound itself (reparametrization, one pass of the
-  log-weights). The surrogate estimators evaluate the gradient views of
-  :func:`dgmjax.models.log_weight_terms` and a surrogate of :mod:`dgmjax.estimators`: the loss has
-  the value of the negative bound and ``jax.grad`` of it is the estimator. Gradients are routed by
-  role (what ``q`` reads vs what ``p`` reads), never by parameter names, so a model with its
-  encoder under any name gets the estimator it asked for.
+  The bound estimators (:data:`BOUND_ESTIMATORS`) differentiate the bound itself
+  (reparametrization, one pass of the log-weights). The others evaluate the gradient views of
+  :func:`dgmjax.models.log_weight_terms` and the estimator's surrogate: the loss has the value of
+  the negative bound and ``jax.grad`` of it is the estimator. Gradients are routed by role (what
+  ``q`` reads vs what ``p`` reads), never by parameter names, so a model with its encoder under
+  any name gets the estimator it asked for.
 
   Args:
     model: a model of the contract (:mod:`dgmjax.models.base`).
-    estimator: ``'elbo'`` (the ``K``-sample ELBO average), ``'iwae'``, ``'miwae'``
+    estimator: an estimator object (``estimators.DReG(num_groups=2)``, ...), which carries its
+      settings, or a name of :data:`dgmjax.estimators.ESTIMATORS` with its settings as keywords
+      (:func:`dgmjax.estimators.from_name`):
+      ``'elbo'`` (the ``K``-sample ELBO average; ``kl``), ``'iwae'``, ``'miwae'``
       (``num_groups``), ``'ciwae'`` (``beta``); ``'dreg'`` (DReG for ``q``, IWAE for ``p``; with
       ``num_groups`` DReG of MIWAE), ``'piwae'`` / ``'piwae_dreg'`` (``num_groups``: IWAE(M K) for
       ``p``, MIWAE(M, K) for ``q``), ``'stl'`` (``bound``), ``'rws'``, ``'rws_dreg'``,
-      ``'reinforce'`` (``bound``, ``baseline``), ``'vimco'`` (``K >= 2``); ``'renyi'`` (the
-      variational Rényi bound of order ``alpha``, reparametrized) and ``'renyi_dreg'`` (its
+      ``'reinforce'`` (``bound``, ``baseline``, ``kl``), ``'vimco'`` (``K >= 2``); ``'renyi'``
+      (the variational Rényi bound of order ``alpha``, reparametrized) and ``'renyi_dreg'`` (its
       doubly reparametrized estimator, finite ``alpha``).
     num_samples: ``K`` (``M * K`` for MIWAE and PIWAE).
-    num_groups: ``M``.
-    beta: the ELBO weight of CIWAE, in [0, 1].
-    bound: ``'iwae'`` or ``'elbo'``, the target of ``'stl'`` and ``'reinforce'``.
-    baseline: for ``'reinforce'``: ``None``, ``'batch_mean'`` (leave-one-out minibatch mean) or a
-      function ``(params, x) -> [B]`` reading its own entries of ``params`` (an input-dependent
-      baseline, NVIL): it is regressed onto the learning signal by
-      :func:`dgmjax.estimators.baseline_loss`, added to the loss (its gradient reaches only the
-      baseline's parameters).
-    alpha: the order of ``'renyi'`` / ``'renyi_dreg'`` (0: IWAE, 1: ELBO, ``-inf``: VR-max).
-    kl: ``None`` or ``'analytic'``: the ELBO as ``E_q[log p(x|z)] - KL`` with the model's analytic
-      ``kl(params, x)`` (for ``'elbo'`` and ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s
-      Gumbel-softmax objective).
+    **settings: with a name, the settings of its estimator class (``None`` is no setting). Those
+      of the library's estimators: ``num_groups`` (``M``); ``beta`` (the ELBO weight of CIWAE, in
+      [0, 1]); ``bound`` (``'iwae'``, the default, or ``'elbo'``: the target of ``'stl'`` and
+      ``'reinforce'``); ``baseline`` (of ``'reinforce'``: ``None``, ``'batch_mean'``, the
+      leave-one-out minibatch mean, or a function ``(params, x) -> [B]`` reading its own entries
+      of ``params``, an input-dependent baseline as NVIL's: it is regressed onto the learning
+      signal by :func:`dgmjax.estimators.baseline_loss`, added to the loss, its gradient reaching
+      only the baseline's parameters); ``kl`` (``None`` or ``'analytic'``: the ELBO as
+      ``E_q[log p(x|z)] - KL`` with the model's analytic ``kl(params, x)``, for ``'elbo'`` and
+      ``'reinforce'`` with ``bound='elbo'``; Jang et al.'s Gumbel-softmax objective); ``alpha``
+      (the order of ``'renyi'`` / ``'renyi_dreg'``; 0: IWAE, 1: ELBO, ``-inf``: VR-max).
 
   Returns:
     ``loss(params, x, key) -> (loss, metrics)``; ``metrics['bound']`` is the bound whose negative
@@ -93,72 +83,31 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     the ELBO of the same samples.
 
   Raises:
-    ValueError: an unknown estimator or setting, naming it and the valid ones.
+    ValueError: an unknown estimator or setting, naming it and the valid ones; a setting passed
+      with an estimator object (the object carries its own).
   """
-  from dgmjax import estimators  # pylint: disable=import-outside-toplevel
   from dgmjax.models import base  # pylint: disable=import-outside-toplevel
 
-  names = BOUND_ESTIMATORS + SURROGATE_ESTIMATORS
-  if estimator not in names:
-    raise ValueError(f"estimator must be one of {sorted(names)}, got {estimator!r}")
+  if isinstance(estimator, estimators.Estimator):
+    given = [s for s, v in settings.items() if v is not None]
+    if given:
+      raise ValueError(f"{type(estimator).__name__} carries its own settings: make_loss takes "
+                       f"{', '.join(given)} with an estimator name only")
+    est = estimator
+  else:
+    est = estimators.from_name(estimator, **settings)
   base._check_contract(model)  # pylint: disable=protected-access
   num_samples = base.check_num_samples(num_samples)
-  if estimator in ("miwae", "piwae", "piwae_dreg") and num_groups is None:
-    raise ValueError(f"estimator {estimator!r} needs num_groups (M)")
-  if num_groups is not None and (isinstance(num_groups, bool)
-                                 or not isinstance(num_groups, (int, np.integer))
-                                 or num_groups < 1 or num_samples % num_groups):
-    raise ValueError(f"num_groups must be a positive int dividing num_samples={num_samples}, got "
-                     f"{num_groups!r}")
-  if num_groups is not None and estimator not in ("miwae", "piwae", "piwae_dreg", "dreg"):
-    raise ValueError(f"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only, "
-                     f"got estimator {estimator!r}")
-  if estimator == "ciwae":
-    if beta is None:
-      raise ValueError("estimator 'ciwae' needs beta (the ELBO weight, in [0, 1])")
-    _checks.check_real("beta", beta, minimum=0.0, maximum=1.0)
-  elif beta is not None:
-    raise ValueError(f"beta applies to estimator 'ciwae' only, got estimator {estimator!r}")
-  if estimator in ("renyi", "renyi_dreg"):
-    if alpha is None:
-      raise ValueError(f"estimator {estimator!r} needs alpha (the Rényi order)")
-    a = float(alpha)
-    if np.isnan(a) or a == np.inf or (estimator == "renyi_dreg" and not np.isfinite(a)):
-      raise ValueError(f"alpha must be a real number{'' if estimator == 'renyi' else ' (finite)'}"
-                       f", got {alpha!r}")
-  elif alpha is not None:
-    raise ValueError(f"alpha applies to 'renyi' and 'renyi_dreg' only, got estimator "
-                     f"{estimator!r}")
-  if estimator == "vimco" and num_samples < 2:
-    raise ValueError(f"estimator 'vimco' needs num_samples >= 2, got {num_samples}")
-  if bound not in ("iwae", "elbo"):
-    raise ValueError(f"bound must be 'iwae' or 'elbo', got {bound!r}")
-  if bound != "iwae" and estimator not in ("stl", "reinforce"):
-    raise ValueError(f"bound= applies to estimators 'stl' and 'reinforce' only (the others name "
-                     f"their bound), got estimator {estimator!r} with bound={bound!r}")
-  if baseline is not None:
-    if estimator != "reinforce":
-      raise ValueError(f"baseline applies to estimator 'reinforce' only, got {estimator!r}")
-    if not callable(baseline) and baseline not in BASELINES:
-      raise ValueError(f"baseline must be None, one of {BASELINES} or a function (params, x) -> "
-                       f"[B]; got {baseline!r}")
-  if kl not in (None, "analytic"):
-    raise ValueError(f"kl must be None or 'analytic', got {kl!r}")
-  analytic = kl == "analytic"
+  est.check_num_samples(num_samples)
+  analytic = est.kl == "analytic"
   if analytic:
-    if estimator not in ("elbo", "reinforce"):
-      raise ValueError(f"kl='analytic' applies to the ELBO ('elbo', 'reinforce'), not "
-                       f"{estimator!r}")
-    if estimator == "reinforce" and bound != "elbo":
-      raise ValueError("kl='analytic' with 'reinforce' needs bound='elbo'")
     base._need(model, "kl", "kl='analytic'")  # pylint: disable=protected-access
-  num_groups = int(num_groups) if num_groups is not None else 1
 
   def analytic_kl(params, x):
     kls = model.kl(params, x)
     return jnp.sum(kls.reshape(kls.shape[0], -1), axis=-1)
 
-  if analytic and estimator == "elbo":
+  if est.views == ("log_w",) and analytic:
     def loss(params, x, key):
       keys = jax.random.split(key, num_samples)
       z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
@@ -166,24 +115,16 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
       base.check_log_weights(ll, num_samples, base._batch_size(x),  # pylint: disable=protected-access
                              name="log_likelihood")
       kl_b = analytic_kl(params, x)
-      value = jnp.mean(jnp.mean(ll, axis=0) - kl_b)
+      value = jnp.mean(est.surrogate(_log_w_only(ll)) - kl_b)
       return -value, {"bound": value, "elbo": value, "kl": jnp.mean(kl_b),
                       "recon": jnp.mean(ll)}
 
     return _for_model(loss, model)
 
-  if estimator in BOUND_ESTIMATORS:
-    reduce = {
-        "elbo": objectives.elbo,
-        "iwae": objectives.iwae_bound,
-        "miwae": lambda lw: objectives.miwae_bound(lw, num_groups),
-        "ciwae": lambda lw: objectives.ciwae_bound(lw, beta),
-        "renyi": lambda lw: objectives.renyi_bound(lw, alpha),
-    }[estimator]
-
+  if est.views == ("log_w",):
     def loss(params, x, key):
       lw = base.log_weights(model, params, x, key, num_samples)
-      value = jnp.mean(reduce(lw))
+      value = jnp.mean(est.surrogate(_log_w_only(lw)))
       return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
 
     return _for_model(loss, model)
@@ -191,18 +132,15 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
   def loss(params, x, key):
     terms = base.log_weight_terms(model, params, x, key, num_samples, analytic_kl=analytic)
     metrics = {}
-    b = None
-    if estimator == "reinforce" and baseline is not None:
-      signal = estimators.learning_signal(terms.log_w_theta, bound=bound)
-      if callable(baseline):
-        b = baseline(params, x)
-        base.check_log_weights(jnp.asarray(b)[None], 1, base._batch_size(x),  # pylint: disable=protected-access
-                               name="baseline(params, x)")
-        metrics["baseline_loss"] = jnp.mean(estimators.baseline_loss(signal, b))
-      else:
-        b = _batch_mean_baseline(signal)
-    value = jnp.mean(estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=b,
-                                          bound=bound, analytic_kl=analytic, alpha=alpha))
+    step_est = est
+    if callable(getattr(est, "baseline", None)):  # an input-dependent baseline, trained here
+      signal = estimators.learning_signal(terms.log_w_theta, bound=est.bound)
+      b = est.baseline(params, x)
+      base.check_log_weights(jnp.asarray(b)[None], 1, base._batch_size(x),  # pylint: disable=protected-access
+                             name="baseline(params, x)")
+      metrics["baseline_loss"] = jnp.mean(estimators.baseline_loss(signal, b))
+      step_est = dataclasses.replace(est, baseline=b)
+    value = jnp.mean(step_est.surrogate(terms))
     lw = jax.lax.stop_gradient(terms.log_w)
     if analytic:
       kl_b = analytic_kl(params, x)
@@ -214,6 +152,11 @@ def make_loss(model, estimator: str, num_samples: int, *, num_groups: int | None
     return total, dict(metrics, bound=value)
 
   return _for_model(loss, model)
+
+
+def _log_w_only(log_w: Array) -> estimators.LogWeightTerms:
+  """The views of an estimator that reads ``log_w`` alone (the others are not evaluated)."""
+  return estimators.LogWeightTerms(log_w, None, None, None)
 
 
 # ----------------------------------------------------------------------------- KL control

@@ -132,7 +132,7 @@ def run_page(path: str) -> dict:
       if block.skip:
         continue
       # Line numbers of tracebacks match the page: pad the code down to its first line.
-      code = compile("\n" * block.line + block.code, rel, "exec")
+      code = compile("\n" * block.line + block.code, rel, "exec", dont_inherit=True)  # as a script runs it
       out = io.StringIO()
       with contextlib.redirect_stdout(out):
         exec(code, scope)  # pylint: disable=exec-used

@@ -5,6 +5,7 @@ Surrogates are built on stop_gradient, so they are checked by value and by known
 identities (never by finite differences, which cannot see stop_gradient).
 """
 
+import dataclasses
 import functools
 import json
 
@@ -20,6 +21,8 @@ from dgmjax.models import linear_gaussian as lg
 from dgmjax.nn import NVILBaseline
 
 DX, DZ, B = 4, 2, 3
+#: The registry as this module was imported (a docs page run in the same process registers more).
+REGISTERED = tuple(estimators.ESTIMATORS)
 
 
 # ----------------------------------------------------------------------------- the oracle model
@@ -84,9 +87,11 @@ def _make_problem(seed, dtype):
 
 
 def loss_fn(name, x, k, **kw):
+  est = estimators.from_name(name, **kw)
+
   def loss(params, key):
     terms = models.log_weight_terms(MODEL, params, x, key, k)
-    return -jnp.sum(estimators.surrogate(name, terms, **kw))
+    return -jnp.sum(est.surrogate(terms))
   return loss
 
 
@@ -117,36 +122,36 @@ def test_terms_share_one_value(terms):
 def test_surrogate_values_equal_bounds(terms):
   lw = terms.log_w
   iwae, elbo = objectives.iwae_bound(lw), objectives.elbo(lw)
+  e = estimators
   expected = [
-      ("iwae", {}, iwae), ("elbo", {}, elbo), ("stl", {}, iwae),
-      ("stl", {"bound": "elbo"}, elbo), ("dreg", {}, iwae),
-      ("dreg", {"num_groups": 2}, objectives.miwae_bound(lw, 2)),
-      ("reinforce", {}, iwae), ("reinforce", {"baseline": -7.0}, iwae),
-      ("reinforce", {"bound": "elbo", "baseline": jnp.ones(B)}, elbo),
-      ("vimco", {}, iwae), ("rws", {}, iwae), ("rws_dreg", {}, iwae),
-      ("miwae", {"num_groups": 3}, objectives.miwae_bound(lw, 3)),
-      ("ciwae", {"beta": 0.05}, objectives.ciwae_bound(lw, 0.05)),
-      ("piwae", {"num_groups": 2}, iwae), ("piwae_dreg", {"num_groups": 2}, iwae),
-      ("renyi", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
-      ("renyi", {"alpha": 0.0}, iwae),
-      ("renyi_dreg", {"alpha": 0.5}, objectives.renyi_bound(lw, 0.5)),
+      (e.IWAE(), iwae), (e.ELBO(), elbo), (e.STL(), iwae), (e.STL(bound="elbo"), elbo),
+      (e.DReG(), iwae), (e.DReG(num_groups=2), objectives.miwae_bound(lw, 2)),
+      (e.Reinforce(), iwae), (e.Reinforce(baseline=-7.0), iwae),
+      (e.Reinforce(bound="elbo", baseline=jnp.ones(B)), elbo),
+      (e.Reinforce(baseline="batch_mean"), iwae),
+      (e.VIMCO(), iwae), (e.RWS(), iwae), (e.RWSDReG(), iwae),
+      (e.MIWAE(3), objectives.miwae_bound(lw, 3)),
+      (e.CIWAE(0.05), objectives.ciwae_bound(lw, 0.05)),
+      (e.PIWAE(2), iwae), (e.PIWAEDReG(2), iwae),
+      (e.Renyi(0.5), objectives.renyi_bound(lw, 0.5)), (e.Renyi(0.0), iwae),
+      (e.RenyiDReG(0.5), objectives.renyi_bound(lw, 0.5)),
   ]
-  assert {name for name, _, _ in expected} == set(estimators.ESTIMATORS)
-  values = jax.jit(lambda t: [estimators.surrogate(name, t, **kw) for name, kw, _ in expected])(
-      terms)
-  for (name, kw, bound), value in zip(expected, values):
-    np.testing.assert_allclose(value, bound, rtol=1e-6, err_msg=f"{name} {kw}")
+  assert {est.name for est, _ in expected} == set(REGISTERED)
+  values = jax.jit(lambda t: [est.surrogate(t) for est, _ in expected])(terms)
+  for (est, bound), value in zip(expected, values):
+    np.testing.assert_allclose(value, bound, rtol=1e-6, err_msg=repr(est))
 
 
 def test_sample_axis_argument(terms):
-  names = ("iwae", "stl", "dreg", "reinforce", "vimco", "rws", "rws_dreg", "piwae")
-  kws = [{"num_groups": 2} if name == "piwae" else {} for name in names]
+  e = estimators
+  ests = (e.IWAE(), e.STL(), e.DReG(), e.Reinforce(), e.Reinforce(baseline="batch_mean"),
+          e.Reinforce(bound="elbo", baseline="batch_mean"), e.VIMCO(), e.RWS(), e.RWSDReG(),
+          e.PIWAE(2))
 
   @jax.jit
   def both(t):
     t1 = jax.tree.map(lambda a: a.T, t)
-    return ([estimators.surrogate(n, t1, axis=1, **kw) for n, kw in zip(names, kws)],
-            [estimators.surrogate(n, t, **kw) for n, kw in zip(names, kws)])
+    return ([est.surrogate(t1, axis=1) for est in ests], [est.surrogate(t) for est in ests])
 
   for a, b in zip(*both(terms)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -159,7 +164,7 @@ def test_all_neg_inf_slice_gives_neg_inf_value_and_finite_gradients():
 
   def f(a, b, c, name):
     t = estimators.LogWeightTerms(a, a, b, c)
-    return estimators.surrogate(name, t, num_groups=3 if name == "piwae" else 1)
+    return estimators.from_name(name, num_groups=3 if name == "piwae" else None).surrogate(t)
 
   def finite_sum(a, b, c, name):
     v = f(a, b, c, name)
@@ -177,7 +182,7 @@ def test_all_neg_inf_slice_gives_neg_inf_value_and_finite_gradients():
 def test_bfloat16_follows_input(terms):
   t = jax.tree.map(lambda a: a.astype(jnp.bfloat16), terms)
   names = ("iwae", "dreg", "stl", "vimco", "rws")
-  out = jax.eval_shape(lambda t: [estimators.surrogate(n, t) for n in names], t)
+  out = jax.eval_shape(lambda t: [estimators.from_name(n).surrogate(t) for n in names], t)
   for name, o in zip(names, out):
     assert o.dtype == jnp.bfloat16, name
 
@@ -188,9 +193,9 @@ def test_errors():
     estimators.vimco_learning_signals(jnp.zeros((1, 2)))
   with pytest.raises(ValueError, match="num_groups"):
     estimators.dreg_surrogate(lw, lw, num_groups=3)
-  with pytest.raises(ValueError, match="unknown estimator"):
-    estimators.surrogate("nope", estimators.LogWeightTerms(lw, lw, lw, lw))
-  with pytest.raises(ValueError, match=r"bound must be one of \('iwae', 'elbo'\), got 'vae'"):
+  with pytest.raises(ValueError, match="estimator must be one of"):
+    estimators.from_name("nope")
+  with pytest.raises(ValueError, match=r"bound must be 'iwae' or 'elbo', got 'vae'"):
     estimators.reinforce_surrogate(lw, lw, bound="vae")
   with pytest.raises(ValueError, match="share one shape"):
     estimators.dreg_surrogate(lw, jnp.zeros((3, 2)))
@@ -202,10 +207,10 @@ _OLD_KEYWORD_CASES = [
     ("learning_signal", lambda lw, **kw: estimators.learning_signal(lw, **kw)),
     ("stl_surrogate", lambda lw, **kw: estimators.stl_surrogate(lw, lw, **kw)),
     ("reinforce_surrogate", lambda lw, **kw: estimators.reinforce_surrogate(lw, lw, **kw)),
-    ("surrogate_stl", lambda lw, **kw: estimators.surrogate(
-        "stl", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
-    ("surrogate_reinforce", lambda lw, **kw: estimators.surrogate(
-        "reinforce", estimators.LogWeightTerms(lw, lw, lw, lw), **kw)),
+    ("STL", lambda lw, **kw: estimators.STL(**kw).surrogate(
+        estimators.LogWeightTerms(lw, lw, lw, lw))),
+    ("Reinforce", lambda lw, **kw: estimators.Reinforce(**kw).surrogate(
+        estimators.LogWeightTerms(lw, lw, lw, lw))),
 ]
 
 
@@ -216,8 +221,121 @@ def test_bound_is_the_only_keyword_for_the_bound(f):
   lw = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
   with pytest.raises(TypeError, match="objective"):
     f(lw, objective="iwae")
-  with pytest.raises(ValueError, match="bound must be one of"):
+  with pytest.raises(ValueError, match="bound must be 'iwae' or 'elbo'"):
     f(lw, bound="vae")
+
+
+# ----------------------------------------------------------------------------- objects, registry
+
+
+_BAD_SETTINGS = [
+    ("miwae_zero", lambda: estimators.MIWAE(0), ValueError,
+     r"num_groups must be a positive int \(M\), got 0"),
+    ("dreg_bool", lambda: estimators.DReG(True), ValueError, r"num_groups must be a positive int"),
+    ("piwae_float", lambda: estimators.PIWAE(2.0), ValueError,
+     r"num_groups must be a positive int"),
+    ("ciwae_beta", lambda: estimators.CIWAE(1.5), ValueError,
+     r"beta must be a finite number >= 0 and <= 1, got 1.5"),
+    ("renyi_nan", lambda: estimators.Renyi(np.nan), ValueError,
+     r"alpha must be a real number, got nan"),
+    ("renyi_inf", lambda: estimators.Renyi(np.inf), ValueError, r"alpha must be a real number"),
+    ("renyi_dreg_minus_inf", lambda: estimators.RenyiDReG(-np.inf), ValueError,
+     r"alpha must be a real number \(finite\), got -inf"),
+    ("stl_bound", lambda: estimators.STL("vae"), ValueError,
+     r"bound must be 'iwae' or 'elbo', got 'vae'"),
+    ("reinforce_baseline_name", lambda: estimators.Reinforce(baseline="mean"), ValueError,
+     r"baseline must be None, one of \('batch_mean',\)"),
+    ("reinforce_baseline_bool", lambda: estimators.Reinforce(baseline=True), ValueError,
+     r"baseline must be None"),
+    ("reinforce_kl", lambda: estimators.Reinforce(kl="exact"), ValueError,
+     r"kl must be None or 'analytic', got 'exact'"),
+    ("reinforce_kl_iwae", lambda: estimators.Reinforce(kl="analytic"), ValueError,
+     r"kl='analytic' with 'reinforce' needs bound='elbo'"),
+    ("elbo_kl", lambda: estimators.ELBO(kl="exact"), ValueError, r"kl must be None or 'analytic'"),
+    ("miwae_missing", lambda: estimators.MIWAE(), TypeError, r"num_groups"),
+    ("from_name_unknown", lambda: estimators.from_name("nope"), ValueError,
+     r"estimator must be one of \['ciwae', "),
+    ("from_name_not_its_setting", lambda: estimators.from_name("stl", num_groups=2), ValueError,
+     r"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only, got estimator 'stl'"),
+    ("from_name_needs", lambda: estimators.from_name("renyi_dreg"), ValueError,
+     r"estimator 'renyi_dreg' needs alpha"),
+    ("from_name_no_such_setting", lambda: estimators.from_name("iwae", temperature=1.0),
+     TypeError, r"'temperature' is a setting of no estimator"),
+]
+
+
+@pytest.mark.parametrize("f,error,match", [c[1:] for c in _BAD_SETTINGS],
+                         ids=[c[0] for c in _BAD_SETTINGS])
+def test_an_estimator_checks_its_settings_when_built(f, error, match):
+  with pytest.raises(error, match=match):
+    f()
+
+
+def test_estimators_are_frozen_values_with_their_settings():
+  d = estimators.DReG(num_groups=np.int64(2))
+  assert d == estimators.DReG(2) and hash(d) == hash(estimators.DReG(2))
+  assert type(d.num_groups) is int and d != estimators.DReG()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    d.num_groups = 3
+  assert estimators.Reinforce("elbo", "batch_mean", "analytic").kl == "analytic"
+  assert estimators.IWAE().kl is None and estimators.Renyi(-np.inf).alpha == -np.inf
+  assert estimators.from_name("dreg", bound="iwae", kl=None, alpha=None) == estimators.DReG()
+  d.check_num_samples(4)
+  with pytest.raises(ValueError, match="dividing num_samples=5, got 2"):
+    d.check_num_samples(5)
+  with pytest.raises(ValueError, match="num_samples >= 2, got 1"):
+    estimators.VIMCO().check_num_samples(1)
+
+
+def test_a_traced_setting_is_checked_when_concrete_only(terms):
+  betas = jnp.array([0.0, 0.5])
+  swept = jax.jit(jax.vmap(lambda b: estimators.CIWAE(b).surrogate(terms)))(betas)
+  for beta, value in zip(betas, swept):
+    np.testing.assert_allclose(value, objectives.ciwae_bound(terms.log_w, beta), rtol=1e-6)
+
+
+def test_the_registry_names_each_class_once():
+  assert len(REGISTERED) == 14
+  for name in REGISTERED:
+    cls = estimators.ESTIMATORS[name]
+    assert cls.name == name and issubclass(cls, estimators.Estimator)
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+    assert set(cls.views) <= set(estimators.LogWeightTerms._fields)
+
+
+def test_register_checks_the_class():
+  class NotADataclass(estimators.Estimator):
+    name = "not_a_dataclass"
+
+  @dataclasses.dataclass
+  class NotFrozen(estimators.Estimator):
+    name = "not_frozen"
+
+  @dataclasses.dataclass(frozen=True)
+  class NoName(estimators.Estimator):
+    pass
+
+  @dataclasses.dataclass(frozen=True)
+  class Taken(estimators.Estimator):
+    name = "iwae"
+
+  for cls in (NotADataclass, NotFrozen):
+    with pytest.raises(TypeError, match="frozen dataclass subclass of Estimator"):
+      estimators.register(cls)
+  with pytest.raises(ValueError, match="needs a name of its own"):
+    estimators.register(NoName)
+  with pytest.raises(ValueError, match="an estimator named 'iwae' is registered already"):
+    estimators.register(Taken)
+  assert estimators.ESTIMATORS["iwae"] is estimators.IWAE
+  assert estimators.register(estimators.IWAE) is estimators.IWAE  # registering again: no change
+
+
+def test_a_baseline_function_is_evaluated_by_the_loss(terms):
+  est = estimators.Reinforce(baseline=lambda p, x: jnp.zeros(B))
+  with pytest.raises(ValueError, match="evaluated by the loss"):
+    est.surrogate(terms)
+  value = dataclasses.replace(est, baseline=jnp.zeros(B)).surrogate(terms)
+  np.testing.assert_allclose(value, objectives.iwae_bound(terms.log_w), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- VIMCO, baselines
@@ -305,7 +423,7 @@ def grads_on_shared_samples(x, params, key, k, surrogates):
 
 
 def _sur(name, **kw):
-  return lambda t: estimators.surrogate(name, t, **kw)
+  return estimators.from_name(name, **kw).surrogate
 
 
 @pytest.fixture(scope="module")

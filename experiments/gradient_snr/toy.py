@@ -109,12 +109,12 @@ def log_marginal(params, x: Array) -> Array:
   return distributions.normal_log_prob(x, params["theta"]["mu"][None], 0.5 * math.log(2.0))
 
 
-def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int = 1,
+def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int | None = None,
               baseline=None, bound: str = "iwae"):
   """``loss(params, key) -> scalar``: minus the mean surrogate of ``estimator`` over ``x``.
 
   Args:
-    estimator: a name from :data:`dgmjax.estimators.ESTIMATORS`.
+    estimator: a name from :data:`dgmjax.estimators.ESTIMATORS` (:func:`dgmjax.estimators.from_name`).
     x: the datapoints ``[B, D]`` the gradient is taken on.
     num_samples: total samples per datapoint (``M * K`` for grouped estimators).
     num_groups: ``M``.
@@ -122,10 +122,10 @@ def make_loss(estimator: str, x: Array, num_samples: int, *, num_groups: int = 1
     bound: ``'iwae'`` or ``'elbo'``, the bound of ``reinforce`` and ``stl``.
   """
 
+  est = estimators.from_name(estimator, num_groups=num_groups, baseline=baseline, bound=bound)
+
   def loss(params, key):
     terms = models.log_weight_terms(MODEL, params, x, key, num_samples)
-    s = estimators.surrogate(estimator, terms, num_groups=num_groups, baseline=baseline,
-                             bound=bound)
-    return -jnp.mean(s)
+    return -jnp.mean(est.surrogate(terms))
 
   return loss
