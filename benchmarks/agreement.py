@@ -63,7 +63,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
   import optax
   import torch
   from benchmarks import torch_peer
-  from dgmjax import models, training
+  from dgmjax import losses, models, training
 
   rng = np.random.default_rng(1)
   log_weights_from_keys = jax.jit(lambda p, xx, ks: models.log_weights_from_keys(model, p, xx, ks))
@@ -94,7 +94,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     out["grad_rel"] = {}
     grads_j = {}
     for objective in ("vae", "iwae"):
-      loss = training.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
+      loss = losses.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
       g = jax.jit(jax.grad(lambda p: loss(p, x, key)[0]))(params)
       flat = {"/".join(str(getattr(k, "key", k)) for k in path[1:]): np.asarray(v)
               for path, v in jax.tree_util.tree_flatten_with_path(g)[0]}

@@ -75,14 +75,14 @@ def _train_precision(ctx) -> str:
 def _train_sides(ctx, name, batch, num_samples):
   """The run functions of one training case: dgmjax and (with torch) eager, built once."""
   import jax
-  from dgmjax import training
+  from dgmjax import losses, training
   objective = cases.objective_of(num_samples)
   train = ctx["train"]
   model, params = cases.cached_model(ctx, name)
   idx = cases.minibatch_indices(train.shape[0], batch, num_samples)
   jbatches = [jax.device_put(train[i]) for i in idx]
   opt = training.make_optimizer("adam", 1e-3)
-  loss_fn = training.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
+  loss_fn = losses.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
   microbatch = training.resolve_microbatch("auto", batch, num_samples, batch_name="B") or batch
   _, _, run_jax = timing.jax_train_runner(loss_fn, opt, params, jbatches, microbatch)
 

@@ -22,7 +22,7 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   import jax
   import torch
   from benchmarks import torch_peer
-  from dgmjax import training
+  from dgmjax import losses, training
 
   objective = cases.objective_of(num_samples)
   model, params, tmodel = cases.make_models(name, data_mean=ctx["train"][:2000].mean(0))
@@ -33,7 +33,7 @@ def train_case(name, batch, num_samples, args, ctx, machine) -> dict:
   sync = ctx["sync"]
 
   opt = training.make_optimizer("adam", 1e-3)
-  loss_fn = training.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
+  loss_fn = losses.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
   microbatch = training.resolve_microbatch(args.microbatch, batch, num_samples,
                                            name="--microbatch", batch_name="B") or batch
 

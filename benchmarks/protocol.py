@@ -34,7 +34,7 @@ def measure_row(ctx, name, objective, k, clock, *, unroll=1, dispatch=True):
   """Steps per second of one row's B=20 training step, per dispatch and fused."""
   import jax
   import numpy as np
-  from dgmjax import training
+  from dgmjax import losses, training
   sz = ctx["sizes"]
   B, S = cases.PROTOCOL_BATCH, ctx["scan_steps"]
   train = ctx["train"]
@@ -42,7 +42,7 @@ def measure_row(ctx, name, objective, k, clock, *, unroll=1, dispatch=True):
   model, params = cases.cached_model(ctx, name)
   opt = training.make_optimizer("adam", training.burda_schedule(spe, 8))
   step = training.make_train_step(
-      training.make_loss(model, cases.BOUND.get(objective, objective), k), opt, seed=0,
+      losses.make_loss(model, cases.BOUND.get(objective, objective), k), opt, seed=0,
       dynamic_binarization=True)
   rec = {"model": name, "objective": objective, "K": k, "B": B}
   if dispatch:
@@ -157,7 +157,7 @@ def section_d(ctx, out, clock, suite):
   import jax.numpy as jnp
   import numpy as np
   from jax import lax
-  from dgmjax import evaluation, parallel, training
+  from dgmjax import evaluation, losses, parallel, training
   sz = ctx["sizes"]
   B, S = cases.PROTOCOL_BATCH, ctx["scan_steps"]
   train = ctx["train"]

@@ -5,8 +5,7 @@ float32 and values in ``[0, 1]`` (for every dataset), and ``label`` (int32, ``[N
 dataset has labels. Binarization for training is separate: statically binarized MNIST is
 already in ``{0, 1}``; for grey-level images draw a fresh binarization per minibatch with
 :func:`binarize`. :func:`check_images` validates an image array before any work (it scales
-``uint8`` grey levels by ``1/255``); :func:`check_train_images` is the check
-:func:`dgmjax.training.fit` makes of its training data.
+``uint8`` grey levels by ``1/255``).
 
 Sources, in order of preference:
 
@@ -44,8 +43,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "DATASETS", "SPLITS", "load", "binarize", "splits", "check_images",
-           "check_train_images"]
+__all__ = ["BACKENDS", "DATASETS", "SPLITS", "load", "binarize", "splits", "check_images"]
 
 #: Allowed splits per dataset name.
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -380,37 +378,6 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
       raise ValueError(f"{name} values must lie in [0, 1] for the Bernoulli decoder, got values "
                        f"in [{lo:g}, {hi:g}]")
   return arr
-
-
-def check_train_images(images, *, model=None, dynamic_binarization: bool = False):
-  """The training data of :func:`dgmjax.training.fit`, checked before any work: an array
-  ``[N, ...]``, finite, in [0, 1] when binarized per minibatch, else in the support of ``model``
-  (the ``model`` of a loss from :func:`dgmjax.losses.make_loss`; see
-  :func:`dgmjax.models.check_data`).
-
-  Returns:
-    ``images``, unchanged.
-
-  Raises:
-    TypeError: ``images`` is not an array.
-    ValueError: an empty array, a uint8 array to binarize, or values outside the support.
-  """
-  from dgmjax.models import base  # pylint: disable=import-outside-toplevel
-
-  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-    raise TypeError(f"train_images must be an array [N, ...], got {type(images).__name__}")
-  if images.ndim < 2 or images.shape[0] == 0:
-    raise ValueError(f"train_images must be a non-empty array [N, ...], got shape {images.shape}")
-  if dynamic_binarization:
-    if np.dtype(images.dtype) == np.uint8:
-      raise ValueError("train_images is a uint8 array (0..255 grey levels?); dynamic binarization "
-                       "draws pixels with probability x, so pass floats in [0, 1] (e.g. "
-                       "data.check_images(images), which scales uint8 by 1/255)")
-    base.check_data(None, images, "train_images (binarized per minibatch)",
-                    support="unit_interval")
-    return images
-  base.check_data(model, images, "train_images")
-  return images
 
 
 # ----------------------------------------------------------------------------------------------

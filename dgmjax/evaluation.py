@@ -104,7 +104,7 @@ def streaming_iwae_bound(model, params, x: Array, keys: Array, sample_chunk: int
   num_samples = keys.shape[0]
   chunk = min(sample_chunk, num_samples)
   num_chunks, rem = divmod(num_samples, chunk)
-  batch = models_base._batch_size(x)  # pylint: disable=protected-access
+  batch = models_base.batch_size_of(x)
   log_weights_from_keys = _FromKeys(model)
 
   def log_w(k):
@@ -272,7 +272,7 @@ def log_likelihood(model, params, images, key: Array, *,
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
   from tqdm.auto import tqdm
-  models_base._check_contract(model)  # pylint: disable=protected-access
+  models_base.check_contract(model)
   _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
   numerics.check_matmul_precision(matmul_precision)
@@ -328,7 +328,7 @@ def bounds(model, params, images, key: Array, *,
   Returns:
     ``{"elbo": float, "iwae_k": float for k in ks}``.
   """
-  models_base._check_contract(model)  # pylint: disable=protected-access
+  models_base.check_contract(model)
   _checks.check_key("key", key)
   models_base.check_data(model, images, "images")
   batch_size = _checks.check_int("batch_size", batch_size, minimum=1)

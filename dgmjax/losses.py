@@ -96,12 +96,12 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
     est = estimator
   else:
     est = estimators.from_name(estimator, **settings)
-  base._check_contract(model)  # pylint: disable=protected-access
+  base.check_contract(model)
   num_samples = base.check_num_samples(num_samples)
   est.check_num_samples(num_samples)
   analytic = est.kl == "analytic"
   if analytic:
-    base._need(model, "kl", "kl='analytic'")  # pylint: disable=protected-access
+    base.require(model, "kl", "kl='analytic'")
 
   def analytic_kl(params, x):
     kls = model.kl(params, x)
@@ -112,7 +112,7 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
       keys = jax.random.split(key, num_samples)
       z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
       ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
-      base.check_log_weights(ll, num_samples, base._batch_size(x),  # pylint: disable=protected-access
+      base.check_log_weights(ll, num_samples, base.batch_size_of(x),
                              name="log_likelihood")
       kl_b = analytic_kl(params, x)
       value = jnp.mean(est.surrogate(_log_w_only(ll)) - kl_b)
@@ -136,7 +136,7 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
     if callable(getattr(est, "baseline", None)):  # an input-dependent baseline, trained here
       signal = estimators.learning_signal(terms.log_w_theta, bound=est.bound)
       b = est.baseline(params, x)
-      base.check_log_weights(jnp.asarray(b)[None], 1, base._batch_size(x),  # pylint: disable=protected-access
+      base.check_log_weights(jnp.asarray(b)[None], 1, base.batch_size_of(x),
                              name="baseline(params, x)")
       metrics["baseline_loss"] = jnp.mean(estimators.baseline_loss(signal, b))
       step_est = dataclasses.replace(est, baseline=b)
@@ -254,8 +254,8 @@ def make_kl_controlled_loss(model, bound: str, num_samples: int, *,
   if bound not in KL_BOUNDS:
     raise ValueError(f"bound must be one of {KL_BOUNDS}, got {bound!r}")
   kind = bound
-  base._check_contract(model)  # pylint: disable=protected-access
-  base._need(model, "kl", "a KL-controlled loss")  # pylint: disable=protected-access
+  base.check_contract(model)
+  base.require(model, "kl", "a KL-controlled loss")
   num_samples = base.check_num_samples(num_samples)
   if free_bits is not None and (not np.isfinite(free_bits) or free_bits < 0):
     raise ValueError(f"free_bits must be None or a finite lambda >= 0 (nats), got {free_bits!r}")

@@ -163,7 +163,7 @@ def make_runs_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
   alone. Seeds are traced: changing them does not recompile.
 
   Args:
-    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``training.make_loss(model, 'iwae',
+    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``losses.make_loss(model, 'iwae',
       K)``; with ``with_index=True``, ``(params, x, key, index)`` (e.g.
       :func:`bounds_loss`) and each run passes its ``indices[r]``.
     optimizer: the optimiser of every run (a schedule counts each run's own steps).
@@ -351,7 +351,7 @@ class SampleSharded(models_base.LatentModel):
     return getattr(self.model, "data_support", None)
 
   def __post_init__(self):
-    models_base._check_contract(self.model)  # pylint: disable=protected-access
+    models_base.check_contract(self.model)
 
   def __getattr__(self, name):  # the wrapped model's optional functions and attributes
     if name.startswith("_") or name in ("model", "mesh"):
@@ -362,7 +362,7 @@ class SampleSharded(models_base.LatentModel):
     return self.model.sample_q(params, x, key)
 
   def sample_and_log_q(self, params, x, key):
-    return models_base._sample_and_log_q(self.model, params, x, key)  # pylint: disable=protected-access
+    return models_base.draw_and_log_q(self.model, params, x, key)
 
   def log_q(self, params, x, z):
     return self.model.log_q(params, x, z)
@@ -397,8 +397,8 @@ def make_sharded_train_step(loss_fn: Callable, optimizer: optax.GradientTransfor
   result equals the single-device step up to the order of float sums.
 
   Args:
-    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``training.make_loss(model, 'iwae',
-      K)`` or ``training.make_loss(SampleSharded(model, mesh), 'iwae', K)``.
+    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``losses.make_loss(model, 'iwae',
+      K)`` or ``losses.make_loss(SampleSharded(model, mesh), 'iwae', K)``.
     optimizer: an optax transformation.
     mesh: from :func:`make_mesh`.
     seed: as for ``make_train_step`` (the same step keys as a single-device run).

@@ -8,7 +8,7 @@ import argparse, os
 import flax.linen as nn
 import jax, jax.numpy as jnp, numpy as np, optax
 
-from dgmjax import data, diagnostics, evaluation, models, training
+from dgmjax import data, diagnostics, evaluation, losses, models, training
 
 
 class Encoder(nn.Module):  # x [B, 28, 28, 1] -> (loc, log_scale) of q(z|x), [B, 16] each
@@ -39,7 +39,7 @@ init = model.init(jax.random.key(0), train[:2])
 models.check_model(model, init, train[:4])                 # shapes checked once, up front
 for estimator in ("iwae", "dreg"):
   workdir = os.path.join(args.workdir, estimator)
-  training.fit(training.make_loss(model, estimator, 5), init, train, optimizer=optax.adam(1e-3),
+  training.fit(losses.make_loss(model, estimator, 5), init, train, optimizer=optax.adam(1e-3),
                num_steps=args.steps, batch_size=64, seed=0, workdir=workdir, resume=True,
                checkpoint_every=500, log_every=100)
   params, _, step = training.restore(workdir, like=init)    # params only: no loss, no optimizer

@@ -399,13 +399,13 @@ def _binary_images(n=3):
 
 def _fit(**kw):
   """``training.fit`` of the tiny VAE with one bad setting in ``kw`` (never gets to train)."""
-  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  from dgmjax import losses, training  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   model, params = _bernoulli_vae()
   args = dict(optimizer=optax.adam(1e-3), num_steps=2, batch_size=2, seed=0,
               workdir="/nonexistent/never/written")
   args.update(kw)
-  return training.fit(training.make_loss(model, "iwae", 2), params, _binary_images(4), **args)
+  return training.fit(losses.make_loss(model, "iwae", 2), params, _binary_images(4), **args)
 
 
 def _decoder_model(decoder):
@@ -494,15 +494,15 @@ RAISES_SETTINGS = [
     ("fit_workdir_a_file", lambda: _fit(workdir=__file__),
      ValueError, r"workdir=.*exists and is not a directory"),
     ("make_loss_num_groups_for_iwae",
-     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "iwae", 4,
+     lambda: __import__("dgmjax.losses").losses.make_loss(_bernoulli_vae()[0], "iwae", 4,
                                                               num_groups=2),
      ValueError, r"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only"),
     ("make_loss_beta_for_iwae",
-     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "iwae", 4,
+     lambda: __import__("dgmjax.losses").losses.make_loss(_bernoulli_vae()[0], "iwae", 4,
                                                               beta=0.5),
      ValueError, r"beta applies to estimator 'ciwae' only"),
     ("make_loss_bound_for_dreg",
-     lambda: __import__("dgmjax.training").training.make_loss(_bernoulli_vae()[0], "dreg", 4,
+     lambda: __import__("dgmjax.losses").losses.make_loss(_bernoulli_vae()[0], "dreg", 4,
                                                               bound="elbo"),
      ValueError, r"bound= applies to estimators 'stl' and 'reinforce' only"),
     ("make_optimizer_learning_rate_string",

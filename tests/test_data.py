@@ -1,5 +1,5 @@
 """Tests for dgmjax.data: split sizes, published statistics of the staged datasets, errors, and
-the checks of image arrays (check_images, check_train_images).
+the checks of image arrays (check_images; training.loop.check_train_images).
 
 The MNIST-family tests read the staged files from ``tests.conftest.shared_data_dir()`` and are
 skipped when it is None. Oracles: the counts and pixel means published in shared/data/README.md
@@ -386,14 +386,15 @@ def test_check_images_rejects_bad_data(images, match):
 
 
 def test_check_train_images_checks_the_support_and_returns_the_array():
+  from dgmjax.training import loop  # pylint: disable=import-outside-toplevel
   x = _grey(3)
-  assert data.check_train_images(x) is x
-  assert data.check_train_images(x, dynamic_binarization=True) is x
+  assert loop.check_train_images(x) is x
+  assert loop.check_train_images(x, dynamic_binarization=True) is x
   with pytest.raises(TypeError, match="train_images must be an array"):
-    data.check_train_images(x.tolist())
+    loop.check_train_images(x.tolist())
   with pytest.raises(ValueError, match="non-empty"):
-    data.check_train_images(np.zeros((0, 4), np.float32))
+    loop.check_train_images(np.zeros((0, 4), np.float32))
   with pytest.raises(ValueError, match=r"uint8 array .*data\.check_images"):
-    data.check_train_images(np.full((2, 4, 4, 1), 255, np.uint8), dynamic_binarization=True)
+    loop.check_train_images(np.full((2, 4, 4, 1), 255, np.uint8), dynamic_binarization=True)
   with pytest.raises(ValueError, match="train_images"):
-    data.check_train_images(np.full((2, 4, 4, 1), 2.0, np.float32), dynamic_binarization=True)
+    loop.check_train_images(np.full((2, 4, 4, 1), 2.0, np.float32), dynamic_binarization=True)

@@ -14,7 +14,7 @@ import optax
 import pytest
 from scipy import stats
 
-from dgmjax import distributions, gumbel, models, training, vq
+from dgmjax import distributions, gumbel, losses, models, training, vq
 from dgmjax.nn import VectorQuantizer, pixelcnn
 from dgmjax.models import categorical_vae, vqvae
 
@@ -53,9 +53,9 @@ ESTIMATORS = ("gumbel", "st", "reinforce")
 
 def _loss_fn(model, temperature, estimator="gumbel"):
   if estimator == "reinforce":
-    return training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+    return losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                               baseline="batch_mean")
-  return training.make_loss(model.relaxed(temperature, hard=estimator == "st"), "elbo", 1,
+  return losses.make_loss(model.relaxed(temperature, hard=estimator == "st"), "elbo", 1,
                             kl="analytic")
 
 
@@ -168,7 +168,7 @@ def test_relaxed_model_has_the_concrete_densities():
   want_p = jnp.sum(gumbel.concrete_log_prob(d.z, jnp.zeros_like(d.z), 0.6), -1)
   np.testing.assert_allclose(d.log_q, want_q, rtol=1e-5)
   np.testing.assert_allclose(d.log_prior, want_p, rtol=1e-5)
-  loss, m = training.make_loss(rm, "iwae", 5)(params, x, jax.random.key(9))
+  loss, m = losses.make_loss(rm, "iwae", 5)(params, x, jax.random.key(9))
   assert np.isfinite(float(loss)) and float(m["bound"]) >= float(m["elbo"])
 
 
@@ -193,11 +193,11 @@ def test_categorical_bad_input():
   with pytest.raises(ValueError, match="temperature"):
     _loss(params, x, jax.random.key(0), 0.0, "gumbel")
   with pytest.raises(ValueError, match="estimator"):
-    training.make_loss(_TINY, "gumbel", 1)
+    losses.make_loss(_TINY, "gumbel", 1)
   with pytest.raises(ValueError, match="no density"):  # straight-through: analytic KL only
-    training.make_loss(_TINY.relaxed(1.0, hard=True), "iwae", 2)(params, x, jax.random.key(0))
+    losses.make_loss(_TINY.relaxed(1.0, hard=True), "iwae", 2)(params, x, jax.random.key(0))
   with pytest.raises(ValueError, match="kl='analytic'"):
-    training.make_loss(_TINY, "vimco", 2, kl="analytic")
+    losses.make_loss(_TINY, "vimco", 2, kl="analytic")
   with pytest.raises(ValueError, match="batch of at least 2"):
     _loss(params, x[:1], jax.random.key(0), 1.0, "reinforce")
   with pytest.raises(ValueError, match=r"x must be \[B, 2, 3, 1\]"):

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from dgmjax import training
+from dgmjax import losses, training
 from dgmjax.models import vae
 
 
@@ -22,7 +22,7 @@ def _fit(workdir, **kw):
   model = vae.VAE((4, 4, 1), (2,), ((8,),))
   images = np.random.default_rng(0).uniform(size=(64, 4, 4, 1)).astype(np.float32)
   kw.setdefault("optimizer", optax.adam(1e-3))
-  return training.fit(training.make_loss(model, "iwae", 3), model.init(jax.random.key(0)), images,
+  return training.fit(losses.make_loss(model, "iwae", 3), model.init(jax.random.key(0)), images,
                       num_steps=kw.pop("num_steps", 12), batch_size=8, seed=3,
                       workdir=str(workdir), dynamic_binarization=True, checkpoint_every=4,
                       log_every=2, **kw)
@@ -90,7 +90,7 @@ def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
 def test_a_second_process_in_the_same_workdir_fails_fast_naming_the_holder(tmp_path):
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
       import sys, time
-      from dgmjax import training
+      from dgmjax import losses, training
       lock = training.WorkdirLock({str(tmp_path)!r}).acquire()
       print("locked", flush=True)
       time.sleep(60)
@@ -157,7 +157,7 @@ def test_a_nan_learning_rate_is_never_checkpointed_or_returned(tmp_path):
   model = vae.VAE((4, 4, 1), (2,), ((4,),))
   params = model.init(jax.random.key(0))
   x = (np.arange(64).reshape(4, 4, 4, 1) % 3 == 0).astype(np.float32)
-  loss = training.make_loss(model, "iwae", 2)
+  loss = losses.make_loss(model, "iwae", 2)
   for num_steps in (1, 3):   # fewer steps than max_consecutive_nonfinite: no streak to stop it
     work = tmp_path / f"run{num_steps}"
     with pytest.raises(training.NonFiniteError,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgmjax import parallel, training
+from dgmjax import losses, parallel, training
 from dgmjax.models import vae
 
 from tests.conftest import REPO_ROOT
@@ -51,7 +51,7 @@ def test_vmapped_runs_equal_runs_one_by_one():
   params = [_init(jax.random.key(10 + s)) for s in seeds]
   images = _images(12)
   num_steps, batch = 2, 4
-  loss = training.make_loss(MODEL, "iwae", 3)
+  loss = losses.make_loss(MODEL, "iwae", 3)
   traces = []
 
   def counted(p, x, k):  # runs at trace time only: counts the compilations of the vmapped step
@@ -83,7 +83,7 @@ def test_vae_and_iwae_rows_share_a_group_and_groups_share_a_program():
   images = _images(8, seed=1)
   p0, p1, p2 = (_init(jax.random.key(i)) for i in range(3))
   k5 = parallel.bounds_loss(MODEL, ("elbo", "iwae"), 5)
-  k1 = training.make_loss(MODEL, "elbo", 1)
+  k1 = losses.make_loss(MODEL, "elbo", 1)
   groups = [parallel.RunGroup(k5, opt, with_index=True, dynamic_binarization=True),
             parallel.RunGroup(k1, opt, dynamic_binarization=True)]
   step = parallel.make_groups_train_step(groups)
@@ -98,7 +98,7 @@ def test_vae_and_iwae_rows_share_a_group_and_groups_share_a_program():
                                       ("iwae", 5, p1, 3, _run(states[0], 1)),
                                       ("elbo", 1, p2, 4, _run(states[1], 0))]:
     batches = [parallel.runs_batches(images, [seed], s, 4)[0] for s in range(2)]
-    ref, _ = _alone(training.make_loss(MODEL, objective, k), p, batches, seed, opt)
+    ref, _ = _alone(losses.make_loss(MODEL, objective, k), p, batches, seed, opt)
     _assert_trees_close(st.params, ref.params)
   assert metrics[0]["loss"].shape == (2,) and metrics[1]["loss"].shape == (1,)
   with pytest.raises(ValueError, match="bounds must be"):
@@ -127,7 +127,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_debug_key_reuse", True)
-    from dgmjax import evaluation, models, parallel, training
+    from dgmjax import evaluation, losses, models, parallel, training
     from dgmjax.models import vae
 
     assert jax.device_count() == 4, jax.devices()
@@ -144,7 +144,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
         ms.append({{k: float(v) for k, v in m.items()}})
       return state, ms
 
-    loss = training.make_loss(model, "iwae", 4)
+    loss = losses.make_loss(model, "iwae", 4)
     single = training.make_train_step(loss, opt, seed=7, dynamic_binarization=True)
     with jax.default_device(jax.devices()[0]):
       ref, ref_m = run(single)
@@ -156,15 +156,15 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     out["data4_shards"] = len(shard.addressable_shards)
     out["data4_shard_rows"] = shard.addressable_shards[0].data.shape[0]
     mesh2 = parallel.make_mesh(2, 2)  # data = 2, samples = 2
-    loss2 = training.make_loss(parallel.SampleSharded(model, mesh2), "iwae", 4)
+    loss2 = losses.make_loss(parallel.SampleSharded(model, mesh2), "iwae", 4)
     st2, ms2 = run(parallel.make_sharded_train_step(loss2, opt, mesh2, seed=7,
                                                     dynamic_binarization=True))
     # a surrogate estimator (the gradient views of models.log_weight_terms) over the sharded model
-    dreg = training.make_train_step(training.make_loss(model, "dreg", 4), opt, seed=7,
+    dreg = training.make_train_step(losses.make_loss(model, "dreg", 4), opt, seed=7,
                                     dynamic_binarization=True)
     with jax.default_device(jax.devices()[0]):
       ref3, ref3_m = run(dreg)
-    st3, ms3 = run(parallel.make_sharded_train_step(training.make_loss(
+    st3, ms3 = run(parallel.make_sharded_train_step(losses.make_loss(
         parallel.SampleSharded(model, mesh2), "dreg", 4), opt, mesh2, seed=7,
         dynamic_binarization=True))
     # the contract wrapper: the wrapped model's log-weights and k-sample estimate, its optional

@@ -8,7 +8,7 @@ import optax
 import pytest
 import scipy.stats as st
 
-from dgmjax import diagnostics, distributions, models, objectives, training
+from dgmjax import diagnostics, distributions, losses, models, objectives, training
 from dgmjax.models import pixel_vae
 
 H = W = 6
@@ -120,19 +120,19 @@ def test_bad_configuration_and_input():
 
 
 def test_kl_weight_schedules():
-  lin = training.kl_weight_schedule("linear", warmup_steps=100)
+  lin = losses.kl_weight_schedule("linear", warmup_steps=100)
   np.testing.assert_allclose([float(lin(s)) for s in (0, 50, 100, 500)], [0.0, 0.5, 1.0, 1.0])
-  cyc = training.kl_weight_schedule("cyclical", cycle_steps=100, ramp_fraction=0.5)
+  cyc = losses.kl_weight_schedule("cyclical", cycle_steps=100, ramp_fraction=0.5)
   np.testing.assert_allclose([float(cyc(s)) for s in (0, 25, 50, 99, 100, 125, 230)],
                              [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 0.6])
-  assert float(training.kl_weight_schedule()(7)) == 1.0
+  assert float(losses.kl_weight_schedule()(7)) == 1.0
   assert float(jax.jit(cyc)(jnp.int32(125))) == 0.5
   with pytest.raises(ValueError, match="kind"):
-    training.kl_weight_schedule("cosine")
+    losses.kl_weight_schedule("cosine")
   with pytest.raises(ValueError, match="warmup_steps"):
-    training.kl_weight_schedule("linear")
+    losses.kl_weight_schedule("linear")
   with pytest.raises(ValueError, match="ramp_fraction"):
-    training.kl_weight_schedule("cyclical", cycle_steps=10, ramp_fraction=0.0)
+    losses.kl_weight_schedule("cyclical", cycle_steps=10, ramp_fraction=0.0)
 
 
 # ----------------------------------------------------------------------------- KL-controlled loss
@@ -143,7 +143,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   x = _binary(jax.random.key(11), 6)
   key = jax.random.key(12)
   # ELBO with the analytic KL at beta = 1
-  loss, met = training.make_kl_controlled_loss(m, "elbo", 3)(params, x, key, 0)
+  loss, met = losses.make_kl_controlled_loss(m, "elbo", 3)(params, x, key, 0)
   t = models.draws(m, params, x, jax.random.split(jax.random.clone(key), 3))
   loc, log_scale = m.encode(params, x)
   elbo = objectives.elbo_analytic_kl(t.log_likelihood,
@@ -151,7 +151,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   np.testing.assert_allclose(loss, -jnp.mean(elbo), rtol=1e-6)
   np.testing.assert_allclose(met["bound"], jnp.mean(elbo), rtol=1e-6)
   # IWAE at beta = 1 is the IWAE bound; at beta = 0 the bound of the likelihood terms alone
-  iw = lambda **kw: training.make_kl_controlled_loss(m, "iwae", 3, **kw)(params, x,
+  iw = lambda **kw: losses.make_kl_controlled_loss(m, "iwae", 3, **kw)(params, x,
                                                                         jax.random.clone(key), 0)
   np.testing.assert_allclose(iw()[0], -jnp.mean(objectives.iwae_bound(t.log_weights)), rtol=1e-6)
   zero = lambda s: jnp.zeros([], jnp.float32)
@@ -161,7 +161,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0).mean(0)
   np.testing.assert_allclose(iw(free_bits=0.0)[0], iw()[0], rtol=1e-6)
   big = float(kl_dims.max()) + 1.0
-  fb_loss, fb_met = training.make_kl_controlled_loss(m, "elbo", 3, free_bits=big)(
+  fb_loss, fb_met = losses.make_kl_controlled_loss(m, "elbo", 3, free_bits=big)(
       params, x, jax.random.clone(key), 0)
   np.testing.assert_allclose(fb_loss, -jnp.mean(t.log_likelihood) + 4 * big, rtol=1e-5)
   assert int(fb_met["kl_below_free_bits"]) == 4
@@ -189,7 +189,7 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   zero = lambda s: jnp.zeros([], jnp.float32)
 
   def grads(**kw):
-    f = training.make_kl_controlled_loss(m, "elbo", 1, **kw)
+    f = losses.make_kl_controlled_loss(m, "elbo", 1, **kw)
     g = jax.grad(lambda p: f(p, x, jax.random.clone(key), 0)[0])(params)
     enc = g["encoder"]["params"]
     return np.asarray(enc["loc"]["kernel"]), np.asarray(enc["log_scale"]["kernel"])
@@ -203,7 +203,7 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   else:
     # The shortfall sum_j max(lambda - KL_j, 0): its gradient is -grad KL_j below lambda, 0 above.
     def shortfall_grad(**kw):
-      f_iw = training.make_kl_controlled_loss(m, "iwae", 1, **kw)
+      f_iw = losses.make_kl_controlled_loss(m, "iwae", 1, **kw)
       g = jax.grad(lambda p: f_iw(p, x, jax.random.clone(key), 0)[0])(params)
       enc = g["encoder"]["params"]
       return np.asarray(enc["loc"]["kernel"]), np.asarray(enc["log_scale"]["kernel"])
@@ -224,8 +224,8 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
 
 def test_kl_controlled_train_step_traces_once_and_bad_arguments():
   m, params = _model("mlp")
-  beta = training.kl_weight_schedule("cyclical", cycle_steps=4)
-  loss = training.make_kl_controlled_loss(m, "iwae", 2, kl_weight=beta, free_bits=0.1)
+  beta = losses.kl_weight_schedule("cyclical", cycle_steps=4)
+  loss = losses.make_kl_controlled_loss(m, "iwae", 2, kl_weight=beta, free_bits=0.1)
   traced = chex.assert_max_traces(loss, n=1)
   opt = optax.adam(1e-3)
   step = training.make_train_step(traced, opt, seed=0, pass_step=True)
@@ -237,14 +237,14 @@ def test_kl_controlled_train_step_traces_once_and_bad_arguments():
     betas.append(float(met["beta"]))
   np.testing.assert_allclose(betas, [0.0, 0.5, 1.0, 1.0, 0.0])
   with pytest.raises(ValueError, match="bound must be one of"):
-    training.make_kl_controlled_loss(m, "miwae", 2)
+    losses.make_kl_controlled_loss(m, "miwae", 2)
   with pytest.raises(TypeError, match="objective"):
-    training.make_kl_controlled_loss(m, objective="elbo", num_samples=2)
+    losses.make_kl_controlled_loss(m, objective="elbo", num_samples=2)
   with pytest.raises(ValueError, match="bound must be one of"):
-    training.make_kl_controlled_loss(m, "vae", 2)
+    losses.make_kl_controlled_loss(m, "vae", 2)
   with pytest.raises(ValueError, match="free_bits"):
-    training.make_kl_controlled_loss(m, "elbo", 1, free_bits=-1.0)
+    losses.make_kl_controlled_loss(m, "elbo", 1, free_bits=-1.0)
   with pytest.raises(ValueError, match="free_bits_groups"):
-    training.make_kl_controlled_loss(m, "elbo", 1, free_bits=0.1, free_bits_groups=2)
+    losses.make_kl_controlled_loss(m, "elbo", 1, free_bits=0.1, free_bits_groups=2)
   with pytest.raises(ValueError, match="num_samples"):
-    training.make_kl_controlled_loss(m, "elbo", 0)
+    losses.make_kl_controlled_loss(m, "elbo", 0)

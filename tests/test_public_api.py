@@ -3,6 +3,7 @@ and no pre-release aliases."""
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import os
 import subprocess
@@ -77,8 +78,10 @@ def test_module_names_are_not_re_exported_at_the_top_level(name):
 
 
 def test_no_pre_release_aliases():
-  from dgmjax import parallel, training
+  from dgmjax import losses, parallel, training
   assert not hasattr(training, "KL_OBJECTIVES")
-  assert training.KL_BOUNDS == ("elbo", "iwae")
-  assert "vae" not in training.BOUND_ESTIMATORS
+  assert losses.KL_BOUNDS == ("elbo", "iwae")
+  assert "vae" not in losses.BOUND_ESTIMATORS
   assert not hasattr(parallel, "bound_objectives_loss")
+  assert not hasattr(training, "make_loss") and not hasattr(training, "RESUME_IGNORED")
+  assert importlib.util.find_spec("dgmjax._deprecation") is None

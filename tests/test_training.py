@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from dgmjax import models, objectives, training
+from dgmjax import losses, models, objectives, training
 from dgmjax.models import vae
 
 
@@ -110,19 +110,19 @@ def test_make_loss_is_the_negative_bound():
     key = jax.random.key(1)
     lw = models.log_weights(model, params, x, key, 5)
     for name, reduce in (("elbo", objectives.elbo), ("iwae", objectives.iwae_bound)):
-      loss, aux = training.make_loss(model, name, 5)(params, x, key)
+      loss, aux = losses.make_loss(model, name, 5)(params, x, key)
       np.testing.assert_allclose(loss, -jnp.mean(reduce(lw)), rtol=1e-6)
       np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
   with pytest.raises(ValueError, match="estimator must be one of"):
-    training.make_loss(model, "wake-sleep", 5)
+    losses.make_loss(model, "wake-sleep", 5)
 
 
 def test_one_name_per_bound_vae_is_not_an_alias_of_elbo():
   model = _tiny()
   with pytest.raises(ValueError, match="estimator must be one of"):
-    training.make_loss(model, "vae", 5)
+    losses.make_loss(model, "vae", 5)
   with pytest.raises(ValueError, match="bound must be 'iwae' or 'elbo'"):
-    training.make_loss(model, "reinforce", 5, bound="vae")
+    losses.make_loss(model, "reinforce", 5, bound="vae")
 
 
 _ESTIMATOR_CASES = [
@@ -134,8 +134,8 @@ _ESTIMATOR_CASES = [
 
 def test_every_estimator_of_make_loss_is_tested():
   tested = {name for name, _ in _ESTIMATOR_CASES} | {"elbo", "iwae"}
-  assert tested == set(training.BOUND_ESTIMATORS) | set(training.SURROGATE_ESTIMATORS)
-  assert not set(training.BOUND_ESTIMATORS) & set(training.SURROGATE_ESTIMATORS)
+  assert tested == set(losses.BOUND_ESTIMATORS) | set(losses.SURROGATE_ESTIMATORS)
+  assert not set(losses.BOUND_ESTIMATORS) & set(losses.SURROGATE_ESTIMATORS)
 
 
 @pytest.mark.parametrize("objective,kwargs", _ESTIMATOR_CASES)
@@ -146,7 +146,7 @@ def test_estimator_objectives_step_and_equal_the_negative_bound(objective, kwarg
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(1)
     lw = models.log_weights(model, params, x, key, 8)
-    loss_fn = training.make_loss(model, objective, 8, **kwargs)
+    loss_fn = losses.make_loss(model, objective, 8, **kwargs)
     loss, aux = loss_fn(params, x, key)
   want = {"miwae": objectives.miwae_bound(lw, 2),
           "ciwae": objectives.ciwae_bound(lw, 0.05),
@@ -170,7 +170,7 @@ def test_dreg_and_piwae_gradients_route_by_network():
 
   def grad(objective, **kw):
     with jax.debug_key_reuse(False):
-      f = training.make_loss(model, objective, 8, **kw)
+      f = losses.make_loss(model, objective, 8, **kw)
       return jax.grad(lambda p: f(p, x, jax.random.key(1))[0])(params)["params"]
 
   close = lambda a, b: jax.tree.all(jax.tree.map(
@@ -182,17 +182,17 @@ def test_dreg_and_piwae_gradients_route_by_network():
   assert close(g_piwae["decoder"], g_iwae["decoder"])
   assert close(g_piwae["encoders_0"], g_miwae["encoders_0"])
   with pytest.raises(ValueError, match="num_groups"):
-    training.make_loss(model, "piwae", 8)
+    losses.make_loss(model, "piwae", 8)
   with pytest.raises(ValueError, match="num_groups"):
-    training.make_loss(model, "miwae", 8, num_groups=3)
+    losses.make_loss(model, "miwae", 8, num_groups=3)
   with pytest.raises(ValueError, match="beta"):
-    training.make_loss(model, "ciwae", 8)
+    losses.make_loss(model, "ciwae", 8)
 
 
 def test_train_step_is_traced_once():
   model = _tiny()
   traces = []
-  base = training.make_loss(model, "iwae", 3)
+  base = losses.make_loss(model, "iwae", 3)
 
   def loss(params, x, key):
     traces.append(1)  # Python side effect: runs once per trace
@@ -212,7 +212,7 @@ def test_microbatched_step_is_the_mean_of_microbatch_gradients():
   with key ``split(key_loss, B/m)[i]``; the Adam update is the one of that mean gradient."""
   model = _tiny()
   params = model.init(jax.random.key(0))
-  loss_fn = training.make_loss(model, "iwae", 5)
+  loss_fn = losses.make_loss(model, "iwae", 5)
   images = _grey(6)
   opt = optax.adam(1e-2)
   step = training.make_train_step(loss_fn, opt, seed=3, dynamic_binarization=True, microbatch=2)
@@ -257,7 +257,7 @@ def test_microbatch_bad_values_raise():
   model = _tiny()
   opt = optax.adam(1e-3)
   state = training.init_state(model.init(jax.random.key(0)), opt)
-  loss_fn = training.make_loss(model, "iwae", 3)
+  loss_fn = losses.make_loss(model, "iwae", 3)
   step = training.make_train_step(loss_fn, opt, seed=0, microbatch=4)
   with pytest.raises(ValueError, match="microbatch=4 must divide the batch size 6"):
     step(state, _grey(6))
@@ -324,7 +324,7 @@ def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
   images = np.ones((16, 4, 4, 1), np.float32)
   nan_params = jax.tree.map(lambda a: a * jnp.nan, model.init(jax.random.key(0)))
   with pytest.raises(training.NonFiniteError, match="3 consecutive"):
-    training.fit(training.make_loss(model, "elbo", 1), nan_params, images,
+    training.fit(losses.make_loss(model, "elbo", 1), nan_params, images,
                  optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
                  max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
   events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -343,7 +343,7 @@ def test_fit_checks_the_data_against_the_models_likelihood_before_any_work(
     tmp_path, images, dynamic, match):
   model = _tiny()
   with pytest.raises(ValueError, match=match):
-    training.fit(training.make_loss(model, "elbo", 1), model.init(jax.random.key(0)), images,
+    training.fit(losses.make_loss(model, "elbo", 1), model.init(jax.random.key(0)), images,
                  optimizer=optax.adam(1e-3), num_steps=2, batch_size=4, seed=0,
                  workdir=str(tmp_path / "w"), dynamic_binarization=dynamic, log_every=1,
                  checkpoint_every=2)
@@ -352,7 +352,7 @@ def test_fit_checks_the_data_against_the_models_likelihood_before_any_work(
 
 def test_fit_accepts_grey_levels_when_it_binarizes_them(tmp_path):
   model = _tiny()
-  state, _ = training.fit(training.make_loss(model, "elbo", 1), model.init(jax.random.key(0)),
+  state, _ = training.fit(losses.make_loss(model, "elbo", 1), model.init(jax.random.key(0)),
                           _grey(8), optimizer=optax.adam(1e-3), num_steps=2, batch_size=4,
                           seed=0, workdir=str(tmp_path), dynamic_binarization=True, log_every=1,
                           checkpoint_every=2)
@@ -368,7 +368,7 @@ def _fit(workdir, **kw):
   sched = training.burda_schedule(8, 3)
   opt = training.make_optimizer("adam", sched)
   return training.fit(
-      training.make_loss(model, "iwae", 3), model.init(jax.random.key(0)), images,
+      losses.make_loss(model, "iwae", 3), model.init(jax.random.key(0)), images,
       optimizer=opt, num_steps=20, batch_size=8, seed=3, workdir=str(workdir),
       dynamic_binarization=True, shuffle=True, checkpoint_every=4, log_every=2,
       learning_rate_fn=sched, **kw)

@@ -383,7 +383,7 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
                   **loss_kwargs) -> GradientSNR:
   """:func:`gradient_snr` of a contract model's training estimator on a fixed batch ``x``.
 
-  The loss is ``training.make_loss(model, estimator, num_samples, **loss_kwargs)`` evaluated at
+  The loss is ``losses.make_loss(model, estimator, num_samples, **loss_kwargs)`` evaluated at
   ``(params, x, key_n)``; each draw redraws the ``K`` importance samples only (the batch is fixed),
   which is the gradient noise Rainforth et al. study.
 
@@ -391,7 +391,7 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
     model: a contract model (:mod:`dgmjax.models.base`).
     params: its parameters (the point at which gradients are measured).
     x: a batch ``[B, ...]``.
-    estimator: an estimator of :func:`dgmjax.training.make_loss` (``'iwae'``, ``'dreg'``, ...).
+    estimator: an estimator of :func:`dgmjax.losses.make_loss` (``'iwae'``, ``'dreg'``, ...).
     num_samples: ``K``.
     key: PRNG key.
     num_draws: ``N >= 2`` gradient draws.
@@ -406,10 +406,10 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
-  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  from dgmjax import losses  # pylint: disable=import-outside-toplevel
   models_base.check_data(model, x, "x")  # the likelihood's support, before any work
   x = jnp.asarray(x)
-  loss = training.make_loss(model, estimator, num_samples, **loss_kwargs)
+  loss = losses.make_loss(model, estimator, num_samples, **loss_kwargs)
   return gradient_snr(_FixedBatchLoss(loss, x), params, key, num_draws, chunk_size=chunk_size,
                       groups=groups)
 

@@ -222,38 +222,16 @@ def _betas(sched, num_temps: int, dtype) -> Array:
 # ----------------------------------------------------------------------------- settings
 
 
-def _need(model, name: str, purpose: str) -> None:
-  if not models_base.has(model, name):
-    raise TypeError(f"{purpose} needs the model to provide {name}(...); {type(model).__name__} "
-                    f"does not (see dgmjax.models.base for the optional contract functions)")
-
-
-def _check_contract(model) -> None:
-  missing = [n for n in ("sample_q", "log_q", "log_prior", "log_likelihood")
-             if not models_base.has(model, n)]
-  if missing:
-    raise TypeError(f"model must follow the dgmjax model contract (sample_q, log_q, log_prior, "
-                    f"log_likelihood); {type(model).__name__} lacks {missing}")
-
-
-def _batch_size(x) -> int:
-  leaves = jax.tree.leaves(x)
-  if not leaves or jnp.ndim(leaves[0]) < 1:
-    raise ValueError(f"x must be a batch [B, ...] with the batch on axis 0, got "
-                     f"{jax.tree.map(jnp.shape, x)}")
-  return int(jnp.shape(leaves[0])[0])
-
-
 def _check_settings(model, params, x, *, num_temps, num_chains, init, num_leapfrog, step_size,
                     target_accept, adapt_rate, step_size_range, step_size_sharing):
-  _check_contract(model)
+  models_base.check_contract(model)
   num_temps = models_base.check_num_samples(num_temps, "num_temps")
   num_chains = models_base.check_num_samples(num_chains, "num_chains")
   num_leapfrog = models_base.check_num_samples(num_leapfrog, "num_leapfrog")
   if init not in INITS:
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
   if init == "prior":
-    _need(model, "sample_prior", "AIS with init='prior'")
+    models_base.require(model, "sample_prior", "AIS with init='prior'")
   if step_size_sharing not in STEP_SIZE_SHARING:
     raise ValueError(f"step_size_sharing must be one of {STEP_SIZE_SHARING}, got "
                      f"{step_size_sharing!r}")
@@ -268,7 +246,7 @@ def _check_settings(model, params, x, *, num_temps, num_chains, init, num_leapfr
   if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo <= hi):
     raise ValueError(f"step_size_range must be (min, max) with 0 < min <= max, got "
                      f"{step_size_range!r}")
-  b = _batch_size(x)
+  b = models_base.batch_size_of(x)
   if _checks.is_concrete(step_size):
     s = np.asarray(step_size, np.float64)
     if s.ndim > 2 or not np.all(np.isfinite(s)) or not np.all(s > 0):
@@ -527,14 +505,14 @@ def simulate(model, params, key: Array, num: int, *,
     ``(x [num, ...], z)``: ``z`` is an exact sample of ``p(z | x)`` for its ``x``.
   """
   num = models_base.check_num_samples(num, "num")
-  _need(model, "sample_prior", "simulate")
+  models_base.require(model, "sample_prior", "simulate")
   k_z, k_x = jax.random.split(key)
   z = model.sample_prior(params, k_z, num)
   if isinstance(sample_x_given_z, str):
     if sample_x_given_z != "bernoulli":
       raise ValueError(f"sample_x_given_z must be 'bernoulli' or a function (params, z, key) -> "
                        f"x, got {sample_x_given_z!r}")
-    _need(model, "decode", "simulate with sample_x_given_z='bernoulli'")
+    models_base.require(model, "decode", "simulate with sample_x_given_z='bernoulli'")
     mean = model.decode(params, z, None)
     x = jax.random.bernoulli(k_x, mean).astype(mean.dtype)
   elif callable(sample_x_given_z):
@@ -542,7 +520,7 @@ def simulate(model, params, key: Array, num: int, *,
   else:
     raise ValueError(f"sample_x_given_z must be 'bernoulli' or a function (params, z, key) -> x, "
                      f"got {type(sample_x_given_z).__name__}")
-  if _batch_size(x) != num:
+  if models_base.batch_size_of(x) != num:
     raise ValueError(f"sample_x_given_z must return x with {num} rows, got "
                      f"{jax.tree.map(jnp.shape, x)}")
   return x, z

@@ -72,8 +72,9 @@ Array = jax.Array
 Params = Any
 
 __all__ = [
-    "DATA_SUPPORTS", "Draws", "LatentModel", "check_data", "check_log_weights", "check_model",
-    "check_num_samples", "draws", "has", "log_weight_terms", "log_weights", "log_weights_from_keys",
+    "DATA_SUPPORTS", "Draws", "LatentModel", "batch_size_of", "check_contract", "check_data",
+    "check_log_weights", "check_model", "check_num_samples", "draw_and_log_q", "draws", "has",
+    "require", "log_weight_terms", "log_weights", "log_weights_from_keys",
     "posterior_log_prob_cross", "posterior_means", "reconstruct", "sample_x",
 ]
 
@@ -118,13 +119,17 @@ def has(model, name: str) -> bool:
   return callable(getattr(model, name, None))
 
 
-def _need(model, name: str, purpose: str) -> None:
+def require(model, name: str, purpose: str) -> None:
+  """Raises ``TypeError`` unless ``model`` provides the optional contract function ``name``
+  (``purpose`` names what needs it)."""
   if not has(model, name):
     raise TypeError(f"{purpose} needs the model to provide {name}(...); {type(model).__name__} "
                     f"does not (see dgmjax.models.base for the optional contract functions)")
 
 
-def _check_contract(model) -> None:
+def check_contract(model) -> None:
+  """Raises ``TypeError`` naming the missing functions unless ``model`` provides the four
+  required ones (``sample_q``, ``log_q``, ``log_prior``, ``log_likelihood``)."""
   missing = [n for n in ("sample_q", "log_q", "log_prior", "log_likelihood") if not has(model, n)]
   if missing:
     raise TypeError(f"model must follow the dgmjax model contract (sample_q, log_q, log_prior, "
@@ -187,7 +192,9 @@ def check_data(model, x, name: str = "images", *, support: str | None = None):
   return x
 
 
-def _sample_and_log_q(model, params, x, key):
+def draw_and_log_q(model, params, x, key):
+  """One draw ``z ~ q(z|x)`` and ``log q(z|x)`` ``[B]``: the model's ``sample_and_log_q`` where it
+  has one (one pass), else ``sample_q`` then ``log_q``."""
   if has(model, "sample_and_log_q"):
     return model.sample_and_log_q(params, x, key)
   z = model.sample_q(params, x, key)
@@ -205,7 +212,8 @@ def check_num_samples(num_samples, name: str = "num_samples") -> int:
   return int(num_samples)
 
 
-def _batch_size(x) -> int:
+def batch_size_of(x) -> int:
+  """``B``, the leading axis of ``x`` (an array or a pytree of arrays); ``ValueError`` if none."""
   leaves = jax.tree.leaves(x)
   if not leaves or jnp.ndim(leaves[0]) < 1:
     raise ValueError(f"x must be a batch [B, ...] with the batch on axis 0, got "
@@ -286,12 +294,12 @@ def draws(model, params: Params, x: Array, keys: Array) -> Draws:
     x: ``[B, ...]``.
     keys: ``[K]`` typed PRNG keys.
   """
-  _check_contract(model)
+  check_contract(model)
   keys = _check_keys(keys)
   if has(model, "shard_keys"):
     keys = model.shard_keys(keys)
-  num, b = keys.shape[0], _batch_size(x)
-  z, lq = jax.vmap(lambda k: _sample_and_log_q(model, params, x, k))(keys)
+  num, b = keys.shape[0], batch_size_of(x)
+  z, lq = jax.vmap(lambda k: draw_and_log_q(model, params, x, k))(keys)
   ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
   lp = jax.vmap(lambda zk: model.log_prior(params, zk))(z)
   for name, value in (("log_likelihood", ll), ("log_prior", lp), ("log_q", lq)):
@@ -307,7 +315,7 @@ def log_weights_from_keys(model, params: Params, x: Array, keys: Array) -> Array
   lw = draws(model, params, x, keys).log_weights
   if has(model, "shard_log_weights"):
     lw = model.shard_log_weights(lw)
-  return check_log_weights(lw, keys.shape[0], _batch_size(x))
+  return check_log_weights(lw, keys.shape[0], batch_size_of(x))
 
 
 def log_weights(model, params: Params, x: Array, key: Array, num_samples: int) -> Array:
@@ -355,16 +363,16 @@ def log_weight_terms(model, params: Params, x: Array, key: Array, num_samples: i
   Returns:
     :class:`dgmjax.estimators.LogWeightTerms`, each field ``[K, B]`` (checked).
   """
-  _check_contract(model)
+  check_contract(model)
   num_samples = check_num_samples(num_samples)
   keys = jax.random.split(key, num_samples)
   if has(model, "shard_keys"):
     keys = model.shard_keys(keys)
-  b = _batch_size(x)
+  b = batch_size_of(x)
   if analytic_kl:
     z, lq = jax.vmap(lambda k: model.sample_q(params, x, k))(keys), None
   else:
-    z, lq = jax.vmap(lambda k: _sample_and_log_q(model, params, x, k))(keys)
+    z, lq = jax.vmap(lambda k: draw_and_log_q(model, params, x, k))(keys)
 
   def log_p(prm, zz):
     if analytic_kl:
@@ -415,7 +423,7 @@ def posterior_log_prob_cross(model, params: Params, z: Array, x: Array) -> Array
 
   ``vmap`` over the samples with ``x`` unbatched, so the encoder runs once for the ``N`` images.
   """
-  n = _batch_size(x)
+  n = batch_size_of(x)
 
   def one(zs):
     zz = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), zs)
@@ -428,8 +436,8 @@ def posterior_log_prob_cross(model, params: Params, z: Array, x: Array) -> Array
 
 def sample_x(model, params: Params, key: Array, num: int) -> Array:
   """``num`` samples of ``p(x)``: ``z ~ p(z)`` then the model's ``decode`` (``[num, ...]``)."""
-  _need(model, "sample_prior", "sampling x")
-  _need(model, "decode", "sampling x")
+  require(model, "sample_prior", "sampling x")
+  require(model, "decode", "sampling x")
   num = _checks.check_int("num", num, minimum=1)
   k_z, k_x = jax.random.split(_checks.check_key("key", key))
   return model.decode(params, model.sample_prior(params, k_z, num), k_x)
@@ -437,7 +445,7 @@ def sample_x(model, params: Params, key: Array, num: int) -> Array:
 
 def reconstruct(model, params: Params, x: Array, key: Array | None = None) -> Array:
   """``decode`` at the posterior mean (``key=None``) or at a draw of ``q(z|x)``."""
-  _need(model, "decode", "reconstruction")
+  require(model, "decode", "reconstruction")
   at_mean = key is None
   k_z, k_x = jax.random.split(jax.random.key(0) if at_mean else key)
   if at_mean and has(model, "posterior_mean"):
@@ -469,10 +477,10 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
     TypeError: the model lacks a required function.
     ValueError: a function returns the wrong shape, naming the function and the shape expected.
   """
-  _check_contract(model)
+  check_contract(model)
   key = jax.random.key(0) if key is None else _checks.check_key("key", key)
   x = jax.tree.map(jnp.asarray, x)
-  b = _batch_size(x)
+  b = batch_size_of(x)
   k_shape, k_z, k_joint, k_lw = jax.random.split(key, 4)
   z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, k_shape)
   for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
@@ -484,7 +492,7 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
   checks = {"log_q": lambda: model.log_q(params, x, z),
             "log_prior": lambda: model.log_prior(params, z),
             "log_likelihood": lambda: model.log_likelihood(params, x, z),
-            "sample_and_log_q": lambda: _sample_and_log_q(model, params, x, k_joint)[1]}
+            "sample_and_log_q": lambda: draw_and_log_q(model, params, x, k_joint)[1]}
   for name, fn in checks.items():
     shape = tuple(jax.eval_shape(fn).shape)
     if shape != (b,):

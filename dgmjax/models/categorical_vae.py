@@ -6,7 +6,7 @@ one-hot ``z`` (``[N, C]``, flattened). Training needs a gradient through a discr
 
 :class:`CategoricalVAE` is a model of the contract (:mod:`dgmjax.models.base`) with one-hot
 samples ``z ~ q`` ``[B, N, C]``, so the generic score-function estimators of
-:func:`dgmjax.training.make_loss` train it: ``'reinforce'`` (with a leave-one-out minibatch
+:func:`dgmjax.losses.make_loss` train it: ``'reinforce'`` (with a leave-one-out minibatch
 baseline or a learned input-dependent one, NVIL), ``'vimco'``, ``'rws'``. Its analytic
 ``kl(params, x)`` (``log C - H(q_n)`` per variable) serves ``make_loss(..., kl='analytic')``.
 
@@ -188,7 +188,7 @@ class RelaxedCategoricalVAE(LatentModel):
   ``hard=True`` the straight-through sample, one-hot forward. ``log_q`` and ``log_prior`` are the
   Concrete densities of ``q`` and of the uniform prior at ``tau`` (Maddison et al.), so the
   relaxed ELBO and IWAE bounds exist; Jang et al.'s objective is the relaxed reconstruction with
-  the exact categorical KL: ``training.make_loss(model.relaxed(tau), 'elbo', 1, kl='analytic')``.
+  the exact categorical KL: ``losses.make_loss(model.relaxed(tau), 'elbo', 1, kl='analytic')``.
   The straight-through sample sits on a vertex of the simplex, where the Concrete density is not
   defined: with ``hard=True`` only the analytic-KL objective applies.
 

@@ -55,7 +55,7 @@ class PriorVAE(base_lib.LatentModel):
 
   def __post_init__(self):
     from dgmjax import priors as priors_lib  # pylint: disable=import-outside-toplevel
-    base_lib._check_contract(self.base)  # pylint: disable=protected-access
+    base_lib.check_contract(self.base)
     d = getattr(self.base, "latent_dim", None)
     if self.prior is None:
       if d is None:
@@ -71,7 +71,7 @@ class PriorVAE(base_lib.LatentModel):
     if d is not None and pd != d:
       raise ValueError(f"prior must have latent_dim={d} (the base model's latent size), got {pd!r}")
     if isinstance(self.prior, priors_lib.VampPrior):
-      base_lib._need(self.base, "encode", "a VampPrior")  # pylint: disable=protected-access
+      base_lib.require(self.base, "encode", "a VampPrior")
       xd = getattr(self.base, "x_dim", None)
       if xd is not None and self.prior.x_dim != xd:
         raise ValueError(f"prior (VampPrior) must have x_dim={xd}, got {self.prior.x_dim}")
@@ -82,7 +82,7 @@ class PriorVAE(base_lib.LatentModel):
                          f"{tuple(f.event_shape)}")
       h = getattr(f, "context_size", 0)
       if h:
-        base_lib._need(self.base, "features", "a conditional posterior_flow")  # pylint: disable=protected-access
+        base_lib.require(self.base, "features", "a conditional posterior_flow")
         fd = getattr(self.base, "feature_dim", None)
         if fd is not None and fd != h:
           raise ValueError(f"posterior_flow must have context_size {fd} (the base model's "
@@ -126,7 +126,7 @@ class PriorVAE(base_lib.LatentModel):
   # ------------------------------------------------------------------------------ contract
 
   def sample_and_log_q(self, params, x, key):
-    z0, lq = base_lib._sample_and_log_q(self.base, params["base"], x, key)  # pylint: disable=protected-access
+    z0, lq = base_lib.draw_and_log_q(self.base, params["base"], x, key)
     if self.posterior_flow is None:
       return z0, lq
     z, log_det = self._flow(params, z0, self._context(params, x), inverse=False)
@@ -164,7 +164,7 @@ class PriorVAE(base_lib.LatentModel):
     if self.posterior_flow is not None or not isinstance(self.prior, priors_lib.StandardNormal):
       raise ValueError("kl has a closed form only for the standard Normal prior without a "
                        "posterior flow; use a bound of the log-weights instead")
-    base_lib._need(self.base, "kl", "PriorVAE.kl")  # pylint: disable=protected-access
+    base_lib.require(self.base, "kl", "PriorVAE.kl")
     return self.base.kl(params["base"], x)
 
   def sample_prior(self, params, key, num):

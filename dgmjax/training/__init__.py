@@ -17,13 +17,9 @@ Every public name is re-exported here: ``training.fit``, ``training.make_train_s
 ``training.restore``, ...
 """
 
-# Interim: the losses moved to dgmjax.losses; call sites move with the training package.
-from dgmjax.losses import (BASELINES, BOUND_ESTIMATORS, KL_BOUNDS, KL_SCHEDULES,  # noqa: F401
-                           SURROGATE_ESTIMATORS, kl_weight_schedule, make_kl_controlled_loss,
-                           make_loss)
 from dgmjax.training.checkpoints import checkpoint_manager, restore, verify_checkpoint
 from dgmjax.training.loop import NonFiniteError, epoch_order, fit
-from dgmjax.training.rundir import (RESUME_IGNORED, MetricsLog, TensorBoardWriter, WorkdirLock,
+from dgmjax.training.rundir import (MetricsLog, TensorBoardWriter, WorkdirLock,
                                     WorkdirLockedError, config_changes, record_config)
 from dgmjax.training.schedules import (BurdaAdamState, burda_adam, burda_epochs,
                                        burda_learning_rates, burda_num_steps, burda_schedule,
@@ -34,11 +30,9 @@ from dgmjax.training.step import (LossFn, TrainState, auto_microbatch, init_stat
 #: The public API of the package.
 __all__ = [
     "LossFn", "burda_epochs", "burda_learning_rates", "burda_schedule", "burda_num_steps",
-    "BurdaAdamState", "burda_adam", "check_learning_rate", "make_optimizer", "BOUND_ESTIMATORS",
-    "SURROGATE_ESTIMATORS", "BASELINES", "make_loss", "KL_SCHEDULES", "kl_weight_schedule",
-    "KL_BOUNDS", "make_kl_controlled_loss", "TrainState", "init_state", "step_key",
+    "BurdaAdamState", "burda_adam", "check_learning_rate", "make_optimizer", "TrainState", "init_state", "step_key",
     "auto_microbatch", "resolve_microbatch", "make_train_step", "epoch_order",
     "NonFiniteError", "TensorBoardWriter", "MetricsLog", "checkpoint_manager", "config_changes",
-    "RESUME_IGNORED", "record_config", "WorkdirLockedError", "WorkdirLock", "verify_checkpoint",
+    "record_config", "WorkdirLockedError", "WorkdirLock", "verify_checkpoint",
     "restore", "fit",
 ]

@@ -16,7 +16,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from dgmjax import _checks, data
+from dgmjax import _checks
+from dgmjax.models import base
 from dgmjax.training import checkpoints, rundir
 from dgmjax.training.schedules import check_learning_rate
 from dgmjax.training.step import LossFn, TrainState, check_optimizer, init_state, make_train_step
@@ -45,6 +46,35 @@ def _minibatches(images: np.ndarray, batch_size: int, seed: int, *, shuffle: boo
     if epoch != order_epoch:
       order, order_epoch = epoch_order(n, epoch, seed, shuffle=shuffle), epoch
     yield step, images[order[i * batch_size:(i + 1) * batch_size]]
+
+
+def check_train_images(images, *, model=None, dynamic_binarization: bool = False):
+  """The training data of :func:`dgmjax.training.fit`, checked before any work: an array
+  ``[N, ...]``, finite, in [0, 1] when binarized per minibatch, else in the support of ``model``
+  (the ``model`` of a loss from :func:`dgmjax.losses.make_loss`; see
+  :func:`dgmjax.models.check_data`).
+
+  Returns:
+    ``images``, unchanged.
+
+  Raises:
+    TypeError: ``images`` is not an array.
+    ValueError: an empty array, a uint8 array to binarize, or values outside the support.
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"train_images must be an array [N, ...], got {type(images).__name__}")
+  if images.ndim < 2 or images.shape[0] == 0:
+    raise ValueError(f"train_images must be a non-empty array [N, ...], got shape {images.shape}")
+  if dynamic_binarization:
+    if np.dtype(images.dtype) == np.uint8:
+      raise ValueError("train_images is a uint8 array (0..255 grey levels?); dynamic binarization "
+                       "draws pixels with probability x, so pass floats in [0, 1] (e.g. "
+                       "dgmjax.data.check_images(images), which scales uint8 by 1/255)")
+    base.check_data(None, images, "train_images (binarized per minibatch)",
+                    support="unit_interval")
+    return images
+  base.check_data(model, images, "train_images")
+  return images
 
 
 def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_steps: int,
@@ -191,7 +221,7 @@ def _check_settings(loss_fn, train_images, optimizer, *, num_steps, batch_size, 
   workdir = os.fspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir={workdir!r} exists and is not a directory")
-  train_images = data.check_train_images(train_images, model=getattr(loss_fn, "model", None),
+  train_images = check_train_images(train_images, model=getattr(loss_fn, "model", None),
                                          dynamic_binarization=dynamic_binarization)
   n = train_images.shape[0]
   steps_per_epoch = n // batch_size

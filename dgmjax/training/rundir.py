@@ -117,10 +117,6 @@ def config_changes(saved: dict, current: dict, *, ignore=()) -> dict:
           != json.dumps(b.get(k), sort_keys=True, default=str)}
 
 
-#: Config keys (globs) that do not alter what is trained: a resumed run may change them.
-RESUME_IGNORED = ("eval.*", "progress", "stop_after_steps")
-
-
 def record_config(workdir: str, config: dict, *, resume: bool, allow_changes=False,
                   ignore=()) -> dict:
   """Writes ``workdir/config.json``, or on resume checks the current config against it.

@@ -38,7 +38,7 @@ import optax
 
 from dgmjax import data as data_lib
 from dgmjax import distributions
-from dgmjax import models, objectives, training
+from dgmjax import losses, models, objectives, training
 from dgmjax import inference
 from dgmjax.models import gmm as gmm_lib
 from dgmjax.models import linear_vae as linear_vae_lib
@@ -458,7 +458,7 @@ def train_vae(config, key, model, train, bound: str, num_samples: int):
   if bound not in ("elbo", "iwae"):
     raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
   xs = jnp.asarray(train)
-  bound_loss = training.make_loss(model, bound, num_samples)
+  bound_loss = losses.make_loss(model, bound, num_samples)
 
   def loss(p, xb, k):
     return bound_loss(p, xb, k)[0]

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dgmjax import diagnostics, evaluation, plotting, training
+from dgmjax import diagnostics, evaluation, losses, plotting, training
 from dgmjax.models import vae
 from experiments.common import config as common
 from experiments.common import data, resume as resume_lib, results as results_lib, run
@@ -65,7 +65,7 @@ def default_config():
   c.latent_dims = ()              # for model='custom'
   c.hidden_dims = ()              # for model='custom'
   c.init_output_bias = True       # decoder bias = logit(mean training image), as the reference code
-  # training estimator (dgmjax.training.make_loss)
+  # training estimator (dgmjax.losses.make_loss)
   c.estimator = "iwae"            # elbo (K-sample ELBO average) | iwae | dreg | miwae | ...
   c.num_samples = 5               # K
   # optimisation
@@ -100,7 +100,7 @@ def default_config():
 RUN_NAMES = ("vae", "iwae", "dreg", "miwae", "piwae", "piwae_dreg", "ciwae", "stl", "rws",
              "rws_dreg")
 GROUPED = ("miwae", "piwae", "piwae_dreg")
-#: The estimator each run name trains with (``dgmjax.training.make_loss``): Burda et al.'s VAE
+#: The estimator each run name trains with (``dgmjax.losses.make_loss``): Burda et al.'s VAE
 #: row trains the ``K``-sample ELBO.
 ESTIMATOR_OF = {**{name: name for name in RUN_NAMES}, "vae": "elbo"}
 
@@ -196,7 +196,7 @@ def prepare_config(config, fields=None):
   config = config.copy_and_resolve_references()
   common.check_fields(config, FIELDS if fields is None else fields)
   common.check_choice("estimator", config.estimator,
-                      training.BOUND_ESTIMATORS + training.SURROGATE_ESTIMATORS)
+                      losses.BOUND_ESTIMATORS + losses.SURROGATE_ESTIMATORS)
   if config.get("schedule") is not None:
     common.check_choice("schedule", config.schedule, ("burda", "constant"))
   return config
@@ -256,7 +256,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
                                         what=f"training images of {config.dataset}")
   optimizer, schedule, num_steps = run.make_optimizer(config, steps_per_epoch)
   loss_kwargs = {k: config[k] for k in ("num_groups", "beta") if config.get(k) is not None}
-  loss_fn = training.make_loss(model, config.estimator, config.num_samples, **loss_kwargs)
+  loss_fn = losses.make_loss(model, config.estimator, config.num_samples, **loss_kwargs)
   log_every = max(1, min(config.log_every_steps, num_steps))
   checkpoint_every = run.round_up(int(round(config.checkpoint_every_epochs * steps_per_epoch)),
                                   log_every)

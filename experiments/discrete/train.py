@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import evaluation, plotting, training, vq
+from dgmjax import evaluation, losses, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
 from dgmjax.nn import NVILBaseline, pixelcnn
 from experiments.common import config as common
@@ -118,19 +118,19 @@ def categorical_loss(model, est: str, config):
 
     def loss_fn(params, x, key, step):
       tau = categorical_vae.jang_temperature(step, **temp)
-      loss = training.make_loss(model.relaxed(tau, hard=hard), "elbo", 1, kl="analytic")
+      loss = losses.make_loss(model.relaxed(tau, hard=hard), "elbo", 1, kl="analytic")
       value, m = loss(params, x, key)
       return value, dict(m, temperature=tau)
 
     return loss_fn
   if est == "reinforce":
-    loss = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+    loss = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                               baseline="batch_mean")
   elif est == "nvil":
-    loss = training.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
+    loss = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                               baseline=_nvil_baseline(config)[0])
   elif est == "vimco":
-    loss = training.make_loss(model, "vimco", int(config.vimco_num_samples))
+    loss = losses.make_loss(model, "vimco", int(config.vimco_num_samples))
   else:
     raise ValueError(f"estimators must be among {ESTIMATORS}, got {est!r}")
 
@@ -189,7 +189,7 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
                                    batch_size=config.eval.batch_size,
                                    progress=run_lib.show_progress(config))
     final_tau = categorical_vae.jang_temperature(summary["steps"], **temp)
-    relaxed_loss = training.make_loss(model.relaxed(final_tau), "elbo", 1, kl="analytic")
+    relaxed_loss = losses.make_loss(model.relaxed(final_tau), "elbo", 1, kl="analytic")
     relaxed = jax.jit(lambda p, xb, k: relaxed_loss(p, xb, k)[1]["elbo"])
     bs = config.eval.batch_size
     relaxed_elbo = float(np.mean([relaxed(params, test_x[i:i + bs], jax.random.fold_in(k_rel, i))

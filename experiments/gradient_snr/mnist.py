@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dgmjax import diagnostics, training
+from dgmjax import diagnostics, losses, training
 from dgmjax.models import vae
 from experiments.common import data as data_lib
 from experiments.common import figures as figures_lib
@@ -105,11 +105,11 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
   t_start = time.perf_counter()
   joints = {}  # one loss object per K, reused for every point: compiled once per K
   for k in ks:
-    losses = {}
+    loss_fns = {}
     for name in names:
-      f = training.make_loss(model, name, k)
-      losses[name] = (lambda f: lambda p, kk: f(p, x, kk)[0])(f)
-    joints[k] = diagnostics.joint_loss(losses, common_random_numbers=False)
+      f = losses.make_loss(model, name, k)
+      loss_fns[name] = (lambda f: lambda p, kk: f(p, x, kk)[0])(f)
+    joints[k] = diagnostics.joint_loss(loss_fns, common_random_numbers=False)
 
   def measure_point(pi, point):
     params, step = load_point(point["run_dir"], point["step"], model, data_mean,

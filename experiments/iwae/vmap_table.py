@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import data, diagnostics, evaluation, parallel, training
+from dgmjax import data, diagnostics, evaluation, losses, parallel, training
 from dgmjax.models import vae
 from experiments.common import figures as figures_lib
 
@@ -106,7 +106,7 @@ def train_table(*, dataset: str = "mnist", model_name: str = "burda1", epochs: f
     alone = {}
     for mem in members:
       for name, k, seed in mem:
-        one = training.make_train_step(training.make_loss(model, name, k), opt, seed=seed,
+        one = training.make_train_step(losses.make_loss(model, name, k), opt, seed=seed,
                                        dynamic_binarization=True)
         st = training.init_state(init(jax.random.key(seed)), opt)
         batches = [train[i * batch_size:(i + 1) * batch_size] for i in range(compare_steps + 2)]

@@ -1,7 +1,7 @@
 """Posterior collapse with autoregressive decoders, and its remedies, on fixed-binarization MNIST.
 
 Each run of ``config.selected`` trains a :class:`dgmjax.models.pixel_vae.PixelVAE` (same encoder,
-prior, data and budget) with the loss of :func:`dgmjax.training.make_kl_controlled_loss`. During
+prior, data and budget) with the loss of :func:`dgmjax.losses.make_kl_controlled_loss`. During
 training, ``config.diagnostics_per_epoch`` times an epoch, the collapse diagnostics on held-out
 test images enter the metrics log: total KL, KL per latent dimension, active units (Burda et al.'s
 covariance test), and the mutual information ``I_q[x; z]`` with the marginal KL from ELBO surgery.
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import optax
 
-from dgmjax import diagnostics, evaluation, models, plotting, training
+from dgmjax import diagnostics, evaluation, losses, models, plotting, training
 from dgmjax.models import pixel_vae
 from experiments.common import config as common
 from experiments.common import data as data_lib
@@ -69,13 +69,13 @@ def make_model(config, run) -> pixel_vae.PixelVAE:
 
 def make_schedule(config, run, num_steps: int):
   if run.kl_schedule == "linear":
-    return training.kl_weight_schedule(
+    return losses.kl_weight_schedule(
         "linear", warmup_steps=max(1, int(round(config.warmup_fraction * num_steps))))
   if run.kl_schedule == "cyclical":
-    return training.kl_weight_schedule(
+    return losses.kl_weight_schedule(
         "cyclical", cycle_steps=max(1, num_steps // config.num_cycles),
         ramp_fraction=config.cycle_ramp)
-  return training.kl_weight_schedule(run.kl_schedule)
+  return losses.kl_weight_schedule(run.kl_schedule)
 
 
 def collapse_diagnostics(model, params, images, key) -> dict:
@@ -110,7 +110,7 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
                    // log_every * log_every)
   checkpoint_every = eval_every * max(1, config.diagnostics_per_epoch)
   beta = make_schedule(config, run, num_steps)
-  loss_fn = training.make_kl_controlled_loss(
+  loss_fn = losses.make_kl_controlled_loss(
       model, config.bound, config.num_samples, kl_weight=beta,
       free_bits=run.free_bits or None)
   opt = optax.adam(config.learning_rate)
@@ -309,7 +309,7 @@ def train_and_evaluate(config, workdir: str, resume: bool = False,
   Settings are checked first (``ValueError`` naming the field), before any data is loaded.
   """
   common.check_fields(config, FIELDS)
-  common.check_choice("bound", config.bound, training.KL_BOUNDS)
+  common.check_choice("bound", config.bound, losses.KL_BOUNDS)
   for name in config.selected:
     if name not in config.runs:
       raise ValueError(f"unknown run {name!r}; runs: {sorted(config.runs)}")

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import diagnostics, evaluation, models, plotting, training
+from dgmjax import diagnostics, evaluation, losses, models, plotting, training
 from dgmjax.models import vae
 from experiments.common import burda
 from experiments.common import data as data_lib
@@ -103,7 +103,7 @@ def _train(config, model, train_images, workdir, num_epochs, seed_offset=0, resu
   cfg = config.copy_and_resolve_references()
   cfg.num_epochs = float(num_epochs)
   optimizer, schedule, num_steps = run_lib.make_optimizer(cfg, steps_per_epoch)
-  loss_fn = training.make_loss(model, config.estimator, config.num_samples)
+  loss_fn = losses.make_loss(model, config.estimator, config.num_samples)
   log_every = max(1, min(config.log_every_steps, num_steps))
   if not resume:  # a fresh run; with resume, fit continues from the latest checkpoint
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)

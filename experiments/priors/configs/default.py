@@ -9,7 +9,7 @@ VARIANTS = ("standard", "mog", "vamp", "realnvp", "maf", "iaf")
 
 def get_config():
   c = burda.default_config()   # data, optimiser, schedule and k=5000 evaluation fields
-  c.estimator = "elbo"            # elbo (K-sample ELBO average) | iwae (dgmjax.training.make_loss)
+  c.estimator = "elbo"            # elbo (K-sample ELBO average) | iwae (dgmjax.losses.make_loss)
   c.num_samples = 1
   c.schedule = "burda"
   c.num_passes = 3
