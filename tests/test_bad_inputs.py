@@ -18,7 +18,6 @@ Layout, one section per module, so that cases for other modules can be appended 
 """
 
 import functools
-import math
 import os
 import re
 
@@ -26,19 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import expit, gammaln, log_softmax, logsumexp
 
 from dgmjax import _checks
 from dgmjax import data
 from dgmjax import diagnostics
-from dgmjax import distributions as D
 from dgmjax import evaluation
 from dgmjax import numerics
 from dgmjax import models
-from dgmjax import flows as F
-from dgmjax import gumbel as G
 from dgmjax import objectives as O
-from dgmjax import priors as P
 from dgmjax import vq
 from dgmjax.models import vae as V
 
@@ -64,150 +58,16 @@ def _ema_state():
 # ----------------------------------------------------------------------------- distributions
 
 RAISES_DISTRIBUTIONS = [
-    ("bernoulli_x_255", lambda: D.bernoulli_log_prob(255.0, 2.0, event_ndims=0),
-     ValueError, r"x must be binary \(0 or 1\).*the first 255\.0"),
-    ("bernoulli_x_grey_level", lambda: D.bernoulli_log_prob(jnp.array([0.0, 0.4, 1.0]), _z(3)),
-     ValueError, r"x must be binary.*1 of 3 value\(s\).*0\.4.*index \(1,\)"),
-    ("bernoulli_x_two", lambda: D.bernoulli_log_prob(jnp.array([2.0]), _z(1)),
-     ValueError, r"x must be binary"),
-    ("bernoulli_x_nan", lambda: D.bernoulli_log_prob(jnp.array([1.0, np.nan]), _z(2)),
-     ValueError, r"x must be binary.*nan"),
-    ("bernoulli_x_nan_image", lambda: D.bernoulli_log_prob(np.full((1, 2, 2, 1), np.nan),
-                                                           _z(1, 2, 2, 1), event_ndims=3),
-     ValueError, r"x must be binary.*4 of 4"),
-    ("bernoulli_unit_interval_x_above_one",
-     lambda: D.bernoulli_log_prob(jnp.array([1.5]), _z(1), support="unit_interval"),
-     ValueError, r"x must be in \[0, 1\]"),
-    ("bernoulli_unknown_support",
-     lambda: D.bernoulli_log_prob(jnp.array([1.0]), _z(1), support="continuous"),
-     ValueError, r"support must be one of"),
-    ("normal_x_nan", lambda: D.normal_log_prob(jnp.array([0.0, np.nan]), 0.0, 0.0),
-     ValueError, r"x contains 1 NaN value\(s\), the first at index \(1,\)"),
-    ("standard_normal_x_inf", lambda: D.standard_normal_log_prob(jnp.array([np.inf])),
-     ValueError, r"x contains 1 infinite"),
-    ("mvn_x_nan", lambda: D.mvn_log_prob(jnp.array([np.nan, 0.0]), _z(2), jnp.eye(2)),
-     ValueError, r"x contains 1 NaN"),
-    ("categorical_index_equal_to_num_classes",
-     lambda: D.categorical_log_prob(jnp.array([0, 4]), _z(2, 4)),
-     ValueError, r"x must be class indices in \[0, 4\).*the first 4 at index \(1,\)"),
-    ("categorical_index_negative", lambda: D.categorical_log_prob(jnp.array([-1]), _z(1, 4)),
-     ValueError, r"x must be class indices in \[0, 4\).*-1"),
-    ("categorical_float_indices", lambda: D.categorical_log_prob(jnp.array([1.0]), _z(1, 4)),
-     TypeError, r"x must have an integer dtype, got float32"),
-    ("categorical_bool_indices", lambda: D.categorical_log_prob(jnp.array([True]), _z(1, 4)),
-     TypeError, r"x must have an integer dtype, got bool"),
-    ("categorical_axis_bool", lambda: D.categorical_log_prob(jnp.array([1]), _z(1, 4), axis=True),
-     TypeError, r"axis must be an int, got bool"),
-    ("categorical_axis_out_of_range",
-     lambda: D.categorical_log_prob(jnp.array([1]), _z(1, 4), axis=2),
-     ValueError, r"axis=2 is out of range for logits of rank 2"),
-    ("one_hot_two_ones", lambda: D.categorical_log_prob_one_hot(jnp.array([[1.0, 1.0, 0.0]]),
-                                                                _z(1, 3)),
-     ValueError, r"x summed over its class axis 1 must be 1.*the first 2\.0"),
-    ("one_hot_all_zero", lambda: D.categorical_log_prob_one_hot(_z(2, 3), _z(2, 3)),
-     ValueError, r"x summed over its class axis 1 must be 1.*2 of 2"),
-    ("one_hot_relaxed_entries", lambda: D.categorical_log_prob_one_hot(
-        jnp.array([[0.5, 0.5, 0.0]]), _z(1, 3)),
-     ValueError, r"x must be one-hot on axis 1.*0\.5"),
-    ("discretized_logistic_x_8bit_levels",
-     lambda: D.discretized_logistic_log_prob(jnp.array([0.0, 255.0]), 0.5, 0.0),
-     ValueError, r"x must be in \[0, 1\] \(pixels scaled by 1/255.*255\.0 at index \(1,\)"),
-    ("discretized_logistic_x_negative",
-     lambda: D.discretized_logistic_log_prob(jnp.array([-0.1]), 0.5, 0.0),
-     ValueError, r"x must be in \[0, 1\]"),
-    ("discretized_logistic_x_nan",
-     lambda: D.discretized_logistic_log_prob(jnp.array([np.nan]), 0.5, 0.0),
-     ValueError, r"x must be in \[0, 1\].*nan"),
-    ("discretized_logistic_num_bins_float",
-     lambda: D.discretized_logistic_log_prob(_z(2), 0.5, 0.0, num_bins=256.0),
-     TypeError, r"num_bins must be an int, got float 256\.0"),
-    ("discretized_logistic_num_bins_bool",
-     lambda: D.discretized_logistic_log_prob(_z(2), 0.5, 0.0, num_bins=True),
-     TypeError, r"num_bins must be an int, got the bool True"),
-    ("discretized_logistic_num_bins_one",
-     lambda: D.discretized_logistic_log_prob(_z(2), 0.5, 0.0, num_bins=1),
-     ValueError, r"num_bins must be an int >= 2, got 1"),
-    ("event_ndims_float", lambda: D.normal_log_prob(_z(3), 0.0, 0.0, event_ndims=1.0),
-     TypeError, r"event_ndims must be an int, got float"),
-    ("event_ndims_bool", lambda: D.standard_normal_log_prob(_z(3), event_ndims=True),
-     TypeError, r"event_ndims must be an int, got the bool"),
-    ("event_ndims_negative", lambda: D.standard_normal_log_prob(_z(3), event_ndims=-1),
-     ValueError, r"event_ndims must be an int >= 0, got -1"),
 ]
 
 # ----------------------------------------------------------------------------- gumbel
 
 RAISES_GUMBEL = [
-    ("gumbel_softmax_temperature_zero", lambda: G.gumbel_softmax(_key(), _z(3), 0.0),
-     ValueError, r"temperature must be finite and > 0.*0\.0"),
-    ("gumbel_softmax_temperature_nan", lambda: G.gumbel_softmax(_key(), _z(3), np.nan),
-     ValueError, r"temperature must be finite and > 0.*nan"),
-    ("gumbel_softmax_temperature_inf", lambda: G.gumbel_softmax(_key(), _z(3), np.inf),
-     ValueError, r"temperature must be finite and > 0.*inf"),
-    ("gumbel_softmax_temperature_bool", lambda: G.gumbel_softmax(_key(), _z(3), True),
-     TypeError, r"temperature must be a real number, got dtype bool"),
-    ("gumbel_softmax_temperature_per_row_lines_up_with_classes",
-     lambda: G.gumbel_softmax(_key(), _z(3, 3), jnp.array([0.5, 1.0, 2.0])),
-     ValueError, r"temperature with shape \(3,\) would broadcast against the class axis -1 of "
-                 r"logits with shape \(3, 3\).*shape \(3, 1\)"),
-    ("gumbel_softmax_temperature_rank_too_high",
-     lambda: G.gumbel_softmax(_key(), _z(3), jnp.ones((2, 1, 1))),
-     ValueError, r"temperature with shape \(2, 1, 1\) would broadcast against the class axis"),
-    ("gumbel_softmax_temperature_does_not_broadcast",
-     lambda: G.gumbel_softmax(_key(), _z(3, 4), jnp.ones((2, 1))),
-     ValueError, r"temperature with shape \(2, 1\) does not broadcast against logits"),
-    ("gumbel_softmax_hard_not_bool", lambda: G.gumbel_softmax(_key(), _z(3), 1.0, hard="yes"),
-     TypeError, r"hard must be a bool, got str"),
-    ("gumbel_softmax_hard_and_log_space",
-     lambda: G.gumbel_softmax(_key(), _z(3), 1.0, hard=True, log_space=True),
-     ValueError, r"hard=True and log_space=True do not combine"),
-    ("gumbel_softmax_integer_logits",
-     lambda: G.gumbel_softmax(_key(), jnp.zeros(3, jnp.int32), 1.0),
-     TypeError, r"logits must have a floating dtype, got int32"),
-    ("sample_gumbel_integer_dtype", lambda: G.sample_gumbel(_key(), (3,), jnp.int32),
-     TypeError, r"dtype must be a floating dtype, got int32"),
-    ("gumbel_max_integer_logits", lambda: G.gumbel_max(_key(), jnp.zeros(3, jnp.int32)),
-     TypeError, r"logits must have a floating dtype, got int32"),
-    ("concrete_temperature_negative",
-     lambda: G.concrete_log_prob(jnp.full(3, 1 / 3), _z(3), -1.0),
-     ValueError, r"temperature must be finite and > 0"),
-    ("concrete_temperature_per_row_lines_up_with_classes",
-     lambda: G.concrete_log_prob(jnp.full((2, 2), 0.5), _z(2, 2), jnp.array([0.5, 1.0])),
-     ValueError, r"temperature with shape \(2,\) would broadcast against the class axis"),
-    ("concrete_y_vertex", lambda: G.concrete_log_prob(jnp.array([1.0, 0.0, 0.0]), _z(3), 0.5),
-     ValueError, r"y must be in the open simplex \(entries > 0; a one-hot vertex.*index \(1,\)"),
-    ("concrete_y_negative_entry",
-     lambda: G.concrete_log_prob(jnp.array([1.2, -0.2]), _z(2), 0.5),
-     ValueError, r"y must be in the open simplex.*-0\.2"),
-    ("concrete_y_not_normalised",
-     lambda: G.concrete_log_prob(jnp.array([[0.2, 0.3], [0.4, 0.6]]), _z(2, 2), 0.5),
-     ValueError, r"y summed over the simplex axis must be 1 \(to 0\.0001\).*1 of 2.*index \(0,\)"),
-    ("concrete_y_nan", lambda: G.concrete_log_prob(jnp.array([np.nan, 0.5]), _z(2), 0.5),
-     ValueError, r"y must be in the open simplex.*nan"),
-    ("concrete_y_integer_dtype",
-     lambda: G.concrete_log_prob(jnp.array([0, 1]), _z(2), 0.5),
-     TypeError, r"y must have a floating dtype, got int32"),
-    ("concrete_log_space_minus_inf",
-     lambda: G.concrete_log_prob(jnp.array([0.0, -np.inf]), _z(2), 0.5, log_space=True),
-     ValueError, r"y must be finite log-probabilities"),
-    ("concrete_log_space_not_normalised",
-     lambda: G.concrete_log_prob(jnp.log(jnp.array([0.3, 0.3])), _z(2), 0.5, log_space=True),
-     ValueError, r"logsumexp of log y over the simplex axis must be 0"),
 ]
 
 # ----------------------------------------------------------------------------- flows
 
 RAISES_FLOWS = [
-    ("qr_num_reflections_float", lambda: F.QRLinear(3, num_reflections=2.0),
-     TypeError, r"num_reflections must be an int, got float"),
-    ("qr_num_reflections_zero", lambda: F.QRLinear(3, num_reflections=0),
-     ValueError, r"num_reflections must be an int >= 1, got 0"),
-    ("qr_event_size_bool", lambda: F.QRLinear(True),
-     TypeError, r"event_size must be an int, got the bool"),
-    ("lu_event_size_float", lambda: F.LULinear(3.0),
-     TypeError, r"event_size must be an int, got float"),
-    ("lu_event_size_zero", lambda: F.LULinear(0),
-     ValueError, r"event_size must be an int >= 1"),
 ]
 
 # ----------------------------------------------------------------------------- vq
@@ -301,29 +161,6 @@ RAISES_OBJECTIVES = [
 # ----------------------------------------------------------------------------- priors
 
 RAISES_PRIORS = [
-    ("standard_normal_latent_dim_float", lambda: P.StandardNormal(2.0),
-     TypeError, r"latent_dim must be an int, got float"),
-    ("mog_num_components_bool", lambda: P.MixtureOfGaussians(2, num_components=True),
-     TypeError, r"num_components must be an int, got the bool"),
-    ("mog_init_scale_nan", lambda: P.MixtureOfGaussians(2, init_scale=np.nan),
-     ValueError, r"init_scale must be finite and >= 0"),
-    ("vamp_init_std_negative", lambda: P.VampPrior(2, 4, num_pseudo_inputs=3, init_std=-0.1),
-     ValueError, r"init_std must be finite and >= 0"),
-    ("prior_sample_num_float", lambda: P.StandardNormal(2).sample({}, _key(), 3.0),
-     TypeError, r"num must be an int, got float"),
-    ("prior_sample_num_negative", lambda: P.StandardNormal(2).sample({}, _key(), -1),
-     ValueError, r"num must be an int >= 0"),
-    ("realnvp_prior_num_layers_float", lambda: P.real_nvp_prior(2, num_layers=2.0),
-     TypeError, r"num_layers must be an int"),
-    ("mixture_logits_wrong_shape",
-     lambda: P.mixture_normal_log_prob(_z(5, 2), _z(4), _z(3, 2), _z(3, 2)),
-     ValueError, r"logits must be \[M\] = \[3\].*got shape \(4,\)"),
-    ("mixture_z_wrong_event_size",
-     lambda: P.mixture_normal_log_prob(_z(5, 4), _z(3), _z(3, 2), _z(3, 2)),
-     ValueError, r"z must be \[\.\.\., 2\]"),
-    ("mixture_z_nan",
-     lambda: P.mixture_normal_log_prob(jnp.full((1, 2), np.nan), _z(3), _z(3, 2), _z(3, 2)),
-     ValueError, r"z contains 2 NaN"),
 ]
 
 # ----------------------------------------------------------------------------- evaluation
@@ -472,9 +309,6 @@ RAISES_SETTINGS = [
      ValueError, r"num_reconstructions must be an int >= 1"),
     ("memory_budget_fraction_negative", lambda: numerics.memory_budget(fraction=-1),
      ValueError, r"fraction must be a finite number > 0 and <= 1"),
-    ("elbo_surgery_uint8_images",
-     lambda: diagnostics.elbo_surgery(*_bernoulli_vae(), _uint8_images(), _key()),
-     ValueError, r"images must be binary values in \{0, 1\}.*uint8"),
     ("kl_per_dimension_grey_levels",
      lambda: diagnostics.kl_per_dimension(*_bernoulli_vae(), _grey_images()),
      ValueError, r"images must be binary"),
@@ -529,10 +363,6 @@ RAISES_SETTINGS = [
      lambda: diagnostics.gradient_snr(lambda p, k: jnp.sum(p["w"]), {"w": jnp.ones(2)}, _key(),
                                       4, groups={"a": "nope"}),
      ValueError, r"groups: 'nope' names no parameters.*keys: \['w'\]"),
-    ("aggregate_posterior_z_of_another_latent_size",
-     lambda: diagnostics.aggregate_posterior_log_prob(*_bernoulli_vae(), jnp.zeros((2, 5)),
-                                                      _binary_images()),
-     ValueError, r"z must be \[S, D\] with D = 2.*\(2, 5\)"),
 ]
 
 RAISES = (RAISES_DISTRIBUTIONS + RAISES_GUMBEL + RAISES_FLOWS + RAISES_VQ + RAISES_DATA
@@ -555,66 +385,6 @@ def test_type_errors_are_also_value_errors():
 # =============================================================================================
 # 2. Traced bad input gives NaN (never a plausible number)
 # =============================================================================================
-
-
-def _bernoulli_traced():
-  x = jnp.array([[0.0, 1.0], [0.5, 1.0], [255.0, 0.0], [np.nan, 0.0]])
-  out = jax.jit(D.bernoulli_log_prob)(x, jnp.full((4, 2), 2.0))
-  return out, np.array([False, True, True, True])
-
-
-def _bernoulli_unit_interval_traced():
-  x = jnp.array([[0.3, 1.0], [1.5, 0.0]])
-  out = jax.jit(lambda x, l: D.bernoulli_log_prob(x, l, support="unit_interval"))(x, _z(2, 2))
-  return out, np.array([False, True])
-
-
-def _bernoulli_traced_k_samples():
-  # x [B, D] broadcast against [K, B, D] logits, the VAE layout
-  x = jnp.array([[0.0, 1.0], [0.7, 1.0], [1.0, 1.0]])
-  out = jax.jit(D.bernoulli_log_prob)(x, _z(5, 3, 2))
-  return out, np.broadcast_to([False, True, False], (5, 3))
-
-
-def _categorical_traced():
-  out = jax.jit(D.categorical_log_prob)(jnp.array([0, 3, 4, -1]), _z(4, 4))
-  return out, np.array([False, False, True, True])
-
-
-def _one_hot_traced():
-  x = jnp.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
-  out = jax.jit(D.categorical_log_prob_one_hot)(x, _z(4, 3))
-  return out, np.array([False, True, True, True])
-
-
-def _discretized_traced():
-  x = jnp.array([0.0, 1.0, 1.2, -0.1, np.nan, 0.5])
-  out = jax.jit(D.discretized_logistic_log_prob)(x, jnp.full(6, 0.5), _z(6))
-  return out, np.array([False, False, True, True, True, False])
-
-
-def _concrete_traced():
-  y = jnp.array([[0.2, 0.8], [1.0, 0.0], [0.5, 0.6], [-0.1, 1.1]])
-  out = jax.jit(G.concrete_log_prob)(y, _z(4, 2), 0.5)
-  return out, np.array([False, True, True, True])
-
-
-def _concrete_log_space_traced():
-  log_y = jnp.array([[math.log(0.2), math.log(0.8)], [0.0, -np.inf], [0.0, 0.0]])
-  out = jax.jit(lambda y, l: G.concrete_log_prob(y, l, 0.5, log_space=True))(log_y, _z(3, 2))
-  return out, np.array([False, True, True])
-
-
-def _concrete_traced_temperature():
-  t = jnp.array([[0.5], [0.0], [-1.0], [np.nan]])
-  out = jax.jit(G.concrete_log_prob)(jnp.full((4, 2), 0.5), _z(4, 2), t)
-  return out, np.array([False, True, True, True])
-
-
-def _gumbel_softmax_traced_temperature():
-  t = jnp.array([[0.5], [-0.5], [0.0]])
-  out = jax.jit(G.gumbel_softmax)(_key(), _z(3, 4), t)
-  return out, np.broadcast_to(np.array([[False], [True], [True]]), (3, 4))
 
 
 def _binarize_traced():
@@ -658,16 +428,6 @@ def _free_bits_traced():
 
 
 TRACED_NAN = [
-    ("bernoulli_traced_off_support", _bernoulli_traced),
-    ("bernoulli_unit_interval_traced_above_one", _bernoulli_unit_interval_traced),
-    ("bernoulli_traced_grey_level_with_k_samples", _bernoulli_traced_k_samples),
-    ("categorical_traced_index_out_of_range", _categorical_traced),
-    ("one_hot_traced_not_one_hot", _one_hot_traced),
-    ("discretized_logistic_traced_outside_unit_interval", _discretized_traced),
-    ("concrete_traced_off_simplex", _concrete_traced),
-    ("concrete_log_space_traced_off_simplex", _concrete_log_space_traced),
-    ("concrete_traced_temperature_not_positive", _concrete_traced_temperature),
-    ("gumbel_softmax_traced_temperature_not_positive", _gumbel_softmax_traced_temperature),
     ("binarize_traced_off_unit_interval", _binarize_traced),
     ("lookup_traced_index_out_of_range", _lookup_traced),
     ("ema_update_traced_index_out_of_range", _ema_update_traced_indices),
@@ -696,49 +456,9 @@ def test_code_counts_traced_out_of_range_is_counted_nowhere():
   assert int(counts.sum()) < idx.size
 
 
-_X_BIN = jnp.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-_L = jnp.array([[0.3, -2.0, 1.5], [4.0, -0.1, 0.0]])
-ON_SUPPORT = [
-    ("bernoulli", lambda x, l: D.bernoulli_log_prob(x, l), _X_BIN, _L),
-    ("bernoulli_unit_interval",
-     lambda x, l: D.bernoulli_log_prob(x, l, support="unit_interval"), _X_BIN * 0.3, _L),
-    ("categorical", lambda x, l: D.categorical_log_prob(x, l), jnp.array([2, 0]), _L),
-    ("one_hot", lambda x, l: D.categorical_log_prob_one_hot(x, l), jnp.eye(3)[jnp.array([2, 0])],
-     _L),
-    ("discretized_logistic", lambda x, l: D.discretized_logistic_log_prob(x, l, l - 1.0),
-     jnp.array([[0.0, 128 / 255, 1.0], [3 / 255, 1.0, 0.5]]), _L * 0.1),
-    ("concrete", lambda y, l: G.concrete_log_prob(y, l, 0.7), jax.nn.softmax(_L[::-1]), _L),
-    ("concrete_log_space", lambda y, l: G.concrete_log_prob(y, l, 0.7, log_space=True),
-     jax.nn.log_softmax(_L[::-1]), _L),
-]
-
-
-@pytest.mark.parametrize("f,x,l", [c[1:] for c in ON_SUPPORT], ids=[c[0] for c in ON_SUPPORT])
-def test_on_support_traced_values_and_gradients_equal_the_eager_ones(f, x, l):
-  eager = f(x, l)
-  traced = jax.jit(f)(x, l)
-  np.testing.assert_allclose(traced, eager, rtol=1e-6)
-  assert np.all(np.isfinite(eager))
-  g_eager = jax.grad(lambda l: jnp.sum(f(x, l)))(l)
-  g_traced = jax.jit(jax.grad(lambda l, x: jnp.sum(f(x, l))))(l, x)
-  np.testing.assert_allclose(g_traced, g_eager, rtol=1e-6, atol=1e-7)
-  assert np.all(np.isfinite(g_eager))
-
-
 # =============================================================================================
 # 3. Valid input keeps working (NumPy integers, [B, 1] temperatures, ...)
 # =============================================================================================
-
-
-def _accept_numpy_num_bins():
-  x = jnp.array([0.0, 0.5, 1.0])
-  np.testing.assert_array_equal(D.discretized_logistic_log_prob(x, 0.4, -1.0, np.int64(256)),
-                                D.discretized_logistic_log_prob(x, 0.4, -1.0, 256))
-
-
-def _accept_numpy_event_ndims():
-  np.testing.assert_array_equal(D.standard_normal_log_prob(_z(2, 3), event_ndims=np.int32(2)),
-                                D.standard_normal_log_prob(_z(2, 3), event_ndims=2))
 
 
 def _accept_numpy_num_groups():
@@ -754,50 +474,16 @@ def _accept_numpy_num_codes():
   np.testing.assert_array_equal(vq.code_counts(np.array([0, 2, 2], np.uint8), 3), [1, 0, 2])
 
 
-def _accept_numpy_prior_sizes():
-  prior = P.StandardNormal(np.int64(3))
-  assert prior.latent_dim == 3 and type(prior.latent_dim) is int
-  assert prior.sample({}, _key(), np.int32(4)).shape == (4, 3)
-  flow = F.QRLinear(np.int64(3), num_reflections=np.int32(2))
-  assert flow.event_size == 3 and flow.num_reflections == 2
-
-
-def _accept_bernoulli_unit_interval():
-  x, l = jnp.array([0.3, 1.0]), jnp.array([0.5, -1.0])
-  got = D.bernoulli_log_prob(x, l, support="unit_interval")
-  np.testing.assert_allclose(got, np.sum(np.asarray(x) * np.asarray(l)
-                                         - np.log1p(np.exp(np.asarray(l)))), rtol=1e-6)
-
-
 def _accept_binary_integer_images():
   b = data.binarize(_key(), np.array([0, 1, 1, 0], np.uint8))
   np.testing.assert_array_equal(b, [0.0, 1.0, 1.0, 0.0])
   assert b.dtype == jnp.float32
 
 
-def _accept_uint8_class_indices():
-  logits = jnp.log(jnp.array([[0.25, 0.75]]))
-  np.testing.assert_allclose(D.categorical_log_prob(np.array([1], np.uint8), logits),
-                             [math.log(0.75)], rtol=1e-6)
-
-
-def _accept_straight_through_one_hot():
-  y = G.gumbel_softmax(_key(), jnp.array([[0.3, -0.2, 1.5]]), 0.5, hard=True)
-  logits = jnp.array([[0.3, -0.2, 1.5]])
-  lp = D.categorical_log_prob_one_hot(y, logits)
-  np.testing.assert_allclose(lp, jax.nn.log_softmax(logits)[0, int(jnp.argmax(y))], rtol=1e-6)
-
-
 ACCEPTS = [
-    ("numpy_int_num_bins", _accept_numpy_num_bins),
-    ("numpy_int_event_ndims", _accept_numpy_event_ndims),
     ("numpy_int_num_groups_and_axis", _accept_numpy_num_groups),
     ("numpy_int_num_codes_and_uint8_indices", _accept_numpy_num_codes),
-    ("numpy_int_prior_and_flow_sizes", _accept_numpy_prior_sizes),
-    ("bernoulli_unit_interval_cross_entropy", _accept_bernoulli_unit_interval),
     ("binarize_binary_uint8_images", _accept_binary_integer_images),
-    ("categorical_uint8_indices", _accept_uint8_class_indices),
-    ("one_hot_straight_through_sample", _accept_straight_through_one_hot),
 ]
 
 
@@ -814,138 +500,13 @@ def test_valid_input_is_accepted(thunk):
 # ----------------------------------------------------------------------------- discretized logistic
 
 
-@pytest.mark.parametrize("log_scale", [-2.0, 0.0, 2.0, 5.0, 7.0])
-def test_discretized_logistic_float32_matches_a_float64_oracle(log_scale):
-  # Oracle: the bin mass sigma(b) - sigma(a) in float64 with scipy (relative error ~1e-11 here);
-  # the difference of two float32 log-CDFs lost up to 1e-2 nats at log_scale = 5.
-  rng = np.random.default_rng(1)
-  x = (rng.integers(0, 256, size=5000) / 255.0).astype(np.float32)
-  loc = rng.uniform(-0.5, 1.5, size=5000).astype(np.float32)
-  ls = np.full(5000, log_scale, np.float32)
-  got = np.asarray(jax.jit(D.discretized_logistic_log_prob)(x, loc, ls), np.float64)
-  xs, mu, s, h = x.astype(np.float64), loc.astype(np.float64), np.exp(float(log_scale)), 0.5 / 255
-  upper = np.where(xs > 1 - h, 1.0, expit((xs + h - mu) / s))
-  lower = np.where(xs < h, 0.0, expit((xs - h - mu) / s))
-  want = np.log(upper - lower)
-  assert np.all(np.isfinite(got)) and np.all(np.isfinite(want))
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-
-
-def test_discretized_logistic_masses_sum_to_one_at_large_scale():
-  grid = jnp.arange(256, dtype=jnp.float32) / 255.0
-  lp = D.discretized_logistic_log_prob(grid, 0.3, 5.0)
-  assert abs(float(jax.nn.logsumexp(lp))) < 1e-5
-
-
 # ----------------------------------------------------------------------------- Concrete density
-
-
-def _concrete_oracle(log_y, logits, tau):
-  """The Concrete log-density in float64 NumPy (Maddison et al., Definition 1)."""
-  c = log_y.shape[-1]
-  return (gammaln(c) + (c - 1) * np.log(tau) + np.sum(logits - (tau + 1) * log_y, -1)
-          - c * logsumexp(logits - tau * log_y, -1))
-
-
-def test_concrete_log_prob_is_finite_for_gumbel_softmax_samples_at_low_temperature():
-  tau, key = 0.05, _key(7)
-  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 10)), jnp.float32)
-  y = G.gumbel_softmax(jax.random.clone(key), logits, tau)
-  g = G.sample_gumbel(jax.random.clone(key), logits.shape, jnp.float32)   # the same noise
-  # Without the floor, most of these samples have entries that underflow to 0 (density -> nan).
-  raw = np.asarray(jax.nn.softmax((logits + g) / tau, axis=-1))
-  assert np.mean(np.any(raw == 0, axis=-1)) > 0.3
-  lp = np.asarray(G.concrete_log_prob(y, logits, tau))
-  assert np.mean(np.isfinite(lp)) == 1.0
-  # ... and it is the density of the point returned, to float32 accuracy.
-  want = _concrete_oracle(np.log(np.asarray(y, np.float64)), np.asarray(logits, np.float64), tau)
-  np.testing.assert_allclose(lp, want, rtol=2e-6)
-  # jitted (traced y) agrees and is finite too
-  np.testing.assert_allclose(jax.jit(G.concrete_log_prob)(y, logits, tau), lp, rtol=1e-6)
-
-
-def test_concrete_log_space_samples_are_exact_at_low_temperature():
-  # log y from log_softmax needs no floor: the density of the exact sample for this noise.
-  tau, key = 0.05, _key(8)
-  logits = jnp.asarray(np.random.default_rng(1).normal(size=(2048, 10)), jnp.float32)
-  log_y = G.gumbel_softmax(jax.random.clone(key), logits, tau, log_space=True)
-  g = np.asarray(G.sample_gumbel(jax.random.clone(key), logits.shape, jnp.float32), np.float64)
-  l64 = np.asarray(logits, np.float64)
-  exact_log_y = log_softmax((l64 + g) / tau, axis=-1)          # float64: nothing underflows
-  assert np.min(exact_log_y) < np.log(np.finfo(np.float32).tiny)   # float32 y would underflow
-  lp = np.asarray(G.concrete_log_prob(log_y, logits, tau, log_space=True))
-  assert np.all(np.isfinite(lp))
-  np.testing.assert_allclose(lp, _concrete_oracle(exact_log_y, l64, tau), rtol=2e-6)
 
 
 # ----------------------------------------------------------------------------- temperature shape
 
 
-def test_per_row_temperature_with_batch_equal_to_classes_is_applied_per_row():
-  # B == C == 3: a [B, 1] temperature is one temperature per row, checked against row-by-row calls.
-  logits = jnp.asarray(np.random.default_rng(2).normal(size=(3, 3)), jnp.float32)
-  temps = np.array([0.3, 1.0, 3.0], np.float32)
-  key = _key(9)
-  g = G.sample_gumbel(jax.random.clone(key), (3, 3), jnp.float32)
-  y = G.gumbel_softmax(jax.random.clone(key), logits, jnp.asarray(temps)[:, None])
-  want = np.stack([np.asarray(jax.nn.softmax((logits[i] + g[i]) / temps[i])) for i in range(3)])
-  np.testing.assert_allclose(y, want, rtol=1e-6)
-  lp = G.concrete_log_prob(y, logits, jnp.asarray(temps)[:, None])
-  want_lp = [float(G.concrete_log_prob(y[i], logits[i], float(temps[i]))) for i in range(3)]
-  np.testing.assert_allclose(lp, want_lp, rtol=1e-6)
-  # a scalar-shaped [1] temperature broadcasts like a scalar
-  np.testing.assert_allclose(G.concrete_log_prob(y, logits, jnp.array([0.5])),
-                             G.concrete_log_prob(y, logits, 0.5), rtol=1e-6)
-
-
 # ----------------------------------------------------------------------------- QR linear flow
-
-
-def _qr_with_vectors(vectors, d=3):
-  b = F.QRLinear(d, num_reflections=len(vectors))
-  rng = np.random.default_rng(3)
-  params = F.QRParams(vectors=jnp.asarray(vectors, jnp.float32),
-                      upper=jnp.asarray(rng.normal(size=(d, d)), jnp.float32),
-                      log_diag=jnp.asarray(0.3 * rng.normal(size=d), jnp.float32),
-                      bias=jnp.asarray(rng.normal(size=d), jnp.float32), sign=(1.0, -1.0, 1.0))
-  return b, params
-
-
-def _numpy_weight(vectors, params):
-  """W = H_1 ... H_K R in float64, a zero vector contributing the identity."""
-  d = params.log_diag.shape[0]
-  q = np.eye(d)
-  for v in np.asarray(vectors, np.float64):
-    n2 = v @ v
-    q = q @ (np.eye(d) - 2.0 * np.outer(v, v) / n2 if n2 > 0 else np.eye(d))
-  r = np.triu(np.asarray(params.upper, np.float64), 1) + np.diag(
-      np.asarray(params.sign) * np.exp(np.asarray(params.log_diag, np.float64)))
-  return q @ r
-
-
-@pytest.mark.parametrize("vectors", [
-    [[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.3, 0.1, -1.0]],
-    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
-    [[1e-30, 2e-30, -1e-30], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]],
-], ids=["one_zero_vector", "all_zero_vectors", "tiny_and_zero_vectors"])
-def test_qr_linear_with_zero_householder_vectors_is_invertible(vectors):
-  b, params = _qr_with_vectors(vectors)
-  u = jnp.asarray(np.random.default_rng(4).normal(size=(16, 3)), jnp.float32)
-  x, ld = b.forward_and_log_det(params, u)
-  back, ld_inv = b.inverse_and_log_det(params, x)
-  assert np.all(np.isfinite(x)) and np.all(np.isfinite(ld))
-  np.testing.assert_allclose(back, u, atol=1e-5)
-  np.testing.assert_allclose(ld, -ld_inv, atol=1e-6)
-  np.testing.assert_allclose(ld, np.full(16, float(jnp.sum(params.log_diag))), rtol=1e-6)
-  # the oracle: the tiny vector still reflects along its direction, a zero one is the identity
-  w = _numpy_weight(vectors, params)
-  np.testing.assert_allclose(b.weight(params), w, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(x, np.asarray(u, np.float64) @ w.T + np.asarray(params.bias),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.linalg.slogdet(w)[1], float(jnp.sum(params.log_diag)), rtol=1e-5)
-  # gradients are finite at the zero vector (training cannot step into NaN)
-  grads = jax.grad(lambda p: jnp.sum(F.Flow(b).log_prob(p, x)))(params)
-  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
 
 # ----------------------------------------------------------------------------- gradient SNR
@@ -1098,7 +659,6 @@ RAISES_CONFIG_STRINGS = [
     ("discrete_quick_string_unknown_study", lambda: _epochs_string("quick", "vq"),
      ValueError, r"bad config string 'vq': unknown study.*'codebook'"),
 ]
-
 
 
 @pytest.mark.parametrize("thunk,exc,match", [c[1:] for c in RAISES_CONFIG_STRINGS],

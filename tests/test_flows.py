@@ -16,6 +16,93 @@ from dgmjax import distributions, objectives
 from dgmjax import flows as F
 from dgmjax.flows import autoregressive
 from dgmjax.nn import FlowModule
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("qr_num_reflections_float", lambda: F.QRLinear(3, num_reflections=2.0),
+     TypeError, r"num_reflections must be an int, got float"),
+    ("qr_num_reflections_zero", lambda: F.QRLinear(3, num_reflections=0),
+     ValueError, r"num_reflections must be an int >= 1, got 0"),
+    ("qr_event_size_bool", lambda: F.QRLinear(True),
+     TypeError, r"event_size must be an int, got the bool"),
+    ("lu_event_size_float", lambda: F.LULinear(3.0),
+     TypeError, r"event_size must be an int, got float"),
+    ("lu_event_size_zero", lambda: F.LULinear(0),
+     ValueError, r"event_size must be an int >= 1"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def _accept_numpy_flow_sizes():
+  flow = F.QRLinear(np.int64(3), num_reflections=np.int32(2))
+  assert flow.event_size == 3 and flow.num_reflections == 2
+
+
+ACCEPTS = [
+    ("numpy_int_flow_sizes", _accept_numpy_flow_sizes),
+]
+
+
+@bi.thunk_cases(ACCEPTS)
+def test_valid_input_is_accepted(thunk):
+  thunk()
+
+
+# ----------------------------------------------------------------------------- QR linear flow
+
+
+def _qr_with_vectors(vectors, d=3):
+  b = F.QRLinear(d, num_reflections=len(vectors))
+  rng = np.random.default_rng(3)
+  params = F.QRParams(vectors=jnp.asarray(vectors, jnp.float32),
+                      upper=jnp.asarray(rng.normal(size=(d, d)), jnp.float32),
+                      log_diag=jnp.asarray(0.3 * rng.normal(size=d), jnp.float32),
+                      bias=jnp.asarray(rng.normal(size=d), jnp.float32), sign=(1.0, -1.0, 1.0))
+  return b, params
+
+
+def _numpy_weight(vectors, params):
+  """W = H_1 ... H_K R in float64, a zero vector contributing the identity."""
+  d = params.log_diag.shape[0]
+  q = np.eye(d)
+  for v in np.asarray(vectors, np.float64):
+    n2 = v @ v
+    q = q @ (np.eye(d) - 2.0 * np.outer(v, v) / n2 if n2 > 0 else np.eye(d))
+  r = np.triu(np.asarray(params.upper, np.float64), 1) + np.diag(
+      np.asarray(params.sign) * np.exp(np.asarray(params.log_diag, np.float64)))
+  return q @ r
+
+
+@pytest.mark.parametrize("vectors", [
+    [[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.3, 0.1, -1.0]],
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    [[1e-30, 2e-30, -1e-30], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]],
+], ids=["one_zero_vector", "all_zero_vectors", "tiny_and_zero_vectors"])
+def test_qr_linear_with_zero_householder_vectors_is_invertible(vectors):
+  b, params = _qr_with_vectors(vectors)
+  u = jnp.asarray(np.random.default_rng(4).normal(size=(16, 3)), jnp.float32)
+  x, ld = b.forward_and_log_det(params, u)
+  back, ld_inv = b.inverse_and_log_det(params, x)
+  assert np.all(np.isfinite(x)) and np.all(np.isfinite(ld))
+  np.testing.assert_allclose(back, u, atol=1e-5)
+  np.testing.assert_allclose(ld, -ld_inv, atol=1e-6)
+  np.testing.assert_allclose(ld, np.full(16, float(jnp.sum(params.log_diag))), rtol=1e-6)
+  # the oracle: the tiny vector still reflects along its direction, a zero one is the identity
+  w = _numpy_weight(vectors, params)
+  np.testing.assert_allclose(b.weight(params), w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(x, np.asarray(u, np.float64) @ w.T + np.asarray(params.bias),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.slogdet(w)[1], float(jnp.sum(params.log_diag)), rtol=1e-5)
+  # gradients are finite at the zero vector (training cannot step into NaN)
+  grads = jax.grad(lambda p: jnp.sum(F.Flow(b).log_prob(p, x)))(params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
 
 def perturb(params, seed, scale=0.3):

@@ -1,13 +1,194 @@
 """Tests for dgmjax.gumbel: exact Gumbel-max sampling, relaxation limits, Concrete density."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats as st
 from jax.test_util import check_grads
+from scipy.special import gammaln, log_softmax, logsumexp
 
 from dgmjax import gumbel as G
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("gumbel_softmax_temperature_zero", lambda: G.gumbel_softmax(bi.key(), bi.z(3), 0.0),
+     ValueError, r"temperature must be finite and > 0.*0\.0"),
+    ("gumbel_softmax_temperature_nan", lambda: G.gumbel_softmax(bi.key(), bi.z(3), np.nan),
+     ValueError, r"temperature must be finite and > 0.*nan"),
+    ("gumbel_softmax_temperature_inf", lambda: G.gumbel_softmax(bi.key(), bi.z(3), np.inf),
+     ValueError, r"temperature must be finite and > 0.*inf"),
+    ("gumbel_softmax_temperature_bool", lambda: G.gumbel_softmax(bi.key(), bi.z(3), True),
+     TypeError, r"temperature must be a real number, got dtype bool"),
+    ("gumbel_softmax_temperature_per_row_lines_up_with_classes",
+     lambda: G.gumbel_softmax(bi.key(), bi.z(3, 3), jnp.array([0.5, 1.0, 2.0])),
+     ValueError, r"temperature with shape \(3,\) would broadcast against the class axis -1 of "
+                 r"logits with shape \(3, 3\).*shape \(3, 1\)"),
+    ("gumbel_softmax_temperature_rank_too_high",
+     lambda: G.gumbel_softmax(bi.key(), bi.z(3), jnp.ones((2, 1, 1))),
+     ValueError, r"temperature with shape \(2, 1, 1\) would broadcast against the class axis"),
+    ("gumbel_softmax_temperature_does_not_broadcast",
+     lambda: G.gumbel_softmax(bi.key(), bi.z(3, 4), jnp.ones((2, 1))),
+     ValueError, r"temperature with shape \(2, 1\) does not broadcast against logits"),
+    ("gumbel_softmax_hard_not_bool", lambda: G.gumbel_softmax(bi.key(), bi.z(3), 1.0, hard="yes"),
+     TypeError, r"hard must be a bool, got str"),
+    ("gumbel_softmax_hard_and_log_space",
+     lambda: G.gumbel_softmax(bi.key(), bi.z(3), 1.0, hard=True, log_space=True),
+     ValueError, r"hard=True and log_space=True do not combine"),
+    ("gumbel_softmax_integer_logits",
+     lambda: G.gumbel_softmax(bi.key(), jnp.zeros(3, jnp.int32), 1.0),
+     TypeError, r"logits must have a floating dtype, got int32"),
+    ("sample_gumbel_integer_dtype", lambda: G.sample_gumbel(bi.key(), (3,), jnp.int32),
+     TypeError, r"dtype must be a floating dtype, got int32"),
+    ("gumbel_max_integer_logits", lambda: G.gumbel_max(bi.key(), jnp.zeros(3, jnp.int32)),
+     TypeError, r"logits must have a floating dtype, got int32"),
+    ("concrete_temperature_negative",
+     lambda: G.concrete_log_prob(jnp.full(3, 1 / 3), bi.z(3), -1.0),
+     ValueError, r"temperature must be finite and > 0"),
+    ("concrete_temperature_per_row_lines_up_with_classes",
+     lambda: G.concrete_log_prob(jnp.full((2, 2), 0.5), bi.z(2, 2), jnp.array([0.5, 1.0])),
+     ValueError, r"temperature with shape \(2,\) would broadcast against the class axis"),
+    ("concrete_y_vertex", lambda: G.concrete_log_prob(jnp.array([1.0, 0.0, 0.0]), bi.z(3), 0.5),
+     ValueError, r"y must be in the open simplex \(entries > 0; a one-hot vertex.*index \(1,\)"),
+    ("concrete_y_negative_entry",
+     lambda: G.concrete_log_prob(jnp.array([1.2, -0.2]), bi.z(2), 0.5),
+     ValueError, r"y must be in the open simplex.*-0\.2"),
+    ("concrete_y_not_normalised",
+     lambda: G.concrete_log_prob(jnp.array([[0.2, 0.3], [0.4, 0.6]]), bi.z(2, 2), 0.5),
+     ValueError, r"y summed over the simplex axis must be 1 \(to 0\.0001\).*1 of 2.*index \(0,\)"),
+    ("concrete_y_nan", lambda: G.concrete_log_prob(jnp.array([np.nan, 0.5]), bi.z(2), 0.5),
+     ValueError, r"y must be in the open simplex.*nan"),
+    ("concrete_y_integer_dtype",
+     lambda: G.concrete_log_prob(jnp.array([0, 1]), bi.z(2), 0.5),
+     TypeError, r"y must have a floating dtype, got int32"),
+    ("concrete_log_space_minus_inf",
+     lambda: G.concrete_log_prob(jnp.array([0.0, -np.inf]), bi.z(2), 0.5, log_space=True),
+     ValueError, r"y must be finite log-probabilities"),
+    ("concrete_log_space_not_normalised",
+     lambda: G.concrete_log_prob(jnp.log(jnp.array([0.3, 0.3])), bi.z(2), 0.5, log_space=True),
+     ValueError, r"logsumexp of log y over the simplex axis must be 0"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def _concrete_traced():
+  y = jnp.array([[0.2, 0.8], [1.0, 0.0], [0.5, 0.6], [-0.1, 1.1]])
+  out = jax.jit(G.concrete_log_prob)(y, bi.z(4, 2), 0.5)
+  return out, np.array([False, True, True, True])
+
+
+def _concrete_log_space_traced():
+  log_y = jnp.array([[math.log(0.2), math.log(0.8)], [0.0, -np.inf], [0.0, 0.0]])
+  out = jax.jit(lambda y, l: G.concrete_log_prob(y, l, 0.5, log_space=True))(log_y, bi.z(3, 2))
+  return out, np.array([False, True, True])
+
+
+def _concrete_traced_temperature():
+  t = jnp.array([[0.5], [0.0], [-1.0], [np.nan]])
+  out = jax.jit(G.concrete_log_prob)(jnp.full((4, 2), 0.5), bi.z(4, 2), t)
+  return out, np.array([False, True, True, True])
+
+
+def _gumbel_softmax_traced_temperature():
+  t = jnp.array([[0.5], [-0.5], [0.0]])
+  out = jax.jit(G.gumbel_softmax)(bi.key(), bi.z(3, 4), t)
+  return out, np.broadcast_to(np.array([[False], [True], [True]]), (3, 4))
+
+
+TRACED_NAN = [
+    ("concrete_traced_off_simplex", _concrete_traced),
+    ("concrete_log_space_traced_off_simplex", _concrete_log_space_traced),
+    ("concrete_traced_temperature_not_positive", _concrete_traced_temperature),
+    ("gumbel_softmax_traced_temperature_not_positive", _gumbel_softmax_traced_temperature),
+]
+
+
+@bi.thunk_cases(TRACED_NAN)
+def test_traced_bad_input_gives_nan_exactly_there(thunk):
+  bi.check_nan_exactly_where_bad(thunk)
+
+
+_L = bi.ON_SUPPORT_LOGITS
+ON_SUPPORT = [
+    ("concrete", lambda y, l: G.concrete_log_prob(y, l, 0.7), jax.nn.softmax(_L[::-1]), _L),
+    ("concrete_log_space", lambda y, l: G.concrete_log_prob(y, l, 0.7, log_space=True),
+     jax.nn.log_softmax(_L[::-1]), _L),
+]
+
+
+@bi.on_support_cases(ON_SUPPORT)
+def test_on_support_traced_values_and_gradients_equal_the_eager_ones(f, x, l):
+  bi.check_traced_equals_eager(f, x, l)
+
+
+# ----------------------------------------------------------------------------- Concrete density
+
+
+def _concrete_oracle(log_y, logits, tau):
+  """The Concrete log-density in float64 NumPy (Maddison et al., Definition 1)."""
+  c = log_y.shape[-1]
+  return (gammaln(c) + (c - 1) * np.log(tau) + np.sum(logits - (tau + 1) * log_y, -1)
+          - c * logsumexp(logits - tau * log_y, -1))
+
+
+def test_concrete_log_prob_is_finite_for_gumbel_softmax_samples_at_low_temperature():
+  tau, key = 0.05, bi.key(7)
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 10)), jnp.float32)
+  y = G.gumbel_softmax(jax.random.clone(key), logits, tau)
+  g = G.sample_gumbel(jax.random.clone(key), logits.shape, jnp.float32)   # the same noise
+  # Without the floor, most of these samples have entries that underflow to 0 (density -> nan).
+  raw = np.asarray(jax.nn.softmax((logits + g) / tau, axis=-1))
+  assert np.mean(np.any(raw == 0, axis=-1)) > 0.3
+  lp = np.asarray(G.concrete_log_prob(y, logits, tau))
+  assert np.mean(np.isfinite(lp)) == 1.0
+  # ... and it is the density of the point returned, to float32 accuracy.
+  want = _concrete_oracle(np.log(np.asarray(y, np.float64)), np.asarray(logits, np.float64), tau)
+  np.testing.assert_allclose(lp, want, rtol=2e-6)
+  # jitted (traced y) agrees and is finite too
+  np.testing.assert_allclose(jax.jit(G.concrete_log_prob)(y, logits, tau), lp, rtol=1e-6)
+
+
+def test_concrete_log_space_samples_are_exact_at_low_temperature():
+  # log y from log_softmax needs no floor: the density of the exact sample for this noise.
+  tau, key = 0.05, bi.key(8)
+  logits = jnp.asarray(np.random.default_rng(1).normal(size=(2048, 10)), jnp.float32)
+  log_y = G.gumbel_softmax(jax.random.clone(key), logits, tau, log_space=True)
+  g = np.asarray(G.sample_gumbel(jax.random.clone(key), logits.shape, jnp.float32), np.float64)
+  l64 = np.asarray(logits, np.float64)
+  exact_log_y = log_softmax((l64 + g) / tau, axis=-1)          # float64: nothing underflows
+  assert np.min(exact_log_y) < np.log(np.finfo(np.float32).tiny)   # float32 y would underflow
+  lp = np.asarray(G.concrete_log_prob(log_y, logits, tau, log_space=True))
+  assert np.all(np.isfinite(lp))
+  np.testing.assert_allclose(lp, _concrete_oracle(exact_log_y, l64, tau), rtol=2e-6)
+
+
+# ----------------------------------------------------------------------------- temperature shape
+
+
+def test_per_row_temperature_with_batch_equal_to_classes_is_applied_per_row():
+  # B == C == 3: a [B, 1] temperature is one temperature per row, checked against row-by-row calls.
+  logits = jnp.asarray(np.random.default_rng(2).normal(size=(3, 3)), jnp.float32)
+  temps = np.array([0.3, 1.0, 3.0], np.float32)
+  key = bi.key(9)
+  g = G.sample_gumbel(jax.random.clone(key), (3, 3), jnp.float32)
+  y = G.gumbel_softmax(jax.random.clone(key), logits, jnp.asarray(temps)[:, None])
+  want = np.stack([np.asarray(jax.nn.softmax((logits[i] + g[i]) / temps[i])) for i in range(3)])
+  np.testing.assert_allclose(y, want, rtol=1e-6)
+  lp = G.concrete_log_prob(y, logits, jnp.asarray(temps)[:, None])
+  want_lp = [float(G.concrete_log_prob(y[i], logits[i], float(temps[i]))) for i in range(3)]
+  np.testing.assert_allclose(lp, want_lp, rtol=1e-6)
+  # a scalar-shaped [1] temperature broadcasts like a scalar
+  np.testing.assert_allclose(G.concrete_log_prob(y, logits, jnp.array([0.5])),
+                             G.concrete_log_prob(y, logits, 0.5), rtol=1e-6)
 
 
 def test_sample_gumbel_is_finite_and_gumbel_distributed():

@@ -10,6 +10,66 @@ from scipy import special, stats
 
 from dgmjax import diagnostics, flows, models, priors
 from dgmjax.models import vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("standard_normal_latent_dim_float", lambda: priors.StandardNormal(2.0),
+     TypeError, r"latent_dim must be an int, got float"),
+    ("mog_num_components_bool", lambda: priors.MixtureOfGaussians(2, num_components=True),
+     TypeError, r"num_components must be an int, got the bool"),
+    ("mog_init_scale_nan", lambda: priors.MixtureOfGaussians(2, init_scale=np.nan),
+     ValueError, r"init_scale must be finite and >= 0"),
+    ("vamp_init_std_negative", lambda: priors.VampPrior(2, 4, num_pseudo_inputs=3, init_std=-0.1),
+     ValueError, r"init_std must be finite and >= 0"),
+    ("prior_sample_num_float", lambda: priors.StandardNormal(2).sample({}, bi.key(), 3.0),
+     TypeError, r"num must be an int, got float"),
+    ("prior_sample_num_negative", lambda: priors.StandardNormal(2).sample({}, bi.key(), -1),
+     ValueError, r"num must be an int >= 0"),
+    ("realnvp_prior_num_layers_float", lambda: priors.real_nvp_prior(2, num_layers=2.0),
+     TypeError, r"num_layers must be an int"),
+    ("mixture_logits_wrong_shape",
+     lambda: priors.mixture_normal_log_prob(bi.z(5, 2), bi.z(4), bi.z(3, 2), bi.z(3, 2)),
+     ValueError, r"logits must be \[M\] = \[3\].*got shape \(4,\)"),
+    ("mixture_z_wrong_event_size",
+     lambda: priors.mixture_normal_log_prob(bi.z(5, 4), bi.z(3), bi.z(3, 2), bi.z(3, 2)),
+     ValueError, r"z must be \[\.\.\., 2\]"),
+    ("mixture_z_nan",
+     lambda: priors.mixture_normal_log_prob(jnp.full((1, 2), np.nan), bi.z(3), bi.z(3, 2),
+                                            bi.z(3, 2)),
+     ValueError, r"z contains 2 NaN"),
+    ("elbo_surgery_uint8_images",
+     lambda: diagnostics.elbo_surgery(*bi.bernoulli_vae(), bi.uint8_images(), bi.key()),
+     ValueError, r"images must be binary values in \{0, 1\}.*uint8"),
+    ("aggregate_posterior_z_of_another_latent_size",
+     lambda: diagnostics.aggregate_posterior_log_prob(*bi.bernoulli_vae(), jnp.zeros((2, 5)),
+                                                      bi.binary_images()),
+     ValueError, r"z must be \[S, D\] with D = 2.*\(2, 5\)"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def _accept_numpy_prior_sizes():
+  prior = priors.StandardNormal(np.int64(3))
+  assert prior.latent_dim == 3 and type(prior.latent_dim) is int
+  assert prior.sample({}, bi.key(), np.int32(4)).shape == (4, 3)
+
+
+ACCEPTS = [
+    ("numpy_int_prior_sizes", _accept_numpy_prior_sizes),
+]
+
+
+@bi.thunk_cases(ACCEPTS)
+def test_valid_input_is_accepted(thunk):
+  thunk()
+
 
 D = 3
 IMAGE_SHAPE = (4, 4, 1)
