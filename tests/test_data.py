@@ -26,7 +26,110 @@ import numpy as np
 import pytest
 
 from dgmjax import data
+from tests import bad_input as bi
 from tests.conftest import shared_data_dir
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("binarize_nan_pixel", lambda: data.binarize(bi.key(), np.array([[0.2, np.nan]], np.float32)),
+     ValueError, r"images must be grey levels in \[0, 1\].*nan at index \(0, 1\)"),
+    ("binarize_pixel_above_one", lambda: data.binarize(bi.key(), np.array([0.5, 1.5], np.float32)),
+     ValueError, r"images must be grey levels in \[0, 1\].*1\.5"),
+    ("binarize_negative_pixel", lambda: data.binarize(bi.key(), jnp.array([-0.5, 0.5])),
+     ValueError, r"images must be grey levels in \[0, 1\]"),
+    ("binarize_uint8_levels", lambda: data.binarize(bi.key(), np.array([0, 128, 255], np.uint8)),
+     ValueError, r"divide 8-bit pixels by 255.*2 of 3.*128"),
+    ("binarize_inf_pixel", lambda: data.binarize(bi.key(), np.array([np.inf], np.float32)),
+     ValueError, r"images must be grey levels"),
+    ("binarize_bool_images", lambda: data.binarize(bi.key(), np.array([True, False])),
+     TypeError, r"images must have a real floating or integer dtype, got bool"),
+    ("binarize_key_an_int", lambda: data.binarize(0, bi.grey_images()),
+     TypeError, r"key must be a PRNG key"),
+    ("load_name_a_list", lambda: data.load(["digits"], "train"),
+     TypeError, r"name must be a dataset name \(a str\)"),
+    ("load_digits_missing_data_dir", lambda: data.load("digits", "train", data_dir="/nonexistent"),
+     ValueError, r"data_dir='/nonexistent' does not exist"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def _binarize_traced():
+  x = jnp.array([0.0, 1.0, 0.5, 1.5, -0.5, np.nan])
+  return jax.jit(data.binarize)(bi.key(), x), np.array([False] * 3 + [True] * 3)
+
+
+TRACED_NAN = [
+    ("binarize_traced_off_unit_interval", _binarize_traced),
+]
+
+
+@bi.thunk_cases(TRACED_NAN)
+def test_traced_bad_input_gives_nan_exactly_there(thunk):
+  bi.check_nan_exactly_where_bad(thunk)
+
+
+def _accept_binary_integer_images():
+  b = data.binarize(bi.key(), np.array([0, 1, 1, 0], np.uint8))
+  np.testing.assert_array_equal(b, [0.0, 1.0, 1.0, 0.0])
+  assert b.dtype == jnp.float32
+
+
+ACCEPTS = [
+    ("binarize_binary_uint8_images", _accept_binary_integer_images),
+]
+
+
+@bi.thunk_cases(ACCEPTS)
+def test_valid_input_is_accepted(thunk):
+  thunk()
+
+
+# ----------------------------------------------------------------------------- data directories
+
+
+def _fake_mnist_cache(cache):
+  """A valid-looking array cache of MNIST's test split (two blank images)."""
+  data._write_npz("mnist", str(cache), {  # pylint: disable=protected-access
+      "test_image": np.zeros((2, 28, 28, 1), np.uint8), "test_label": np.zeros(2, np.uint8)})
+
+
+def test_missing_explicit_data_dir_raises_even_when_a_cache_exists(tmp_path):
+  _fake_mnist_cache(tmp_path / "cache")
+  missing = tmp_path / "no_such_folder"
+  with pytest.raises(ValueError, match=rf"data_dir='{missing}' does not exist"):
+    data.load("mnist", "test", data_dir=missing, cache_dir=tmp_path / "cache")
+
+
+def test_explicit_data_dir_without_the_dataset_raises_even_when_a_cache_exists(tmp_path):
+  _fake_mnist_cache(tmp_path / "cache")
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(ValueError, match=r"data_dir='.*empty' holds no copy of 'mnist'"):
+    data.load("mnist", "test", data_dir=tmp_path / "empty", cache_dir=tmp_path / "cache")
+  # without an explicit folder the cache is used as before
+  got = data.load("mnist", "test", data_dir=None, cache_dir=tmp_path / "cache")
+  assert got["image"].shape == (2, 28, 28, 1)
+
+
+def test_datasets_constant_has_a_docstring():
+  # mkdocstrings (griffe) reads a string literal right after a module-level constant.
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(data))
+  body = tree.body
+  for i, node in enumerate(body):
+    if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "DATASETS":
+      doc = body[i + 1]
+      assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+      assert "load" in doc.value.value
+      return
+  pytest.fail("DATASETS not found in dgmjax/data.py")
+
 
 DATA_DIR = shared_data_dir()
 HAS_TFDS = all(importlib.util.find_spec(m) is not None

@@ -9,9 +9,107 @@ import pytest
 from jax.test_util import check_grads
 from scipy.special import logsumexp as np_logsumexp
 
+from dgmjax import _checks
 from dgmjax import distributions as D
 from dgmjax import objectives as O
 from dgmjax.models import linear_gaussian as lg
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("miwae_num_groups_float", lambda: O.miwae_bound(bi.z(6, 2), 2.0),
+     TypeError, r"num_groups must be an int, got float 2\.0"),
+    ("miwae_num_groups_bool", lambda: O.miwae_bound(bi.z(6, 2), True),
+     TypeError, r"num_groups must be an int, got the bool True"),
+    ("miwae_num_groups_traced",
+     lambda: jax.jit(O.miwae_bound)(bi.z(6, 2), 2),
+     TypeError, r"num_groups must be a static Python int, got a traced value"),
+    ("piwae_num_groups_not_dividing", lambda: O.piwae_bounds(bi.z(6, 2), 4),
+     ValueError, r"num_groups must be a positive int dividing the 6 samples"),
+    ("free_bits_num_groups_float", lambda: O.free_bits(bi.z(2, 4), 0.1, num_groups=2.0),
+     TypeError, r"num_groups must be an int, got float"),
+    ("free_bits_lam_inf", lambda: O.free_bits(bi.z(2, 4), np.inf),
+     ValueError, r"lam must be finite and >= 0.*inf"),
+    ("beta_elbo_beta_nan", lambda: O.beta_elbo(bi.z(3, 2), bi.z(2), np.nan),
+     ValueError, r"beta must be finite and >= 0.*nan"),
+    ("ciwae_beta_nan", lambda: O.ciwae_bound(bi.z(3, 2), np.nan),
+     ValueError, r"beta must be in \[0, 1\].*nan"),
+    ("iwae_axis_float", lambda: O.iwae_bound(bi.z(3, 2), axis=0.0),
+     TypeError, r"axis must be an int, got float"),
+    ("elbo_axis_bool", lambda: O.elbo(bi.z(3, 2), axis=False),
+     TypeError, r"axis must be an int, got bool"),
+    ("elbo_analytic_kl_kl_with_a_trailing_axis",
+     lambda: O.elbo_analytic_kl(jnp.zeros((2, 3)), jnp.zeros((3, 1))),
+     ValueError, r"kl must have one value per data point, shape \(3,\).*got \(1,\)"),
+    ("beta_elbo_kl_that_would_broadcast_to_B_by_B",
+     lambda: O.beta_elbo(jnp.zeros((2, 3, 1)), jnp.zeros((3,))),
+     ValueError, r"kl must have one value per data point, shape \(3, 1\).*got \(3,\)"),
+    ("ciwae_beta_string", lambda: O.ciwae_bound(jnp.zeros((2, 3)), "0.5"),
+     TypeError, r"beta must be a number or a numeric array, got str"),
+    ("renyi_alpha_string", lambda: O.renyi_bound(jnp.zeros((2, 3)), "0.5"),
+     TypeError, r"alpha must be a number or a numeric array, got str"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def test_type_errors_are_also_value_errors():
+  # Code that catches the ValueError of a bad argument keeps working for a wrong type.
+  with pytest.raises(ValueError, match="num_groups"):
+    O.miwae_bound(bi.z(6, 2), 2.0)
+  assert issubclass(_checks.ArgumentTypeError, TypeError)
+  assert issubclass(_checks.ArgumentTypeError, ValueError)
+
+
+def _beta_elbo_traced():
+  out = jax.jit(O.beta_elbo)(bi.z(3, 2), jnp.ones(2), -0.5)
+  return out, np.array([True, True])
+
+
+def _ciwae_traced():
+  out = jax.jit(O.ciwae_bound)(bi.z(3, 2), 1.5)
+  return out, np.array([True, True])
+
+
+def _free_bits_traced():
+  out = jax.jit(O.free_bits)(jnp.ones((2, 3)), -0.5)
+  return out, np.array(True)
+
+
+TRACED_NAN = [
+    ("beta_elbo_traced_negative_beta", _beta_elbo_traced),
+    ("ciwae_traced_beta_above_one", _ciwae_traced),
+    ("free_bits_traced_negative_lam", _free_bits_traced),
+]
+
+
+@bi.thunk_cases(TRACED_NAN)
+def test_traced_bad_input_gives_nan_exactly_there(thunk):
+  bi.check_nan_exactly_where_bad(thunk)
+
+
+def _accept_numpy_num_groups():
+  lw = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)), jnp.float32)
+  np.testing.assert_array_equal(O.miwae_bound(lw, np.int64(3)), O.miwae_bound(lw, 3))
+  np.testing.assert_array_equal(O.free_bits(jnp.ones((2, 4)), 0.1, num_groups=np.int32(2)),
+                                O.free_bits(jnp.ones((2, 4)), 0.1, num_groups=2))
+  np.testing.assert_array_equal(O.iwae_bound(lw, axis=np.int64(0)), O.iwae_bound(lw))
+
+
+ACCEPTS = [
+    ("numpy_int_num_groups_and_axis", _accept_numpy_num_groups),
+]
+
+
+@bi.thunk_cases(ACCEPTS)
+def test_valid_input_is_accepted(thunk):
+  thunk()
+
 
 X_DIM, Z_DIM = 4, 2
 

@@ -7,6 +7,120 @@ import pytest
 
 from dgmjax import vq
 from dgmjax.nn import VectorQuantizer
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _ema_state():
+  return vq.ema_init(jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3)))
+
+
+RAISES = [
+    ("code_counts_index_equal_to_num_codes", lambda: vq.code_counts(jnp.array([0, 4]), 4),
+     ValueError, r"indices must be code indices in \[0, 4\).*the first 4 at index \(1,\)"),
+    ("code_counts_negative_index", lambda: vq.code_counts(jnp.array([[0, -1]]), 4),
+     ValueError, r"indices must be code indices in \[0, 4\).*-1 at index \(0, 1\)"),
+    ("code_counts_float_indices", lambda: vq.code_counts(jnp.array([0.0, 1.0]), 4),
+     TypeError, r"indices must have an integer dtype, got float32"),
+    ("code_counts_num_codes_float", lambda: vq.code_counts(jnp.array([0]), 4.0),
+     TypeError, r"num_codes must be an int, got float"),
+    ("code_counts_num_codes_bool", lambda: vq.code_counts(jnp.array([0]), True),
+     TypeError, r"num_codes must be an int, got the bool"),
+    ("lookup_index_out_of_range", lambda: vq.lookup(jnp.array([7]), jnp.ones((4, 3))),
+     ValueError, r"indices must be code indices in \[0, 4\)"),
+    ("ema_update_index_out_of_range",
+     lambda: vq.ema_update(_ema_state(), bi.z(2, 3), jnp.array([0, 9])),
+     ValueError, r"indices must be code indices in \[0, 4\).*9"),
+    ("ema_update_indices_wrong_shape",
+     lambda: vq.ema_update(_ema_state(), bi.z(2, 3), jnp.array([0, 1, 2])),
+     ValueError, r"indices must have the shape of z_e less its last axis, \(2,\), got \(3,\)"),
+    ("ema_update_eps_zero",
+     lambda: vq.ema_update(_ema_state(), bi.z(2, 3), jnp.array([0, 1]), eps=0.0),
+     ValueError, r"eps must be finite and > 0"),
+    ("ema_update_decay_nan",
+     lambda: vq.ema_update(_ema_state(), bi.z(2, 3), jnp.array([0, 1]), decay=np.nan),
+     ValueError, r"decay must be in \[0, 1\)"),
+    ("quantize_z_e_nan",
+     lambda: vq.quantize(jnp.array([[0.0, np.nan, 0.0]]), jnp.ones((4, 3))),
+     ValueError, r"z_e contains 1 NaN value\(s\), the first at index \(0, 1\)"),
+    ("quantize_codebook_inf",
+     lambda: vq.quantize(bi.z(2, 3), jnp.full((4, 3), np.inf)),
+     ValueError, r"codebook contains 12 infinite"),
+    ("perplexity_negative_counts", lambda: vq.perplexity(jnp.array([3.0, -1.0])),
+     ValueError, r"counts must be finite usage counts >= 0.*-1\.0"),
+    ("usage_counts_not_a_vector", lambda: vq.usage(jnp.ones((2, 2))),
+     ValueError, r"counts must be \[num_codes >= 1\], got shape \(2, 2\)"),
+    ("restart_dead_codes_counts_wrong_shape",
+     lambda: vq.restart_dead_codes(bi.key(), jnp.ones((4, 3)), jnp.ones(3), bi.z(5, 3)),
+     ValueError, r"counts must be \[4\] \(one per code"),
+    ("restart_dead_codes_empty_pool",
+     lambda: vq.restart_dead_codes(bi.key(), jnp.ones((4, 3)), jnp.ones(4), bi.z(0, 3)),
+     ValueError, r"z_e must hold at least one vector"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+def _lookup_traced():
+  out = jax.jit(vq.lookup)(jnp.array([0, 4, -1, 3]), jnp.ones((4, 2)))
+  return out, np.broadcast_to(np.array([[False], [True], [True], [False]]), (4, 2))
+
+
+def _ema_update_traced_indices():
+  new = jax.jit(vq.ema_update)(_ema_state(), bi.z(2, 3), jnp.array([0, 4]))
+  return new.codebook, np.ones((4, 3), bool)
+
+
+def _ema_update_traced_decay():
+  new = jax.jit(vq.ema_update)(_ema_state(), bi.z(2, 3), jnp.array([0, 1]), 1.5)
+  return new.cluster_size, np.ones(4, bool)
+
+
+def _perplexity_traced():
+  f = jax.jit(lambda c: jnp.stack([vq.perplexity(c), vq.usage(c)]))
+  return f(jnp.array([2.0, -1.0, 3.0])), np.array([True, True])
+
+
+TRACED_NAN = [
+    ("lookup_traced_index_out_of_range", _lookup_traced),
+    ("ema_update_traced_index_out_of_range", _ema_update_traced_indices),
+    ("ema_update_traced_decay_out_of_range", _ema_update_traced_decay),
+    ("perplexity_and_usage_traced_negative_counts", _perplexity_traced),
+]
+
+
+@bi.thunk_cases(TRACED_NAN)
+def test_traced_bad_input_gives_nan_exactly_there(thunk):
+  bi.check_nan_exactly_where_bad(thunk)
+
+
+def test_code_counts_traced_out_of_range_is_counted_nowhere():
+  # The documented contract (an int count cannot be NaN): not clipped into code 0, not wrapped.
+  idx = jnp.array([0, 1, 1, 4, -1, 9, 3])
+  counts = jax.jit(vq.code_counts, static_argnums=1)(idx, 4)
+  np.testing.assert_array_equal(counts, [1, 2, 0, 1])
+  assert int(counts.sum()) < idx.size
+
+
+def _accept_numpy_num_codes():
+  np.testing.assert_array_equal(vq.code_counts(jnp.array([0, 2, 2]), np.int64(3)), [1, 0, 2])
+  np.testing.assert_array_equal(vq.code_counts(np.array([0, 2, 2], np.uint8), 3), [1, 0, 2])
+
+
+ACCEPTS = [
+    ("numpy_int_num_codes_and_uint8_indices", _accept_numpy_num_codes),
+]
+
+
+@bi.thunk_cases(ACCEPTS)
+def test_valid_input_is_accepted(thunk):
+  thunk()
+
 
 RNG = np.random.default_rng(0)
 
