@@ -6,6 +6,35 @@ import pytest
 
 from dgmjax import diagnostics
 from dgmjax.models import vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("active_units_grey_levels_for_a_bernoulli_model",
+     lambda: bi.with_vae(diagnostics.active_units, bi.grey_images()),
+     ValueError, r"images must be binary"),
+    ("active_units_nan_images", lambda: bi.with_vae(diagnostics.active_units, bi.nan_images()),
+     ValueError, r"images contains 1 NaN"),
+    ("active_units_threshold_nan",
+     lambda: bi.with_vae(diagnostics.active_units, bi.binary_images(), threshold=np.nan),
+     ValueError, r"threshold must be a finite number >= 0, got nan"),
+    ("active_units_threshold_negative",
+     lambda: bi.with_vae(diagnostics.active_units, bi.binary_images(), threshold=-1.0),
+     ValueError, r"threshold must be a finite number >= 0"),
+    ("active_units_num_samples_zero",
+     lambda: bi.with_vae(diagnostics.active_units, bi.binary_images(), num_samples=0),
+     ValueError, r"num_samples must be an int >= 1, got 0"),
+    ("kl_per_dimension_grey_levels",
+     lambda: diagnostics.kl_per_dimension(*bi.bernoulli_vae(), bi.grey_images()),
+     ValueError, r"images must be binary"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
 
 
 def _binary(n, shape=(4, 4, 1), seed=0):

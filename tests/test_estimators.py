@@ -19,6 +19,86 @@ import pytest
 from dgmjax import diagnostics, distributions, estimators, models, objectives
 from dgmjax.models import linear_gaussian as lg
 from dgmjax.nn import NVILBaseline
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("reinforce_baseline_wrong_shape",
+     lambda: estimators.reinforce_surrogate(jnp.zeros((2, 3)), jnp.zeros((2, 3)),
+                                            baseline=jnp.zeros(4)),
+     ValueError, r"baseline must be a scalar or one value per data point.*\(4,\)"),
+    ("estimator_snr_grey_levels",
+     lambda: diagnostics.estimator_snr(*bi.bernoulli_vae(), bi.grey_images(), "iwae", 2,
+                                       bi.key(), 4),
+     ValueError, r"x must be binary"),
+    ("gradient_snr_group_naming_no_parameters",
+     lambda: diagnostics.gradient_snr(lambda p, k: jnp.sum(p["w"]), {"w": jnp.ones(2)}, bi.key(),
+                                      4, groups={"a": "nope"}),
+     ValueError, r"groups: 'nope' names no parameters.*keys: \['w'\]"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
+
+# ----------------------------------------------------------------------------- gradient SNR
+
+
+def _snr_oracle(mean, var):
+  """Mean and median of |mean| / std over the entries with nonzero variance (float64 NumPy)."""
+  mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+  live = var > 0
+  r = np.abs(mean[live]) / np.sqrt(var[live])
+  return r.mean(), np.median(r), np.sqrt(np.mean(np.square(mean[live]) / var[live]))
+
+
+def test_group_snr_leaves_out_a_zero_variance_entry_with_nonzero_mean_instead_of_inf():
+  # A deterministic gradient (variance exactly 0, mean 2): its SNR is inf; the group mean is not.
+  mean = {"w": jnp.array([0.5, -1.0, 2.0, 0.3])}
+  var = {"w": jnp.array([1.0, 4.0, 0.0, 0.09])}
+  r = diagnostics.snr_from_moments(diagnostics.Moments(mean, var, 100))
+  g = r.groups["w"]
+  assert np.isinf(np.asarray(r.snr["w"])[2])          # per parameter: documented inf
+  want_mean, want_median, want_rms = _snr_oracle(mean["w"], var["w"])
+  np.testing.assert_allclose(g.mean_snr, want_mean, rtol=1e-6)
+  np.testing.assert_allclose(g.median_snr, want_median, rtol=1e-6)
+  np.testing.assert_allclose(g.rms_snr, want_rms, rtol=1e-6)
+  assert int(g.num_zero_variance) == 1 and int(g.num_infinite_snr) == 1
+
+
+def test_group_snr_leaves_out_a_dead_unit_with_zero_mean_and_zero_variance():
+  # A dead ReLU unit: gradient identically 0. Averaging its 0/0 as 0 would drag the mean down.
+  mean = {"w": jnp.array([0.5, -1.0, 0.0, 0.3])}
+  var = {"w": jnp.array([1.0, 4.0, 0.0, 0.09])}
+  g = diagnostics.snr_from_moments(diagnostics.Moments(mean, var, 100)).groups["w"]
+  want_mean, want_median, _ = _snr_oracle(mean["w"], var["w"])
+  np.testing.assert_allclose(g.mean_snr, want_mean, rtol=1e-6)
+  np.testing.assert_allclose(g.median_snr, want_median, rtol=1e-6)
+  assert int(g.num_zero_variance) == 1 and int(g.num_infinite_snr) == 0
+
+
+def test_gradient_snr_of_a_network_with_a_dead_relu_and_a_deterministic_gradient_is_finite():
+  # w[0]: noisy gradient N(1, 1); w[1]: deterministic gradient 2; w[2]: behind a dead ReLU.
+  def loss(p, key):
+    noise = 1.0 + jax.random.normal(key)
+    return noise * p["w"][0] + 2.0 * p["w"][1] + jax.nn.relu(p["w"][2] - 10.0)
+
+  params = {"w": jnp.zeros(3)}
+  r = diagnostics.gradient_snr(loss, params, bi.key(3), 64, chunk_size=16)
+  g = r.groups["w"]
+  assert np.all(np.isfinite([g.mean_snr, g.median_snr, g.rms_snr, g.rms_snr_debiased]))
+  want = abs(float(r.mean["w"][0])) / float(r.std["w"][0])
+  np.testing.assert_allclose([g.mean_snr, g.median_snr], [want, want], rtol=1e-6)
+  assert int(g.num_zero_variance) == 2 and int(g.num_infinite_snr) == 1
+  # a group with no noisy parameter has no SNR to summarise: NaN, never 0 or inf
+  only_dead = diagnostics.gradient_snr(loss, params, bi.key(3), 8,
+                                       groups={"dead": lambda t: t["w"][2:]}).groups["dead"]
+  assert np.isnan(float(only_dead.mean_snr)) and int(only_dead.num_zero_variance) == 1
+
 
 DX, DZ, B = 4, 2, 3
 #: The registry as this module was imported (a docs page run in the same process registers more).

@@ -10,6 +10,73 @@ import pytest
 
 from dgmjax import evaluation, models, numerics, objectives, plotting
 from dgmjax.models import vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _unit_interval_model():
+  return models.from_functions(
+      sample_q=lambda p, x, k: jnp.zeros(x.shape[:1]), log_q=lambda p, x, z: jnp.zeros_like(z),
+      log_prior=lambda p, z: jnp.zeros_like(z),
+      log_likelihood=lambda p, x, z: jnp.zeros(x.shape[:1]), data_support="unit_interval")
+
+
+RAISES = [
+    ("log_likelihood_uint8_images_for_a_bernoulli_model",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.uint8_images(), num_samples=4),
+     ValueError, r"images must be binary values in \{0, 1\}.*VAE.*uint8.*scale it by 1/255.*"
+                 r"24 of 48 value\(s\).*255"),
+    ("log_likelihood_grey_levels_for_a_bernoulli_model",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.grey_images(), num_samples=4),
+     ValueError, r"images must be binary.*binarize.*48 of 48.*0\.5 at index \(0, 0, 0, 0\)"),
+    ("log_likelihood_nan_images",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.nan_images(), num_samples=4),
+     ValueError, r"images contains 1 NaN value\(s\), the first at index \(1, 2, 3, 0\)"),
+    ("bounds_grey_levels_for_a_bernoulli_model",
+     lambda: bi.with_vae(evaluation.bounds, bi.grey_images(), ks=(1, 2)),
+     ValueError, r"images must be binary"),
+    ("bounds_uint8_images", lambda: bi.with_vae(evaluation.bounds, bi.uint8_images(), ks=(1,)),
+     ValueError, r"images must be binary.*uint8"),
+    ("write_sample_figures_grey_levels_for_a_bernoulli_model",
+     lambda: bi.with_vae(evaluation.write_sample_figures, bi.grey_images(),
+                         workdir="/nonexistent/never/written"),
+     ValueError, r"images must be binary"),
+    ("log_likelihood_uint8_images_for_a_unit_interval_model",
+     lambda: evaluation.log_likelihood(_unit_interval_model(), None, bi.uint8_images(), bi.key(),
+                                       num_samples=2),
+     ValueError, r"images must be values in \[0, 1\].*scale it by 1/255"),
+    ("bounds_batch_size_negative",
+     lambda: bi.with_vae(evaluation.bounds, bi.binary_images(), ks=(1,), batch_size=-2),
+     ValueError, r"batch_size must be an int >= 1, got -2"),
+    ("bounds_ks_an_int", lambda: bi.with_vae(evaluation.bounds, bi.binary_images(), ks=5),
+     TypeError, r"ks must be a sequence of ints"),
+    ("log_likelihood_sample_chunk_float",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.binary_images(), num_samples=4,
+                         sample_chunk=2.5),
+     TypeError, r"sample_chunk must be an int, got float 2\.5"),
+    ("log_likelihood_batch_size_bool",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.binary_images(), num_samples=4,
+                         batch_size=True),
+     TypeError, r"batch_size must be an int, got the bool"),
+    ("log_likelihood_emulate_precision_string",
+     lambda: bi.with_vae(evaluation.log_likelihood, bi.binary_images(), num_samples=4,
+                         emulate_precision="yes"),
+     TypeError, r"emulate_precision must be a bool"),
+    ("log_likelihood_key_an_int",
+     lambda: evaluation.log_likelihood(*bi.bernoulli_vae(), bi.binary_images(), 0, num_samples=4),
+     TypeError, r"key must be a PRNG key \(jax.random.key\(seed\)\), got int 0"),
+    ("write_sample_figures_num_reconstructions_zero",
+     lambda: bi.with_vae(evaluation.write_sample_figures, bi.binary_images(),
+                         workdir="/nonexistent", num_reconstructions=0),
+     ValueError, r"num_reconstructions must be an int >= 1"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
 
 
 def _binary(n, shape=(4, 4, 1), seed=0):

@@ -19,6 +19,21 @@ from dgmjax import objectives
 from dgmjax.inference import ais
 from dgmjax import models as M
 from dgmjax.models import linear_gaussian as lg, vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("ais_schedule_delta_inf", lambda: ais.schedule(5, delta=np.inf),
+     ValueError, r"delta must be a finite number > 0"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
 
 DX, DZ = 10, 3
 

@@ -17,6 +17,28 @@ import pytest
 
 from dgmjax import estimators, losses, objectives
 from dgmjax import models as M
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("make_loss_num_groups_for_iwae",
+     lambda: losses.make_loss(bi.bernoulli_vae()[0], "iwae", 4, num_groups=2),
+     ValueError, r"num_groups applies to 'miwae', 'piwae', 'piwae_dreg' and 'dreg' only"),
+    ("make_loss_beta_for_iwae",
+     lambda: losses.make_loss(bi.bernoulli_vae()[0], "iwae", 4, beta=0.5),
+     ValueError, r"beta applies to estimator 'ciwae' only"),
+    ("make_loss_bound_for_dreg",
+     lambda: losses.make_loss(bi.bernoulli_vae()[0], "dreg", 4, bound="elbo"),
+     ValueError, r"bound= applies to estimators 'stl' and 'reinforce' only"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
 
 #: The registry as this module was imported (a docs page run in the same process registers more).
 REGISTERED = tuple(estimators.ESTIMATORS)

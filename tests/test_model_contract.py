@@ -21,6 +21,38 @@ from flax import nnx
 from dgmjax import diagnostics, estimators, evaluation, losses, objectives, parallel, training
 from dgmjax import models as M
 from dgmjax.models import categorical_vae, pixel_vae, vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _decoder_model(decoder):
+  """A ``from_networks`` model over 4x4 images whose decoder is ``decoder(params, z)``."""
+  enc = lambda p, x: (jnp.zeros((x.shape[0], 2)), jnp.zeros((x.shape[0], 2)))
+  return M.from_networks(enc, decoder, likelihood="bernoulli")
+
+
+RAISES = [
+    ("decoder_output_without_the_batch_axis",
+     lambda: M.log_weights(_decoder_model(lambda p, z: jnp.zeros((1, 4, 4, 1))), {
+         "encoder": {}, "decoder": {}}, bi.binary_images(), bi.key(), 2),
+     ValueError, r"decoder's logits must have the shape of the data x, \(3, 4, 4, 1\); got "
+                 r"\(1, 4, 4, 1\)"),
+    ("decoder_output_flat",
+     lambda: M.log_weights(_decoder_model(lambda p, z: jnp.zeros((z.shape[0], 16))), {
+         "encoder": {}, "decoder": {}}, bi.binary_images(), bi.key(), 2),
+     ValueError, r"decoder's logits must have the shape of the data x.*got \(3, 16\)"),
+    ("sample_x_num_negative",
+     lambda: M.sample_x(*bi.bernoulli_vae(), bi.key(), -1),
+     ValueError, r"num must be an int >= 1, got -1"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
+
 
 def _key(seed=0):
   return jax.random.key(seed)

@@ -8,6 +8,20 @@ import pytest
 from scipy.special import logsumexp
 
 from dgmjax import numerics
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("memory_budget_fraction_negative", lambda: numerics.memory_budget(fraction=-1),
+     ValueError, r"fraction must be a finite number > 0 and <= 1"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
 
 
 @pytest.mark.parametrize("num_chunks, last", [(1, False), (3, False), (3, True)])

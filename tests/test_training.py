@@ -12,6 +12,48 @@ import pytest
 
 from dgmjax import losses, models, objectives, training
 from dgmjax.models import vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _fit_tiny_vae(**kw):
+  """``training.fit`` of the tiny VAE with one bad setting in ``kw`` (never gets to train)."""
+  model, params = bi.bernoulli_vae()
+  args = dict(optimizer=optax.adam(1e-3), num_steps=2, batch_size=2, seed=0,
+              workdir="/nonexistent/never/written")
+  args.update(kw)
+  return training.fit(losses.make_loss(model, "iwae", 2), params, bi.binary_images(4), **args)
+
+
+RAISES = [
+    ("fit_batch_size_float", lambda: _fit_tiny_vae(batch_size=2.0),
+     TypeError, r"batch_size must be an int, got float 2\.0"),
+    ("fit_batch_size_zero", lambda: _fit_tiny_vae(batch_size=0),
+     ValueError, r"batch_size must be an int >= 1"),
+    ("fit_seed_negative", lambda: _fit_tiny_vae(seed=-1),
+     ValueError, r"seed must be an int >= 0, got -1"),
+    ("fit_seed_none", lambda: _fit_tiny_vae(seed=None),
+     TypeError, r"seed must be an int >= 0, got None"),
+    ("fit_optimizer_a_number", lambda: _fit_tiny_vae(optimizer=1e-3),
+     TypeError, r"optimizer must be an optax GradientTransformation"),
+    ("fit_max_consecutive_nonfinite_zero", lambda: _fit_tiny_vae(max_consecutive_nonfinite=0),
+     ValueError, r"max_consecutive_nonfinite must be an int >= 1"),
+    ("fit_stop_after_negative", lambda: _fit_tiny_vae(stop_after=-1),
+     ValueError, r"stop_after must be"),
+    ("fit_workdir_a_file", lambda: _fit_tiny_vae(workdir=__file__),
+     ValueError, r"workdir=.*exists and is not a directory"),
+    ("make_optimizer_learning_rate_string", lambda: training.make_optimizer("adam", "1e-3"),
+     ValueError, r"learning_rate must be a finite number > 0, got str"),
+    ("burda_num_steps_zero_steps_per_epoch", lambda: training.burda_num_steps(0),
+     ValueError, r"steps_per_epoch must be an int >= 1, got 0"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
 
 
 # ----------------------------------------------------------------------------- schedule

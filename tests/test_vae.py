@@ -11,6 +11,20 @@ from scipy import special
 from dgmjax import estimators, objectives
 from dgmjax import models
 from dgmjax.models import vae
+from tests import bad_input as bi
+
+
+# ----------------------------------------------------------------------------- bad input
+
+RAISES = [
+    ("vae_zero_latent_dim", lambda: vae.VAE((4, 4, 1), (0,), ((4,),)),
+     ValueError, r"must hold positive sizes"),
+]
+
+
+@bi.raises_cases(RAISES)
+def test_concrete_bad_input_raises_naming_the_argument(thunk, exc, match):
+  bi.check_raises(thunk, exc, match)
 
 
 def _binary_images(key, n, shape, p=0.3):
