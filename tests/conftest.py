@@ -10,8 +10,9 @@ hook is active.
 
 The checker does not check Python ``int`` / ``bool`` settings (``axis``, ``event_ndims``,
 ``num_groups``, ``hard``, ...): the library validates those itself, accepting NumPy integers and
-raising :class:`~dgmjax._checks.ArgumentTypeError` that names the argument (tested by
-``tests/test_bad_inputs.py``), so those hints are overridden by ``object``. A ``float`` hint
+raising :class:`~dgmjax._checks.ArgumentTypeError` that names the argument (tested in the
+``bad input`` section of each module's test file, with ``tests/bad_input.py``), so those hints
+are overridden by ``object``. A ``float`` hint
 accepts any real number (``numbers.Real``: Python and NumPy ints and floats, not arrays), as
 PEP 484's numeric tower intends.
 """

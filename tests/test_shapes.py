@@ -6,8 +6,8 @@ anything imports :mod:`dgmjax`, in every pytest-xdist worker. These tests prove 
 library does not check itself raises jaxtyping's ``TypeCheckError`` (a ``TypeError``), that return
 values are checked, and that what the annotations allow (Python scalars, NumPy arrays, raw keys,
 ``jit`` tracers) keeps working. Input the library does check keeps raising the library's own
-``ValueError`` naming the argument (``tests/test_bad_inputs.py``); a few of those cases are
-repeated here, since they are where an annotation must stay loose.
+``ValueError`` naming the argument (the ``bad input`` section of each module's test file); a
+few of those cases are repeated here, since they are where an annotation must stay loose.
 """
 
 import inspect

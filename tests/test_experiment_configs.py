@@ -1,6 +1,7 @@
-"""The experiments' configs: a malformed config string, a bad numeric field or an unknown
-``--config.*`` key fails at once, with a short message that names it and lists what is valid,
-before any data is loaded or anything is written."""
+"""Tests of the experiments' configs (experiments/common/config.py and each study's configs/): a
+malformed config string, a bad numeric field or an unknown ``--config.*`` key fails at once, with
+a short message that names it and lists what is valid, before any data is loaded or anything is
+written; every driver parses its flags through the shared helper."""
 
 import os
 import re
@@ -8,9 +9,6 @@ import re
 import pytest
 
 from dgmjax import data
-
-
-# ----------------------------------------------------------------------------- experiment configs
 
 
 def _iwae_string(arg):
