@@ -8,11 +8,11 @@ a study never imports another study. Read from the source with :mod:`ast`, so no
 
 from __future__ import annotations
 
-import ast
 import os
 
 import pytest
 
+from tests import import_graph
 from tests.conftest import REPO_ROOT
 
 #: (layer, module prefixes), lowest first. A module belongs to the layer of its longest prefix.
@@ -33,59 +33,8 @@ LAYERS = (
 )
 
 
-def _modules() -> dict[str, str]:
-  """``{dotted module name: path}`` of every Python file of the library, experiments and
-  benchmarks."""
-  out = {}
-  for top in ("dgmjax", "experiments", "benchmarks"):
-    for root, _, files in os.walk(os.path.join(REPO_ROOT, top)):
-      for f in files:
-        if f.endswith(".py"):
-          path = os.path.join(root, f)
-          rel = os.path.relpath(path, REPO_ROOT)[:-3].replace(os.sep, ".")
-          out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
-  return out
-
-
-MODULES = _modules()
-
-
-def _resolve(name: str) -> str | None:
-  """The repository module that an import of ``name`` loads (its longest known prefix)."""
-  while name:
-    if name in MODULES:
-      return name
-    name = name.rpartition(".")[0]
-  return None
-
-
-def _imports(module: str) -> set[str]:
-  """The repository modules that ``module`` imports, anywhere in its file."""
-  with open(MODULES[module], encoding="utf-8") as f:
-    tree = ast.parse(f.read())
-  is_package = MODULES[module].endswith("__init__.py")
-  found = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      names = [a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom):
-      base = node.module or ""
-      if node.level:
-        parts = module.split(".")
-        parts = parts if is_package else parts[:-1]
-        parts = parts[: len(parts) - (node.level - 1)]
-        base = ".".join(parts + ([base] if base else []))
-      names = [f"{base}.{a.name}" for a in node.names]
-    else:
-      continue
-    for n in names:
-      target = _resolve(n)
-      if target and target != module:
-        found.add(target)
-  return found
-
-
-GRAPH = {m: _imports(m) for m in MODULES}
+MODULES = import_graph.find_modules(("dgmjax", "experiments", "benchmarks"))
+GRAPH = import_graph.graph(MODULES)
 
 
 def _layer(module: str) -> int:
@@ -96,11 +45,6 @@ def _layer(module: str) -> int:
         best, rank = len(p), i
   assert rank is not None, f"{module} is in no layer of LAYERS: add it"
   return rank
-
-
-def _study(module: str) -> str | None:
-  parts = module.split(".")
-  return parts[1] if parts[0] == "experiments" and len(parts) > 1 else None
 
 
 def test_every_module_is_in_a_layer():
@@ -131,55 +75,20 @@ def test_no_study_imports_another_study_and_benchmarks_import_no_experiment():
   bad = []
   for m, targets in GRAPH.items():
     for t in targets:
-      if _study(m) and _study(t) and _study(t) not in ("common", _study(m)):
+      own, other = import_graph.study(m), import_graph.study(t)
+      if own and other and other not in ("common", own):
         bad.append(f"{m} imports {t}")
       if m.startswith("benchmarks") and t.startswith("experiments"):
         bad.append(f"{m} imports {t}")
   assert not bad, "\n".join(sorted(bad))
 
 
-def _cycles() -> list[list[str]]:
-  """The strongly connected components with more than one module (Tarjan's algorithm)."""
-  index, low, stack, on, out = {}, {}, [], set(), []
-
-  def visit(v):
-    index[v] = low[v] = len(index)
-    stack.append(v)
-    on.add(v)
-    for w in GRAPH.get(v, ()):
-      if w not in index:
-        visit(w)
-        low[v] = min(low[v], low[w])
-      elif w in on:
-        low[v] = min(low[v], index[w])
-    if low[v] == index[v]:
-      comp = []
-      while True:
-        w = stack.pop()
-        on.discard(w)
-        comp.append(w)
-        if w == v:
-          break
-      if len(comp) > 1:
-        out.append(sorted(comp))
-
-  for v in sorted(GRAPH):
-    if v not in index:
-      visit(v)
-  return out
-
-
 def test_no_import_circle():
   # A package's __init__ re-exports its modules, which may import siblings through it: faces are
   # left out of the circle check (their own imports are checked by the layer test).
   faces = {m for m, p in MODULES.items() if p.endswith("__init__.py")}
-  saved = dict(GRAPH)
-  try:
-    for m in list(GRAPH):
-      GRAPH[m] = {t for t in saved[m] if t not in faces or t == m}
-    cycles = [c for c in _cycles() if not set(c) <= faces]
-  finally:
-    GRAPH.update(saved)
+  without_faces = {m: {t for t in ts if t not in faces or t == m} for m, ts in GRAPH.items()}
+  cycles = [c for c in import_graph.circles(without_faces) if not set(c) <= faces]
   assert not cycles, f"import circles: {cycles}"
 
 
