@@ -13,20 +13,10 @@ from dgmjax import objectives as O
 from dgmjax.inference import em
 from dgmjax.models import gmm
 from tests import classical_data as cd
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_gmm_log_prob = jax.jit(gmm.gmm_log_prob)
 _gmm_posterior = jax.jit(gmm.gmm_posterior)
-_gmm_covariances = jax.jit(gmm.gmm_covariances)
 
 
 def _random_gmm(rng, c, d):
@@ -39,13 +29,13 @@ def test_gmm_densities_match_sklearn(x64):
   x = cd.blobs()
   gm = GaussianMixture(3, covariance_type="full", random_state=0).fit(x)
   params = gmm.gmm_params(np.log(gm.weights_), gm.means_, gm.covariances_)
-  np.testing.assert_allclose(_gmm_log_prob(params, x), gm.score_samples(x), rtol=1e-10)
+  np.testing.assert_allclose(cd.gmm_log_prob(params, x), gm.score_samples(x), rtol=1e-10)
   np.testing.assert_allclose(np.exp(_gmm_posterior(params, x)), gm.predict_proba(x), atol=1e-10)
   # log p(x) = logsumexp_z log p(x, z), with log p(x, z) evaluated per component index.
   joint = jax.jit(jax.vmap(lambda c: gmm.gmm_log_joint(params, x, jnp.full((len(x),), c))))(
       jnp.arange(3))
   np.testing.assert_allclose(jax.nn.logsumexp(joint, 0), gm.score_samples(x), rtol=1e-10)
-  np.testing.assert_allclose(_gmm_covariances(params), gm.covariances_, rtol=1e-10)
+  np.testing.assert_allclose(cd.gmm_covariances(params), gm.covariances_, rtol=1e-10)
 
 
 def test_gmm_elbo_with_the_exact_posterior_equals_log_prob(x64):

@@ -11,29 +11,10 @@ from sklearn.mixture import GaussianMixture
 
 from dgmjax.inference import em
 from dgmjax.models import gmm
-from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import ppca
 from tests import classical_data as cd
-
-
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_log_marginal = jax.jit(lg.log_marginal)
-_gmm_log_prob = jax.jit(gmm.gmm_log_prob)
-_gmm_covariances = jax.jit(gmm.gmm_covariances)
-
-
-@pytest.fixture(scope="module")
-def ppca_data():
-  """Data from a PPCA model with well-separated signal eigenvalues (float64 numpy)."""
-  return cd.ppca_data()
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
+from tests.classical_data import ppca_data_fixture  # pylint: disable=unused-import
 
 
 def test_gmm_em_matches_sklearn_from_the_same_start(x64):
@@ -41,7 +22,7 @@ def test_gmm_em_matches_sklearn_from_the_same_start(x64):
   init = gmm.gmm_init(jax.random.key(0), x, 3, reg_covar=0.0)
   res = em.gmm_em(init, x, max_iters=cd.MAX_ITERS, tol=0.0, reg_covar=0.0)
   assert int(res.num_iters) == cd.MAX_ITERS and not bool(res.converged)
-  cov0 = np.asarray(_gmm_covariances(init))
+  cov0 = np.asarray(cd.gmm_covariances(init))
   gm = GaussianMixture(3, covariance_type="full", reg_covar=0.0, max_iter=cd.MAX_ITERS, tol=0.0,
                        weights_init=np.full(3, 1 / 3), means_init=np.asarray(init.means),
                        precisions_init=np.linalg.inv(cov0))
@@ -49,7 +30,7 @@ def test_gmm_em_matches_sklearn_from_the_same_start(x64):
     warnings.simplefilter("ignore")  # ConvergenceWarning: tol=0 on purpose
     gm.fit(x)
   np.testing.assert_allclose(res.params.means, gm.means_, atol=1e-8)
-  np.testing.assert_allclose(_gmm_covariances(res.params), gm.covariances_, atol=1e-8)
+  np.testing.assert_allclose(cd.gmm_covariances(res.params), gm.covariances_, atol=1e-8)
   np.testing.assert_allclose(jax.nn.softmax(res.params.logits), gm.weights_, atol=1e-8)
   np.testing.assert_allclose(res.log_likelihood[-1], gm.score(x), rtol=1e-10)
 
@@ -65,7 +46,7 @@ def test_gmm_em_never_decreases_the_log_likelihood(x64, seed):
   assert np.all(np.diff(ll) >= -1e-12 * np.abs(ll[1:])), np.diff(ll).min()
   assert ll[-1] > ll[0] + 0.05
   # Entry t is the log-likelihood at the parameters after t iterations.
-  np.testing.assert_allclose(ll[-1], _gmm_log_prob(res.params, x).mean(), rtol=1e-12)
+  np.testing.assert_allclose(ll[-1], cd.gmm_log_prob(res.params, x).mean(), rtol=1e-12)
 
 
 def test_gmm_em_stops_at_tolerance_and_pads_the_trace(x64):
@@ -121,8 +102,8 @@ def test_ppca_em_is_monotone_and_converges_to_the_closed_form(x64, ppca_data):
   assert bool(res.converged)
   assert np.all(np.diff(ll) >= -1e-12 * np.abs(ll[1:])), np.diff(ll).min()
   ml = ppca.ppca_ml(x, cd.Z_DIM)
-  ll_ml = float(_log_marginal(ml, x).mean())
-  assert abs(float(_log_marginal(res.params, x).mean()) - ll_ml) < 1e-4
+  ll_ml = float(cd.log_marginal(ml, x).mean())
+  assert abs(float(cd.log_marginal(res.params, x).mean()) - ll_ml) < 1e-4
   assert abs(ll[-1] - ll_ml) < 1e-4
   assert float(jnp.max(ppca.subspace_angles(res.params.w, ml.w))) < 1e-3
   np.testing.assert_allclose(res.params.log_scale, ml.log_scale, atol=1e-5)

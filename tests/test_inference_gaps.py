@@ -13,19 +13,7 @@ from dgmjax.inference import gaps as gaps_lib
 from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import linear_vae
 from tests import classical_data as cd
-
-
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_log_marginal = jax.jit(lg.log_marginal)
-_linear_vae_elbo = jax.jit(linear_vae.linear_vae_elbo)
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
 
 
 W_CORRELATED = ((1.0, 0.8), (0.5, 1.0), (0.0, 0.3), (1.0, 0.0), (0.2, 0.2), (0.0, 1.0))
@@ -38,7 +26,7 @@ def test_amortization_gaps_match_closed_forms(x64):
   w = jnp.asarray(W_CORRELATED)
   params = lg.Params(w, jnp.zeros(6), jnp.asarray(0.5 * math.log(S2_CORRELATED)))
   x = jnp.asarray(cd.ppca_draws(30, 8, 6, [1.0, 1.0], 0.5))
-  log_px = _log_marginal(params, x)
+  log_px = cd.log_marginal(params, x)
   # The best mean-field Gaussian for the posterior N(m, M^{-1}) has precisions diag(M):
   # KL = (sum_j log M_jj - log det M) / 2, the same for every x.
   m = np.eye(2) + np.asarray(w).T @ np.asarray(w) / S2_CORRELATED
@@ -72,7 +60,7 @@ def test_amortization_gaps_match_closed_forms(x64):
   np.testing.assert_allclose(exact.approximation_gap, np.full(8, approx), rtol=1e-10)
   np.testing.assert_allclose(exact.inference_gap, np.full(8, kl_e), rtol=1e-10)
   np.testing.assert_allclose(exact.amortization_gap, np.full(8, kl_e - approx), rtol=1e-10)
-  np.testing.assert_allclose(exact.elbo_amortized, _linear_vae_elbo(vae, x), rtol=1e-10)
+  np.testing.assert_allclose(exact.elbo_amortized, cd.linear_vae_elbo(vae, x), rtol=1e-10)
 
 
 def test_amortization_gaps_need_a_model_with_encode():

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from dgmjax import distributions as D
 from dgmjax import objectives as O
@@ -13,18 +12,10 @@ from dgmjax.inference import local
 from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import linear_vae, ppca
 from tests import classical_data as cd
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
+from tests.classical_data import ppca_data_fixture  # pylint: disable=unused-import
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_log_marginal = jax.jit(lg.log_marginal)
 LINEAR_VAE = linear_vae.LinearVAE()
 
 
@@ -35,12 +26,6 @@ def _as_linear_vae(decoder):
   zeros = jnp.zeros((z_dim,), decoder.w.dtype)
   return linear_vae.LinearVAEParams(decoder, jnp.zeros((x_dim, z_dim), decoder.w.dtype), zeros,
                                     zeros)
-
-
-@pytest.fixture(scope="module")
-def ppca_data():
-  """Data from a PPCA model with well-separated signal eigenvalues (float64 numpy)."""
-  return cd.ppca_data()
 
 
 def test_ppca_elbo_with_the_exact_posterior_equals_log_marginal(x64, ppca_data):
@@ -83,9 +68,9 @@ def test_variational_em_on_ppca_reaches_the_ml_likelihood(x64, ppca_data):
                              num_iters=600, e_steps=2, m_steps=1, e_optimizer=optax.adam(5e-2),
                              m_optimizer=optax.adam(optax.cosine_decay_schedule(5e-2, 600, 0.01)))
   decoder = res.params.decoder  # the encoder is not read, its gradient is 0: Adam leaves it
-  ll = float(_log_marginal(decoder, x).mean())
-  ll_ml = float(_log_marginal(ml, x).mean())
-  ll_init = float(_log_marginal(init, x).mean())
+  ll = float(cd.log_marginal(decoder, x).mean())
+  ll_ml = float(cd.log_marginal(ml, x).mean())
+  ll_init = float(cd.log_marginal(init, x).mean())
   assert ll_ml - ll < 0.03 < ll - ll_init
   # The ELBO is a lower bound on the (exact) log-likelihood.
   assert float(res.elbo[-1]) < ll + 0.05

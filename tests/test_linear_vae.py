@@ -11,29 +11,13 @@ import pytest
 from dgmjax import distributions as D
 from dgmjax import models
 from dgmjax import objectives as O
-from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import linear_vae, ppca
 from tests import classical_data as cd
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
+from tests.classical_data import ppca_data_fixture  # pylint: disable=unused-import
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_log_marginal = jax.jit(lg.log_marginal)
-_linear_vae_elbo = jax.jit(linear_vae.linear_vae_elbo)
 MODEL = linear_vae.LinearVAE()
-
-
-@pytest.fixture(scope="module")
-def ppca_data():
-  """Data from a PPCA model with well-separated signal eigenvalues (float64 numpy)."""
-  return cd.ppca_data()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +37,7 @@ def test_linear_vae_analytic_elbo_matches_monte_carlo_and_exact_posterior(x64, p
       vae, x, jax.random.key(41))
   mc = O.elbo(lw)
   se = jnp.std(lw, axis=0) / math.sqrt(20000)
-  elbo = _linear_vae_elbo
+  elbo = cd.linear_vae_elbo
   assert np.all(np.abs(mc - elbo(vae, x)) < 5 * se)
   # Encoder = exact posterior of the ML decoder (linear mean, diagonal covariance): ELBO = log p(x).
   ml = ppca.ppca_ml(ppca_data, cd.Z_DIM)
@@ -63,18 +47,18 @@ def test_linear_vae_analytic_elbo_matches_monte_carlo_and_exact_posterior(x64, p
   v = w @ np.linalg.inv(m) / s2
   exact = linear_vae.LinearVAEParams(ml, jnp.asarray(v), jnp.asarray(-(np.asarray(ml.b) @ v)),
                             jnp.asarray(-0.5 * np.log(np.diag(m))))
-  np.testing.assert_allclose(elbo(exact, x), _log_marginal(ml, x), rtol=1e-10)
+  np.testing.assert_allclose(elbo(exact, x), cd.log_marginal(ml, x), rtol=1e-10)
 
 
 def test_linear_vae_recovers_ppca_likelihood_and_subspace(vae_data):
   train, test = vae_data
   vae, trace = linear_vae.fit_linear_vae(jax.random.key(52), train, 3, num_steps=1000, learning_rate=0.1)
   ml = ppca.ppca_ml(train, 3)
-  ll_vae = float(_log_marginal(vae.decoder, test).mean())
-  ll_ppca = float(_log_marginal(ml, test).mean())
+  ll_vae = float(cd.log_marginal(vae.decoder, test).mean())
+  ll_ppca = float(cd.log_marginal(ml, test).mean())
   assert abs(ll_vae - ll_ppca) < 0.1, (ll_vae, ll_ppca)
   assert float(jnp.max(ppca.subspace_angles(vae.decoder.w, ml.w))) < 0.02
-  assert float(_linear_vae_elbo(vae, test).mean()) <= ll_vae
+  assert float(cd.linear_vae_elbo(vae, test).mean()) <= ll_vae
   assert float(jnp.mean(trace[-50:])) > float(jnp.mean(trace[:50]))
 
 

@@ -15,25 +15,11 @@ from dgmjax.inference import em
 from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import ppca
 from tests import classical_data as cd
+from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
+from tests.classical_data import ppca_data_fixture  # pylint: disable=unused-import
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiling_prng():
-  """Non-partitionable threefry for this module's tests: identical statistics, but XLA compiles
-  programs that draw random numbers about 5x faster on CPU (the partitionable default only
-  matters for sharded arrays)."""
-  with jax.threefry_partitionable(False):
-    yield
-
-
-_log_marginal = jax.jit(lg.log_marginal)
 _ppca_mean_ll = jax.jit(ppca.ppca_mean_log_likelihood)
-
-
-@pytest.fixture(scope="module")
-def ppca_data():
-  """Data from a PPCA model with well-separated signal eigenvalues (float64 numpy)."""
-  return cd.ppca_data()
 
 
 def test_ppca_ml_matches_sklearn_pca_and_is_stationary(x64, ppca_data):
@@ -49,7 +35,7 @@ def test_ppca_ml_matches_sklearn_pca_and_is_stationary(x64, ppca_data):
   np.testing.assert_allclose(w @ w.T + s2 * np.eye(cd.X_DIM), unbias * pca.get_covariance(),
                              rtol=1e-10, atol=1e-12)
   mvn = st.multivariate_normal(x.mean(0), unbias * pca.get_covariance())
-  np.testing.assert_allclose(_log_marginal(ml, x), mvn.logpdf(x), rtol=1e-10)
+  np.testing.assert_allclose(cd.log_marginal(ml, x), mvn.logpdf(x), rtol=1e-10)
   assert float(jnp.max(ppca.subspace_angles(ml.w, pca.components_.T))) < 1e-7
   np.testing.assert_allclose(ppca.covariance_eigenvalues(x),
                              np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1],
@@ -62,7 +48,7 @@ def test_ppca_ml_matches_sklearn_pca_and_is_stationary(x64, ppca_data):
                              rtol=1e-12)
   other = cd.lg_params(0, cd.X_DIM, cd.Z_DIM)
   np.testing.assert_allclose(_ppca_mean_ll(other, mean, cov),
-                             _log_marginal(other, x).mean(), rtol=1e-12)
+                             cd.log_marginal(other, x).mean(), rtol=1e-12)
 
 
 def test_ppca_fixed_noise_zeroes_the_columns_below_the_noise(x64, ppca_data):
