@@ -40,6 +40,9 @@ built (``IWAE()``, ``DReG(num_groups=2)``, ``CIWAE(beta)``, ``Renyi(alpha)``,
 ``Reinforce(bound, baseline, kl)``, ...) and gives its surrogate over the views in one method,
 ``estimator.surrogate(terms, axis) -> [B]``. :data:`ESTIMATORS` is the one registry, name -> class,
 that :func:`dgmjax.losses.make_loss` looks names up in; :func:`register` adds a class to it.
+An estimator whose gradient runs through the sample (``Estimator.pathwise``: the reparametrized
+bounds, STL, DReG and their relatives) refuses a discrete or non-reparametrized latent, naming the
+score-function estimators that fit (:meth:`Estimator.check_latent`, :func:`latent_kind`).
 
 The package re-exports every public name of its two modules: :mod:`dgmjax.estimators.surrogates`
 (the gradient views, the surrogate functions, learning signals and baselines: the maths) and
@@ -66,15 +69,15 @@ from dgmjax.estimators.surrogates import (
     rws_dreg_surrogate, rws_surrogate, stl_surrogate, vimco_learning_signals, vimco_surrogate,
     zero_with_grad)
 from dgmjax.estimators.objects import (
-    BASELINES, CIWAE, ELBO, ESTIMATORS, IWAE, MIWAE, PIWAE, RWS, STL, VIMCO, DReG, Estimator,
-    PIWAEDReG, Reinforce, Renyi, RenyiDReG, RWSDReG, from_name, register)
+    BASELINES, CIWAE, ELBO, ESTIMATORS, IWAE, LATENTS, MIWAE, PIWAE, RWS, STL, VIMCO, DReG,
+    Estimator, PIWAEDReG, Reinforce, Renyi, RenyiDReG, RWSDReG, from_name, latent_kind, register)
 
 __all__ = [
-    "BASELINES", "BOUNDS", "CIWAE", "DReG", "ELBO", "ESTIMATORS", "Estimator", "IWAE", "MIWAE",
-    "LogWeightTerms", "PIWAE", "PIWAEDReG", "RWS", "RWSDReG", "Reinforce", "Renyi",
+    "BASELINES", "BOUNDS", "CIWAE", "DReG", "ELBO", "ESTIMATORS", "Estimator", "IWAE", "LATENTS",
+    "MIWAE", "LogWeightTerms", "PIWAE", "PIWAEDReG", "RWS", "RWSDReG", "Reinforce", "Renyi",
     "RenyiDReG", "RunningMean", "STL", "VIMCO", "baseline_loss", "ciwae_surrogate",
-    "dreg_surrogate", "elbo_surrogate", "from_name", "iwae_surrogate", "learning_signal",
-    "miwae_surrogate", "piwae_surrogate", "register", "reinforce_surrogate",
+    "dreg_surrogate", "elbo_surrogate", "from_name", "iwae_surrogate", "latent_kind",
+    "learning_signal", "miwae_surrogate", "piwae_surrogate", "register", "reinforce_surrogate",
     "renyi_dreg_surrogate", "running_mean_init", "running_mean_update", "rws_dreg_surrogate",
     "rws_surrogate", "stl_surrogate", "vimco_learning_signals", "vimco_surrogate",
     "zero_with_grad",

@@ -27,8 +27,8 @@ from dgmjax.estimators.surrogates import (
 
 __all__ = [
     "BASELINES", "CIWAE", "DReG", "ELBO", "ESTIMATORS", "Estimator", "IWAE", "MIWAE", "PIWAE",
-    "PIWAEDReG", "RWS", "RWSDReG", "Reinforce", "Renyi", "RenyiDReG", "STL", "VIMCO",
-    "from_name", "register",
+    "LATENTS", "PIWAEDReG", "RWS", "RWSDReG", "Reinforce", "Renyi", "RenyiDReG", "STL", "VIMCO",
+    "from_name", "latent_kind", "register",
 ]
 
 #: Baselines of :class:`Reinforce` by name (a function ``(params, x) -> [B]`` is NVIL's).
@@ -76,6 +76,45 @@ def _batch_mean_baseline(signal: Float[Array, "*shape"]) -> Float[Array, "B"]:
   return (jnp.sum(f) - f) / (b - 1)
 
 
+#: The kinds of latent a model may declare (its optional attribute ``latent``; see
+#: :func:`latent_kind`).
+LATENTS = ("continuous", "discrete")
+
+
+def latent_kind(z: Any, model: Any = None) -> str:
+  """What a gradient estimator may do with a latent: ``'reparametrized'``, ``'discrete'`` or
+  ``'not reparametrized'``.
+
+  Discrete when ``model.latent == 'discrete'`` (a one-hot float draw, as the categorical VAE's,
+  cannot be told from its dtype) or when a leaf of ``z`` has an integer or boolean dtype (whatever
+  the model declares: no gradient flows through such an array); else not reparametrized when
+  ``model.reparametrized is False`` (a continuous draw without a path to ``q``'s parameters);
+  else reparametrized. A model that declares nothing is read from ``z``'s dtype.
+
+  Args:
+    z: one draw of ``sample_q``, array or ``jax.ShapeDtypeStruct`` leaves (a pytree).
+    model: the model that drew it, or ``None``; its optional attributes ``latent`` (``None``,
+      ``'continuous'`` or ``'discrete'``) and ``reparametrized`` (``None``, ``True`` or
+      ``False``) are read.
+
+  Raises:
+    ValueError: an attribute with another value, naming it.
+  """
+  latent = getattr(model, "latent", None)
+  reparametrized = getattr(model, "reparametrized", None)
+  if latent is not None and latent not in LATENTS:
+    raise ValueError(f"{type(model).__name__}.latent must be None, 'continuous' or 'discrete', got "
+                     f"{latent!r}")
+  if reparametrized is not None and not isinstance(reparametrized, (bool, np.bool_)):
+    raise ValueError(f"{type(model).__name__}.reparametrized must be None, True or False, got "
+                     f"{reparametrized!r}")
+  integral = any(jnp.issubdtype(leaf.dtype, jnp.integer) or jnp.issubdtype(leaf.dtype, jnp.bool_)
+                 for leaf in jax.tree.leaves(z))
+  if latent == "discrete" or integral:
+    return "discrete"
+  return "not reparametrized" if reparametrized is False else "reparametrized"
+
+
 class Estimator:
   """A gradient estimator: its settings, checked when it is built, and its surrogate.
 
@@ -92,10 +131,53 @@ class Estimator:
       log-weights (one pass) and fill only ``log_w``.
     kl: ``'analytic'`` where the loss adds the model's analytic KL (a setting of :class:`ELBO`
       and :class:`Reinforce`; ``None`` for the others).
+    pathwise: whether the gradient runs through the sample ``z = z(eps; phi)`` (class level):
+      such an estimator needs a continuous, reparametrized latent (:meth:`check_latent`). Read off
+      :attr:`views` (``log_w`` or ``log_w_path`` among them) unless a class sets it; the
+      score-function estimators (``'reinforce'``, ``'vimco'``, ``'rws'``) are not pathwise.
   """
   name: str = ""
   views: tuple[str, ...] = ("log_w",)
   kl: Optional[str] = None
+  pathwise: bool = True
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if "pathwise" not in cls.__dict__:
+      cls.pathwise = bool({"log_w", "log_w_path"} & set(cls.views))
+
+  def check_latent(self, z: Any, model: Any = None) -> None:
+    """Raises ValueError if this estimator cannot take its gradient through the latent ``z``.
+
+    A pathwise estimator differentiates ``log w`` through the sample: on a discrete latent that
+    path does not exist (the gradient silently misses the score term of ``q``), and on a sampler
+    without a path it is not the estimator it claims to be. Score-function estimators accept every
+    latent. ``z``'s dtype is static, so under ``jit`` the check runs at trace time.
+
+    Args:
+      z: one draw of ``sample_q`` (array leaves, or ``jax.ShapeDtypeStruct`` leaves from
+        ``jax.eval_shape``).
+      model: the model that drew it; its optional attributes ``latent`` and ``reparametrized`` are
+        read (:func:`latent_kind`).
+
+    Raises:
+      ValueError: naming the estimator, the latent's kind and dtype, and the estimators that fit.
+    """
+    kind = latent_kind(z, model)
+    if not self.pathwise or kind == "reparametrized":
+      return
+    dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(z)})
+    declared = [f"{a}={getattr(model, a)!r}" for a in ("latent", "reparametrized")
+                if getattr(model, a, None) is not None]
+    whose = f"{type(model).__name__}'s" if model is not None else "the"
+    fit = _quoted([n for n, c in ESTIMATORS.items() if not c.pathwise])
+    raise ValueError(
+        f"estimator {self.name or type(self).__name__!r} takes its gradient through the sample z "
+        f"and needs a continuous, reparametrized latent; {whose} latent is {kind} (z of dtype "
+        f"{', '.join(dtypes)}{'; ' + ', '.join(declared) if declared else ''}). Estimators that "
+        f"fit: the score-function ones, {fit} ('reinforce' with a baseline function is NVIL), or "
+        f"a pathwise one on a continuous relaxation of the latent (e.g. "
+        f"CategoricalVAE.relaxed(tau))")
 
   def surrogate(self, terms: LogWeightTerms, axis: int = 0) -> Float[Array, "*batch"]:
     """``[K, B]`` views -> ``[B]``: the bound's value, the estimator's gradient."""

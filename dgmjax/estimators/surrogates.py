@@ -318,7 +318,8 @@ def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float
   Args:
     log_w_theta: ``[K, B]``, :attr:`LogWeightTerms.log_w_theta`.
     log_q_score: ``[K, B]``, :attr:`LogWeightTerms.log_q_score`.
-    baseline: ``None``, a scalar or ``[B]``; subtracted from the learning signal.
+    baseline: ``None``, a scalar or ``[B]``; subtracted from the learning signal. A NaN entry
+      makes its data point's value and gradient NaN.
     axis: sample axis.
     bound: ``'iwae'`` or ``'elbo'``.
     analytic_kl: the "log-weights" are the log-likelihoods ``log p(x | z_k)`` alone, the KL being
@@ -338,7 +339,8 @@ def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float
   lw = _to_front(log_w_theta, axis, "log_w_theta")
   lq = _to_front(log_q_score, axis, "log_q_score")
   signal = learning_signal(lw, 0, bound=bound)
-  centred = signal - _baseline_like(baseline, signal)
+  b = _baseline_like(baseline, signal)
+  centred = signal - b
   if bound == "iwae":
     centred = jnp.broadcast_to(centred[None], lw.shape)
   else:
@@ -346,7 +348,10 @@ def reinforce_surrogate(log_w_theta: Float[ArrayLike, "..."], log_q_score: Float
   if analytic_kl and bound != "elbo":
     raise ValueError("analytic_kl needs bound='elbo' (the KL of the ELBO is analytic)")
   coeff = centred if analytic_kl else centred - _sample_weights(lw, bound)
-  return _bound(lw, bound) + _route(coeff, lq)
+  # _route drops non-finite coefficients (a sample of zero weight); a NaN baseline is invalid
+  # input, not such a sample: its data point gets NaN in value and gradient, never a zero gradient.
+  invalid = jnp.where(jnp.broadcast_to(jnp.isnan(b), lw.shape), jnp.nan, 0.0).astype(lw.dtype)
+  return _bound(lw, bound) + _route(coeff, lq) + jnp.sum(invalid * zero_with_grad(lq), axis=0)
 
 
 def vimco_learning_signals(log_w: Float[ArrayLike, "*shape"],
