@@ -109,6 +109,7 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
 
   if est.views == ("log_w",) and analytic:
     def loss(params, x, key):
+      est.check_latent(jax.eval_shape(model.sample_q, params, x, key), model)
       keys = jax.random.split(key, num_samples)
       z = jax.vmap(lambda k: model.sample_q(params, x, k))(keys)
       ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
@@ -123,6 +124,7 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
 
   if est.views == ("log_w",):
     def loss(params, x, key):
+      est.check_latent(jax.eval_shape(model.sample_q, params, x, key), model)
       lw = base.log_weights(model, params, x, key, num_samples)
       value = jnp.mean(est.surrogate(_log_w_only(lw)))
       return -value, {"bound": value, "elbo": jnp.mean(objectives.elbo(lw))}
@@ -130,6 +132,7 @@ def make_loss(model, estimator: str | estimators.Estimator, num_samples: int,
     return _for_model(loss, model)
 
   def loss(params, x, key):
+    est.check_latent(jax.eval_shape(model.sample_q, params, x, key), model)
     terms = base.log_weight_terms(model, params, x, key, num_samples, analytic_kl=analytic)
     metrics = {}
     step_est = est
@@ -270,6 +273,7 @@ def make_kl_controlled_loss(model, bound: str, num_samples: int, *,
   kl_weight = kl_weight or kl_weight_schedule("constant")
 
   def loss(params, x, key, step):
+    estimators.IWAE().check_latent(jax.eval_shape(model.sample_q, params, x, key), model)
     beta = kl_weight(step)
     kl_dims = model.kl(params, x)
     kl_dims = kl_dims.reshape(kl_dims.shape[0], -1)                               # [B, D]

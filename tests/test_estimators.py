@@ -418,6 +418,121 @@ def test_a_baseline_function_is_evaluated_by_the_loss(terms):
   np.testing.assert_allclose(value, objectives.iwae_bound(terms.log_w), rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- the kind of latent
+
+
+class _Declares:
+  """A stand-in for a model: only the optional attributes ``latent`` and ``reparametrized``."""
+
+  def __init__(self, latent=None, reparametrized=None):
+    self.latent, self.reparametrized = latent, reparametrized
+
+
+def test_pathwise_is_read_off_the_views_unless_a_class_says():
+  assert {n for n, c in estimators.ESTIMATORS.items() if not c.pathwise} >= {
+      "reinforce", "vimco", "rws"}
+  for name in ("elbo", "iwae", "miwae", "ciwae", "renyi", "piwae", "piwae_dreg", "dreg", "stl",
+               "rws_dreg", "renyi_dreg"):
+    assert estimators.ESTIMATORS[name].pathwise, name
+
+  class Score(estimators.Estimator):
+    views = ("log_w_theta", "log_q_score")
+
+  class Declared(Score):
+    pathwise = True
+
+  assert not Score.pathwise and Declared.pathwise
+
+
+@pytest.mark.parametrize("z,model,kind", [
+    (jnp.zeros((B, DZ)), None, "reparametrized"),
+    (jnp.zeros((B, DZ), jnp.int32), None, "discrete"),
+    (jnp.zeros((B, DZ), bool), None, "discrete"),
+    (jax.ShapeDtypeStruct((B, DZ), jnp.uint8), None, "discrete"),
+    ({"top": jnp.zeros((B, 2)), "bottom": jnp.zeros((B, 2), jnp.int32)}, None, "discrete"),
+    (jnp.zeros((B, 3, 4)), _Declares("discrete"), "discrete"),          # one-hot float draws
+    (jnp.zeros((B, DZ), jnp.int32), _Declares("continuous"), "discrete"),  # the dtype wins
+    (jnp.zeros((B, DZ)), _Declares("continuous"), "reparametrized"),
+    (jnp.zeros((B, DZ)), _Declares(reparametrized=False), "not reparametrized"),
+    (jnp.zeros((B, DZ)), _Declares(reparametrized=True), "reparametrized"),
+], ids=["float", "int", "bool", "abstract_uint8", "one_int_layer", "declared_discrete",
+        "int_declared_continuous", "declared_continuous", "not_reparametrized", "reparametrized"])
+def test_latent_kind_from_the_dtype_and_the_declaration(z, model, kind):
+  assert estimators.latent_kind(z, model) == kind
+
+
+def test_latent_kind_refuses_a_declaration_it_does_not_know():
+  with pytest.raises(ValueError, match=r"_Declares.latent must be None, 'continuous' or "
+                                       r"'discrete', got 'categorical'"):
+    estimators.latent_kind(jnp.zeros(B), _Declares("categorical"))
+  with pytest.raises(ValueError, match="_Declares.reparametrized must be None, True or False"):
+    estimators.latent_kind(jnp.zeros(B), _Declares(reparametrized="no"))
+
+
+def test_pathwise_estimators_refuse_a_discrete_latent_naming_the_estimators_that_fit():
+  z = jnp.zeros((B, DZ), jnp.int32)
+  for name in ("iwae", "dreg", "stl", "piwae", "renyi_dreg"):
+    est = estimators.ESTIMATORS[name]
+    with pytest.raises(ValueError) as info:
+      est.__new__(est).check_latent(z)   # the check reads no setting
+    msg = str(info.value)
+    assert f"estimator '{name}'" in msg and "discrete (z of dtype int32)" in msg, msg
+    assert "'rws', 'reinforce' and 'vimco'" in msg and "relaxed(tau)" in msg, msg
+  with pytest.raises(ValueError, match=r"not reparametrized \(z of dtype float32; "
+                                       r"reparametrized=False\)"):
+    estimators.DReG().check_latent(jnp.zeros((B, DZ)), _Declares(reparametrized=False))
+  for est in (estimators.Reinforce(), estimators.VIMCO(), estimators.RWS()):
+    est.check_latent(z)                                  # score-function: every latent
+    est.check_latent(jnp.zeros((B, 3)), _Declares("discrete"))
+    est.check_latent(jnp.zeros((B, DZ)))
+  estimators.IWAE().check_latent(jnp.zeros((B, DZ)))     # a continuous latent: every estimator
+
+
+def test_the_latent_check_runs_at_trace_time_under_jit():
+  calls = []
+
+  @jax.jit
+  def f(z):
+    estimators.DReG().check_latent(z)
+    calls.append(1)
+    return z
+
+  f(jnp.zeros((B, DZ)))
+  with pytest.raises(ValueError, match="latent is discrete"):
+    f(jnp.zeros((B, DZ), jnp.int32))
+  assert len(calls) == 1
+
+
+@pytest.mark.parametrize("bound", ["iwae", "elbo"])
+def test_a_nan_baseline_gives_nan_for_its_data_point_not_a_zero_gradient(bound):
+  rng = np.random.default_rng(3)
+  lw = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  lq = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  good = jnp.asarray([0.5, -1.0, 0.2], jnp.float32)
+  bad = good.at[1].set(jnp.nan)
+
+  def value_and_grad(b):
+    f = lambda q: estimators.reinforce_surrogate(lw, q, b, bound=bound)
+    return np.asarray(f(lq)), np.asarray(jax.jacrev(f)(lq))    # [B], [B, K, B]
+
+  v_good, g_good = value_and_grad(good)
+  v_bad, g_bad = value_and_grad(bad)
+  assert np.all(np.isfinite(v_good)) and np.all(np.isfinite(g_good))
+  assert np.isnan(v_bad[1]) and np.all(np.isnan(g_bad[1][:, 1]))
+  # The other data points keep their values, and their gradients in their own samples, bit for
+  # bit (a Jacobian row meets the NaN of the bad column as 0 * NaN: the mean loss's gradient is
+  # NaN, as it must be).
+  np.testing.assert_array_equal(v_bad[[0, 2]], v_good[[0, 2]])
+  np.testing.assert_array_equal(g_bad[0][:, 0], g_good[0][:, 0])
+  np.testing.assert_array_equal(g_bad[2][:, 2], g_good[2][:, 2])
+  mean_grad = jax.grad(lambda q: jnp.mean(estimators.reinforce_surrogate(lw, q, bad, bound=bound)))
+  assert np.all(np.isnan(mean_grad(lq)[:, 1]))
+  # ... and without a NaN the estimator is the one it was (value and gradient).
+  f0 = lambda q: estimators.reinforce_surrogate(lw, q, good, bound=bound)
+  np.testing.assert_allclose(f0(lq), objectives.iwae_bound(lw) if bound == "iwae"
+                             else objectives.elbo(lw), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- VIMCO, baselines
 
 

@@ -9,6 +9,7 @@ entry point.
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -263,3 +264,123 @@ def test_an_unregistered_estimator_object_trains_through_make_loss():
                g_half, g_iwae, g_dreg)
   with pytest.raises(ValueError, match="estimator must be one of"):
     losses.make_loss(MODEL, "half_dreg_test", K)
+
+
+# ----------------------------------------------------------------------------- the kind of latent
+
+
+@dataclasses.dataclass(frozen=True)
+class _BernoulliLatent(M.LatentModel):
+  """``DZ`` Bernoulli latents from a linear encoder, a Gaussian decoder. ``z_dtype`` int32: the
+  latent is discrete by its dtype; float32 with ``latent='discrete'``: by its declaration."""
+  z_dtype: Any = jnp.int32
+  latent: str | None = None
+
+  def _logits(self, p, x):
+    return x @ p["phi"]["a"].T
+
+  def sample_q(self, params, x, key):
+    from dgmjax import distributions  # pylint: disable=import-outside-toplevel
+    return distributions.sample_bernoulli(key, self._logits(params, x), self.z_dtype)
+
+  def log_q(self, params, x, z):
+    logits = self._logits(params, x)
+    return jnp.sum(z * logits - jnp.logaddexp(0.0, logits), -1)
+
+  def log_prior(self, params, z):
+    return jnp.full(z.shape[:1], -DZ * math.log(2.0), jnp.float32)
+
+  def log_likelihood(self, params, x, z):
+    return _log_likelihood(params, x, z.astype(jnp.float32))
+
+
+#: The pathwise and the score-function estimators of the registry, read off their classes.
+PATHWISE = tuple(n for n in REGISTERED if estimators.ESTIMATORS[n].pathwise)
+SCORE = tuple(n for n in REGISTERED if not estimators.ESTIMATORS[n].pathwise)
+_FIT = "'rws', 'reinforce' and 'vimco'"
+
+
+def _settings(name):
+  return next(s for n, s, _ in CASES if n == name and "kl" not in s)
+
+
+def _categorical():
+  from dgmjax.models import categorical_vae  # pylint: disable=import-outside-toplevel
+  model = categorical_vae.CategoricalVAE(image_shape=(2, 3, 1), num_vars=2, num_classes=3,
+                                         hidden_dims=(8,))
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 2, (B, 2, 3, 1)), jnp.float32)
+  return model, model.init(jax.random.key(0)), x
+
+
+def test_the_score_function_estimators_are_the_ones_that_are_not_pathwise():
+  assert set(SCORE) == {"rws", "reinforce", "vimco"}
+  assert set(PATHWISE) == set(REGISTERED) - set(SCORE)
+
+
+@pytest.mark.parametrize("model", [_BernoulliLatent(), _BernoulliLatent(jnp.float32, "discrete")],
+                         ids=["int_z", "declared"])
+def test_a_bernoulli_latent_is_refused_by_the_pathwise_estimators(model):
+  params = _params()
+  for name in PATHWISE:
+    loss = losses.make_loss(model, name, K, **_settings(name))
+    with pytest.raises(ValueError, match=f"estimator '{name}' .* latent is discrete .*{_FIT}"):
+      loss(params, X, jax.random.key(0))
+    with pytest.raises(ValueError, match="latent is discrete"):  # at trace time under jit
+      jax.jit(loss)(params, X, jax.random.key(0))
+
+
+@pytest.mark.parametrize("model", [_BernoulliLatent(), _BernoulliLatent(jnp.float32, "discrete")],
+                         ids=["int_z", "declared"])
+def test_the_score_function_estimators_train_a_bernoulli_latent(model):
+  params = _params()
+  for name in SCORE:
+    loss = losses.make_loss(model, name, K, **_settings(name))
+    (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(params, X, jax.random.key(0))
+    lw = M.log_weights(model, params, X, jax.random.key(0), K)
+    np.testing.assert_allclose(float(metrics["bound"]),
+                               float(jnp.mean(objectives.iwae_bound(lw))), rtol=1e-5)
+    assert np.isfinite(float(value))
+    assert float(jnp.max(jnp.abs(g["phi"]["a"]))) > 0, name   # the score term reaches q
+
+
+def test_a_categorical_latent_is_refused_by_pathwise_estimators_and_trained_by_the_others():
+  model, params, x = _categorical()
+  for name, settings in (("elbo", {"kl": "analytic"}), ("iwae", {}), ("dreg", {}),
+                         ("stl", {"bound": "elbo"})):
+    with pytest.raises(ValueError, match=rf"CategoricalVAE's latent is discrete \(z of dtype "
+                                         rf"float32; latent='discrete'\).*{_FIT}"):
+      losses.make_loss(model, name, 2, **settings)(params, x, jax.random.key(0))
+  for name, settings in (("reinforce", {"bound": "elbo", "kl": "analytic"}), ("vimco", {}),
+                         ("rws", {})):
+    g = jax.grad(lambda p, n=name, s=settings: losses.make_loss(model, n, 2, **s)(
+        p, x, jax.random.key(0))[0])(params)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g)), name
+  with pytest.raises(ValueError, match="'iwae' .* latent is discrete"):  # the model has a KL
+    losses.make_kl_controlled_loss(model, "elbo", 1)(params, x, jax.random.key(0), 0)
+
+
+def test_the_relaxations_of_a_categorical_latent_keep_the_pathwise_estimators():
+  model, params, x = _categorical()
+  for relaxed, name, settings in ((model.relaxed(0.5), "iwae", {}),
+                                  (model.relaxed(0.5), "dreg", {}),
+                                  (model.relaxed(0.5, hard=True), "elbo", {"kl": "analytic"})):
+    loss = jax.jit(losses.make_loss(relaxed, name, 2, **settings))
+    g = jax.grad(lambda p, f=loss: f(p, x, jax.random.key(0))[0])(params)
+    enc = g["params"]["encoder"]
+    assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(enc)), name
+
+
+def test_a_sampler_without_a_path_is_refused_by_the_pathwise_estimators():
+  @dataclasses.dataclass(frozen=True)
+  class Stopped(M.LatentModel):
+    reparametrized = False
+    sample_q = staticmethod(lambda p, x, key: jax.lax.stop_gradient(_sample_q(p, x, key)))
+    log_q = staticmethod(_log_q)
+    log_prior = staticmethod(_log_prior)
+    log_likelihood = staticmethod(_log_likelihood)
+
+  params = _params()
+  with pytest.raises(ValueError, match=r"latent is not reparametrized .*reparametrized=False"):
+    losses.make_loss(Stopped(), "iwae", K)(params, X, jax.random.key(0))
+  assert np.isfinite(float(losses.make_loss(Stopped(), "vimco", K)(params, X,
+                                                                    jax.random.key(0))[0]))

@@ -31,8 +31,8 @@ from dgmjax.flows import autoregressive
 
 from tests import conftest
 
-MODULES = (D, G, O, E, vq, F.base, F.distribution, F.linear, F.autoregressive, F.coupling,
-           F.actnorm, F.permutation)
+MODULES = (D, G, O, E.surrogates, E.objects, vq, F.base, F.distribution, F.linear,
+           F.autoregressive, F.coupling, F.actnorm, F.permutation)
 
 
 def _is_checked(fn) -> bool:
@@ -77,12 +77,24 @@ def test_every_public_function_of_the_core_is_checked():
   for fn in (F.Bijector.forward_and_log_det, F.Bijector.inverse_and_log_det, F.Bijector.forward,
              F.Flow.log_prob, F.Flow.sample_and_log_prob, F.QRLinear.apply_q,
              F.LULinear.weight, F.LULinear.params_from_matrix, F.MAF.conditioner,
-             E.RunningMean.mean.fget):
+             E.RunningMean.mean.fget, E.Estimator.check_num_samples):
     assert _is_checked(fn), fn
 
 
+def test_the_hook_reaches_the_modules_of_a_checked_package():
+  # "dgmjax.estimators" is a package: the hook matches its name as a prefix, so the functions of
+  # its modules are checked, and so are the names the package re-exports (the same objects).
+  assert E.iwae_surrogate.__module__ == "dgmjax.estimators.surrogates"
+  assert E.from_name.__module__ == "dgmjax.estimators.objects"
+  for fn in (E.iwae_surrogate, E.dreg_surrogate, E.baseline_loss, E.from_name, E.register,
+             E.DReG.surrogate, E.surrogates._route):  # pylint: disable=protected-access
+    assert _is_checked(fn), fn
+  with pytest.raises(TypeCheckError, match="log_w_path"):
+    E.dreg_surrogate(jnp.zeros((4, 2)), jnp.zeros((4, 2), jnp.int32))
+
+
 def test_the_annotations_are_jaxtyping_shapes():
-  sig = inspect.signature(E._route.__wrapped__)  # pylint: disable=protected-access
+  sig = inspect.signature(E.surrogates._route.__wrapped__)  # pylint: disable=protected-access
   assert [str(p.annotation).replace("'", '"') for p in sig.parameters.values()] == [
       'Float[Array, "K *batch"]', 'Float[Array, "K *batch"]']
   assert str(sig.return_annotation).replace("'", '"') == 'Float[Array, "*batch"]'
@@ -109,7 +121,7 @@ def test_route_with_transposed_terms():
   # A [B, K] term against [K, B] coefficients: the internal contract of every surrogate.
   coeff = jnp.ones((K, B))
   with pytest.raises(TypeCheckError, match="term"):
-    E._route(coeff, jnp.ones((B, K)))  # pylint: disable=protected-access
+    E.surrogates._route(coeff, jnp.ones((B, K)))  # pylint: disable=protected-access
 
 
 def test_sampler_with_an_array_in_place_of_a_key():
@@ -153,7 +165,7 @@ def test_the_return_value_is_checked(monkeypatch):
 
 
 def test_checks_run_at_trace_time_under_jit():
-  f = jax.jit(lambda c, t: E._route(c, t))  # pylint: disable=protected-access
+  f = jax.jit(lambda c, t: E.surrogates._route(c, t))  # pylint: disable=protected-access
   with pytest.raises(TypeCheckError):
     f(jnp.ones((K, B)), jnp.ones((B, K)))
 

@@ -41,6 +41,12 @@ Optional (used where present; the generic code says which it needs):
   (``"binary"`` for a Bernoulli likelihood, ``"unit_interval"`` for a discretized logistic over
   [0, 1], ``"real"``) or ``None`` (unknown: only finiteness is checked). Every entry point that
   receives data (:func:`check_data`: evaluation, ``training.fit``) checks it eagerly.
+* the attributes ``latent`` (``'continuous'`` or ``'discrete'``; default: read from ``z``'s dtype,
+  integer or boolean leaves being discrete, so a one-hot float draw must say ``'discrete'``) and
+  ``reparametrized`` (``False`` for a continuous ``sample_q`` without a gradient path): the
+  pathwise estimators (the reparametrized bounds, STL, DReG and their relatives) refuse a discrete
+  or non-reparametrized latent with an error naming the score-function estimators that fit
+  (:func:`dgmjax.estimators.latent_kind`, :meth:`dgmjax.estimators.Estimator.check_latent`).
 
 Samplers draw one sample; ``K`` importance samples come from ``jax.vmap`` over ``split(key, K)``
 with ``params`` and ``x`` unbatched, so everything a model computes from ``x`` alone (its encoder)

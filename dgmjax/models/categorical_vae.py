@@ -5,7 +5,8 @@ giving ``q(z|x) = prod_n Cat(z_n; softmax(l_n(x)))`` and an MLP Bernoulli decode
 one-hot ``z`` (``[N, C]``, flattened). Training needs a gradient through a discrete sample.
 
 :class:`CategoricalVAE` is a model of the contract (:mod:`dgmjax.models.base`) with one-hot
-samples ``z ~ q`` ``[B, N, C]``, so the generic score-function estimators of
+samples ``z ~ q`` ``[B, N, C]`` (float, so it declares ``latent = 'discrete'``: the pathwise
+estimators refuse it), so the generic score-function estimators of
 :func:`dgmjax.losses.make_loss` train it: ``'reinforce'`` (with a leave-one-out minibatch
 baseline or a learned input-dependent one, NVIL), ``'vimco'``, ``'rws'``. Its analytic
 ``kl(params, x)`` (``log C - H(q_n)`` per variable) serves ``make_loss(..., kl='analytic')``.
@@ -92,6 +93,7 @@ class CategoricalVAE(LatentModel):
   image_shape: tuple[int, ...] = (28, 28, 1)
   num_vars: int = 20
   data_support = "binary"  # Bernoulli decoder (a class attribute, not a field)
+  latent = "discrete"      # one-hot float draws: pathwise estimators refuse the model
   num_classes: int = 10
   hidden_dims: tuple[int, ...] = (512, 256)
   codebook_dim: int = 0
@@ -201,6 +203,7 @@ class RelaxedCategoricalVAE(LatentModel):
     Jang, Gu & Poole, ICLR 2017; Maddison, Mnih & Teh, ICLR 2017.
   """
   data_support = "binary"  # the discrete model's Bernoulli decoder
+  latent = "continuous"    # relaxed draws, reparametrized (straight-through with hard=True)
   model: CategoricalVAE
   temperature: Any
   hard: bool = False
