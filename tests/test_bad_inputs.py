@@ -504,7 +504,7 @@ RAISES_SETTINGS = [
     ("make_loss_bound_for_dreg",
      lambda: __import__("dgmjax.losses").losses.make_loss(_bernoulli_vae()[0], "dreg", 4,
                                                               bound="elbo"),
-     ValueError, r"bound= applies to estimators 'stl' and 'reinforce' only"),
+     ValueError, r"bound= applies to estimators 'stl', 'reinforce' and 'kl_controlled' only"),
     ("make_optimizer_learning_rate_string",
      lambda: __import__("dgmjax.training").training.make_optimizer("adam", "1e-3"),
      ValueError, r"learning_rate must be a finite number > 0, got str"),

@@ -99,6 +99,8 @@ CASES = [
      estimators.Reinforce("elbo", _nvil, "analytic")),
     ("vimco", {}, estimators.VIMCO()),
     ("renyi_dreg", {"alpha": 0.5}, estimators.RenyiDReG(0.5)),
+    ("kl_controlled", {"bound": "iwae"}, losses.KLControlled("iwae")),
+    ("kl_controlled", {"bound": "elbo"}, losses.KLControlled("elbo")),
 ]
 
 
@@ -115,7 +117,7 @@ def test_a_name_and_its_object_give_the_identical_loss_and_gradient(name, settin
 
   @jax.jit
   def both(p, key):
-    f = lambda loss: jax.value_and_grad(loss, has_aux=True)(p, X, key)
+    f = lambda loss: jax.value_and_grad(loss, has_aux=True)(p, X, key, 0)
     return (f(losses.make_loss(MODEL, name, K, **settings)),
             f(losses.make_loss(MODEL, est, K)))
 
@@ -131,10 +133,15 @@ def test_a_name_and_its_object_give_the_identical_loss_and_gradient(name, settin
 
 def test_bound_estimators_are_read_off_the_registry():
   assert losses.BOUND_ESTIMATORS == ("elbo", "iwae", "miwae", "ciwae", "renyi")
-  assert set(losses.BOUND_ESTIMATORS) | set(losses.SURROGATE_ESTIMATORS) == set(REGISTERED)
+  model_losses = {"kl_controlled"}  # losses of their own over the model, no views
+  assert set(losses.BOUND_ESTIMATORS) | set(losses.SURROGATE_ESTIMATORS) | model_losses == set(
+      REGISTERED)
   assert not set(losses.BOUND_ESTIMATORS) & set(losses.SURROGATE_ESTIMATORS)
   for name in losses.BOUND_ESTIMATORS:
     assert estimators.ESTIMATORS[name].views == ("log_w",)
+  for name in model_losses:
+    assert issubclass(estimators.ESTIMATORS[name], losses.ModelLoss)
+    assert estimators.ESTIMATORS[name].views == ()
 
 
 def test_bound_estimator_loss_is_the_negative_bound_of_the_plain_log_weights():
@@ -142,7 +149,7 @@ def test_bound_estimator_loss_is_the_negative_bound_of_the_plain_log_weights():
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(5)
     lw = M.log_weights(MODEL, params, X, key, K)
-    loss, metrics = losses.make_loss(MODEL, estimators.MIWAE(2), K)(params, X, key)
+    loss, metrics = losses.make_loss(MODEL, estimators.MIWAE(2), K)(params, X, key, 0)
   np.testing.assert_allclose(loss, -jnp.mean(objectives.miwae_bound(lw, 2)), rtol=1e-6)
   np.testing.assert_allclose(metrics["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
 
@@ -166,7 +173,7 @@ def test_settings_with_an_object_are_refused():
     (lambda: losses.make_loss(MODEL, "dreg", K, alpha=0.5), ValueError,
      r"alpha applies to 'renyi' and 'renyi_dreg' only"),
     (lambda: losses.make_loss(MODEL, "dreg", K, bound="elbo"), ValueError,
-     r"bound= applies to estimators 'stl' and 'reinforce' only"),
+     r"bound= applies to estimators 'stl', 'reinforce' and 'kl_controlled' only"),
     (lambda: losses.make_loss(MODEL, "dreg", K, bound="vae"), ValueError,
      r"bound must be 'iwae' or 'elbo', got 'vae'"),
     (lambda: losses.make_loss(MODEL, "reinforce", K, bound="vae"), ValueError,
@@ -234,10 +241,79 @@ def test_an_unregistered_estimator_object_trains_through_make_loss():
 
   def grad(est):
     loss = losses.make_loss(MODEL, est, K)
-    return jax.grad(lambda p: loss(p, X, jax.random.key(4))[0])(params)
+    return jax.grad(lambda p: loss(p, X, jax.random.key(4), 0)[0])(params)
 
   g_half, g_iwae, g_dreg = grad(_HalfDReG()), grad(estimators.IWAE()), grad(estimators.DReG())
   jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, 0.5 * (a + b), rtol=1e-5, atol=1e-6),
                g_half, g_iwae, g_dreg)
   with pytest.raises(ValueError, match="estimator must be one of"):
     losses.make_loss(MODEL, "half_dreg_test", K)
+
+
+# ----------------------------------------------------------------------------- Relaxed
+
+
+def _categorical():
+  from dgmjax.models import categorical_vae  # pylint: disable=import-outside-toplevel
+  model = categorical_vae.CategoricalVAE((2, 3, 1), num_vars=2, num_classes=3, hidden_dims=(5,))
+  x = (jax.random.uniform(jax.random.key(6), (4, 2, 3, 1)) < 0.5).astype(jnp.float32)
+  return model, model.init(jax.random.key(7)), x
+
+
+@pytest.mark.parametrize("hard,kl", [(False, "analytic"), (True, "analytic"), (False, None)])
+def test_relaxed_is_the_elbo_of_the_relaxation_at_the_temperature_of_the_step(hard, kl):
+  model, params, x = _categorical()
+  schedule = lambda step: jnp.maximum(0.5, 1.0 - 0.1 * step)
+  loss = losses.make_loss(model, losses.Relaxed(schedule, hard=hard, kl=kl), 2)
+  for step in (0, 3, 9):
+    tau = schedule(step)
+    want = losses.make_loss(model.relaxed(tau, hard=hard), estimators.ELBO(kl=kl), 2)
+    value_and_grad = lambda f, s: jax.value_and_grad(f, has_aux=True)(params, x,
+                                                                      jax.random.key(8), s)
+    (got, metrics), g = value_and_grad(loss, jnp.int32(step))
+    (ref, ref_metrics), g_ref = value_and_grad(want, jnp.int32(step))
+    assert float(got) == float(ref) and float(metrics.pop("temperature")) == float(tau)
+    jax.tree.map(np.testing.assert_array_equal, (metrics, g), (ref_metrics, g_ref))
+  fixed = losses.make_loss(model, losses.Relaxed(0.7, hard=hard, kl=kl), 2)
+  assert float(fixed(params, x, jax.random.key(8), 5)[1]["temperature"]) == np.float32(0.7)
+
+
+def test_relaxed_train_step_traces_once():
+  import chex  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  model, params, x = _categorical()
+  loss = losses.make_loss(model, losses.Relaxed(lambda s: 1.0 / (1.0 + s)), 1)
+  step = training.make_train_step(chex.assert_max_traces(loss, n=1), optax.adam(1e-3), seed=0)
+  state = training.init_state(params, optax.adam(1e-3))
+  taus = []
+  for _ in range(3):
+    state, metrics = step(state, x)
+    taus.append(float(metrics["temperature"]))
+  np.testing.assert_allclose(taus, [1.0, 0.5, 1.0 / 3.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(temperature=0.0), "temperature must be a function step -> temperature or a finite "
+                            "number > 0, got 0.0"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=np.nan), "temperature"),
+    (dict(temperature=None), "temperature"),
+    (dict(temperature="1.0"), "temperature"),
+    (dict(temperature=True), "temperature"),
+    (dict(temperature=np.ones(2)), "temperature"),
+    (dict(temperature=1.0, hard="yes"), "hard must be a bool"),
+    (dict(temperature=1.0, kl="exact"), "kl must be None or 'analytic'"),
+    (dict(temperature=1.0, hard=True, kl=None), "hard=True .* needs kl='analytic'"),
+])
+def test_relaxed_checks_its_settings_when_built(settings, match):
+  with pytest.raises(ValueError, match=match):
+    losses.Relaxed(**settings)
+
+
+def test_relaxed_needs_a_model_with_a_relaxation_and_is_not_registered():
+  with pytest.raises(TypeError, match="relaxed"):
+    losses.make_loss(MODEL, losses.Relaxed(1.0), K)
+  assert losses.Relaxed not in estimators.ESTIMATORS.values()
+  with pytest.raises(TypeError, match="no surrogate"):
+    losses.Relaxed(1.0).surrogate(None)
