@@ -95,7 +95,7 @@ def check_agreement(name: str, *, batch: int = 8, num_samples: int = 7, data=Non
     grads_j = {}
     for objective in ("vae", "iwae"):
       loss = losses.make_loss(model, cases.BOUND.get(objective, objective), num_samples)
-      g = jax.jit(jax.grad(lambda p: loss(p, x, key)[0]))(params)
+      g = jax.jit(jax.grad(lambda p: loss(p, x, key, 0)[0]))(params)
       flat = {"/".join(str(getattr(k, "key", k)) for k in path[1:]): np.asarray(v)
               for path, v in jax.tree_util.tree_flatten_with_path(g)[0]}
       tmodel.zero_grad(set_to_none=True)

@@ -137,7 +137,7 @@ def _runs_step(loss_fn: Callable, optimizer, *, dynamic_binarization: bool, with
   """The unjitted vmapped step of one group (see :func:`make_runs_train_step`)."""
 
   def one(state, images, seed, index):
-    fn = (lambda p, x, k: loss_fn(p, x, k, index)) if with_index else loss_fn
+    fn = (lambda p, x, k, step: loss_fn(p, x, k, index)) if with_index else loss_fn
     # make_train_step derives the step keys from `seed`: here a traced per-run value, so run r
     # gets exactly the keys of training.make_train_step(..., seed=seeds[r]).
     step = training.make_train_step(fn, optimizer, seed=seed,
@@ -163,8 +163,8 @@ def make_runs_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
   alone. Seeds are traced: changing them does not recompile.
 
   Args:
-    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``losses.make_loss(model, 'iwae',
-      K)``; with ``with_index=True``, ``(params, x, key, index)`` (e.g.
+    loss_fn: ``(params, x, key, step) -> (loss, metrics)``, e.g. ``losses.make_loss(model,
+      'iwae', K)``; with ``with_index=True``, ``(params, x, key, index)`` (e.g.
       :func:`bounds_loss`) and each run passes its ``indices[r]``.
     optimizer: the optimiser of every run (a schedule counts each run's own steps).
     dynamic_binarization: binarize each run's minibatch with its own key.
@@ -182,7 +182,7 @@ class RunGroup:
   """Runs that share static shapes: one loss, one optimiser, one batch size.
 
   Attributes:
-    loss_fn: ``(params, x, key)`` or, with ``with_index``, ``(params, x, key, index)``.
+    loss_fn: ``(params, x, key, step)`` or, with ``with_index``, ``(params, x, key, index)``.
     optimizer: the optimiser of the group.
     with_index: the loss takes each run's index (e.g. :func:`bounds_loss`).
     dynamic_binarization: binarize each minibatch afresh.
@@ -397,8 +397,8 @@ def make_sharded_train_step(loss_fn: Callable, optimizer: optax.GradientTransfor
   result equals the single-device step up to the order of float sums.
 
   Args:
-    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. ``losses.make_loss(model, 'iwae',
-      K)`` or ``losses.make_loss(SampleSharded(model, mesh), 'iwae', K)``.
+    loss_fn: ``(params, x, key, step) -> (loss, metrics)``, e.g. ``losses.make_loss(model,
+      'iwae', K)`` or ``losses.make_loss(SampleSharded(model, mesh), 'iwae', K)``.
     optimizer: an optax transformation.
     mesh: from :func:`make_mesh`.
     seed: as for ``make_train_step`` (the same step keys as a single-device run).

@@ -55,12 +55,11 @@ def _loss_fn(model, temperature, estimator="gumbel"):
   if estimator == "reinforce":
     return losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                               baseline="batch_mean")
-  return losses.make_loss(model.relaxed(temperature, hard=estimator == "st"), "elbo", 1,
-                            kl="analytic")
+  return losses.make_loss(model, losses.Relaxed(temperature, hard=estimator == "st"), 1)
 
 
 def _loss(params, x, key, temperature, estimator="gumbel", model=_TINY):
-  return _loss_fn(model, temperature, estimator)(params, x, key)
+  return _loss_fn(model, temperature, estimator)(params, x, key, 0)
 
 
 def test_log_weights_give_the_exact_elbo_and_log_likelihood():
@@ -168,7 +167,7 @@ def test_relaxed_model_has_the_concrete_densities():
   want_p = jnp.sum(gumbel.concrete_log_prob(d.z, jnp.zeros_like(d.z), 0.6), -1)
   np.testing.assert_allclose(d.log_q, want_q, rtol=1e-5)
   np.testing.assert_allclose(d.log_prior, want_p, rtol=1e-5)
-  loss, m = losses.make_loss(rm, "iwae", 5)(params, x, jax.random.key(9))
+  loss, m = losses.make_loss(rm, "iwae", 5)(params, x, jax.random.key(9), 0)
   assert np.isfinite(float(loss)) and float(m["bound"]) >= float(m["elbo"])
 
 
@@ -195,7 +194,7 @@ def test_categorical_bad_input():
   with pytest.raises(ValueError, match="estimator"):
     losses.make_loss(_TINY, "gumbel", 1)
   with pytest.raises(ValueError, match="no density"):  # straight-through: analytic KL only
-    losses.make_loss(_TINY.relaxed(1.0, hard=True), "iwae", 2)(params, x, jax.random.key(0))
+    losses.make_loss(_TINY.relaxed(1.0, hard=True), "iwae", 2)(params, x, jax.random.key(0), 0)
   with pytest.raises(ValueError, match="kl='analytic'"):
     losses.make_loss(_TINY, "vimco", 2, kl="analytic")
   with pytest.raises(ValueError, match="batch of at least 2"):
@@ -246,13 +245,13 @@ def test_vqvae_shapes_bound_and_straight_through():
                                                    * math.log(6))
     # the codebook gets its gradient from the codebook loss only (no EMA); the encoder from the
     # reconstruction through the straight-through estimator and the commitment term
-    loss, g = jax.jit(jax.value_and_grad(lambda q: m.loss(q, x, None)[0]))(p)
+    loss, g = jax.jit(jax.value_and_grad(lambda q: m.loss(q, x, None, 0)[0]))(p)
     assert jnp.isfinite(loss)
     assert all(jnp.any(c != 0) for c in g["codebooks"])
     assert all(jnp.all(c == 0) for c in g["ema_sum"] + g["usage_counts"])
     assert m.bits_per_dim(64 * math.log(2.0)) == pytest.approx(1.0)
   m = _vq(1, ema=True)
-  g = jax.jit(jax.grad(lambda q: m.loss(q, x, None)[0]))(m.init(jax.random.key(1)))
+  g = jax.jit(jax.grad(lambda q: m.loss(q, x, None, 0)[0]))(m.init(jax.random.key(1)))
   assert all(jnp.all(c == 0) for c in g["codebooks"])   # EMA codebooks take no gradient
 
 
@@ -260,7 +259,7 @@ def test_ema_post_update_moves_used_codes_to_their_cluster_means():
   m = _vq(1, ema=True, ema_decay=0.0)
   p = m.init(jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
-  _, met = m.loss(p, x, None)
+  _, met = m.loss(p, x, None, 0)
   z_e, idx = met["aux"]["z_e"][0], met["aux"]["indices"][0]
   new = m.post_update(p, met["aux"], jax.random.key(2), 0)
   flat, ids = np.asarray(z_e).reshape(-1, 3), np.asarray(idx).reshape(-1)
@@ -274,7 +273,7 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
   m = _vq(1, restart_every=2, init_scale=0.01, init_offset=50.0)
   p = m.init(jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
-  _, met = m.loss(p, x, None)
+  _, met = m.loss(p, x, None, 0)
   used = np.unique(np.asarray(met["aux"]["indices"][0]))
   assert len(used) < 6
   p1 = m.post_update(p, met["aux"], jax.random.key(2), 0)       # step 1: not a check
@@ -312,7 +311,7 @@ def test_vqvae_bad_input():
     vqvae.VQVAE(image_shape=(30, 30, 1))
   with pytest.raises(ValueError, match=r"x must be \[B, 8, 8, 1\]"):
     m = _vq()
-    m.loss(m.init(jax.random.key(0)), jnp.zeros((2, 28, 28, 1)), None)
+    m.loss(m.init(jax.random.key(0)), jnp.zeros((2, 28, 28, 1)), None, 0)
   with pytest.raises(ValueError, match="embedding"):
     VectorQuantizer(4, 3).init(jax.random.key(0), jnp.zeros((2, 5)))
 

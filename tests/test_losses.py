@@ -32,7 +32,7 @@ RAISES = [
      ValueError, r"beta applies to estimator 'ciwae' only"),
     ("make_loss_bound_for_dreg",
      lambda: losses.make_loss(bi.bernoulli_vae()[0], "dreg", 4, bound="elbo"),
-     ValueError, r"bound= applies to estimators 'stl' and 'reinforce' only"),
+     ValueError, r"bound= applies to estimators 'stl', 'reinforce' and 'kl_controlled' only"),
 ]
 
 
@@ -122,6 +122,8 @@ CASES = [
      estimators.Reinforce("elbo", _nvil, "analytic")),
     ("vimco", {}, estimators.VIMCO()),
     ("renyi_dreg", {"alpha": 0.5}, estimators.RenyiDReG(0.5)),
+    ("kl_controlled", {"bound": "iwae"}, losses.KLControlled("iwae")),
+    ("kl_controlled", {"bound": "elbo"}, losses.KLControlled("elbo")),
 ]
 
 
@@ -138,7 +140,7 @@ def test_a_name_and_its_object_give_the_identical_loss_and_gradient(name, settin
 
   @jax.jit
   def both(p, key):
-    f = lambda loss: jax.value_and_grad(loss, has_aux=True)(p, X, key)
+    f = lambda loss: jax.value_and_grad(loss, has_aux=True)(p, X, key, 0)
     return (f(losses.make_loss(MODEL, name, K, **settings)),
             f(losses.make_loss(MODEL, est, K)))
 
@@ -154,10 +156,15 @@ def test_a_name_and_its_object_give_the_identical_loss_and_gradient(name, settin
 
 def test_bound_estimators_are_read_off_the_registry():
   assert losses.BOUND_ESTIMATORS == ("elbo", "iwae", "miwae", "ciwae", "renyi")
-  assert set(losses.BOUND_ESTIMATORS) | set(losses.SURROGATE_ESTIMATORS) == set(REGISTERED)
+  model_losses = {"kl_controlled"}  # losses of their own over the model, no views
+  assert set(losses.BOUND_ESTIMATORS) | set(losses.SURROGATE_ESTIMATORS) | model_losses == set(
+      REGISTERED)
   assert not set(losses.BOUND_ESTIMATORS) & set(losses.SURROGATE_ESTIMATORS)
   for name in losses.BOUND_ESTIMATORS:
     assert estimators.ESTIMATORS[name].views == ("log_w",)
+  for name in model_losses:
+    assert issubclass(estimators.ESTIMATORS[name], losses.ModelLoss)
+    assert estimators.ESTIMATORS[name].views == ()
 
 
 def test_bound_estimator_loss_is_the_negative_bound_of_the_plain_log_weights():
@@ -165,7 +172,7 @@ def test_bound_estimator_loss_is_the_negative_bound_of_the_plain_log_weights():
   with jax.debug_key_reuse(False):  # same samples for the loss and its oracle
     key = jax.random.key(5)
     lw = M.log_weights(MODEL, params, X, key, K)
-    loss, metrics = losses.make_loss(MODEL, estimators.MIWAE(2), K)(params, X, key)
+    loss, metrics = losses.make_loss(MODEL, estimators.MIWAE(2), K)(params, X, key, 0)
   np.testing.assert_allclose(loss, -jnp.mean(objectives.miwae_bound(lw, 2)), rtol=1e-6)
   np.testing.assert_allclose(metrics["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
 
@@ -189,7 +196,7 @@ def test_settings_with_an_object_are_refused():
     (lambda: losses.make_loss(MODEL, "dreg", K, alpha=0.5), ValueError,
      r"alpha applies to 'renyi' and 'renyi_dreg' only"),
     (lambda: losses.make_loss(MODEL, "dreg", K, bound="elbo"), ValueError,
-     r"bound= applies to estimators 'stl' and 'reinforce' only"),
+     r"bound= applies to estimators 'stl', 'reinforce' and 'kl_controlled' only"),
     (lambda: losses.make_loss(MODEL, "dreg", K, bound="vae"), ValueError,
      r"bound must be 'iwae' or 'elbo', got 'vae'"),
     (lambda: losses.make_loss(MODEL, "reinforce", K, bound="vae"), ValueError,
@@ -257,7 +264,7 @@ def test_an_unregistered_estimator_object_trains_through_make_loss():
 
   def grad(est):
     loss = losses.make_loss(MODEL, est, K)
-    return jax.grad(lambda p: loss(p, X, jax.random.key(4))[0])(params)
+    return jax.grad(lambda p: loss(p, X, jax.random.key(4), 0)[0])(params)
 
   g_half, g_iwae, g_dreg = grad(_HalfDReG()), grad(estimators.IWAE()), grad(estimators.DReG())
   jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, 0.5 * (a + b), rtol=1e-5, atol=1e-6),
@@ -322,11 +329,13 @@ def test_the_score_function_estimators_are_the_ones_that_are_not_pathwise():
 def test_a_bernoulli_latent_is_refused_by_the_pathwise_estimators(model):
   params = _params()
   for name in PATHWISE:
+    if name == "kl_controlled":  # needs the model's analytic KL: the categorical case below
+      continue
     loss = losses.make_loss(model, name, K, **_settings(name))
     with pytest.raises(ValueError, match=f"estimator '{name}' .* latent is discrete .*{_FIT}"):
-      loss(params, X, jax.random.key(0))
+      loss(params, X, jax.random.key(0), 0)
     with pytest.raises(ValueError, match="latent is discrete"):  # at trace time under jit
-      jax.jit(loss)(params, X, jax.random.key(0))
+      jax.jit(loss)(params, X, jax.random.key(0), 0)
 
 
 @pytest.mark.parametrize("model", [_BernoulliLatent(), _BernoulliLatent(jnp.float32, "discrete")],
@@ -335,7 +344,7 @@ def test_the_score_function_estimators_train_a_bernoulli_latent(model):
   params = _params()
   for name in SCORE:
     loss = losses.make_loss(model, name, K, **_settings(name))
-    (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(params, X, jax.random.key(0))
+    (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(params, X, jax.random.key(0), 0)
     lw = M.log_weights(model, params, X, jax.random.key(0), K)
     np.testing.assert_allclose(float(metrics["bound"]),
                                float(jnp.mean(objectives.iwae_bound(lw))), rtol=1e-5)
@@ -349,14 +358,14 @@ def test_a_categorical_latent_is_refused_by_pathwise_estimators_and_trained_by_t
                          ("stl", {"bound": "elbo"})):
     with pytest.raises(ValueError, match=rf"CategoricalVAE's latent is discrete \(z of dtype "
                                          rf"float32; latent='discrete'\).*{_FIT}"):
-      losses.make_loss(model, name, 2, **settings)(params, x, jax.random.key(0))
+      losses.make_loss(model, name, 2, **settings)(params, x, jax.random.key(0), 0)
   for name, settings in (("reinforce", {"bound": "elbo", "kl": "analytic"}), ("vimco", {}),
                          ("rws", {})):
     g = jax.grad(lambda p, n=name, s=settings: losses.make_loss(model, n, 2, **s)(
-        p, x, jax.random.key(0))[0])(params)
+        p, x, jax.random.key(0), 0)[0])(params)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g)), name
-  with pytest.raises(ValueError, match="'iwae' .* latent is discrete"):  # the model has a KL
-    losses.make_kl_controlled_loss(model, "elbo", 1)(params, x, jax.random.key(0), 0)
+  with pytest.raises(ValueError, match="'kl_controlled' .* latent is discrete"):  # it has a KL
+    losses.make_loss(model, losses.KLControlled("elbo"), 1)(params, x, jax.random.key(0), 0)
 
 
 def test_the_relaxations_of_a_categorical_latent_keep_the_pathwise_estimators():
@@ -365,7 +374,7 @@ def test_the_relaxations_of_a_categorical_latent_keep_the_pathwise_estimators():
                                   (model.relaxed(0.5), "dreg", {}),
                                   (model.relaxed(0.5, hard=True), "elbo", {"kl": "analytic"})):
     loss = jax.jit(losses.make_loss(relaxed, name, 2, **settings))
-    g = jax.grad(lambda p, f=loss: f(p, x, jax.random.key(0))[0])(params)
+    g = jax.grad(lambda p, f=loss: f(p, x, jax.random.key(0), 0)[0])(params)
     enc = g["params"]["encoder"]
     assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(enc)), name
 
@@ -381,6 +390,75 @@ def test_a_sampler_without_a_path_is_refused_by_the_pathwise_estimators():
 
   params = _params()
   with pytest.raises(ValueError, match=r"latent is not reparametrized .*reparametrized=False"):
-    losses.make_loss(Stopped(), "iwae", K)(params, X, jax.random.key(0))
+    losses.make_loss(Stopped(), "iwae", K)(params, X, jax.random.key(0), 0)
   assert np.isfinite(float(losses.make_loss(Stopped(), "vimco", K)(params, X,
-                                                                    jax.random.key(0))[0]))
+                                                                    jax.random.key(0), 0)[0]))
+
+
+# ----------------------------------------------------------------------------- Relaxed
+
+
+def _relaxed_categorical():
+  from dgmjax.models import categorical_vae  # pylint: disable=import-outside-toplevel
+  model = categorical_vae.CategoricalVAE((2, 3, 1), num_vars=2, num_classes=3, hidden_dims=(5,))
+  x = (jax.random.uniform(jax.random.key(6), (4, 2, 3, 1)) < 0.5).astype(jnp.float32)
+  return model, model.init(jax.random.key(7)), x
+
+
+@pytest.mark.parametrize("hard,kl", [(False, "analytic"), (True, "analytic"), (False, None)])
+def test_relaxed_is_the_elbo_of_the_relaxation_at_the_temperature_of_the_step(hard, kl):
+  model, params, x = _relaxed_categorical()
+  schedule = lambda step: jnp.maximum(0.5, 1.0 - 0.1 * step)
+  loss = losses.make_loss(model, losses.Relaxed(schedule, hard=hard, kl=kl), 2)
+  for step in (0, 3, 9):
+    tau = schedule(step)
+    want = losses.make_loss(model.relaxed(tau, hard=hard), estimators.ELBO(kl=kl), 2)
+    value_and_grad = lambda f, s: jax.value_and_grad(f, has_aux=True)(params, x,
+                                                                      jax.random.key(8), s)
+    (got, metrics), g = value_and_grad(loss, jnp.int32(step))
+    (ref, ref_metrics), g_ref = value_and_grad(want, jnp.int32(step))
+    assert float(got) == float(ref) and float(metrics.pop("temperature")) == float(tau)
+    jax.tree.map(np.testing.assert_array_equal, (metrics, g), (ref_metrics, g_ref))
+  fixed = losses.make_loss(model, losses.Relaxed(0.7, hard=hard, kl=kl), 2)
+  assert float(fixed(params, x, jax.random.key(8), 5)[1]["temperature"]) == np.float32(0.7)
+
+
+def test_relaxed_train_step_traces_once():
+  import chex  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from dgmjax import training  # pylint: disable=import-outside-toplevel
+  model, params, x = _relaxed_categorical()
+  loss = losses.make_loss(model, losses.Relaxed(lambda s: 1.0 / (1.0 + s)), 1)
+  step = training.make_train_step(chex.assert_max_traces(loss, n=1), optax.adam(1e-3), seed=0)
+  state = training.init_state(params, optax.adam(1e-3))
+  taus = []
+  for _ in range(3):
+    state, metrics = step(state, x)
+    taus.append(float(metrics["temperature"]))
+  np.testing.assert_allclose(taus, [1.0, 0.5, 1.0 / 3.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(temperature=0.0), "temperature must be a function step -> temperature or a finite "
+                            "number > 0, got 0.0"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=np.nan), "temperature"),
+    (dict(temperature=None), "temperature"),
+    (dict(temperature="1.0"), "temperature"),
+    (dict(temperature=True), "temperature"),
+    (dict(temperature=np.ones(2)), "temperature"),
+    (dict(temperature=1.0, hard="yes"), "hard must be a bool"),
+    (dict(temperature=1.0, kl="exact"), "kl must be None or 'analytic'"),
+    (dict(temperature=1.0, hard=True, kl=None), "hard=True .* needs kl='analytic'"),
+])
+def test_relaxed_checks_its_settings_when_built(settings, match):
+  with pytest.raises(ValueError, match=match):
+    losses.Relaxed(**settings)
+
+
+def test_relaxed_needs_a_model_with_a_relaxation_and_is_not_registered():
+  with pytest.raises(TypeError, match="relaxed"):
+    losses.make_loss(MODEL, losses.Relaxed(1.0), K)
+  assert losses.Relaxed not in estimators.ESTIMATORS.values()
+  with pytest.raises(TypeError, match="no surrogate"):
+    losses.Relaxed(1.0).surrogate(None)

@@ -98,6 +98,9 @@ LIBRARY = _library_models()
 #: The library models whose every-estimator check is a long run (minutes on 2 CPU cores), marked
 #: slow: each has its own tests (test_priors.py, test_pixel_vae.py) in the default run.
 _SLOW_LIBRARY = ("iaf_posterior", "pixel_vae")
+#: The library models with a closed-form KL per latent dimension (``kl``), which the
+#: KL-controlled loss reads.
+_ANALYTIC_KL = ("vae_1layer", "pixel_vae", "categorical")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_LIBRARY
@@ -116,13 +119,15 @@ def test_every_estimator_value_is_its_bound_on_every_library_model(name):
           "renyi": float(jnp.mean(objectives.renyi_bound(lw, 0.5)))}
   want["renyi_dreg"] = want["renyi"]
   for est in REGISTERED:
+    if est == "kl_controlled" and name not in _ANALYTIC_KL:
+      continue
     # value and gradient from one pass (the key is passed in: the loss draws the samples of lw)
     loss_fn = losses.make_loss(model, est, k, **_kwargs(est))
     if estimators.ESTIMATORS[est].pathwise and getattr(model, "latent", None) == "discrete":
       with pytest.raises(ValueError, match="'rws', 'reinforce' and 'vimco'"):  # no path through z
-        loss_fn(params, x, _key())
+        loss_fn(params, x, _key(), 0)
       continue
-    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, x, _key())
+    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, x, _key(), 0)
     np.testing.assert_allclose(float(loss), -want.get(est, iwae), rtol=1e-5, err_msg=est)
     np.testing.assert_allclose(float(metrics["bound"]), want.get(est, iwae), rtol=1e-5,
                                err_msg=est)
@@ -144,7 +149,7 @@ def _lg_params(seed=1):
           "omega": {"a": f(DZ, DX), "c": f(DZ), "log_s": f(DZ) - 0.5}}
 
 
-def _lg_model():
+def _lg_model(*, with_kl=False):
   def enc(p, x):
     loc = x @ p["omega"]["a"].T
     return loc + jnp.broadcast_to(p["omega"]["c"], loc.shape), jnp.broadcast_to(
@@ -169,8 +174,12 @@ def _lg_model():
     return jnp.sum(-0.5 * (r / jnp.exp(a["log_sigma"])) ** 2 - a["log_sigma"]
                    - 0.5 * math.log(2 * math.pi), -1)
 
+  def kl(p, x):  # KL(q(z|x) || N(0, I)) per latent dimension, [B, DZ]
+    loc, log_s = enc(p, x)
+    return 0.5 * (jnp.exp(2 * log_s) + loc ** 2 - 1.0) - log_s
+
   return M.from_functions(sample_q=sample_q, log_q=log_q, log_prior=log_prior,
-                          log_likelihood=log_likelihood)
+                          log_likelihood=log_likelihood, **({"kl": kl} if with_kl else {}))
 
 
 class _Weights(NamedTuple):
@@ -225,6 +234,8 @@ _ORACLE = {
         c.norm((1 - alpha) * c.log_w),
         alpha * c.norm((1 - alpha) * c.log_w) + (1 - alpha) * c.norm((1 - alpha) * c.log_w) ** 2,
         0 * c.wt)),
+    # at beta = 1 without free bits: the IWAE bound of log p(x|z) + beta (log p(z) - log q)
+    "kl_controlled": ({"bound": "iwae"}, lambda c, bound: (c.wt, c.wt, -c.wt)),
 }
 
 
@@ -280,11 +291,11 @@ def test_every_oracle_row_is_a_registered_estimator():
 @pytest.mark.parametrize("est", REGISTERED)
 def test_linear_gaussian_gradient_of_every_estimator_equals_closed_form(est):
   assert est in _ORACLE, f"estimator {est!r} has no oracle row: add one to _ORACLE"
-  model, params = _lg_model(), _lg_params()
+  model, params = _lg_model(with_kl=True), _lg_params()  # the KL for the losses that read it
   x = jnp.asarray(np.random.default_rng(2).normal(size=(B, DX)), jnp.float32)
   kw = _kwargs(est)
   loss = losses.make_loss(model, estimators.ESTIMATORS[est](**kw), K)
-  got = jax.grad(lambda p: loss(p, x, _key())[0])(params)
+  got = jax.grad(lambda p: loss(p, x, _key(), 0)[0])(params)
   want = _lg_reference(params, x, _key(), K, est)
   for path, g in jax.tree_util.tree_flatten_with_path(got)[0]:
     ref = want[path[0].key][path[1].key]
@@ -296,7 +307,7 @@ def test_dreg_routes_by_role_whatever_the_encoder_is_called():
   """DReG differs from IWAE on the encoder, equals it on the decoder, for any parameter names."""
   model, params = _lg_model(), _lg_params()
   x = jnp.asarray(np.random.default_rng(3).normal(size=(B, DX)), jnp.float32)
-  grads = {e: jax.grad(lambda p: losses.make_loss(model, e, K)(p, x, _key())[0])(params)
+  grads = {e: jax.grad(lambda p: losses.make_loss(model, e, K)(p, x, _key(), 0)[0])(params)
            for e in ("iwae", "dreg")}
   for n in ("w", "b", "log_sigma"):
     np.testing.assert_allclose(grads["dreg"]["alpha"][n], grads["iwae"]["alpha"][n], rtol=1e-5)
@@ -312,7 +323,7 @@ def test_dreg_routes_by_role_whatever_the_encoder_is_called():
       log_q=lambda p, x, z: model.log_q(back(p), x, z),
       log_prior=lambda p, z: model.log_prior(back(p), z),
       log_likelihood=lambda p, x, z: model.log_likelihood(back(p), x, z))
-  g2 = jax.grad(lambda p: losses.make_loss(ren_model, "dreg", K)(p, x, _key())[0])(renamed)
+  g2 = jax.grad(lambda p: losses.make_loss(ren_model, "dreg", K)(p, x, _key(), 0)[0])(renamed)
   for n in ("a", "c", "log_s"):
     np.testing.assert_allclose(g2["encoders_0"][n], grads["dreg"]["omega"][n], rtol=1e-5)
 
@@ -371,7 +382,7 @@ def test_user_linen_conv_vae_trains_with_iwae_and_dreg_and_evaluates():
   assert set(params) == {"encoder", "decoder"}
   _check_trains(model, params, x)
   # DReG reaches the encoder, under the name "encoder", and differs from IWAE there.
-  g = {e: jax.grad(lambda p: losses.make_loss(model, e, 5)(p, x[:8], _key())[0])(params)
+  g = {e: jax.grad(lambda p: losses.make_loss(model, e, 5)(p, x[:8], _key(), 0)[0])(params)
        for e in ("iwae", "dreg")}
   enc = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g["iwae"]["encoder"]),
                                                         jax.tree.leaves(g["dreg"]["encoder"]))]
@@ -456,7 +467,7 @@ def test_from_networks_with_a_flow_prior_and_an_iaf_posterior():
   assert set(params) == {"base", "prior", "posterior_flow"}
   M.check_model(model, params, x)
   for est in ("iwae", "dreg"):
-    g = jax.grad(lambda p: losses.make_loss(model, est, 3)(p, x, _key())[0])(params)
+    g = jax.grad(lambda p: losses.make_loss(model, est, 3)(p, x, _key(), 0)[0])(params)
     assert float(jnp.max(jnp.abs(jax.tree.leaves(g["posterior_flow"])[0]))) >= 0
     assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g["prior"]))
 
@@ -482,7 +493,7 @@ def test_estimator_snr_on_a_model():
              - float(snr["iwae"].groups["omega"].rms_snr)) > 1e-2
   # It is gradient_snr of the training loss at the fixed batch.
   loss = losses.make_loss(model, "dreg", 16)
-  ref = diagnostics.gradient_snr(lambda p, k: loss(p, x, k)[0], params, _key(), 64)
+  ref = diagnostics.gradient_snr(lambda p, k: loss(p, x, k, 0)[0], params, _key(), 64)
   for a, b in zip(jax.tree.leaves(ref.snr), jax.tree.leaves(snr["dreg"].snr)):
     np.testing.assert_allclose(a, b, rtol=1e-4)
 
@@ -518,7 +529,7 @@ def test_wrong_shapes_raise_naming_the_function(name, fn):
   with pytest.raises(ValueError, match=name):
     M.check_model(model, params, x)
   with pytest.raises(ValueError, match=name):
-    losses.make_loss(model, "iwae", K)(params, x, _key())
+    losses.make_loss(model, "iwae", K)(params, x, _key(), 0)
   with pytest.raises(ValueError, match=name):
     evaluation.log_likelihood(model, params, np.zeros((B, DX), np.float32), _key(), num_samples=10)
 
@@ -554,12 +565,13 @@ def test_reinforce_baselines_keep_the_value_and_nvil_trains_its_baseline():
   plain = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic")
   loo = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                            baseline="batch_mean")
-  np.testing.assert_allclose(plain(params, x, _key())[0], loo(params, x, _key())[0], rtol=1e-6)
+  np.testing.assert_allclose(plain(params, x, _key(), 0)[0], loo(params, x, _key(), 0)[0],
+                             rtol=1e-6)
   # NVIL: an input-dependent baseline with its own parameters, regressed onto the signal.
   nvil = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
                             baseline=lambda p, xx: jnp.full((xx.shape[0],), p["baseline"]["b"]))
   p2 = {**params, "baseline": {"b": jnp.asarray(0.0)}}  # a new top-level entry of the pytree
-  (total, metrics), g = jax.value_and_grad(lambda p: nvil(p, x, _key()), has_aux=True)(p2)
+  (total, metrics), g = jax.value_and_grad(lambda p: nvil(p, x, _key(), 0), has_aux=True)(p2)
   assert float(metrics["baseline_loss"]) > 0
   np.testing.assert_allclose(float(total), float(-metrics["bound"] + metrics["baseline_loss"]),
                              rtol=1e-6)

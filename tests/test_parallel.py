@@ -54,9 +54,9 @@ def test_vmapped_runs_equal_runs_one_by_one():
   loss = losses.make_loss(MODEL, "iwae", 3)
   traces = []
 
-  def counted(p, x, k):  # runs at trace time only: counts the compilations of the vmapped step
+  def counted(p, x, k, step):  # runs at trace time only: counts the compilations of the step
     traces.append(1)
-    return loss(p, x, k)
+    return loss(p, x, k, step)
 
   step = parallel.make_runs_train_step(counted, opt, dynamic_binarization=True)
   states = parallel.init_runs(params, opt)

@@ -1,4 +1,4 @@
-"""Tests for dgmjax.models.pixel_vae and the KL-controlled losses of dgmjax.training."""
+"""Tests for dgmjax.models.pixel_vae and the KL-controlled loss of dgmjax.losses."""
 
 import chex
 import jax
@@ -8,7 +8,7 @@ import optax
 import pytest
 import scipy.stats as st
 
-from dgmjax import diagnostics, distributions, losses, models, objectives, training
+from dgmjax import diagnostics, distributions, estimators, losses, models, objectives, training
 from dgmjax.models import pixel_vae
 
 H = W = 6
@@ -143,7 +143,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   x = _binary(jax.random.key(11), 6)
   key = jax.random.key(12)
   # ELBO with the analytic KL at beta = 1
-  loss, met = losses.make_kl_controlled_loss(m, "elbo", 3)(params, x, key, 0)
+  loss, met = losses.make_loss(m, losses.KLControlled("elbo"), 3)(params, x, key, 0)
   t = models.draws(m, params, x, jax.random.split(jax.random.clone(key), 3))
   loc, log_scale = m.encode(params, x)
   elbo = objectives.elbo_analytic_kl(t.log_likelihood,
@@ -151,8 +151,8 @@ def test_kl_controlled_loss_values_are_the_bounds():
   np.testing.assert_allclose(loss, -jnp.mean(elbo), rtol=1e-6)
   np.testing.assert_allclose(met["bound"], jnp.mean(elbo), rtol=1e-6)
   # IWAE at beta = 1 is the IWAE bound; at beta = 0 the bound of the likelihood terms alone
-  iw = lambda **kw: losses.make_kl_controlled_loss(m, "iwae", 3, **kw)(params, x,
-                                                                        jax.random.clone(key), 0)
+  iw = lambda **kw: losses.make_loss(m, losses.KLControlled("iwae", **kw), 3)(
+      params, x, jax.random.clone(key), 0)
   np.testing.assert_allclose(iw()[0], -jnp.mean(objectives.iwae_bound(t.log_weights)), rtol=1e-6)
   zero = lambda s: jnp.zeros([], jnp.float32)
   np.testing.assert_allclose(iw(kl_weight=zero)[0],
@@ -161,7 +161,7 @@ def test_kl_controlled_loss_values_are_the_bounds():
   kl_dims = distributions.kl_normal_standard_normal(loc, log_scale, event_ndims=0).mean(0)
   np.testing.assert_allclose(iw(free_bits=0.0)[0], iw()[0], rtol=1e-6)
   big = float(kl_dims.max()) + 1.0
-  fb_loss, fb_met = losses.make_kl_controlled_loss(m, "elbo", 3, free_bits=big)(
+  fb_loss, fb_met = losses.make_loss(m, losses.KLControlled("elbo", free_bits=big), 3)(
       params, x, jax.random.clone(key), 0)
   np.testing.assert_allclose(fb_loss, -jnp.mean(t.log_likelihood) + 4 * big, rtol=1e-5)
   assert int(fb_met["kl_below_free_bits"]) == 4
@@ -189,7 +189,7 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   zero = lambda s: jnp.zeros([], jnp.float32)
 
   def grads(**kw):
-    f = losses.make_kl_controlled_loss(m, "elbo", 1, **kw)
+    f = losses.make_loss(m, losses.KLControlled("elbo", **kw), 1)
     g = jax.grad(lambda p: f(p, x, jax.random.clone(key), 0)[0])(params)
     enc = g["encoder"]["params"]
     return np.asarray(enc["loc"]["kernel"]), np.asarray(enc["log_scale"]["kernel"])
@@ -203,7 +203,7 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
   else:
     # The shortfall sum_j max(lambda - KL_j, 0): its gradient is -grad KL_j below lambda, 0 above.
     def shortfall_grad(**kw):
-      f_iw = losses.make_kl_controlled_loss(m, "iwae", 1, **kw)
+      f_iw = losses.make_loss(m, losses.KLControlled("iwae", **kw), 1)
       g = jax.grad(lambda p: f_iw(p, x, jax.random.clone(key), 0)[0])(params)
       enc = g["encoder"]["params"]
       return np.asarray(enc["loc"]["kernel"]), np.asarray(enc["log_scale"]["kernel"])
@@ -225,10 +225,10 @@ def test_free_bits_kl_gradient_is_zero_below_lambda(objective):
 def test_kl_controlled_train_step_traces_once_and_bad_arguments():
   m, params = _model("mlp")
   beta = losses.kl_weight_schedule("cyclical", cycle_steps=4)
-  loss = losses.make_kl_controlled_loss(m, "iwae", 2, kl_weight=beta, free_bits=0.1)
+  loss = losses.make_loss(m, losses.KLControlled("iwae", kl_weight=beta, free_bits=0.1), 2)
   traced = chex.assert_max_traces(loss, n=1)
   opt = optax.adam(1e-3)
-  step = training.make_train_step(traced, opt, seed=0, pass_step=True)
+  step = training.make_train_step(traced, opt, seed=0)
   state = training.init_state(params, opt)
   x = _binary(jax.random.key(15), 4)
   betas = []
@@ -237,14 +237,51 @@ def test_kl_controlled_train_step_traces_once_and_bad_arguments():
     betas.append(float(met["beta"]))
   np.testing.assert_allclose(betas, [0.0, 0.5, 1.0, 1.0, 0.0])
   with pytest.raises(ValueError, match="bound must be one of"):
-    losses.make_kl_controlled_loss(m, "miwae", 2)
+    losses.KLControlled("miwae")
   with pytest.raises(TypeError, match="objective"):
-    losses.make_kl_controlled_loss(m, objective="elbo", num_samples=2)
+    losses.KLControlled(objective="elbo")  # pylint: disable=unexpected-keyword-arg
   with pytest.raises(ValueError, match="bound must be one of"):
-    losses.make_kl_controlled_loss(m, "vae", 2)
+    losses.make_loss(m, "kl_controlled", 2, bound="vae")
   with pytest.raises(ValueError, match="free_bits"):
-    losses.make_kl_controlled_loss(m, "elbo", 1, free_bits=-1.0)
-  with pytest.raises(ValueError, match="free_bits_groups"):
-    losses.make_kl_controlled_loss(m, "elbo", 1, free_bits=0.1, free_bits_groups=2)
+    losses.KLControlled("elbo", free_bits=-1.0)
+  with pytest.raises(ValueError, match="free_bits_groups"):  # 2 does not divide 3 dimensions
+    losses.make_loss(m, losses.KLControlled("elbo", free_bits=0.1, free_bits_groups=2), 1)
   with pytest.raises(ValueError, match="num_samples"):
-    losses.make_kl_controlled_loss(m, "elbo", 0)
+    losses.make_loss(m, losses.KLControlled("elbo"), 0)
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(bound="elbo", kl_weight=0.5), "kl_weight"),
+    (dict(bound="elbo", free_bits=float("nan")), "free_bits"),
+    (dict(bound="elbo", free_bits=True), "free_bits"),
+    (dict(bound="elbo", free_bits="0.1"), "free_bits"),
+    (dict(bound="elbo", free_bits_groups=2), "free_bits_groups needs free_bits"),
+    (dict(bound="elbo", free_bits=0.1, free_bits_groups=0), "free_bits_groups"),
+    (dict(bound="elbo", free_bits=0.1, free_bits_groups=1.0), "free_bits_groups"),
+    (dict(bound=None), "bound"),
+])
+def test_kl_controlled_checks_its_settings_when_built(settings, match):
+  with pytest.raises(ValueError, match=match):
+    losses.KLControlled(**settings)
+  with pytest.raises(ValueError, match=match):  # the same check by name
+    losses.make_loss(_model("mlp")[0], "kl_controlled", 1, **settings)
+
+
+def test_kl_controlled_by_name_is_the_object():
+  m, params = _model("mlp", latent_dim=4)
+  beta = losses.kl_weight_schedule("linear", warmup_steps=4)
+  kw = dict(kl_weight=beta, free_bits=0.1, free_bits_groups=2)
+  obj = losses.KLControlled("iwae", **kw)
+  assert obj == estimators.from_name("kl_controlled", bound="iwae", **kw)
+  assert estimators.ESTIMATORS["kl_controlled"] is losses.KLControlled
+  x = _binary(jax.random.key(16), 4)
+  value_and_grad = lambda loss: jax.value_and_grad(loss, has_aux=True)(
+      params, x, jax.random.key(17), jnp.int32(2))
+  by_object = value_and_grad(losses.make_loss(m, obj, 2))
+  by_name = value_and_grad(losses.make_loss(m, "kl_controlled", 2, bound="iwae", **kw))
+  jax.tree.map(np.testing.assert_array_equal, by_object, by_name)
+  assert float(by_object[0][1]["beta"]) == 0.5
+  with pytest.raises(ValueError, match="needs bound"):
+    losses.make_loss(m, "kl_controlled", 2)
+  with pytest.raises(ValueError, match="carries its own settings"):
+    losses.make_loss(m, obj, 2, free_bits=0.2)

@@ -4,6 +4,7 @@ checkpoint/resume equality, and fit's checks of its training data."""
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,7 +153,7 @@ def test_make_loss_is_the_negative_bound():
     key = jax.random.key(1)
     lw = models.log_weights(model, params, x, key, 5)
     for name, reduce in (("elbo", objectives.elbo), ("iwae", objectives.iwae_bound)):
-      loss, aux = losses.make_loss(model, name, 5)(params, x, key)
+      loss, aux = losses.make_loss(model, name, 5)(params, x, key, 0)
       np.testing.assert_allclose(loss, -jnp.mean(reduce(lw)), rtol=1e-6)
       np.testing.assert_allclose(aux["elbo"], jnp.mean(objectives.elbo(lw)), rtol=1e-6)
   with pytest.raises(ValueError, match="estimator must be one of"):
@@ -189,7 +190,7 @@ def test_estimator_objectives_step_and_equal_the_negative_bound(objective, kwarg
     key = jax.random.key(1)
     lw = models.log_weights(model, params, x, key, 8)
     loss_fn = losses.make_loss(model, objective, 8, **kwargs)
-    loss, aux = loss_fn(params, x, key)
+    loss, aux = loss_fn(params, x, key, 0)
   want = {"miwae": objectives.miwae_bound(lw, 2),
           "ciwae": objectives.ciwae_bound(lw, 0.05),
           "renyi": objectives.renyi_bound(lw, 0.5),
@@ -213,7 +214,7 @@ def test_dreg_and_piwae_gradients_route_by_network():
   def grad(objective, **kw):
     with jax.debug_key_reuse(False):
       f = losses.make_loss(model, objective, 8, **kw)
-      return jax.grad(lambda p: f(p, x, jax.random.key(1))[0])(params)["params"]
+      return jax.grad(lambda p: f(p, x, jax.random.key(1), 0)[0])(params)["params"]
 
   close = lambda a, b: jax.tree.all(jax.tree.map(
       lambda u, v: bool(np.allclose(u, v, rtol=1e-5, atol=1e-6)), a, b))
@@ -236,9 +237,9 @@ def test_train_step_is_traced_once():
   traces = []
   base = losses.make_loss(model, "iwae", 3)
 
-  def loss(params, x, key):
+  def loss(params, x, key, step):
     traces.append(1)  # Python side effect: runs once per trace
-    return base(params, x, key)
+    return base(params, x, key, step)
 
   opt = optax.adam(1e-3)
   step = training.make_train_step(loss, opt, seed=0, dynamic_binarization=True)
@@ -247,6 +248,33 @@ def test_train_step_is_traced_once():
     state, metrics = step(state, _grey(4, seed=i))
   assert len(traces) == 1
   assert int(state.step) == 5 and bool(metrics["finite"])
+
+
+def test_the_loss_gets_the_step_of_the_state_traced():
+  """Every loss is ``(params, x, key, step)``: the step is the state's, traced (one compile),
+  also with microbatches."""
+  def loss(params, x, key, step):
+    del key
+    value = jnp.sum(params["w"]) * jnp.mean(x)
+    return value, {"step_seen": step}
+
+  opt = optax.sgd(0.0)
+  for mb in (None, 2):
+    step = training.make_train_step(chex.assert_max_traces(loss, n=1), opt, seed=0,
+                                    microbatch=mb)
+    state = training.init_state({"w": jnp.ones(2)}, opt)
+    seen = []
+    for _ in range(3):
+      state, metrics = step(state, _grey(4))
+      seen.append(int(metrics["step_seen"]))
+    assert seen == [0, 1, 2]
+    chex.clear_trace_counter()
+  with pytest.raises(TypeError, match=r"loss_fn must be a function \(params, x, key, step\) "
+                                      r"-> \(loss, metrics\)"):
+    training.make_train_step("iwae", opt, seed=0)
+  no_such_setting = {"pass_step": True}  # gone: every loss gets the step
+  with pytest.raises(TypeError, match="pass_step"):
+    training.make_train_step(loss, opt, seed=0, **no_such_setting)
 
 
 def test_microbatched_step_is_the_mean_of_microbatch_gradients():
@@ -265,7 +293,7 @@ def test_microbatched_step_is_the_mean_of_microbatch_gradients():
   x = data.binarize(key_bin, images)
   keys = jax.random.split(key_loss, 3)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  parts = [grad_fn(params, x[2 * i:2 * i + 2], keys[i]) for i in range(3)]
+  parts = [grad_fn(params, x[2 * i:2 * i + 2], keys[i], 0) for i in range(3)]
   grads = jax.tree.map(lambda *g: sum(g) / 3, *[p[1] for p in parts])
   np.testing.assert_allclose(metrics["loss"], np.mean([p[0][0] for p in parts]), rtol=1e-6)
   np.testing.assert_allclose(metrics["elbo"], np.mean([p[0][1]["elbo"] for p in parts]), rtol=1e-6)
@@ -278,8 +306,8 @@ def test_microbatched_step_is_the_mean_of_microbatch_gradients():
 
 def test_microbatch_of_a_mean_loss_gives_the_full_batch_gradient():
   # A key-free loss that is a mean over images: microbatching changes nothing but rounding.
-  def loss(params, x, key):
-    del key
+  def loss(params, x, key, step):
+    del key, step
     value = jnp.mean(jnp.sum(jnp.tanh(x.reshape(x.shape[0], -1) @ params["w"]) ** 2, axis=-1))
     return value, {"bound": -value}
 
@@ -338,8 +366,8 @@ def test_resolve_microbatch_parses_settings_and_names_the_argument():
 def test_nonfinite_steps_are_skipped_and_counted():
   # loss = sum sqrt(w^2 + s) with s = mean(x): value 0 but gradient 0/0 = NaN when w = 0 and
   # s = 0; finite otherwise. A batch of NaN gives a NaN loss.
-  def loss(params, x, key):
-    del key
+  def loss(params, x, key, step):
+    del key, step
     value = jnp.sum(jnp.sqrt(jnp.square(params["w"]) + jnp.mean(x)))
     return value, {"bound": -value, "elbo": -value}
 

@@ -384,8 +384,9 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
   """:func:`gradient_snr` of a contract model's training estimator on a fixed batch ``x``.
 
   The loss is ``losses.make_loss(model, estimator, num_samples, **loss_kwargs)`` evaluated at
-  ``(params, x, key_n)``; each draw redraws the ``K`` importance samples only (the batch is fixed),
-  which is the gradient noise Rainforth et al. study.
+  ``(params, x, key_n, 0)`` (step 0, for an estimator with a schedule); each draw redraws the
+  ``K`` importance samples only (the batch is fixed), which is the gradient noise Rainforth et
+  al. study.
 
   Args:
     model: a contract model (:mod:`dgmjax.models.base`).
@@ -415,13 +416,14 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
 
 
 class _FixedBatchLoss:
-  """``(params, key) -> loss`` of a training loss at a fixed batch (hashable by identity)."""
+  """``(params, key) -> loss`` of a training loss at a fixed batch and step 0 (hashable by
+  identity)."""
 
   def __init__(self, loss, x):
     self.loss, self.x = loss, x
 
   def __call__(self, params, key):
-    return self.loss(params, self.x, key)[0]
+    return self.loss(params, self.x, key, 0)[0]
 
 
 def snr_from_moments(moments: Moments, *, groups=None, signal: PyTree | None = None) -> GradientSNR:

@@ -249,9 +249,10 @@ class VQVAE:
     x8 = jnp.round(x * 255.0) / 255.0
     return distributions.discretized_logistic_log_prob(x8, loc, log_scale, event_ndims=3)
 
-  def loss(self, params, x: Array, key: Array):
-    """``(loss, metrics)``; ``metrics['aux']`` carries what :meth:`post_update` needs."""
-    del key
+  def loss(self, params, x: Array, key: Array, step: Array):
+    """``(loss, metrics)``, a training loss ``(params, x, key, step)`` (neither ``key`` nor
+    ``step`` is read); ``metrics['aux']`` carries what :meth:`post_update` needs."""
+    del key, step
     z_es, qs = self.encode(params, x)
     loc, log_scale = self.decode_codes(params, [q.z_q for q in qs])
     log_px = self.recon_log_prob(x, loc, log_scale)

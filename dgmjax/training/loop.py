@@ -93,7 +93,8 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
   same metrics lines.
 
   Args:
-    loss_fn: ``(params, x, key) -> (loss, metrics)``, e.g. from :func:`~dgmjax.losses.make_loss`.
+    loss_fn: ``(params, x, key, step) -> (loss, metrics)``, e.g. from
+      :func:`~dgmjax.losses.make_loss`.
     params: initial parameters (ignored when a checkpoint is restored).
     train_images: validated float32 array ``[N, ...]`` in [0, 1] (see
       :func:`~dgmjax.data.check_images`).

@@ -18,7 +18,7 @@ import optax
 from dgmjax import _checks, data
 
 Array = jax.Array
-LossFn = Callable[[Any, Array, Array], tuple[Array, dict]]
+LossFn = Callable[[Any, Array, Array, Array], tuple[Array, dict]]
 
 
 
@@ -119,15 +119,14 @@ def resolve_microbatch(setting, batch_size: int, num_samples: int, *, name: str 
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, seed: int,
-                    dynamic_binarization: bool = False, pass_step: bool = False,
-                    post_update: Callable | None = None, microbatch: int | None = None):
+                    dynamic_binarization: bool = False, post_update: Callable | None = None,
+                    microbatch: int | None = None):
   """A jitted ``step(state, images) -> (state, metrics)``.
 
   A step whose loss or any gradient is not finite leaves ``params`` and ``opt_state`` unchanged
   and increments the non-finite counters; a finite step resets ``nonfinite_in_a_row``.
-  With ``pass_step=True`` the loss is called as ``loss_fn(params, x, key, step)`` (for schedules
-  inside the loss, e.g. a Gumbel-softmax temperature or a KL weight); the step is traced, so the
-  schedule does not retrace.
+  The loss is called as ``loss_fn(params, x, key, step)`` with the state's step, traced, so a
+  schedule inside the loss (a Gumbel-softmax temperature, a KL weight) does not retrace.
   ``post_update(params, aux, key, step) -> params`` runs after the optimiser's update, for state that
   is not trained by gradients (an EMA codebook, usage counts, dead-code restarts); the loss hands
   it ``aux`` as ``metrics.pop('aux')``. Such leaves get zero gradients, hence zero Adam updates.
@@ -148,8 +147,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     seed = _checks.check_seed("seed", seed)
   check_optimizer(optimizer)
   if not callable(loss_fn):
-    raise _checks.ArgumentTypeError(f"loss_fn must be a function (params, x, key) -> (loss, "
-                                    f"metrics), got {type(loss_fn).__name__}")
+    raise _checks.ArgumentTypeError(f"loss_fn must be a function (params, x, key, step) -> "
+                                    f"(loss, metrics), got {type(loss_fn).__name__}")
   if microbatch is not None:
     if not isinstance(microbatch, (int, np.integer)) or isinstance(microbatch, bool) \
         or microbatch < 1:
@@ -158,18 +157,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       raise ValueError("microbatch cannot be combined with post_update (its aux statistics are "
                        "per minibatch)")
 
-  def value_and_grad(params, x, key, extra):
+  def value_and_grad(params, x, key, step):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     b = x.shape[0]
     if microbatch is None or microbatch >= b:
-      return grad_fn(params, x, key, *extra)
+      return grad_fn(params, x, key, step)
     if b % microbatch:
       raise ValueError(f"microbatch={microbatch} must divide the batch size {b}")
     n = b // microbatch
     xs = x.reshape((n, microbatch) + x.shape[1:])
 
     def body(acc, inp):
-      (loss, metrics), grads = grad_fn(params, inp[0], inp[1], *extra)
+      (loss, metrics), grads = grad_fn(params, inp[0], inp[1], step)
       return jax.tree.map(jnp.add, acc, grads), (loss, metrics)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -184,8 +183,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     else:
       key_bin, key_loss, key_post = jax.random.split(step_key(seed, state.step), 3)
     x = data.binarize(key_bin, images) if dynamic_binarization else images
-    extra = (state.step,) if pass_step else ()
-    (loss, metrics), grads = value_and_grad(state.params, x, key_loss, extra)
+    (loss, metrics), grads = value_and_grad(state.params, x, key_loss, state.step)
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     aux = metrics.pop("aux", None)

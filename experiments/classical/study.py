@@ -461,7 +461,7 @@ def train_vae(config, key, model, train, bound: str, num_samples: int):
   bound_loss = losses.make_loss(model, bound, num_samples)
 
   def loss(p, xb, k):
-    return bound_loss(p, xb, k)[0]
+    return bound_loss(p, xb, k, 0)[0]
 
   @jax.jit
   def run(params, key):

@@ -22,6 +22,7 @@ sub-directory of the workdir, and the study writes ``summary.json``; ``--resume`
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgmjax import evaluation, losses, plotting, training, vq
+from dgmjax import estimators, evaluation, losses, plotting, training, vq
 from dgmjax.models import categorical_vae, vqvae
 from dgmjax.nn import NVILBaseline, pixelcnn
 from experiments.common import config as common
@@ -53,14 +54,13 @@ def _splits(config) -> tuple[np.ndarray, np.ndarray]:
   return train_x, data_lib.random_subset(test_x, config.eval.get("num_examples"), config.seed)
 
 
-def _fit(loss_fn, params, train_x, config, workdir, resume, *, pass_step=False, post_update=None):
+def _fit(loss_fn, params, train_x, config, workdir, resume, *, post_update=None):
   steps_per_epoch = run_lib.steps_per_epoch(train_x.shape[0], config.batch_size)
   num_steps = run_lib.epochs_to_steps(config.num_epochs, steps_per_epoch)
   log_every = max(1, min(config.log_every_steps, num_steps))
   checkpoint_every = max(log_every, (steps_per_epoch // log_every) * log_every)
   opt = optax.adam(config.learning_rate)
-  step = training.make_train_step(loss_fn, opt, seed=config.seed, pass_step=pass_step,
-                                  post_update=post_update)
+  step = training.make_train_step(loss_fn, opt, seed=config.seed, post_update=post_update)
   state, summary = run_lib.fit(
       config, loss_fn, params, train_x, workdir, resume=resume, optimizer=opt,
       num_steps=num_steps, shuffle=True, checkpoint_every=checkpoint_every, log_every=log_every,
@@ -101,42 +101,45 @@ def _nvil_baseline(config):
   return apply, lambda key, x: net.init(key, x)
 
 
-def categorical_loss(model, est: str, config):
-  """The training loss ``(params, x, key, step) -> (loss, metrics)`` of estimator ``est``.
+def _temperature(config):
+  """Jang et al.'s annealing ``step -> tau`` with the config's settings."""
+  return functools.partial(categorical_vae.jang_temperature, initial=config.tau_initial,
+                           minimum=config.tau_min, rate=config.tau_rate, every=config.tau_every)
+
+
+def categorical_estimator(est: str, config) -> tuple[estimators.Estimator, int]:
+  """The estimator object of ``est`` and its number of samples ``K``.
 
   ``gumbel`` / ``st``: Jang et al.'s objective, the relaxed reconstruction at ``tau(step)`` with the
-  exact categorical KL (``make_loss(model.relaxed(tau), 'elbo', 1, kl='analytic')``);
-  ``reinforce``: the score function on the reconstruction with the leave-one-out minibatch mean as
-  baseline and the exact KL gradient; ``nvil``: the same with the learned ``b(x)`` (its regression
-  loss is part of the loss); ``vimco``: the ``K``-sample IWAE bound with VIMCO's leave-one-out
-  baselines. ``metrics['temperature']`` is ``tau(step)`` (used by the relaxations only).
+  exact categorical KL (:class:`dgmjax.losses.Relaxed`); ``reinforce``: the score function on the
+  reconstruction with the leave-one-out minibatch mean as baseline and the exact KL gradient;
+  ``nvil``: the same with the learned ``b(x)`` (its regression loss is part of the loss);
+  ``vimco``: the ``K``-sample IWAE bound with VIMCO's leave-one-out baselines.
   """
-  temp = dict(initial=config.tau_initial, minimum=config.tau_min, rate=config.tau_rate,
-              every=config.tau_every)
   if est in categorical_vae.RELAXATIONS:
-    hard = est == "st"
-
-    def loss_fn(params, x, key, step):
-      tau = categorical_vae.jang_temperature(step, **temp)
-      loss = losses.make_loss(model.relaxed(tau, hard=hard), "elbo", 1, kl="analytic")
-      value, m = loss(params, x, key)
-      return value, dict(m, temperature=tau)
-
-    return loss_fn
+    return losses.Relaxed(_temperature(config), hard=est == "st"), 1
   if est == "reinforce":
-    loss = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
-                              baseline="batch_mean")
-  elif est == "nvil":
-    loss = losses.make_loss(model, "reinforce", 1, bound="elbo", kl="analytic",
-                              baseline=_nvil_baseline(config)[0])
-  elif est == "vimco":
-    loss = losses.make_loss(model, "vimco", int(config.vimco_num_samples))
-  else:
-    raise ValueError(f"estimators must be among {ESTIMATORS}, got {est!r}")
+    return estimators.Reinforce("elbo", "batch_mean", "analytic"), 1
+  if est == "nvil":
+    return estimators.Reinforce("elbo", _nvil_baseline(config)[0], "analytic"), 1
+  if est == "vimco":
+    return estimators.VIMCO(), int(config.vimco_num_samples)
+  raise ValueError(f"estimators must be among {ESTIMATORS}, got {est!r}")
+
+
+def categorical_loss(model, est: str, config):
+  """The training loss ``(params, x, key, step) -> (loss, metrics)`` of estimator ``est``
+  (:func:`categorical_estimator`); ``metrics['temperature']`` is ``tau(step)`` (used by the
+  relaxations only)."""
+  estimator, num_samples = categorical_estimator(est, config)
+  loss = losses.make_loss(model, estimator, num_samples)
+  if isinstance(estimator, losses.Relaxed):  # its metrics have the temperature
+    return loss
+  temperature = _temperature(config)
 
   def loss_fn(params, x, key, step):
-    value, m = loss(params, x, key)
-    return value, dict(m, temperature=categorical_vae.jang_temperature(step, **temp))
+    value, m = loss(params, x, key, step)
+    return value, dict(m, temperature=temperature(step))
 
   return loss_fn
 
@@ -164,8 +167,6 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
   model = categorical_vae.CategoricalVAE(tuple(train_x.shape[1:]), config.num_vars,
                                          config.num_classes, tuple(config.hidden_dims),
                                          config.codebook_dim)
-  temp = dict(initial=config.tau_initial, minimum=config.tau_min, rate=config.tau_rate,
-              every=config.tau_every)
   rows = {}
   for est in config.estimators:
     d = os.path.join(workdir, est)
@@ -174,7 +175,7 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
     t0 = time.time()
     state, summary = _fit(categorical_loss(model, est, config),
                           categorical_params(model, est, config, train_x), train_x, config, d,
-                          resume, pass_step=True)
+                          resume)
     if "stopped_at" in summary:
       return {"stopped_at": summary["stopped_at"]}
     params = state.params
@@ -188,9 +189,9 @@ def run_categorical(config, workdir: str, resume: bool = False) -> dict:
                                    sample_chunk=config.eval.sample_chunk,
                                    batch_size=config.eval.batch_size,
                                    progress=run_lib.show_progress(config))
-    final_tau = categorical_vae.jang_temperature(summary["steps"], **temp)
-    relaxed_loss = losses.make_loss(model.relaxed(final_tau), "elbo", 1, kl="analytic")
-    relaxed = jax.jit(lambda p, xb, k: relaxed_loss(p, xb, k)[1]["elbo"])
+    final_tau = _temperature(config)(summary["steps"])
+    relaxed_loss = losses.make_loss(model, losses.Relaxed(final_tau), 1)
+    relaxed = jax.jit(lambda p, xb, k: relaxed_loss(p, xb, k, summary["steps"])[1]["elbo"])
     bs = config.eval.batch_size
     relaxed_elbo = float(np.mean([relaxed(params, test_x[i:i + bs], jax.random.fold_in(k_rel, i))
                                   for i in range(0, len(test_x) - bs + 1, bs)]))
@@ -300,8 +301,8 @@ def _fit_prior(config, model, codes_train, codes_test, workdir, resume) -> dict:
       top = np.repeat(np.repeat(codes_train[cond_lvl], 2, 1), 2, 2)[..., None].astype(np.float32)
       arr = np.concatenate([arr, top], -1)
 
-    def loss_fn(p, xb, key, net=net, cond_lvl=cond_lvl):
-      del key
+    def loss_fn(p, xb, key, step, net=net, cond_lvl=cond_lvl):
+      del key, step
       c = xb[..., 0].astype(jnp.int32)
       cond = None if cond_lvl is None else cond_of(xb[:, ::2, ::2, 1].astype(jnp.int32))
       lp = pixelcnn.categorical_log_prob(net, p, c, cond)
@@ -315,7 +316,7 @@ def _fit_prior(config, model, codes_train, codes_test, workdir, resume) -> dict:
     pconf = _PriorConfig(pc, config)
     # fit() checks images lie in [0, 1]: pass codes scaled down, rescale inside the loss
     scale = float(model.num_codes)
-    scaled_loss = lambda p, xb, key, f=loss_fn: f(p, jnp.round(xb * scale), key)
+    scaled_loss = lambda p, xb, key, step, f=loss_fn: f(p, jnp.round(xb * scale), key, step)
     state, summary = _fit(scaled_loss, p0, arr / scale, pconf, d, resume)
     if "stopped_at" in summary:
       raise RuntimeError("prior training stopped early")

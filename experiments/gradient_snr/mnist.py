@@ -108,7 +108,7 @@ def measure(config, workdir: str, *, resume: bool = False) -> dict:
     loss_fns = {}
     for name in names:
       f = losses.make_loss(model, name, k)
-      loss_fns[name] = (lambda f: lambda p, kk: f(p, x, kk)[0])(f)
+      loss_fns[name] = (lambda f: lambda p, kk: f(p, x, kk, 0)[0])(f)
     joints[k] = diagnostics.joint_loss(loss_fns, common_random_numbers=False)
 
   def measure_point(pi, point):

@@ -1,7 +1,7 @@
 """Posterior collapse with autoregressive decoders, and its remedies, on fixed-binarization MNIST.
 
 Each run of ``config.selected`` trains a :class:`dgmjax.models.pixel_vae.PixelVAE` (same encoder,
-prior, data and budget) with the loss of :func:`dgmjax.losses.make_kl_controlled_loss`. During
+prior, data and budget) with the loss of :class:`dgmjax.losses.KLControlled`. During
 training, ``config.diagnostics_per_epoch`` times an epoch, the collapse diagnostics on held-out
 test images enter the metrics log: total KL, KL per latent dimension, active units (Burda et al.'s
 covariance test), and the mutual information ``I_q[x; z]`` with the marginal KL from ELBO surgery.
@@ -110,11 +110,10 @@ def run_one(name: str, config, train_x, test_x, diag_x, workdir: str, resume: bo
                    // log_every * log_every)
   checkpoint_every = eval_every * max(1, config.diagnostics_per_epoch)
   beta = make_schedule(config, run, num_steps)
-  loss_fn = losses.make_kl_controlled_loss(
-      model, config.bound, config.num_samples, kl_weight=beta,
-      free_bits=run.free_bits or None)
+  loss_fn = losses.make_loss(model, losses.KLControlled(
+      config.bound, kl_weight=beta, free_bits=run.free_bits or None), config.num_samples)
   opt = optax.adam(config.learning_rate)
-  step = training.make_train_step(loss_fn, opt, seed=config.seed, pass_step=True)
+  step = training.make_train_step(loss_fn, opt, seed=config.seed)
   diag_key = jax.random.fold_in(jax.random.key(config.seed), 11)
   kl_log = os.path.join(d, "kl_per_dimension.jsonl")
   if not resume and os.path.exists(kl_log):
