@@ -429,3 +429,36 @@ def test_epoch_order_is_a_seeded_permutation():
   assert sorted(a) == list(range(10)) and not np.array_equal(
       a, training.epoch_order(10, 4, 0, shuffle=True))
   np.testing.assert_array_equal(training.epoch_order(5, 1, 0, shuffle=False), np.arange(5))
+
+
+# ----------------------------------------------------------------------------- the first step
+
+
+def test_fit_names_the_function_and_the_train_image_of_a_nan_before_the_first_step(tmp_path):
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  images = (_grey(16) < 0.4).astype(np.float32)
+  bad_image = 11  # shuffled into the first minibatch of seed 3 below (checked)
+  assert bad_image in training.epoch_order(16, 0, 3, shuffle=True)[:8]
+  images[bad_image] = 1.0
+
+  class NaNOnImage(vae.VAE):
+    """The tiny VAE with a likelihood that is NaN for an all-white image (a bug)."""
+
+    def log_likelihood(self, params, x, z):
+      out = super().log_likelihood(params, x, z)
+      return jnp.where(jnp.all(x == 1.0, axis=(1, 2, 3)), jnp.nan, out)
+
+  loss = losses.make_loss(NaNOnImage((4, 4, 1), (2,), ((8,),)), "iwae", 2)
+  with pytest.raises(ValueError, match=rf"what NaNOnImage returns in the first step of "
+                                       rf"training.fit is not finite for 1 of 8 image\(s\) "
+                                       rf"\(train_images \[{bad_image}\]\).*log_likelihood "
+                                       rf"returns nan for train_images\[{bad_image}\]"):
+    training.fit(loss, params, images, optimizer=optax.adam(1e-3), num_steps=2, batch_size=8,
+                 seed=3, workdir=str(tmp_path / "run"), shuffle=True)
+  ckpts = tmp_path / "run" / "checkpoints"
+  assert not ckpts.exists() or not os.listdir(ckpts)
+  # the workdir's lock was released: a corrected model trains in the same workdir
+  training.fit(losses.make_loss(model, "iwae", 2), params, images, optimizer=optax.adam(1e-3),
+               num_steps=1, batch_size=8, seed=3, workdir=str(tmp_path / "run"), shuffle=True,
+               checkpoint_every=1, log_every=1)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -744,9 +745,11 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
     all ``K`` importance samples identical); for a discrete latent, where equal draws can happen
     by chance, up to eight keys, and an error only when the draws' ``log q`` makes equal draws
     that unlikely (below one in a million);
-  * dependence on ``z``: at two different draws, ``log_q`` and ``log_likelihood`` differ (and
-    ``log_prior``, for a continuous latent: a uniform prior over a discrete latent is
-    legitimately constant). A function that ignores ``z`` gives a biased log-likelihood.
+  * dependence on ``z``: at two different draws, ``log_q`` must differ for a continuous latent
+    (an error: a ``log_q`` that evaluates a draw of its own biases every bound); ``log_prior``
+    and ``log_likelihood`` (and ``log_q`` of a discrete latent) that ignore ``z`` get a
+    ``RuntimeWarning`` naming them, since that is legitimate at some params (a uniform prior, a
+    zero-initialised decoder layer) and a bug otherwise.
 
   Args:
     model: the model.
@@ -760,8 +763,12 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
 
   Raises:
     TypeError: the model lacks a required function, or a function returns a non-floating dtype.
-    ValueError: a function returns the wrong shape, a non-finite value, ignores its key or
-      ignores ``z``; the message names the function (and the rows of ``x``) and what to do.
+    ValueError: a function returns the wrong shape or a non-finite value, ``sample_q`` ignores
+      its key, or a continuous ``log_q`` ignores ``z``; the message names the function (and the
+      rows of ``x``) and what to do.
+
+  Warns:
+    RuntimeWarning: ``log_prior`` or ``log_likelihood`` (or a discrete ``log_q``) ignores ``z``.
   """
   check_contract(model)
   key = jax.random.key(0) if key is None else _checks.check_key("key", key)
@@ -810,18 +817,25 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
   else:
     values2 = {fname: fn(z2) for fname, fn in checks.items()}
     for fname in ("log_q", "log_prior", "log_likelihood"):
-      if fname == "log_prior" and discrete:
-        continue
       v1 = np.asarray(values[fname])[differ]
       v2 = np.asarray(values2[fname])[differ]
-      if np.array_equal(v1, v2):
-        raise ValueError(
-            f"{name}.{fname} returns the same values at two different draws of z (rows "
-            f"{np.flatnonzero(differ)[:8].tolist()} of x): it ignores z, so every log-weight "
-            f"and bound built on it is wrong. It must evaluate its density at the z it is given"
-            + (" (not at a draw of its own)" if fname == "log_q" else "")
-            + "; if these params ignore z by construction (a zero-initialised output layer), "
-              "call check_model at params that read it")
+      if not np.array_equal(v1, v2):
+        continue
+      msg = (f"{name}.{fname} returns the same values at two different draws of z (rows "
+             f"{np.flatnonzero(differ)[:8].tolist()} of x): it ignores z")
+      if fname == "log_q" and not discrete:
+        # a continuous q(z|x) whose density is constant in z is a bug (it evaluates a draw of
+        # its own, or the entropy): every log-weight and bound built on it is wrong
+        raise ValueError(f"{msg}, so every log-weight and bound built on it is wrong. It must "
+                         f"evaluate the density of q at the z it is given, not at a draw of its "
+                         f"own")
+      # legitimate at some params: a uniform prior or q over a discrete latent, a flat prior,
+      # a zero-initialised decoder layer; a bug otherwise
+      warnings.warn(f"{msg}. Unless that is intended at these params (a uniform "
+                    f"{'q' if fname == 'log_q' else 'prior' if fname == 'log_prior' else 'p(x|z)'}"
+                    f", a zero-initialised output layer), it must evaluate its density at the z "
+                    f"it is given: a function that ignores z gives wrong log-weights and bounds",
+                    RuntimeWarning, stacklevel=2)
   lw = log_weights(model, params, x, k_lw, 3)
   check_log_weights(lw, 3, b)
   return {"z": jax.tree.map(lambda a: tuple(a.shape), z), "batch": b}
