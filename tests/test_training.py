@@ -323,8 +323,15 @@ def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
   opt = optax.adam(1e-3)
   images = np.ones((16, 4, 4, 1), np.float32)
   nan_params = jax.tree.map(lambda a: a * jnp.nan, model.init(jax.random.key(0)))
+  loss = losses.make_loss(model, "elbo", 1)
+  # a loss from make_loss carries its model, whose outputs fit checks on the first minibatch:
+  # NaN parameters are named before any step
+  with pytest.raises(ValueError, match=r"not finite for 4 of 4 .*parameters hold non-finite"):
+    training.fit(loss, nan_params, images, optimizer=opt, num_steps=20, batch_size=4, seed=0,
+                 workdir=str(tmp_path / "checked"))
+  # a loss without a model: the steps' own guard skips them, then stops
   with pytest.raises(training.NonFiniteError, match="3 consecutive"):
-    training.fit(losses.make_loss(model, "elbo", 1), nan_params, images,
+    training.fit(lambda p, x, k: loss(p, x, k), nan_params, images,
                  optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
                  max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
   events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]

@@ -628,6 +628,7 @@ def check_outputs(model, params: Params, x, key: Array, *, num_samples: int = 2,
     ValueError: a wrong shape, or a non-finite output, naming the function and the images.
   """
   keys = jax.random.split(key, check_num_samples(num_samples))
+  again = jax.random.clone(keys)  # the same draws, re-evaluated only if one is not finite
   d = draws(model, params, x, keys)
   b = batch_size_of(x)
   index = np.arange(b) if index is None else np.asarray(index)
@@ -636,7 +637,7 @@ def check_outputs(model, params: Params, x, key: Array, *, num_samples: int = 2,
     bad |= _bad_rows(leaf, keys.shape[0], b).any(0)
   if bad.any():
     rows = np.flatnonzero(bad)
-    found = find_nonfinite(model, params, x, int(rows[0]), keys=keys)
+    found = find_nonfinite(model, params, x, int(rows[0]), keys=again)
     raise nonfinite_error(model, params, f"what {type(model).__name__} returns in {where}",
                           index[rows], b, found, int(index[rows[0]]), images=images)
 
