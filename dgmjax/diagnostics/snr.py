@@ -501,9 +501,9 @@ def _model_hint(model, params, x, key, num_samples: int) -> str:
     return (f"Every contract function of {type(model).__name__} is finite at "
             f"{keys.shape[0]} re-drawn samples of x: the NaN comes from the estimator's "
             f"arithmetic or a rarer draw (jax.debug_nans finds the operation).")
-  return (f"Re-evaluated eagerly, {type(model).__name__}.{found.function} returns "
-          f"{'a non-finite z' if found.function == 'sample_q' else found.value} for x[{found.image}]"
-          f" (sample {found.sample}): fix that function at this input; "
+  what = "a non-finite z" if found.function == "sample_q" else found.value
+  return (f"Re-evaluated eagerly, {type(model).__name__}.{found.function} returns {what} for "
+          f"x[{found.image}] (sample {found.sample}): fix that function at this input; "
           f"dgmjax.models.check_model(model, params, x[{found.image}:{found.image + 1}]) runs "
           f"every contract function on it.")
 
