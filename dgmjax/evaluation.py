@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 from typing import Callable, Sequence
 
@@ -268,6 +269,15 @@ def log_likelihood(model, params, images, key: Array, *,
   Returns:
     ``[N]`` float64 numpy array. The test NLL is ``-mean``.
 
+  Raises:
+    ValueError: bad images or settings (naming the argument); or an estimate that is not finite
+      for some image: the message names the images and the contract function that returned a
+      non-finite value for the first of them (its batch re-evaluated eagerly at the same sample
+      keys), so a NaN from the model is never returned as a result. Under ``jit``
+      (:func:`streaming_iwae_bound`) such an image's estimate is NaN.
+    TypeError: a contract function returns a non-floating dtype (integer log-densities would be
+      truncated, complex ones lose their imaginary part), named at trace time.
+
   References:
     Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016, Section 5.
   """
@@ -303,7 +313,26 @@ def log_likelihood(model, params, images, key: Array, *,
   for b, x, m in tqdm(padded_batches(images, batch_size), total=num_batches, disable=not progress,
                       unit="batch", desc=f"log p(x) with K={num_samples}"):
     out.append(np.asarray(fn(params, x, jax.random.fold_in(key, b)), np.float64)[:m])
-  return np.concatenate(out)
+  out = np.concatenate(out)
+  _raise_if_nonfinite(model, params, images, key, out, batch_size, num_samples,
+                      "evaluation.log_likelihood's estimate")
+  return out
+
+
+def _raise_if_nonfinite(model, params, images, key, values, batch_size: int, num_samples: int,
+                        where: str) -> None:
+  """Raises ``ValueError`` if a per-image result is not finite, naming the images and the
+  contract function that first gave a non-finite value for the first of them (its batch
+  re-evaluated eagerly at the same sample keys: :func:`dgmjax.models.base.find_nonfinite`)."""
+  bad = np.flatnonzero(~np.isfinite(values))
+  if not bad.size:
+    return
+  first = int(bad[0])
+  b, row = divmod(first, batch_size)
+  x = next(itertools.islice(padded_batches(images, batch_size), b, None))[1]
+  keys = jax.random.split(jax.random.fold_in(key, b), num_samples)
+  found = models_base.find_nonfinite(model, params, jnp.asarray(x), row, keys=keys)
+  raise models_base.nonfinite_error(model, params, where, bad, len(values), found, first)
 
 
 def bounds(model, params, images, key: Array, *,
@@ -327,6 +356,11 @@ def bounds(model, params, images, key: Array, *,
 
   Returns:
     ``{"elbo": float, "iwae_k": float for k in ks}``.
+
+  Raises:
+    ValueError: as :func:`log_likelihood`: bad arguments, or a bound that is not finite for some
+      image (naming the images and the contract function that produced the non-finite value).
+    TypeError: a contract function returns a non-floating dtype.
   """
   models_base.check_contract(model)
   _checks.check_key("key", key)
@@ -361,7 +395,11 @@ def bounds(model, params, images, key: Array, *,
     r = jax.device_get(one(params, x, jax.random.fold_in(key, b)))
     for name, v in r.items():
       acc.setdefault(name, []).append(np.asarray(v, np.float64)[:m])
-  return {name: float(np.concatenate(v).mean()) for name, v in acc.items()}
+  acc = {name: np.concatenate(v) for name, v in acc.items()}
+  finite = np.all([np.isfinite(v) for v in acc.values()], axis=0)
+  _raise_if_nonfinite(model, params, images, key, np.where(finite, 0.0, np.nan), batch_size, kmax,
+                      "evaluation.bounds")
+  return {name: float(v.mean()) for name, v in acc.items()}
 
 
 def write_sample_figures(model, params, images, key: Array, workdir: str, *,

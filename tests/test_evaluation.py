@@ -314,3 +314,74 @@ def test_log_likelihood_compiles_once_for_any_number_of_images():
   n = len(traces)
   evaluation.log_likelihood(lw, params, _binary(40, seed=1), jax.random.key(2), **kw)
   assert len(traces) == n  # same compiled batch function: memory does not grow with N
+
+
+# ----------------------------------------------------------------------------- non-finite results
+
+
+def _gaussian_model(nan_image=None):
+  """A tiny linear-Gaussian model of the contract (D_x = 3, D_z = 2); with ``nan_image``, its
+  log_likelihood is NaN for that image (found by content, as a model's bug would be)."""
+  import math  # pylint: disable=import-outside-toplevel
+
+  def gauss(v):
+    return jnp.sum(-0.5 * v ** 2 - 0.5 * math.log(2 * math.pi), -1)
+
+  def ll(p, x, z):
+    out = gauss(x - z @ p["w"].T)
+    if nan_image is None:
+      return out
+    return jnp.where(jnp.all(x == jnp.asarray(nan_image)[None], -1), jnp.nan, out)
+
+  return models.from_functions(
+      sample_q=lambda p, x, k: x[:, :2] * 0.5 + jax.random.normal(k, (x.shape[0], 2)),
+      log_q=lambda p, x, z: gauss(z - x[:, :2] * 0.5), log_prior=lambda p, z: gauss(z),
+      log_likelihood=ll)
+
+
+_IMAGES = np.random.default_rng(3).normal(size=(7, 3)).astype(np.float32)
+_PARAMS = {"w": jnp.asarray(np.random.default_rng(4).normal(size=(3, 2)), jnp.float32)}
+
+
+def test_log_likelihood_names_the_image_and_the_function_of_a_nan():
+  model = _gaussian_model(nan_image=_IMAGES[5])
+  # batch_size=3: image 5 is row 2 of the second batch; the message numbers it as the user does
+  with pytest.raises(ValueError, match=re.escape(
+      "evaluation.log_likelihood's estimate is not finite for 1 of 7 image(s) (images [5]). "
+      "Re-evaluated eagerly, FunctionModel.log_likelihood returns nan for images[5]")):
+    evaluation.log_likelihood(model, _PARAMS, _IMAGES, jax.random.key(0), num_samples=20,
+                              sample_chunk=8, batch_size=3)
+  with pytest.raises(ValueError, match=r"evaluation.bounds is not finite .*images \[5\].*"
+                                       r"log_likelihood returns nan for images\[5\]"):
+    evaluation.bounds(model, _PARAMS, _IMAGES, jax.random.key(0), ks=(1, 2), batch_size=3)
+  # finite models are unaffected
+  ok = evaluation.log_likelihood(_gaussian_model(), _PARAMS, _IMAGES, jax.random.key(0),
+                                 num_samples=20, sample_chunk=8, batch_size=3)
+  assert np.all(np.isfinite(ok))
+
+
+def test_log_likelihood_names_non_finite_params():
+  bad = {"w": _PARAMS["w"].at[0, 0].set(jnp.nan)}
+  with pytest.raises(ValueError, match=r"not finite for 7 of 7 .*parameters hold non-finite "
+                                       r"values \(1 leaves, the first \"\['w'\]\"\)"):
+    evaluation.log_likelihood(_gaussian_model(), bad, _IMAGES, jax.random.key(0),
+                              num_samples=4, sample_chunk=4)
+
+
+def test_streaming_bound_under_jit_gives_nan_for_the_bad_image_only():
+  model = _gaussian_model(nan_image=_IMAGES[1])
+  keys = jax.random.split(jax.random.key(0), 10)
+  out = np.asarray(jax.jit(lambda p, x: evaluation.streaming_iwae_bound(model, p, x, keys, 4))(
+      _PARAMS, _IMAGES))
+  assert np.isnan(out[1]) and np.all(np.isfinite(np.delete(out, 1)))
+
+
+def test_integer_log_likelihood_is_refused_by_evaluation():
+  base = _gaussian_model()
+  model = models.from_functions(
+      sample_q=base.sample_q, log_q=base.log_q, log_prior=base.log_prior,
+      log_likelihood=lambda p, x, z: base.log_likelihood(p, x, z).astype(jnp.int32))
+  with pytest.raises(TypeError, match="log_likelihood must return a floating.*int32"):
+    evaluation.log_likelihood(model, _PARAMS, _IMAGES, jax.random.key(0), num_samples=4)
+  with pytest.raises(TypeError, match="log_likelihood must return a floating.*int32"):
+    evaluation.bounds(model, _PARAMS, _IMAGES, jax.random.key(0), ks=(1,))

@@ -289,3 +289,42 @@ def test_traced_betas_that_do_not_rise_from_0_to_1_give_nan():
   for bad in ([0.0, 0.6, 0.4, 1.0], [0.0, 0.3, 0.6, 0.9], [0.1, 0.3, 0.6, 1.0],
               [0.0, np.nan, 0.6, 1.0]):
     assert np.all(np.isnan(np.asarray(fn(jnp.array(bad))))), bad
+
+
+# ----------------------------------------------------------------------------- non-finite results
+
+
+def _nan_model(row):
+  """MODEL with a log_likelihood that is NaN for the datapoint X[row] (found by content)."""
+  def ll(p, x, z):
+    hit = jnp.all(x == X[row][None], axis=-1)
+    return jnp.where(hit, jnp.nan, lg.log_likelihood(p, x, z))
+
+  return M.from_functions(sample_q=MODEL.sample_q, log_q=MODEL.log_q,
+                          log_prior=MODEL.log_prior, log_likelihood=ll,
+                          sample_prior=MODEL.sample_prior)
+
+
+def test_ais_names_the_datapoint_and_the_function_of_a_nan():
+  model = _nan_model(3)
+  with pytest.raises(ValueError, match=r"ais's estimate is not finite for 1 of 4 image\(s\) "
+                                       r"\(x \[3\]\).*log_likelihood returns nan for x\[3\]"):
+    ais.ais(model, PARAMS, X[:4], jax.random.key(0), num_temps=3, num_chains=2, num_leapfrog=2)
+  with pytest.raises(ValueError, match=r"x \[3\].*log_likelihood returns nan"):
+    ais.bdmc(model, PARAMS, X[:4], Z[:4], jax.random.key(0), num_temps=3, num_chains=2,
+             num_leapfrog=2)
+
+
+def test_ais_under_jit_gives_nan_for_the_bad_datapoint_never_a_number():
+  model = _nan_model(3)
+  run = jax.jit(functools.partial(ais.ais, model, num_temps=3, num_chains=2, num_leapfrog=2))
+  est = np.asarray(run(PARAMS, X[:4], jax.random.key(0)).log_marginal)
+  assert np.isnan(est[3]) and np.all(np.isfinite(est[:3]))
+
+
+def test_ais_refuses_a_complex_log_likelihood_naming_it():
+  model = M.from_functions(
+      sample_q=MODEL.sample_q, log_q=MODEL.log_q, log_prior=MODEL.log_prior,
+      log_likelihood=lambda p, x, z: lg.log_likelihood(p, x, z).astype(jnp.complex64))
+  with pytest.raises(TypeError, match="log_likelihood must return a floating.*complex64"):
+    ais.ais(model, PARAMS, X[:2], jax.random.key(0), num_temps=2, num_chains=2, num_leapfrog=2)

@@ -602,3 +602,98 @@ def test_restore_returns_the_params_of_a_run(tmp_path):
     training.restore(str(tmp_path), like=wrong)
   with pytest.raises(FileNotFoundError):
     training.restore(str(tmp_path / "nothing"))
+
+
+# ----------------------------------------------------------------------------- what a model returns
+
+
+def _nan_at_row(row):
+  """A log_likelihood that is NaN for the image equal to X_NAN[row] (by content, not position)."""
+  base = _lg_model()
+
+  def ll(p, x, z):
+    hit = jnp.all(x == jnp.asarray(X_NAN[row])[None], axis=-1)
+    return jnp.where(hit, jnp.nan, base.log_likelihood(p, x, z))
+  return ll
+
+
+X_NAN = np.random.default_rng(5).normal(size=(4, DX)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype,why", [(jnp.int32, "truncated"), (jnp.complex64, "imaginary"),
+                                       (jnp.bool_, "no log-density")])
+def test_non_floating_log_densities_are_refused_at_trace_time_naming_the_function(dtype, why):
+  base = _lg_model()
+  model = _broken(log_likelihood=lambda p, x, z: base.log_likelihood(p, x, z).astype(dtype))
+  params, x = _lg_params(), jnp.asarray(X_NAN)
+  with pytest.raises(TypeError, match=rf"log_likelihood must return a floating.*{why}"):
+    M.check_model(model, params, x)
+  with pytest.raises(TypeError, match="log_likelihood"):  # inside jit: at trace time
+    jax.jit(lambda p, xx: M.log_weights(model, p, xx, _key(), 3))(params, x)
+  with pytest.raises(TypeError, match="log_likelihood"):
+    losses.make_loss(model, "dreg", 3)(params, x, _key())
+  bad_prior = _broken(log_prior=lambda p, z: jnp.round(base.log_prior(p, z)).astype(jnp.int32))
+  with pytest.raises(TypeError, match="log_prior"):
+    losses.make_loss(bad_prior, "iwae", 3)(params, x, _key())
+
+
+def test_check_model_names_the_function_and_the_row_of_a_nan():
+  model = _broken(log_likelihood=_nan_at_row(2))
+  with pytest.raises(ValueError, match=r"log_likelihood returns a non-finite value \(nan\) for "
+                                       r"1 of 4 image\(s\) \(rows \[2\]"):
+    M.check_model(model, _lg_params(), jnp.asarray(X_NAN))
+  base = _lg_model()
+  nan_z = _broken(sample_q=lambda p, x, k: base.sample_q(p, x, k).at[1].set(jnp.inf))
+  with pytest.raises(ValueError, match=r"sample_q returns a non-finite value.*rows \[1\]"):
+    M.check_model(nan_z, _lg_params(), jnp.asarray(X_NAN))
+
+
+def test_under_jit_a_nan_from_the_model_stays_nan_for_its_image_only():
+  model = _broken(log_likelihood=_nan_at_row(2))
+  lw = jax.jit(lambda p, x: M.log_weights(model, p, x, _key(), 5))(_lg_params(), X_NAN)
+  bound = np.asarray(objectives.iwae_bound(lw))
+  assert np.isnan(bound[2]) and np.all(np.isfinite(np.delete(bound, 2)))
+
+
+def test_check_model_catches_a_sampler_that_ignores_its_key():
+  base = _lg_model()
+  model = _broken(sample_q=lambda p, x, k: base.sample_q(p, x, jax.random.key(0)))
+  with pytest.raises(ValueError, match="sample_q returns the same z for 2 different keys: it "
+                                       "ignores its key"):
+    M.check_model(model, _lg_params(), jnp.asarray(X_NAN))
+
+
+@pytest.mark.parametrize("name", ["log_q", "log_prior", "log_likelihood"])
+def test_check_model_catches_a_function_that_ignores_z(name):
+  base = _lg_model()
+  fixed = lambda p, x: base.sample_q(p, x, jax.random.key(7))  # a draw of its own, not z
+  fns = {"log_q": lambda p, x, z: base.log_q(p, x, fixed(p, x)),
+         "log_prior": lambda p, z: base.log_prior(p, jnp.zeros_like(z)),
+         "log_likelihood": lambda p, x, z: base.log_likelihood(p, x, jnp.zeros_like(z))}
+  msg = rf"{name} returns the same values at two different draws of z.*ignores z"
+  if name == "log_q":  # a continuous q whose density ignores z: always a bug
+    with pytest.raises(ValueError, match=msg):
+      M.check_model(_broken(**{name: fns[name]}), _lg_params(), jnp.asarray(X_NAN))
+  else:  # legitimate at some params (a flat prior, a zero-initialised decoder): a warning
+    with pytest.warns(RuntimeWarning, match=msg):
+      M.check_model(_broken(**{name: fns[name]}), _lg_params(), jnp.asarray(X_NAN))
+
+
+def test_log_q_that_ignores_z_biases_the_log_likelihood_that_check_model_now_refuses():
+  # The case that motivated the check: the estimate moves by about 2 nats, silently.
+  base = _lg_model()
+  model = _broken(log_q=lambda p, x, z: base.log_q(p, x, base.sample_q(p, x, jax.random.key(1))))
+  x = X_NAN[:2]
+  good = evaluation.log_likelihood(base, _lg_params(), x, _key(), num_samples=200)
+  bad = evaluation.log_likelihood(model, _lg_params(), x, _key(), num_samples=200)
+  assert np.max(np.abs(good - bad)) > 0.3
+  with pytest.raises(ValueError, match="log_q returns the same values"):
+    M.check_model(model, _lg_params(), jnp.asarray(x))
+
+
+def test_check_model_passes_discrete_latents_with_a_uniform_prior():
+  from dgmjax.models.categorical_vae import CategoricalVAE
+  model = CategoricalVAE(image_shape=(2, 2, 1), num_vars=3, num_classes=3, hidden_dims=(8,))
+  x = (np.random.default_rng(0).uniform(size=(4, 2, 2, 1)) < 0.5).astype(np.float32)
+  out = M.check_model(model, model.init(jax.random.key(0)), x)  # log p(z) is constant in z
+  assert out["z"] == (4, 3, 3)

@@ -393,8 +393,15 @@ def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
   opt = optax.adam(1e-3)
   images = np.ones((16, 4, 4, 1), np.float32)
   nan_params = jax.tree.map(lambda a: a * jnp.nan, model.init(jax.random.key(0)))
+  loss = losses.make_loss(model, "elbo", 1)
+  # a loss from make_loss carries its model, whose outputs fit checks on the first minibatch:
+  # NaN parameters are named before any step
+  with pytest.raises(ValueError, match=r"not finite for 4 of 4 .*parameters hold non-finite"):
+    training.fit(loss, nan_params, images, optimizer=opt, num_steps=20, batch_size=4, seed=0,
+                 workdir=str(tmp_path / "checked"))
+  # a loss without a model: the steps' own guard skips them, then stops
   with pytest.raises(training.NonFiniteError, match="3 consecutive"):
-    training.fit(losses.make_loss(model, "elbo", 1), nan_params, images,
+    training.fit(lambda p, x, k: loss(p, x, k), nan_params, images,
                  optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
                  max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
   events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -499,3 +506,36 @@ def test_epoch_order_is_a_seeded_permutation():
   assert sorted(a) == list(range(10)) and not np.array_equal(
       a, training.epoch_order(10, 4, 0, shuffle=True))
   np.testing.assert_array_equal(training.epoch_order(5, 1, 0, shuffle=False), np.arange(5))
+
+
+# ----------------------------------------------------------------------------- the first step
+
+
+def test_fit_names_the_function_and_the_train_image_of_a_nan_before_the_first_step(tmp_path):
+  model = _tiny()
+  params = model.init(jax.random.key(0))
+  images = (_grey(16) < 0.4).astype(np.float32)
+  bad_image = 11  # shuffled into the first minibatch of seed 3 below (checked)
+  assert bad_image in training.epoch_order(16, 0, 3, shuffle=True)[:8]
+  images[bad_image] = 1.0
+
+  class NaNOnImage(vae.VAE):
+    """The tiny VAE with a likelihood that is NaN for an all-white image (a bug)."""
+
+    def log_likelihood(self, params, x, z):
+      out = super().log_likelihood(params, x, z)
+      return jnp.where(jnp.all(x == 1.0, axis=(1, 2, 3)), jnp.nan, out)
+
+  loss = losses.make_loss(NaNOnImage((4, 4, 1), (2,), ((8,),)), "iwae", 2)
+  with pytest.raises(ValueError, match=rf"what NaNOnImage returns in the first step of "
+                                       rf"training.fit is not finite for 1 of 8 image\(s\) "
+                                       rf"\(train_images \[{bad_image}\]\).*log_likelihood "
+                                       rf"returns nan for train_images\[{bad_image}\]"):
+    training.fit(loss, params, images, optimizer=optax.adam(1e-3), num_steps=2, batch_size=8,
+                 seed=3, workdir=str(tmp_path / "run"), shuffle=True)
+  ckpts = tmp_path / "run" / "checkpoints"
+  assert not ckpts.exists() or not os.listdir(ckpts)
+  # the workdir's lock was released: a corrected model trains in the same workdir
+  training.fit(losses.make_loss(model, "iwae", 2), params, images, optimizer=optax.adam(1e-3),
+               num_steps=1, batch_size=8, seed=3, workdir=str(tmp_path / "run"), shuffle=True,
+               checkpoint_every=1, log_every=1)

@@ -11,6 +11,12 @@ which stays accurate in float32 when the mean dwarfs the spread.
 Everything is jitted (``loss_fn``, ``num_draws`` and ``chunk_size`` are static; pass the same
 ``loss_fn`` object to reuse the compilation).
 
+Compare estimators by a group's ``norm_snr``, the SNR of its gradient vector (:class:`GroupSNR`
+says why; the per-parameter mean, median and root-mean-square can disagree with it and with each
+other). Dead parameters (zero gradient mean and variance) are left out and counted; a summary
+that is NaN, or an SNR at the ``1/sqrt(N)`` noise floor of the draws, is warned about, naming
+the group; a non-finite gradient raises.
+
 References:
   Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018 (SNR).
   Chan, Golub & LeVeque, Updating Formulae and a Pairwise Algorithm for Computing Sample
@@ -20,6 +26,9 @@ References:
 from __future__ import annotations
 
 import functools
+import math
+import os
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -235,32 +244,57 @@ def _ratio(num: Array, den: Array) -> Array:
 class GroupSNR(NamedTuple):
   """Summaries of a group of parameters (e.g. encoder ``phi``, decoder ``theta``).
 
-  The per-parameter summaries (``mean_snr``, ``median_snr``, ``rms_snr``, ``rms_snr_debiased``)
-  run over the parameters whose SNR is finite, those with a nonzero variance: a parameter with
-  zero gradient variance has no finite SNR. Such parameters are counted instead:
-  ``num_zero_variance`` in all, of which those with a nonzero mean (a deterministic gradient, or a
-  variance that underflowed to 0) have SNR ``inf`` and are also in ``num_infinite_snr``; the rest
-  have a zero mean too (a dead ReLU unit, a parameter the loss does not use: ``0 / 0``). So one
-  such entry cannot turn the group's mean into ``inf`` or drag it towards 0. A summary is NaN when
-  no parameter of the group has a nonzero variance, or when a gradient draw was NaN.
+  **Compare estimators by** ``norm_snr`` (:attr:`COMPARE_BY`), the SNR of the group's gradient
+  vector, ``||E[g]|| / sqrt(E||g - E[g]||^2)``. It is what an SGD step sees: the expected
+  decrease of the loss after a step along ``g`` at the best step size is proportional to
+  ``||E[g]||^2 SNR^2 / (1 + SNR^2)`` with this SNR. It is a ratio of sums, so every parameter
+  counts by the size of its gradient, a dead parameter adds nothing, and a few parameters whose
+  gradient is nearly deterministic cannot dominate it. The per-parameter summaries
+  (``mean_snr``, ``median_snr``, ``rms_snr``) weight every parameter equally whatever its scale
+  and can rank estimators the other way: a score-function estimator whose encoder has a few
+  saturated codes gets a large ``mean_snr`` / ``rms_snr`` from the parameters of those codes
+  (their gradient is the deterministic KL term except on the rare draws of an unlikely class,
+  which ``N`` draws can miss: their variance is underestimated, their SNR overestimated) while
+  the median and ``norm_snr`` sit at the noise floor (docs/studies/gradient_snr.md works through
+  such a case; :func:`snr_from_moments` warns when ``rms_snr`` exceeds ten times the median).
+
+  Parameters without gradient signal, **dead** ones (zero mean and zero variance: a ReLU unit off
+  for the whole batch, the weights of an input pixel that is 0 in every image, a parameter the
+  loss does not use), are left out of every summary and counted in ``num_dead``. The
+  per-parameter summaries run over the parameters whose SNR is finite, those with a nonzero
+  variance; a deterministic gradient (zero variance, nonzero mean: SNR ``inf``) is counted in
+  ``num_zero_variance`` and ``num_infinite_snr`` instead. A summary with no parameter to run
+  over is NaN, and :func:`snr_from_moments` (hence :func:`gradient_snr` and
+  :func:`estimator_snr`) then warns, naming the group and why; they also warn when a group's
+  ``norm_snr`` or ``median_snr`` sits at the noise floor of the ``N`` draws (an unresolved
+  signal: the value measures ``N``, not the estimator), and raise on a non-finite gradient.
 
   Attributes:
     mean_snr: mean of the per-parameter SNR over the parameters with nonzero variance.
-    median_snr: median of the per-parameter SNR over the same parameters.
-    norm_snr: ``||mean|| / sqrt(total_variance)``, the SNR of the group's gradient vector.
-    mean_abs_mean: mean over parameters of ``|E[g]|`` (the signal).
-    mean_std: mean over parameters of ``std[g]`` (the noise).
+    median_snr: median of the per-parameter SNR over the same parameters (floor ``~0.67 /
+      sqrt(N)`` when the signal is unresolved).
+    norm_snr: ``||mean|| / sqrt(total_variance)``, the SNR of the group's gradient vector: the
+      summary to compare estimators by (floor ``~1 / sqrt(N)``).
+    mean_abs_mean: mean over the parameters with gradient signal of ``|E[g]|`` (the signal).
+    mean_std: mean over the same parameters of ``std[g]`` (the noise).
     total_variance: ``sum`` over parameters of ``Var[g]`` (trace of the covariance).
-    num_params: number of scalar parameters.
+    num_params: number of scalar parameters in the group (dead ones included).
     rms_snr: ``sqrt(mean_i mean_i^2 / Var_i)``, the root-mean-square per-parameter SNR (over the
       parameters with nonzero variance).
     rms_snr_debiased: the same with ``mean_i^2`` replaced by ``mean_i^2 - Var_i / N``, which is
       unbiased for ``E[g_i]^2`` when the signal is the sample mean of the ``N`` draws themselves
       (clipped at 0; equal to ``rms_snr`` when no ``N`` is given). The plain estimate cannot fall
       below the noise floor ``~1/sqrt(N)``; this one can, on average over the group.
-    num_zero_variance: parameters with zero gradient variance, left out of the SNR summaries.
+    num_zero_variance: parameters with zero gradient variance (dead ones included), left out of
+      the per-parameter SNR summaries.
     num_infinite_snr: parameters whose SNR is ``inf`` (zero variance and a nonzero mean, or an
       overflow), also left out.
+    num_dead: parameters without gradient signal (zero mean and zero variance), left out of every
+      summary.
+    norm_snr_debiased: ``norm_snr`` with ``||mean||^2`` replaced by ``||mean||^2 -
+      total_variance / N`` (clipped at 0): resolves a group SNR below the floor ``1 / sqrt(N)``.
+    noise_floor: ``1 / sqrt(N)``, the value the plain ``norm_snr`` takes for a gradient without
+      signal (NaN when the signal does not come from the same ``N`` draws).
   """
   mean_snr: Array
   median_snr: Array
@@ -273,6 +307,12 @@ class GroupSNR(NamedTuple):
   rms_snr_debiased: Array | None = None
   num_zero_variance: Array | None = None
   num_infinite_snr: Array | None = None
+  num_dead: Array | None = None
+  norm_snr_debiased: Array | None = None
+  noise_floor: Array | None = None
+
+  #: The summary to compare estimators by (see the class docstring for why).
+  COMPARE_BY = "norm_snr"
 
 
 class GradientSNR(NamedTuple):
@@ -303,27 +343,40 @@ def _snr_stats(mean: PyTree, variance: PyTree, inv_n):
   snr = jax.tree.map(_ratio, jax.tree.map(jnp.abs, mean), std)
   m, v, r, s = _flat(mean), _flat(variance), _flat(snr), _flat(std)
   total = jnp.sum(v)
+  zero = jnp.zeros((), r.dtype)
+  nan = jnp.asarray(jnp.nan, r.dtype)
+  # Dead parameters (zero mean and variance) have no gradient signal: left out of every summary.
+  alive = ~((v == 0) & (m == 0))
+  n_alive = jnp.sum(alive)
   # Parameters with noise and a finite SNR; a noiseless one (0/0 for a dead unit, inf for a
   # deterministic gradient or an underflowed variance) has no finite SNR to average: it is
   # counted, not averaged. With none left the summaries are NaN (0 / 0 below). A NaN gradient
   # stays in, so that it shows as NaN.
   live = ~((v == 0) | jnp.isinf(r))
   n_live = jnp.sum(live)
-  zero = jnp.zeros((), r.dtype)
   snr2 = jnp.where(live, jnp.square(m) / jnp.where(live, v, jnp.ones((), v.dtype)), zero)
   # mean_i (m_i^2 - v_i / N) / v_i is unbiased for mean_i E[g_i]^2 / Var_i when m is the sample
   # mean of the N draws (inv_n = 1/N; 0 gives the plain estimate). Clipped at 0, which only acts
   # where the group's signal is unresolved even on average.
   debiased = jnp.sum(jnp.where(live, snr2 - inv_n, zero)) / n_live
+  # The same for the gradient vector: E||m||^2 = ||E g||^2 + tr(Cov) / N.
+  sq = jnp.sum(jnp.square(m))
+  norm = jnp.where(n_alive > 0, _ratio(jnp.sqrt(sq), jnp.sqrt(total)), nan)
+  norm_debiased = jnp.where(
+      total > 0, jnp.sqrt(jnp.maximum(sq - inv_n * total, zero) / jnp.where(total > 0, total, 1)),
+      norm)
   stats = dict(
       mean_snr=jnp.sum(jnp.where(live, r, zero)) / n_live,
-      median_snr=jnp.nanmedian(jnp.where(live, r, jnp.asarray(jnp.nan, r.dtype))),
-      norm_snr=_ratio(jnp.sqrt(jnp.sum(jnp.square(m))), jnp.sqrt(total)),
-      mean_abs_mean=jnp.mean(jnp.abs(m)), mean_std=jnp.mean(s), total_variance=total,
+      median_snr=jnp.nanmedian(jnp.where(live, r, nan)),
+      norm_snr=norm,
+      mean_abs_mean=jnp.sum(jnp.where(alive, jnp.abs(m), zero)) / n_alive,
+      mean_std=jnp.sum(jnp.where(alive, s, zero)) / n_alive, total_variance=total,
       rms_snr=jnp.sqrt(jnp.sum(snr2) / n_live),
       rms_snr_debiased=jnp.sqrt(jnp.maximum(debiased, zero)),
       num_zero_variance=jnp.sum(v == 0),
-      num_infinite_snr=jnp.sum(jnp.isinf(r)))
+      num_infinite_snr=jnp.sum(jnp.isinf(r)),
+      num_dead=jnp.sum(~alive),
+      norm_snr_debiased=norm_debiased)
   return std, snr, stats
 
 
@@ -341,7 +394,9 @@ def snr_summary(mean: PyTree, variance: PyTree,
   """
   inv_n = 0.0 if num_draws is None else 1.0 / float(num_draws)
   std, snr, stats = _snr_stats(mean, variance, inv_n)
-  summary = GroupSNR(**stats, num_params=int(sum(np.size(a) for a in jax.tree.leaves(mean))))
+  floor = float("nan") if num_draws is None else 1.0 / math.sqrt(float(num_draws))
+  summary = GroupSNR(**stats, num_params=int(sum(np.size(a) for a in jax.tree.leaves(mean))),
+                     noise_floor=floor)
   return std, snr, summary
 
 
@@ -369,7 +424,16 @@ def gradient_snr(loss_fn: LossFn, params: PyTree, key: Array, num_draws: int, *,
       path of keys such as ``'phi'`` or ``'params/encoder'``.
 
   Returns:
-    :class:`GradientSNR`.
+    :class:`GradientSNR`. Compare estimators by each group's ``norm_snr``
+    (:attr:`GroupSNR.COMPARE_BY`; :class:`GroupSNR` says why).
+
+  Raises:
+    ValueError: a gradient draw that is not finite (naming the parameter leaves).
+
+  Warns:
+    RuntimeWarning: a group whose per-parameter summaries are NaN (no parameter with gradient
+      noise: naming the group, its dead and deterministic parameters), or whose ``norm_snr`` or
+      ``median_snr`` sits at the noise floor of the ``N`` draws.
 
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018, eq. (1).
@@ -402,7 +466,17 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
     **loss_kwargs: ``num_groups``, ``beta``, ``bound``, ``baseline``, ``kl`` of ``make_loss``.
 
   Returns:
-    :class:`GradientSNR`.
+    :class:`GradientSNR` (compare estimators by each group's ``norm_snr``; for a Flax model whose
+    params are ``{"params": {...}}`` pass ``groups``, e.g. ``{"encoder": "params/encoder",
+    "decoder": "params/decoder"}``, or the encoder and decoder share one group).
+
+  Raises:
+    ValueError: a gradient draw that is not finite: the message names the parameter leaves and
+      the contract function that returns a non-finite value on ``x`` (re-evaluated eagerly) and
+      the image.
+
+  Warns:
+    RuntimeWarning: as :func:`gradient_snr`.
 
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
@@ -411,8 +485,28 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
   models_base.check_data(model, x, "x")  # the likelihood's support, before any work
   x = jnp.asarray(x)
   loss = losses.make_loss(model, estimator, num_samples, **loss_kwargs)
-  return gradient_snr(_FixedBatchLoss(loss, x), params, key, num_draws, chunk_size=chunk_size,
-                      groups=groups)
+  key_hint = jax.random.clone(key)  # re-draws samples only if a gradient is not finite
+  moments = gradient_moments(_FixedBatchLoss(loss, x), params, key, num_draws,
+                             chunk_size=chunk_size)
+  if _nonfinite_leaves(moments):
+    _check_finite_gradients(moments, _model_hint(model, params, x, key_hint, num_samples))
+  return snr_from_moments(moments, groups=groups)
+
+
+def _model_hint(model, params, x, key, num_samples: int) -> str:
+  """Which contract function gives a non-finite value on ``x`` (re-evaluated eagerly at
+  ``max(num_samples, 16)`` draws), for the error of a non-finite gradient."""
+  keys = jax.random.split(key, max(int(num_samples), 16))
+  found = models_base.find_nonfinite(model, params, x, keys=keys)
+  if found is None:
+    return (f"Every contract function of {type(model).__name__} is finite at "
+            f"{keys.shape[0]} re-drawn samples of x: the NaN comes from the estimator's "
+            f"arithmetic or a rarer draw (jax.debug_nans finds the operation).")
+  what = "a non-finite z" if found.function == "sample_q" else found.value
+  return (f"Re-evaluated eagerly, {type(model).__name__}.{found.function} returns {what} for "
+          f"x[{found.image}] (sample {found.sample}): fix that function at this input; "
+          f"dgmjax.models.check_model(model, params, x[{found.image}:{found.image + 1}]) runs "
+          f"every contract function on it.")
 
 
 class _FixedBatchLoss:
@@ -439,14 +533,104 @@ def snr_from_moments(moments: Moments, *, groups=None, signal: PyTree | None = N
 
   Returns:
     :class:`GradientSNR`.
+
+  Raises:
+    ValueError: a non-finite mean, signal or variance (naming the parameter leaves).
+
+  Warns:
+    RuntimeWarning: as :func:`gradient_snr` (the noise floor only where the signal is the
+      moments' own mean).
   """
   mean = moments.mean if signal is None else signal
   n = int(moments.num_draws) if signal is None else None
+  _check_finite_gradients(moments if signal is None else Moments(signal, moments.variance,
+                                                                 moments.num_draws))
   std, snr, _ = snr_summary(mean, moments.variance)
   summaries = {}
   for name, select in _resolve_groups(mean, groups).items():
     summaries[name] = snr_summary(select(mean), select(moments.variance), n)[2]
+  _warn_about_groups(summaries, n)
   return GradientSNR(mean, std, moments.variance, snr, summaries, int(moments.num_draws))
+
+
+def _nonfinite_leaves(moments: Moments) -> list[str]:
+  """The parameter leaves whose gradient mean or variance is not finite (concrete only)."""
+  bad = []
+  for part in (moments.mean, moments.variance):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(part)[0]:
+      if _checks.is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
+        name = jax.tree_util.keystr(path)
+        if name not in bad:
+          bad.append(name)
+  return bad
+
+
+def _check_finite_gradients(moments: Moments, hint: str = "") -> None:
+  """Raises ``ValueError`` naming the parameter leaves of a non-finite gradient mean or variance
+  (``hint`` says where it came from)."""
+  bad = _nonfinite_leaves(moments)
+  if not bad:
+    return
+  more = f" (also {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
+  raise ValueError(
+      f"the gradient draws are not finite (NaN or inf) for {len(bad)} parameter leaves, the first "
+      f"{bad[0]}{more}: no SNR can be computed from them. "
+      + (hint or "Check loss_fn at these params for a NaN or an overflow (jax.grad(loss_fn)"
+                 "(params, key) for one key reproduces it; jax.debug_nans finds the operation)."))
+
+
+def _caller_level() -> int:
+  """The ``stacklevel`` of a warning that points at the first frame outside dgmjax."""
+  import sys  # pylint: disable=import-outside-toplevel
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _warn_about_groups(summaries: dict, num_draws: int | None) -> None:
+  """Warns, naming the group, where a summary is NaN (no parameter to summarise) or where the
+  group's SNR sits at the noise floor of the draws (concrete values only)."""
+  for name, g in summaries.items():
+    if not _checks.is_concrete(g.norm_snr):
+      return
+    dead, zero_var, n = int(g.num_dead), int(g.num_zero_variance), g.num_params
+    if not np.isfinite(float(g.mean_snr)):
+      why = (f"all {n} of its parameters are dead (zero gradient mean and variance: the loss "
+             f"does not reach them at these params and data)" if dead == n else
+             f"none of its {n} parameters has gradient noise ({dead} dead, "
+             f"{zero_var - dead} with a deterministic gradient, SNR inf)")
+      warnings.warn(f"gradient SNR of group {name!r}: mean_snr, median_snr and rms_snr are NaN "
+                    f"because {why}; norm_snr is {float(g.norm_snr)}", RuntimeWarning,
+                    stacklevel=_caller_level())
+      continue
+    rms, median = float(g.rms_snr), float(g.median_snr)
+    if rms > 10.0 * median:
+      warnings.warn(
+          f"gradient SNR of group {name!r}: rms_snr {rms:.3g} is {rms / median:.0f}x its "
+          f"median_snr {median:.3g}: a few parameters dominate the mean and root-mean-square "
+          f"SNR (gradients that are nearly deterministic in these draws; with rare large draws "
+          f"their variance is underestimated), so those summaries can rank estimators unlike "
+          f"the median. Compare estimators by norm_snr (GroupSNR.COMPARE_BY)",
+          RuntimeWarning, stacklevel=_caller_level())
+    if num_draws is None:
+      continue
+    floor = 1.0 / math.sqrt(num_draws)
+    low = []
+    if float(g.norm_snr) < 2.0 * floor:
+      low.append(f"norm_snr {float(g.norm_snr):.3g}")
+    if float(g.median_snr) < 2.0 * 0.674 * floor:
+      low.append(f"median_snr {float(g.median_snr):.3g}")
+    if low:
+      warnings.warn(
+          f"gradient SNR of group {name!r}: {' and '.join(low)} {'is' if len(low) == 1 else 'are'} "
+          f"within 2x of the noise floor of "
+          f"N = {num_draws} draws (1/sqrt(N) = {floor:.3g} for norm_snr, 0.67/sqrt(N) = "
+          f"{0.674 * floor:.3g} for the median): the gradient's mean is not resolved from its "
+          f"noise, so these values measure N, not the estimator. Use more draws (a SNR s needs "
+          f"N >> 1/s^2), norm_snr_debiased / rms_snr_debiased, or a lower-variance signal "
+          f"(snr_from_moments(signal=...))", RuntimeWarning, stacklevel=_caller_level())
 
 
 # ----------------------------------------------------------------------------- bias and variance

@@ -271,10 +271,7 @@ def _one(tree):
 
 
 def _scalar(name, model, value):
-  if jnp.shape(value) != (1,):
-    raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, shape "
-                     f"[B] = (1,) for a batch of one; got {jnp.shape(value)}")
-  return value[0]
+  return models_base.check_output(model, name, value, 1)[0]
 
 
 def _pieces(model, params, init: str):
@@ -443,9 +440,12 @@ def ais(model, params, x, key: Array, *, num_temps: int, num_chains: int = 16,
     :class:`AISResult`; ``log_marginal`` ``[B]`` is the estimate.
 
   Raises:
-    ValueError: a setting out of range (naming it), a discrete latent, or a contract function
-      returning the wrong shape.
-    TypeError: ``init="prior"`` for a model without ``sample_prior``.
+    ValueError: a setting out of range (naming it), a discrete latent, a contract function
+      returning the wrong shape, or (called eagerly) an estimate that is not finite for some
+      datapoint: the message names the datapoints and the contract function that returned a
+      non-finite value at the chains' states. Under ``jit`` such an estimate is NaN.
+    TypeError: ``init="prior"`` for a model without ``sample_prior``, or a contract function
+      returning a non-floating dtype (named at trace time).
   """
   _checks.check_key("key", key)
   num_temps, num_chains, num_leapfrog, b = _check_settings(
@@ -479,7 +479,29 @@ def ais(model, params, x, key: Array, *, num_temps: int, num_chains: int = 16,
     adapt_step_size = False
   log_w, acc, eps, z = _anneal(model, params, x, z0, k_run, betas, step_size=step_size,
                                adapt_step_size=adapt_step_size, **settings)
-  return _result(log_w, acc, eps, betas, z)
+  result = _result(log_w, acc, eps, betas, z)
+  _raise_if_nonfinite(model, params, x, result.log_marginal, (z0, z), init, "ais's estimate")
+  return result
+
+
+def _raise_if_nonfinite(model, params, x, estimate, states, init: str, where: str) -> None:
+  """Where ``estimate`` ``[B]`` is concrete and not finite, raises ``ValueError`` naming the
+  datapoints and the contract function that gave a non-finite value at the chains' start or
+  final states (re-evaluated eagerly: :func:`dgmjax.models.base.find_nonfinite`). Under ``jit``
+  nothing is checked: the NaN is the result."""
+  if not _checks.is_concrete(estimate):
+    return
+  bad = np.flatnonzero(~np.isfinite(np.asarray(estimate)))
+  if not bad.size:
+    return
+  functions = ("log_q", "log_prior", "log_likelihood") if init == "q" else (
+      "log_prior", "log_likelihood")
+  found = None
+  for z in states:
+    found = found or models_base.find_nonfinite(model, params, x, int(bad[0]), z=z,
+                                                functions=functions)
+  raise models_base.nonfinite_error(model, params, where, bad, np.size(estimate), found,
+                                    int(bad[0]), images="x")
 
 
 def simulate(model, params, key: Array, num: int, *,
@@ -591,5 +613,7 @@ def bdmc(model, params, x, z, key: Array, *, num_temps: int, num_chains: int = 1
       adapt_rate=adapt_rate, step_size_range=step_size_range,
       step_size_sharing=step_size_sharing)
   reverse = _result(log_w, acc, eps, betas, zf, reverse=True)
+  _raise_if_nonfinite(model, params, x, reverse.log_marginal, (z0, zf), init,
+                      "bdmc's upper bound (reverse AIS)")
   return BDMCResult(lower=forward.log_marginal, upper=reverse.log_marginal, forward=forward,
                     reverse=reverse)

@@ -65,7 +65,9 @@ References:
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+import math
+import warnings
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,10 +80,11 @@ Array = jax.Array
 Params = Any
 
 __all__ = [
-    "DATA_SUPPORTS", "Draws", "LatentModel", "batch_size_of", "check_contract", "check_data",
-    "check_log_weights", "check_model", "check_num_samples", "draw_and_log_q", "draws", "has",
-    "require", "log_weight_terms", "log_weights", "log_weights_from_keys",
-    "posterior_log_prob_cross", "posterior_means", "reconstruct", "sample_x",
+    "DATA_SUPPORTS", "Draws", "LatentModel", "NonFiniteOutput", "batch_size_of", "check_contract",
+    "check_data", "check_log_weights", "check_model", "check_num_samples", "check_output",
+    "check_outputs", "draw_and_log_q", "draws", "find_nonfinite", "has", "require",
+    "log_weight_terms", "log_weights", "log_weights_from_keys", "nonfinite_error",
+    "posterior_log_prob_cross", "posterior_means", "q_function_name", "reconstruct", "sample_x",
 ]
 
 
@@ -198,6 +201,15 @@ def check_data(model, x, name: str = "images", *, support: str | None = None):
   return x
 
 
+def q_function_name(model) -> str:
+  """The contract function that gives ``log q`` of a draw: ``"sample_and_log_q"`` where the model
+  overrides it, else ``"log_q"`` (named in error messages)."""
+  own = getattr(type(model), "sample_and_log_q", None)
+  if not has(model, "sample_and_log_q") or own is LatentModel.sample_and_log_q:
+    return "log_q"
+  return "sample_and_log_q"
+
+
 def draw_and_log_q(model, params, x, key):
   """One draw ``z ~ q(z|x)`` and ``log q(z|x)`` ``[B]``: the model's ``sample_and_log_q`` where it
   has one (one pass), else ``sample_q`` then ``log_q``."""
@@ -249,7 +261,44 @@ def check_log_weights(log_w: Array, num_samples: int, batch_size: int | None = N
   return log_w
 
 
+def check_output(model, name: str, value, batch_size: int | None = None):
+  """Checks what the contract function ``name`` of ``model`` returned; returns ``value``.
+
+  A log-density must be a floating array (an integer one is truncated, a complex one would lose
+  its imaginary part, a bool is no log-density) with one value per datapoint, ``[B]``. Dtypes and
+  shapes are static, so this runs at trace time, inside ``jit`` too, at no cost; it also accepts
+  the ``jax.ShapeDtypeStruct`` of :func:`jax.eval_shape`.
+
+  Args:
+    model: the model (named in the message).
+    name: the contract function, e.g. ``"log_likelihood"``.
+    value: what it returned.
+    batch_size: ``B`` (``None``: the shape is not checked).
+
+  Raises:
+    TypeError: a non-floating dtype (an :class:`~dgmjax._checks.ArgumentTypeError`, also a
+      ``ValueError``).
+    ValueError: a shape other than ``[B]``.
+  """
+  dtype = getattr(value, "dtype", None)
+  dtype = np.asarray(value).dtype if dtype is None else dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    why = ("an integer log-density is truncated" if jnp.issubdtype(dtype, jnp.integer)
+           else "a complex one would lose its imaginary part"
+           if jnp.issubdtype(dtype, jnp.complexfloating) else "it is no log-density")
+    raise _checks.ArgumentTypeError(
+        f"{type(model).__name__}.{name} must return a floating array (e.g. float32) of "
+        f"log-densities, got dtype {dtype} ({why}): compute it in floating point and return it "
+        f"without a cast")
+  shape = tuple(jnp.shape(value))
+  if batch_size is not None and shape != (batch_size,):
+    raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, shape "
+                     f"[B] = ({batch_size},) for a batch of {batch_size}; got {shape}")
+  return value
+
+
 def _check_per_datapoint(name: str, model, value: Array, num_samples: int, batch_size: int):
+  check_output(model, name, value)
   shape = tuple(jnp.shape(value))
   if shape != (num_samples, batch_size):
     raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, shape "
@@ -308,7 +357,7 @@ def draws(model, params: Params, x: Array, keys: Array) -> Draws:
   z, lq = jax.vmap(lambda k: draw_and_log_q(model, params, x, k))(keys)
   ll = jax.vmap(lambda zk: model.log_likelihood(params, x, zk))(z)
   lp = jax.vmap(lambda zk: model.log_prior(params, zk))(z)
-  for name, value in (("log_likelihood", ll), ("log_prior", lp), ("log_q", lq)):
+  for name, value in (("log_likelihood", ll), ("log_prior", lp), (q_function_name(model), lq)):
     _check_per_datapoint(name, model, value, num, b)
   return Draws(z, ll, lp, lq)
 
@@ -379,14 +428,19 @@ def log_weight_terms(model, params: Params, x: Array, key: Array, num_samples: i
     z, lq = jax.vmap(lambda k: model.sample_q(params, x, k))(keys), None
   else:
     z, lq = jax.vmap(lambda k: draw_and_log_q(model, params, x, k))(keys)
+    _check_per_datapoint(q_function_name(model), model, lq, num_samples, b)
+
+  def ll(prm, zk):
+    return check_output(model, "log_likelihood", model.log_likelihood(prm, x, zk), b)
 
   def log_p(prm, zz):
     if analytic_kl:
-      return jax.vmap(lambda zk: model.log_likelihood(prm, x, zk))(zz)
-    return jax.vmap(lambda zk: model.log_prior(prm, zk) + model.log_likelihood(prm, x, zk))(zz)
+      return jax.vmap(lambda zk: ll(prm, zk))(zz)
+    return jax.vmap(lambda zk: check_output(model, "log_prior", model.log_prior(prm, zk), b)
+                    + ll(prm, zk))(zz)
 
   def log_qf(prm, zz):
-    return jax.vmap(lambda zk: model.log_q(prm, x, zk))(zz)
+    return jax.vmap(lambda zk: check_output(model, "log_q", model.log_q(prm, x, zk), b))(zz)
 
   z_sg, p_sg = _sg(z), _sg(params)
   if analytic_kl:
@@ -404,6 +458,194 @@ def log_weight_terms(model, params: Params, x: Array, key: Array, num_samples: i
   for name, t in zip(terms._fields, terms):
     check_log_weights(t, num_samples, b, name=name)
   return terms
+
+
+# ----------------------------------------------------------------------------- non-finite outputs
+
+
+class NonFiniteOutput(NamedTuple):
+  """Where a contract function returned a non-finite value (see :func:`find_nonfinite`).
+
+  Attributes:
+    function: the contract function (``"sample_q"`` for a non-finite draw, ``"log_q"`` or
+      ``"sample_and_log_q"``, ``"log_prior"``, ``"log_likelihood"``).
+    image: the row of ``x``.
+    sample: the importance sample (or chain) at which it first happened.
+    value: the value returned there (for ``sample_q``, the first non-finite entry of ``z``).
+  """
+  function: str
+  image: int
+  sample: int
+  value: float
+
+
+def _bad_rows(value, num: int, b: int) -> np.ndarray:
+  """``[S, B]``: where a leaf ``[S, B, ...]`` holds a non-finite entry (integers never do)."""
+  a = np.asarray(value)
+  if not np.issubdtype(a.dtype, np.inexact):
+    return np.zeros((num, b), bool)
+  return ~np.isfinite(a.reshape(num, b, -1)).all(-1)
+
+
+def _first_nonfinite(value, sample: int, image: int) -> float:
+  a = np.asarray(value)[sample, image].ravel()
+  return float(a[~np.isfinite(a)][0]) if a.size > 1 else float(a[0])
+
+
+def _pieces_at(model, params, x, *, keys=None, z=None, functions=None):
+  """The latents and the contract functions' outputs ``{name: [S, B]}`` at the draws of ``keys``
+  or at the given latents ``z`` (leaves ``[S, B, ...]``), evaluated eagerly."""
+  if keys is not None:
+    d = draws(model, params, x, keys)
+    return d.z, {q_function_name(model): d.log_q, "log_prior": d.log_prior,
+                 "log_likelihood": d.log_likelihood}
+  functions = ("log_q", "log_prior", "log_likelihood") if functions is None else functions
+  fns = {"log_q": lambda zk: model.log_q(params, x, zk),
+         "log_prior": lambda zk: model.log_prior(params, zk),
+         "log_likelihood": lambda zk: model.log_likelihood(params, x, zk)}
+  return z, {name: jax.vmap(fns[name])(z) for name in functions}
+
+
+def find_nonfinite(model, params: Params, x, image: int | None = None, *, keys: Array | None = None,
+                   z: Any = None, functions: tuple[str, ...] | None = None,
+                   chunk: int = 64) -> NonFiniteOutput | None:
+  """The first non-finite output of the contract functions, re-evaluated eagerly.
+
+  Run by the entry points whose concrete result is not finite (evaluation, AIS/BDMC, the gradient
+  diagnostics, the first step of ``training.fit``) to say which function produced it. The
+  functions are evaluated on the whole batch ``x`` either at the draws of ``keys`` (sample ``k``
+  depends on ``keys[k]`` only, as in :func:`draws`, so these are the samples an evaluation
+  drew), in chunks of ``chunk`` samples, or at given latents ``z``. The first sample at which one
+  is non-finite for the image asked is reported, and there the first function in the order
+  ``sample_q`` (a non-finite draw), ``log_q``, ``log_prior``, ``log_likelihood``.
+
+  Args:
+    model: a contract model.
+    params: its parameters.
+    x: the batch ``[B, ...]``.
+    image: the row of ``x`` to look at (``None``: every row).
+    keys: ``[K]`` PRNG keys of the draws, or
+    z: latents, leaves ``[S, B, ...]`` (e.g. the states of AIS chains).
+    functions: with ``z``, the functions to evaluate (default ``log_q``, ``log_prior``,
+      ``log_likelihood``).
+    chunk: samples evaluated at once.
+
+  Returns:
+    :class:`NonFiniteOutput`, or ``None`` when every output is finite.
+  """
+  if (keys is None) == (z is None):
+    raise ValueError("find_nonfinite needs keys or z (one of them)")
+  b = batch_size_of(x)
+  num = keys.shape[0] if keys is not None else jax.tree.leaves(z)[0].shape[0]
+  cols = np.arange(b) if image is None else np.asarray([image])
+  for start in range(0, num, chunk):
+    if keys is not None:
+      zc, pieces = _pieces_at(model, params, x, keys=keys[start:start + chunk])
+    else:
+      zc, pieces = _pieces_at(model, params, x, functions=functions,
+                              z=jax.tree.map(lambda a, s=start: a[s:s + chunk], z))
+    c = jax.tree.leaves(zc)[0].shape[0]
+    bad_z = np.zeros((c, b), bool)
+    for leaf in jax.tree.leaves(zc):
+      bad_z |= _bad_rows(leaf, c, b)
+    masks = {"sample_q": (bad_z, None)}
+    masks.update({n: (_bad_rows(v, c, b), v) for n, v in pieces.items()})
+    any_bad = np.zeros((c, b), bool)
+    for mask, _ in masks.values():
+      any_bad |= mask
+    hits = np.argwhere(any_bad[:, cols])
+    if not hits.size:
+      continue
+    k, i = int(hits[0][0]), int(cols[hits[0][1]])
+    for name, (mask, value) in masks.items():
+      if mask[k, i]:
+        if value is None:
+          leaf = next(a for a in jax.tree.leaves(zc) if _bad_rows(a, c, b)[k, i])
+          return NonFiniteOutput(name, i, start + k, _first_nonfinite(leaf, k, i))
+        return NonFiniteOutput(name, i, start + k, _first_nonfinite(value, k, i))
+  return None
+
+
+def nonfinite_error(model, params: Params, where: str, bad: Sequence[int], total: int,
+                    found: NonFiniteOutput | None, first: int, *,
+                    images: str = "images") -> ValueError:
+  """The error of an entry point whose concrete result is not finite for some images.
+
+  Args:
+    model: the model.
+    params: its parameters (a non-finite leaf is named as the likely cause).
+    where: what is not finite, e.g. ``"evaluation.log_likelihood's estimate"``.
+    bad: the indices of the images whose result is not finite (as the user numbers them).
+    total: the number of images.
+    found: what :func:`find_nonfinite` found at the first of them (or ``None``).
+    first: the index (as the user numbers them) of the image :func:`find_nonfinite` looked at.
+    images: how the images are named.
+
+  Returns:
+    The ``ValueError`` to raise: it names the images, the contract function and the value it
+    returned, and what to do.
+  """
+  bad = [int(i) for i in bad]
+  shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+  msg = f"{where} is not finite for {len(bad)} of {total} image(s) ({images} [{shown}]). "
+  bad_params = [jax.tree_util.keystr(path) for path, leaf in
+                jax.tree_util.tree_flatten_with_path(params)[0]
+                if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
+                and not np.all(np.isfinite(np.asarray(leaf)))]
+  if bad_params:
+    msg += (f"The parameters hold non-finite values ({len(bad_params)} leaves, the first "
+            f"{bad_params[0]!r}): restore finite ones (an earlier checkpoint). ")
+  name = type(model).__name__
+  if found is None:
+    msg += (f"Re-evaluated eagerly, every contract function of {name} is finite at {images}"
+            f"[{first}]'s samples: the non-finite value comes from combining them (e.g. "
+            f"log p(x, z) - log q(z | x) = inf - inf) or from a draw that differs when re-run; "
+            f"check the scale of the log-densities.")
+  else:
+    what = "a non-finite z" if found.function == "sample_q" else str(found.value)
+    msg += (f"Re-evaluated eagerly, {name}.{found.function} returns {what} for {images}"
+            f"[{first}] (sample {found.sample}): fix that function at this input (a log of 0, "
+            f"0 / 0, an overflow, a NaN parameter); dgmjax.models.check_model(model, params, "
+            f"{images}[{first}:{first + 1}]) runs every contract function on it.")
+  return ValueError(msg)
+
+
+def check_outputs(model, params: Params, x, key: Array, *, num_samples: int = 2,
+                  where: str = "the model", index: Sequence[int] | None = None,
+                  images: str = "images") -> None:
+  """Checks what the contract functions return on the batch ``x``, eagerly, before any work.
+
+  ``num_samples`` draws: the dtypes and shapes of every output (:func:`check_output`) and their
+  finiteness for every image. Cheap: run once, on one batch (the first step of
+  ``training.fit``).
+
+  Args:
+    model: a contract model.
+    params: its parameters.
+    x: ``[B, ...]``.
+    key: PRNG key of the draws.
+    num_samples: draws per image.
+    where: the entry point, named in the message.
+    index: the index of each row of ``x`` as the user numbers the images (default ``0 .. B-1``).
+    images: how the images are named.
+
+  Raises:
+    TypeError: a non-floating output, naming the function.
+    ValueError: a wrong shape, or a non-finite output, naming the function and the images.
+  """
+  keys = jax.random.split(key, check_num_samples(num_samples))
+  again = jax.random.clone(keys)  # the same draws, re-evaluated only if one is not finite
+  d = draws(model, params, x, keys)
+  b = batch_size_of(x)
+  index = np.arange(b) if index is None else np.asarray(index)
+  bad = np.zeros((b,), bool)
+  for leaf in (*jax.tree.leaves(d.z), d.log_q, d.log_prior, d.log_likelihood):
+    bad |= _bad_rows(leaf, keys.shape[0], b).any(0)
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    found = find_nonfinite(model, params, x, int(rows[0]), keys=again)
+    raise nonfinite_error(model, params, f"what {type(model).__name__} returns in {where}",
+                          index[rows], b, found, int(index[rows[0]]), images=images)
 
 
 # ----------------------------------------------------------------------------- posterior tools
@@ -464,15 +706,62 @@ def reconstruct(model, params: Params, x: Array, key: Array | None = None) -> Ar
 # ----------------------------------------------------------------------------- check_model
 
 
-def check_model(model, params: Params, x, key: Array | None = None) -> dict:
-  """Runs each contract function once on ``x`` and checks its shape; returns the shapes.
+def _is_discrete(z) -> bool:
+  """Whether a concrete draw looks discrete: integer or bool leaves, or floats all in {0, 1}
+  (one-hot codes)."""
+  for leaf in jax.tree.leaves(z):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all((a == 0) | (a == 1)):
+      return False
+  return True
 
-  Call it once on a new model, before training: every later shape error would surface inside a
-  jitted step.
+
+def _rows_differ(z1, z2, b: int) -> np.ndarray:
+  """``[B]``: the rows where two draws differ."""
+  out = np.zeros((b,), bool)
+  for a1, a2 in zip(jax.tree.leaves(z1), jax.tree.leaves(z2)):
+    out |= np.any(np.asarray(a1).reshape(b, -1) != np.asarray(a2).reshape(b, -1), axis=-1)
+  return out
+
+
+def _check_finite_rows(model, name: str, value, b: int, what: str = "") -> None:
+  bad = _bad_rows(np.asarray(value)[None], 1, b)[0]
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    first = np.asarray(value)[rows[0]]
+    first = first if np.ndim(first) == 0 else first.ravel()[~np.isfinite(first.ravel())][0]
+    raise ValueError(
+        f"{type(model).__name__}.{name} returns a non-finite value ({float(first)}) for "
+        f"{len(rows)} of {b} image(s) (rows {rows[:8].tolist()}{' ...' if len(rows) > 8 else ''}"
+        f" of x){what}: fix it at those inputs (a log of 0, 0 / 0, an overflow, a NaN "
+        f"parameter); every bound and gradient of the model would be NaN there")
+
+
+def check_model(model, params: Params, x, key: Array | None = None) -> dict:
+  """Runs each contract function on ``x`` and checks what it returns; returns the shapes.
+
+  Call it once on a new model, before training: every later error would surface inside a jitted
+  step, or as a plausible wrong number. Checked, each error naming the function:
+
+  * shapes: ``z`` with the batch first; ``log_q``, ``log_prior``, ``log_likelihood`` (and
+    ``sample_and_log_q``) one value per datapoint, ``[B]``;
+  * dtypes: floating log-densities (an integer one is truncated, a complex one loses its
+    imaginary part);
+  * values: finite draws and log-densities for every image (naming the rows of ``x``);
+  * randomness: two keys give two different draws (a ``sample_q`` that ignores its key makes
+    all ``K`` importance samples identical); for a discrete latent, where equal draws can happen
+    by chance, up to eight keys, and an error only when the draws' ``log q`` makes equal draws
+    that unlikely (below one in a million);
+  * dependence on ``z``: at two different draws, ``log_q`` must differ for a continuous latent
+    (an error: a ``log_q`` that evaluates a draw of its own biases every bound); ``log_prior``
+    and ``log_likelihood`` (and ``log_q`` of a discrete latent) that ignore ``z`` get a
+    ``RuntimeWarning`` naming them, since that is legitimate at some params (a uniform prior, a
+    zero-initialised decoder layer) and a bug otherwise.
 
   Args:
     model: the model.
-    params: its parameters.
+    params: its parameters (where the functions read ``z``: a zero-initialised output layer
+      ignores it; check at the params you train from or at a random initialisation).
     x: a small batch ``[B, ...]`` (``B >= 2`` makes a transposed output detectable).
     key: PRNG key (default ``jax.random.key(0)``).
 
@@ -480,30 +769,80 @@ def check_model(model, params: Params, x, key: Array | None = None) -> dict:
     ``{"z": shapes of one draw, "batch": B}``.
 
   Raises:
-    TypeError: the model lacks a required function.
-    ValueError: a function returns the wrong shape, naming the function and the shape expected.
+    TypeError: the model lacks a required function, or a function returns a non-floating dtype.
+    ValueError: a function returns the wrong shape or a non-finite value, ``sample_q`` ignores
+      its key, or a continuous ``log_q`` ignores ``z``; the message names the function (and the
+      rows of ``x``) and what to do.
+
+  Warns:
+    RuntimeWarning: ``log_prior`` or ``log_likelihood`` (or a discrete ``log_q``) ignores ``z``.
   """
   check_contract(model)
   key = jax.random.key(0) if key is None else _checks.check_key("key", key)
   x = jax.tree.map(jnp.asarray, x)
   b = batch_size_of(x)
+  name = type(model).__name__
   k_shape, k_z, k_joint, k_lw = jax.random.split(key, 4)
   z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, k_shape)
   for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
     if len(leaf.shape) < 1 or leaf.shape[0] != b:
-      raise ValueError(f"{type(model).__name__}.sample_q must return z with the batch first "
+      raise ValueError(f"{name}.sample_q must return z with the batch first "
                        f"([B, ...] with B={b}) for every leaf; leaf {jax.tree_util.keystr(path)!r}"
                        f" has shape {leaf.shape}")
-  z = model.sample_q(params, x, k_z)
-  checks = {"log_q": lambda: model.log_q(params, x, z),
-            "log_prior": lambda: model.log_prior(params, z),
-            "log_likelihood": lambda: model.log_likelihood(params, x, z),
-            "sample_and_log_q": lambda: draw_and_log_q(model, params, x, k_joint)[1]}
-  for name, fn in checks.items():
-    shape = tuple(jax.eval_shape(fn).shape)
-    if shape != (b,):
-      raise ValueError(f"{type(model).__name__}.{name} must return one value per datapoint, "
-                       f"shape [B] = ({b},); got {shape}")
+  z_keys = jax.random.split(k_z, 8)
+  z = model.sample_q(params, x, z_keys[0])
+  checks = {"log_q": lambda zz: model.log_q(params, x, zz),
+            "log_prior": lambda zz: model.log_prior(params, zz),
+            "log_likelihood": lambda zz: model.log_likelihood(params, x, zz)}
+  for fname, fn in checks.items():  # shapes and dtypes first: free, before any value is computed
+    check_output(model, fname, jax.eval_shape(fn, z), b)
+  check_output(model, "sample_and_log_q",
+               jax.eval_shape(lambda: draw_and_log_q(model, params, x, k_joint)[1]), b)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
+    _check_finite_rows(model, "sample_q", leaf, b, f" in z leaf {jax.tree_util.keystr(path)!r}")
+  values = {fname: fn(z) for fname, fn in checks.items()}
+  for fname, v in values.items():
+    _check_finite_rows(model, fname, v, b)
+  _check_finite_rows(model, q_function_name(model), draw_and_log_q(model, params, x, k_joint)[1],
+                     b)
+  # a second draw: a sampler that ignores its key, functions that ignore z
+  discrete = _is_discrete(z)
+  lq = np.asarray(values["log_q"], np.float64)
+  for tries, k in enumerate(z_keys[1:] if discrete else z_keys[1:2], start=1):
+    z2 = model.sample_q(params, x, k)
+    differ = _rows_differ(z, z2, b)
+    if differ.any():
+      break
+  if not differ.any():
+    # an honest sampler draws the same z again `tries` times with probability prod_i q(z_i)^tries
+    if not discrete or tries * float(np.sum(lq)) < math.log(1e-6):
+      raise ValueError(
+          f"{name}.sample_q returns the same z for {tries + 1} different keys: it ignores its "
+          f"key, so all K importance samples would be identical (a biased bound and a gradient "
+          f"without noise). Draw from the key it is given (e.g. jax.random.normal(key, ...)); "
+          f"never from a fixed or closed-over key")
+  else:
+    values2 = {fname: fn(z2) for fname, fn in checks.items()}
+    for fname in ("log_q", "log_prior", "log_likelihood"):
+      v1 = np.asarray(values[fname])[differ]
+      v2 = np.asarray(values2[fname])[differ]
+      if not np.array_equal(v1, v2):
+        continue
+      msg = (f"{name}.{fname} returns the same values at two different draws of z (rows "
+             f"{np.flatnonzero(differ)[:8].tolist()} of x): it ignores z")
+      if fname == "log_q" and not discrete:
+        # a continuous q(z|x) whose density is constant in z is a bug (it evaluates a draw of
+        # its own, or the entropy): every log-weight and bound built on it is wrong
+        raise ValueError(f"{msg}, so every log-weight and bound built on it is wrong. It must "
+                         f"evaluate the density of q at the z it is given, not at a draw of its "
+                         f"own")
+      # legitimate at some params: a uniform prior or q over a discrete latent, a flat prior,
+      # a zero-initialised decoder layer; a bug otherwise
+      warnings.warn(f"{msg}. Unless that is intended at these params (a uniform "
+                    f"{'q' if fname == 'log_q' else 'prior' if fname == 'log_prior' else 'p(x|z)'}"
+                    f", a zero-initialised output layer), it must evaluate its density at the z "
+                    f"it is given: a function that ignores z gives wrong log-weights and bounds",
+                    RuntimeWarning, stacklevel=2)
   lw = log_weights(model, params, x, k_lw, 3)
   check_log_weights(lw, 3, b)
   return {"z": jax.tree.map(lambda a: tuple(a.shape), z), "batch": b}

@@ -16,11 +16,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from dgmjax import _checks
+from dgmjax import _checks, data
 from dgmjax.models import base
 from dgmjax.training import checkpoints, rundir
 from dgmjax.training.schedules import check_learning_rate
-from dgmjax.training.step import LossFn, TrainState, check_optimizer, init_state, make_train_step
+from dgmjax.training.step import (LossFn, TrainState, check_optimizer, init_state,
+                                  make_train_step, step_key)
 
 
 class NonFiniteError(FloatingPointError):
@@ -130,6 +131,10 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
 
   Raises:
     NonFiniteError: too many non-finite steps in a row.
+    ValueError: before the first step, for a loss with a ``model`` (from
+      :func:`~dgmjax.losses.make_loss`), a contract function that returns a non-finite value on
+      the first minibatch (naming it and the ``train_images`` index), or a wrong shape.
+    TypeError: a contract function that returns a non-floating dtype.
   """
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
 
@@ -146,6 +151,12 @@ def fit(loss_fn: LossFn, params, train_images: np.ndarray, *, optimizer, num_ste
                                  dynamic_binarization=dynamic_binarization,
                                  microbatch=s.microbatch)
   start = int(run.state.step)
+  try:
+    _check_first_batch(loss_fn, run.state.params, s, shuffle=shuffle, start=start,
+                       dynamic_binarization=dynamic_binarization)
+  except BaseException:
+    run.close()
+    raise
   bar = tqdm(total=s.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="train",
              disable=not (sys.stderr.isatty() if progress is None else progress))
   t0, window = time.time(), []
@@ -240,6 +251,27 @@ def _check_settings(loss_fn, train_images, optimizer, *, num_steps, batch_size, 
   return _Settings(num_steps, batch_size, seed, checkpoint_every, log_every,
                    max_consecutive_nonfinite, eval_every, stop_after, microbatch, workdir,
                    train_images, steps_per_epoch)
+
+
+def _check_first_batch(loss_fn, params, s: _Settings, *, shuffle: bool, start: int,
+                       dynamic_binarization: bool) -> None:
+  """What the model of a loss from :func:`~dgmjax.losses.make_loss` (``loss_fn.model``) returns
+  on the first minibatch of the run, checked once before the first step: floating ``[B]``
+  log-densities, finite for every image (:func:`dgmjax.models.base.check_outputs`). A NaN from
+  the model would otherwise only show as skipped steps; this names the contract function and the
+  ``train_images`` index. A loss without a ``model`` attribute is not checked."""
+  model = getattr(loss_fn, "model", None)
+  if model is None or start >= s.num_steps:
+    return
+  epoch, i = divmod(start, s.steps_per_epoch)
+  index = epoch_order(s.train_images.shape[0], epoch, s.seed, shuffle=shuffle)[
+      i * s.batch_size:(i + 1) * s.batch_size]
+  key_bin, key = jax.random.split(step_key(s.seed, start))
+  x = s.train_images[index]
+  if dynamic_binarization:  # binarized as the step does (its values only matter for the check)
+    x = data.binarize(key_bin, x)
+  base.check_outputs(model, params, x, key, where="the first step of training.fit",
+                     index=index, images="train_images")
 
 
 @dataclasses.dataclass
