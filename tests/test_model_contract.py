@@ -631,10 +631,10 @@ def test_non_floating_log_densities_are_refused_at_trace_time_naming_the_functio
   with pytest.raises(TypeError, match="log_likelihood"):  # inside jit: at trace time
     jax.jit(lambda p, xx: M.log_weights(model, p, xx, _key(), 3))(params, x)
   with pytest.raises(TypeError, match="log_likelihood"):
-    losses.make_loss(model, "dreg", 3)(params, x, _key())
+    losses.make_loss(model, "dreg", 3)(params, x, _key(), 0)
   bad_prior = _broken(log_prior=lambda p, z: jnp.round(base.log_prior(p, z)).astype(jnp.int32))
   with pytest.raises(TypeError, match="log_prior"):
-    losses.make_loss(bad_prior, "iwae", 3)(params, x, _key())
+    losses.make_loss(bad_prior, "iwae", 3)(params, x, _key(), 0)
 
 
 def test_check_model_names_the_function_and_the_row_of_a_nan():

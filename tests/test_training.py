@@ -401,7 +401,7 @@ def test_fit_stops_after_too_many_nonfinite_steps(tmp_path):
                  workdir=str(tmp_path / "checked"))
   # a loss without a model: the steps' own guard skips them, then stops
   with pytest.raises(training.NonFiniteError, match="3 consecutive"):
-    training.fit(lambda p, x, k: loss(p, x, k), nan_params, images,
+    training.fit(lambda p, x, k, s: loss(p, x, k, s), nan_params, images,
                  optimizer=opt, num_steps=20, batch_size=4, seed=0, workdir=str(tmp_path),
                  max_consecutive_nonfinite=3, log_every=1, checkpoint_every=4)
   events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
