@@ -277,7 +277,7 @@ def sample_mvn(key: PRNGKeyArray, loc: Real[ArrayLike, "*#batch D"],
   eps = jax.random.normal(key, batch + (d,), dtype)
   z = jnp.broadcast_to(loc, batch + (d,)) + jnp.einsum("...ij,...j->...i", scale_tril, eps)
   if not _checks.is_concrete(scale_tril):
-    z = _checks.nan_unless(_scale_tril_valid(scale_tril)[..., None], z)
+    z = _checks.nan_unless(jnp.broadcast_to(_scale_tril_valid(scale_tril), batch)[..., None], z)
   return z
 
 
