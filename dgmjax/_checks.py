@@ -369,19 +369,3 @@ def check_scalar(name: str, value) -> None:
   if np.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar (shape ()), got shape {np.shape(value)}")
 
-
-def check_broadcasts_to(name: str, value, shape: tuple[int, ...], what: str) -> None:
-  """Raises ValueError unless ``value`` broadcasts to ``shape`` without enlarging it.
-
-  For weights that may be given per data point (``beta`` of ``[B]`` for ``[B]`` results): a
-  shape that would broadcast the result up (``[K, B]``) or not at all is refused, naming
-  ``name``, the shape expected (``what``) and the shape given.
-  """
-  given = np.shape(value)
-  try:
-    ok = np.broadcast_shapes(given, tuple(shape)) == tuple(shape)
-  except ValueError:
-    ok = False
-  if not ok:
-    raise ValueError(f"{name} must be a scalar or broadcast to {what}, shape {tuple(shape)}; got "
-                     f"shape {given}")

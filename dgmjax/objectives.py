@@ -9,9 +9,9 @@ Bad input: integer settings (``num_groups``, ``axis``) are Python or NumPy ints;
 and traced values raise :class:`~dgmjax._checks.ArgumentTypeError` (a ``TypeError`` that is also a
 ``ValueError``) naming the argument, out-of-range ones ``ValueError``. Weights (``beta``,
 ``lam``) are checked when concrete (``ValueError``) and, when traced (annealed inside ``jit``),
-make the result NaN if they are out of range; they are scalars or broadcast to the result's shape
-(one weight per data point), and any other shape raises ``ValueError`` naming them and the shape
-expected. Log-weights are real arrays (a complex, bool or text array raises
+make the result NaN if they are out of range; they are scalars, and an array of another shape
+raises ``ValueError`` naming them and the shape expected (never a broadcasting error, nor a
+result broadcast against them). Log-weights are real arrays (a complex, bool or text array raises
 :class:`~dgmjax._checks.ArgumentTypeError` naming it, also under ``jit``); their values are not
 checked: ``-inf`` is a valid log-weight (handled exactly), and NaN in gives NaN out.
 
@@ -223,9 +223,8 @@ def beta_elbo(log_likelihood: Float[ArrayLike, "*shape"], kl: Float[ArrayLike, "
   axis = _checks.check_num_samples("log_likelihood", log_likelihood, axis)
   _checks.check_numeric("kl", kl)
   _checks.check_values("beta", beta, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+  _checks.check_scalar("beta", beta)
   ll = jnp.mean(log_likelihood, axis=axis)
-  _checks.check_broadcasts_to("beta", beta, jnp.shape(ll),
-                              "one weight per data point (log_likelihood less its sample axis)")
   kl = _mean_over_samples(kl, log_likelihood, axis, "kl")
   if jnp.shape(kl) not in ((), jnp.shape(ll)):
     # never broadcast: a [B, 1] KL against [B] would pair every data point with every KL
@@ -261,6 +260,7 @@ def free_bits(kl: Float[ArrayLike, "..."], lam: Real[ArrayLike, ""], axis: int =
     Appendix C.8.
   """
   _checks.check_numeric("kl", kl)
+  _checks.check_scalar("lam", lam)
   _checks.check_values("lam", lam, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
   if jnp.ndim(kl) < 1:
     raise ValueError(f"kl must have a latent-dimension axis last, got shape {jnp.shape(kl)}")
@@ -277,8 +277,6 @@ def free_bits(kl: Float[ArrayLike, "..."], lam: Real[ArrayLike, ""], axis: int =
                        "dimensions of kl")
     per_dim = jnp.sum(per_dim.reshape(per_dim.shape[:-1] + (num_groups, d // num_groups)),
                       axis=-1)
-  _checks.check_broadcasts_to("lam", lam, jnp.shape(per_dim),
-                              "one floor per latent dimension (or group)")
   lam = _traced_in_range(lam, 0.0, None)
   return jnp.sum(jnp.maximum(per_dim, jnp.asarray(lam, per_dim.dtype)))
 
@@ -329,8 +327,7 @@ def ciwae_bound(log_weights: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, "
 
   Args:
     log_weights: ``[K, B]``.
-    beta: weight of the ELBO, in ``[0, 1]`` (a traced value outside gives NaN): a scalar, or one
-      weight per data point (an array that broadcasts to ``[B]`` without enlarging it).
+    beta: weight of the ELBO, a scalar in ``[0, 1]`` (a traced value outside gives NaN).
     axis: sample axis.
 
   Returns:
@@ -339,11 +336,9 @@ def ciwae_bound(log_weights: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, "
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
-  axis = _checks.check_num_samples("log_weights", log_weights, axis)
+  _checks.check_num_samples("log_weights", log_weights, axis)
+  _checks.check_scalar("beta", beta)
   _checks.check_values("beta", beta, lambda a: (a >= 0) & (a <= 1), "in [0, 1]")
-  batch = tuple(np.delete(np.shape(log_weights), axis))
-  _checks.check_broadcasts_to("beta", beta, batch,
-                              "one weight per data point (log_weights less its sample axis)")
   beta = _traced_in_range(beta, 0.0, 1.0)
   return beta * elbo(log_weights, axis) + (1.0 - beta) * iwae_bound(log_weights, axis)
 
