@@ -45,7 +45,12 @@ def check_nonnegative(name: str, value) -> None:
 
 
 def check_broadcast(**arrays) -> tuple[int, ...]:
-  """Returns the broadcast shape of the named arrays or raises ValueError naming them."""
+  """Returns the broadcast shape of the named arrays or raises ValueError naming them.
+
+  A complex array raises :class:`ArgumentTypeError` naming it (:func:`check_not_complex`).
+  """
+  for k, v in arrays.items():
+    check_not_complex(k, v)
   shapes = {k: np.shape(v) for k, v in arrays.items()}
   try:
     return np.broadcast_shapes(*shapes.values())
@@ -64,7 +69,9 @@ def normalize_axis(name: str, axis: int, ndim: int) -> int:
 
 
 def check_num_samples(name: str, x, axis: int) -> int:
-  """Checks that ``x`` has at least one importance sample on ``axis``; returns the axis."""
+  """Checks that ``x`` is a real array (:func:`check_numeric`: not complex, bool or text) with at
+  least one importance sample on ``axis``; returns the axis."""
+  check_numeric(name, x)
   axis = normalize_axis(name, axis, np.ndim(x))
   k = np.shape(x)[axis]
   if k < 1:
@@ -75,7 +82,8 @@ def check_num_samples(name: str, x, axis: int) -> int:
 
 
 def event_axes(name: str, x, event_ndims: int) -> tuple[int, ...]:
-  """The trailing ``event_ndims`` axes of ``x`` (checked to exist)."""
+  """The trailing ``event_ndims`` axes of ``x`` (checked to exist; ``x`` checked not complex)."""
+  check_not_complex(name, x)
   event_ndims = check_int("event_ndims", event_ndims, minimum=0)
   if event_ndims > np.ndim(x):
     raise ValueError(
@@ -157,8 +165,10 @@ def _first_bad(shown: np.ndarray, bad: np.ndarray) -> str:
 def check_finite(name: str, value, what: str = "") -> None:
   """Raises ValueError if ``value`` is concrete and holds NaN or infinite entries.
 
-  Traced values pass unchecked (the caller documents what happens to them).
+  Traced values pass unchecked (the caller documents what happens to them). A complex ``value``
+  raises :class:`ArgumentTypeError` (also when traced).
   """
+  check_not_complex(name, value)
   if not is_concrete(value):
     return
   arr = _host(value)
@@ -191,18 +201,41 @@ def check_values(name: str, value, ok, expected: str) -> None:
     raise ValueError(f"{name} must be {expected}: {_first_bad(np.asarray(value), ~good)}")
 
 
-def check_numeric(name: str, value) -> None:
-  """Raises :class:`ArgumentTypeError` unless ``value`` is a number or a numeric array (a string,
-  bool or object is refused, naming the argument). Dtypes are static: also runs on traced values."""
-  if isinstance(value, (str, bytes, bool, np.bool_)):
-    raise ArgumentTypeError(f"{name} must be a number or a numeric array, got "
-                            f"{type(value).__name__} {value!r}")
+def _dtype_of(value) -> np.dtype:
+  """The dtype of an array, a Python number or a nested sequence (``object`` if there is none)."""
   dtype = getattr(value, "dtype", None)
   if dtype is None:
     try:
       dtype = np.asarray(value).dtype
     except Exception:  # pylint: disable=broad-except
       dtype = np.dtype(object)
+  return dtype
+
+
+def check_not_complex(name: str, value) -> None:
+  """Raises :class:`ArgumentTypeError` naming ``name`` if ``value`` is complex.
+
+  The core computes real log-densities, bounds and draws: a complex array would flow through
+  (``exp``, ``log`` and ``softmax`` all accept one) and come back as a complex "log-probability".
+  Dtypes are static, so this also runs on traced values (at trace time, at no cost).
+  """
+  if isinstance(value, complex) or jax.numpy.issubdtype(_dtype_of(value),
+                                                        jax.numpy.complexfloating):
+    raise ArgumentTypeError(
+        f"{name} must be real, got a complex value (dtype {_dtype_of(value)}): the library's "
+        "densities, bounds and samplers are defined for real arrays; pass jnp.real(...) or "
+        "jnp.abs(...) explicitly if that is what is meant")
+
+
+def check_numeric(name: str, value) -> None:
+  """Raises :class:`ArgumentTypeError` unless ``value`` is a real number or a real numeric array
+  (a string, bool, object or complex value is refused, naming the argument). Dtypes are static:
+  also runs on traced values."""
+  if isinstance(value, (str, bytes, bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be a number or a numeric array, got "
+                            f"{type(value).__name__} {value!r}")
+  check_not_complex(name, value)
+  dtype = _dtype_of(value)
   if not (jax.numpy.issubdtype(dtype, jax.numpy.number) and dtype != np.bool_):
     raise ArgumentTypeError(f"{name} must be a number or a numeric array, got dtype {dtype}")
 
@@ -213,7 +246,7 @@ def check_dtype(name: str, value, kind: str) -> None:
   ``kind`` is ``"integer"`` (bool excluded) or ``"floating"``. Dtypes are static, so this also
   runs on traced values.
   """
-  dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+  dtype = _dtype_of(value)
   if kind == "integer":
     good = np.issubdtype(dtype, np.integer) and dtype != np.bool_
   elif kind == "floating":
@@ -288,3 +321,51 @@ def check_real(name: str, value, *, minimum: float | None = None, maximum: float
     rng = " and ".join(r for r in (lo, hi) if r)
     raise ValueError(f"{name} must be a finite number{' ' + rng if rng else ''}, got {value!r}")
   return v
+
+
+# ----------------------------------------------------------------------------- sampler parameters
+
+#: What an integer draw (a class index, a Bernoulli draw of an integer dtype) is, under ``jit``,
+#: when its parameters are invalid: an index no distribution has, so that the log-probability of
+#: it is NaN (:func:`dgmjax.distributions.categorical_log_prob` gives NaN for a traced index
+#: outside ``[0, C)``) and a concrete one raises. Floating draws are NaN instead.
+INVALID_DRAW = -1
+
+
+def check_logits(name: str, logits, axis: int) -> None:
+  """Raises ValueError if concrete categorical ``logits`` are not a distribution on ``axis``.
+
+  Valid logits have no NaN and no ``+inf`` (``softmax`` of either is NaN) and at least one entry
+  above ``-inf`` on ``axis`` (all ``-inf`` leaves no class to draw). ``-inf`` entries are valid:
+  they mask classes. Traced logits pass (see :func:`logits_valid`).
+  """
+  if not is_concrete(logits):
+    return
+  arr = _host(logits)
+  if not np.issubdtype(arr.dtype, np.floating):
+    return
+  bad = ~(arr < np.inf)                      # NaN or +inf
+  if np.any(bad):
+    raise ValueError(f"{name} must be < +inf and not NaN: {_first_bad(np.asarray(logits), bad)}")
+  if arr.size:
+    dead = np.all(arr == -np.inf, axis=axis)
+    if np.any(dead):
+      idx = tuple(int(i) for i in np.argwhere(np.atleast_1d(dead))[0])
+      raise ValueError(
+          f"{name} must have at least one entry above -inf on axis {axis} (a class with non-zero "
+          f"probability): {int(np.count_nonzero(dead))} of {dead.size} distribution(s) have "
+          f"none, the first at index {idx} of the other axes (shape {arr.shape})")
+
+
+def logits_valid(logits, axis: int):
+  """The traced form of :func:`check_logits`: True for each distribution on ``axis`` that has no
+  NaN or ``+inf`` and an entry above ``-inf`` (a boolean array, ``logits`` less ``axis``)."""
+  import jax.numpy as jnp
+  return jnp.all(logits < jnp.inf, axis=axis) & jnp.any(logits > -jnp.inf, axis=axis)
+
+
+def check_scalar(name: str, value) -> None:
+  """Raises ValueError naming ``name`` unless ``value`` is a scalar (a number or a 0-d array)."""
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar (shape ()), got shape {np.shape(value)}")
+

@@ -11,7 +11,14 @@ Bad input (see :mod:`dgmjax._checks`): a value off the support of a density (``x
 {0, 1} for a Bernoulli, a class index outside ``[0, C)``, a one-hot vector that is not one-hot,
 a pixel outside [0, 1], NaN or infinite data) raises ``ValueError`` naming the argument when it
 is concrete, and gives NaN at the offending entries when it is traced (inside ``jit`` / ``vmap``
-/ ``grad``), never a plausible number. Wrong dtypes and shapes raise under ``jit`` too.
+/ ``grad``), never a plausible number. Wrong dtypes and shapes raise under ``jit`` too; a complex
+array anywhere raises :class:`~dgmjax._checks.ArgumentTypeError` (a ``TypeError``) naming it.
+
+Samplers never turn invalid parameters into a valid draw: concrete invalid parameters (NaN, an
+all ``-inf`` categorical, a ``scale_tril`` that is not lower triangular with a positive
+diagonal) raise ``ValueError`` naming the argument; traced ones give NaN for floating draws and
+``-1`` (:data:`dgmjax._checks.INVALID_DRAW`) for integer draws, whose log-probability is then NaN
+under ``jit`` (and a ``ValueError`` when concrete).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, DTypeLike, Float, Int, PRNGKeyArray, Real, Shaped
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, DTypeLike, Float, Int, PRNGKeyArray, Real, Shaped
 
 from dgmjax import _checks
 
@@ -102,9 +110,15 @@ def sample_normal(key: PRNGKeyArray, loc: Real[ArrayLike, "..."],
   Returns:
     One sample with the broadcast shape of ``loc`` and ``log_scale``; differentiable in both.
 
+  Raises:
+    ValueError: ``loc`` or ``log_scale`` concrete with NaN or infinite entries (traced NaN gives
+      NaN draws); shapes that do not broadcast.
+
   References:
     Kingma & Welling, Auto-Encoding Variational Bayes, ICLR 2014.
   """
+  _checks.check_finite("loc", loc)
+  _checks.check_finite("log_scale", log_scale)
   loc, log_scale = _checks.broadcast(loc=loc, log_scale=log_scale)
   eps = jax.random.normal(key, loc.shape, jnp.result_type(loc, log_scale))
   return loc + jnp.exp(log_scale) * eps
@@ -167,6 +181,42 @@ def kl_normal_normal(loc_q: Real[ArrayLike, "..."], log_scale_q: Real[ArrayLike,
 # ----------------------------------------------------------------------------- full-covariance Normal
 
 
+def _check_scale_tril(scale_tril: Shaped[ArrayLike, "..."]) -> int:
+  """Checks a Cholesky factor ``[..., D, D]``; returns ``D``.
+
+  Shape and dtype always (also under ``jit``); when concrete, finite entries, zeros above the
+  diagonal and a positive diagonal (``ValueError`` naming ``scale_tril``).
+  """
+  _checks.check_numeric("scale_tril", scale_tril)
+  shape = jnp.shape(scale_tril)
+  if len(shape) < 2 or shape[-1] != shape[-2]:
+    raise ValueError(f"scale_tril must be [..., D, D], got shape {shape}")
+  if _checks.is_concrete(scale_tril):
+    _checks.check_finite("scale_tril", scale_tril)
+    arr = np.asarray(scale_tril)
+    upper = np.triu(np.ones(shape[-2:], bool), 1) & (arr != 0)
+    if np.any(upper):
+      raise ValueError(
+          "scale_tril must be lower triangular (zeros above the diagonal; it is not symmetrised "
+          f"or read as a full matrix): {int(np.count_nonzero(upper))} non-zero entries above "
+          f"the diagonal, the first at index {tuple(int(i) for i in np.argwhere(upper)[0])} "
+          "(use jnp.linalg.cholesky(cov) or jnp.tril(...))")
+    diag = np.diagonal(arr, axis1=-2, axis2=-1)
+    if np.any(diag <= 0):
+      idx = tuple(int(i) for i in np.argwhere(diag <= 0)[0])
+      raise ValueError(
+          "scale_tril must have a positive diagonal (a Cholesky factor of a positive-definite "
+          f"covariance): {int(np.count_nonzero(diag <= 0))} diagonal entries are <= 0, the "
+          f"first {diag[idx].item()!r} at index {idx} of the diagonal (shape {diag.shape})")
+  return shape[-1]
+
+
+def _scale_tril_valid(tril: Float[Array, "... D D"]) -> Bool[Array, "..."]:
+  """The traced form of :func:`_check_scale_tril`: lower triangular with a positive diagonal."""
+  return (jnp.all(jnp.diagonal(tril, axis1=-2, axis2=-1) > 0, axis=-1)
+          & jnp.all(jnp.triu(tril, 1) == 0, axis=(-2, -1)))
+
+
 def mvn_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
                  scale_tril: Real[ArrayLike, "..."]) -> Float[Array, "..."]:
   """Log-density of a multivariate Normal with covariance ``L L^T``.
@@ -176,18 +226,20 @@ def mvn_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
   Args:
     x: ``[..., D]``.
     loc: ``[..., D]`` (broadcastable).
-    scale_tril: lower-triangular Cholesky factor ``[..., D, D]`` (broadcastable).
+    scale_tril: lower-triangular Cholesky factor ``[..., D, D]`` with a positive diagonal
+      (broadcastable).
 
   Returns:
     ``[...]``.
 
   Raises:
-    ValueError: wrong shapes; ``x`` concrete with NaN or infinite values (traced NaN gives NaN).
+    ValueError: wrong shapes; ``x`` concrete with NaN or infinite values (traced NaN gives NaN);
+      ``scale_tril`` concrete and not finite, lower triangular with a positive diagonal (a full
+      matrix is not read as its lower triangle, a singular factor is not a density). Traced, such
+      a ``scale_tril`` gives NaN for the distributions it parametrizes.
   """
   _checks.check_finite("x", x)
-  if jnp.ndim(scale_tril) < 2 or jnp.shape(scale_tril)[-1] != jnp.shape(scale_tril)[-2]:
-    raise ValueError(f"scale_tril must be [..., D, D], got shape {jnp.shape(scale_tril)}")
-  d = jnp.shape(scale_tril)[-1]
+  d = _check_scale_tril(scale_tril)
   x, loc = _checks.broadcast(x=x, loc=loc)
   diff = x - loc
   if jnp.shape(diff)[-1:] != (d,):
@@ -197,17 +249,36 @@ def mvn_log_prob(x: Real[ArrayLike, "..."], loc: Real[ArrayLike, "..."],
   tril = jnp.broadcast_to(scale_tril, batch + (d, d))
   white = jax.scipy.linalg.solve_triangular(tril, diff[..., None], lower=True)[..., 0]
   log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(tril, axis1=-2, axis2=-1))), axis=-1)
-  return -0.5 * jnp.sum(jnp.square(white), axis=-1) - log_det - d * _HALF_LOG_2PI
+  lp = -0.5 * jnp.sum(jnp.square(white), axis=-1) - log_det - d * _HALF_LOG_2PI
+  if not _checks.is_concrete(scale_tril):
+    lp = _checks.nan_unless(_scale_tril_valid(tril), lp)
+  return lp
 
 
 def sample_mvn(key: PRNGKeyArray, loc: Real[ArrayLike, "*#batch D"],
                scale_tril: Real[ArrayLike, "*#batch D D"]) -> Float[Array, "*batch D"]:
-  """One reparametrized draw ``mu + L eps`` from a multivariate Normal. ``[..., D]``."""
-  batch = jnp.broadcast_shapes(jnp.shape(loc)[:-1], jnp.shape(scale_tril)[:-2])
-  d = jnp.shape(scale_tril)[-1]
+  """One reparametrized draw ``mu + L eps`` from a multivariate Normal. ``[..., D]``.
+
+  ``scale_tril`` as for :func:`mvn_log_prob`: concrete ``loc`` / ``scale_tril`` that are not
+  finite, or a ``scale_tril`` that is not lower triangular with a positive diagonal, raise
+  ``ValueError``; a traced such ``scale_tril`` gives NaN draws.
+  """
+  _checks.check_finite("loc", loc)
+  d = _check_scale_tril(scale_tril)
+  if jnp.ndim(loc) < 1 or jnp.shape(loc)[-1] != d:
+    raise ValueError(f"loc must be [..., D] with D = {d} (that of scale_tril, shape "
+                     f"{jnp.shape(scale_tril)}), got shape {jnp.shape(loc)}")
+  try:
+    batch = jnp.broadcast_shapes(jnp.shape(loc)[:-1], jnp.shape(scale_tril)[:-2])
+  except ValueError:
+    raise ValueError(f"the batch shapes of loc {jnp.shape(loc)[:-1]} and scale_tril "
+                     f"{jnp.shape(scale_tril)[:-2]} do not broadcast") from None
   dtype = jnp.result_type(loc, scale_tril)
   eps = jax.random.normal(key, batch + (d,), dtype)
-  return jnp.broadcast_to(loc, batch + (d,)) + jnp.einsum("...ij,...j->...i", scale_tril, eps)
+  z = jnp.broadcast_to(loc, batch + (d,)) + jnp.einsum("...ij,...j->...i", scale_tril, eps)
+  if not _checks.is_concrete(scale_tril):
+    z = _checks.nan_unless(jnp.broadcast_to(_scale_tril_valid(scale_tril), batch)[..., None], z)
+  return z
 
 
 # ----------------------------------------------------------------------------- Bernoulli
@@ -289,10 +360,42 @@ def bernoulli_log_prob(x: Shaped[ArrayLike, "..."], logits: Real[ArrayLike, "...
 
 def sample_bernoulli(key: PRNGKeyArray, logits: Real[ArrayLike, "*batch"],
                      dtype: DTypeLike | None = None) -> Shaped[Array, "*batch"]:
-  """One draw in {0, 1} from a Bernoulli with the given logits (not reparametrizable)."""
-  dtype = dtype or jnp.result_type(logits)
+  """One draw in {0, 1} from a Bernoulli with the given logits (not reparametrizable).
+
+  ``logits`` of ``+inf`` / ``-inf`` give 1 / 0 surely. NaN logits: concrete ones raise
+  ``ValueError`` naming ``logits``; traced ones give NaN draws (a floating ``dtype``) or ``-1``
+  (an integer ``dtype``), never a 0 or 1; :func:`bernoulli_log_prob` of either is NaN under
+  ``jit``.
+
+  Args:
+    key: a JAX PRNG key.
+    logits: ``[...]``.
+    dtype: of the draws, floating or signed integer (default: that of ``logits``); a bool or
+      unsigned dtype cannot hold the invalid marker and raises ``TypeError``.
+
+  Returns:
+    ``[...]`` of ``dtype``.
+  """
+  _checks.check_numeric("logits", logits)
+  if dtype is None:
+    dtype = jnp.result_type(logits)
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    raise _checks.ArgumentTypeError(f"dtype must be a floating or signed integer dtype, got "
+                                    f"{dtype!r}") from None
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.signedinteger)):
+    raise _checks.ArgumentTypeError(
+        f"dtype must be a floating or signed integer dtype (to hold NaN or -1 for a draw from "
+        f"NaN logits), got {dtype}; convert the draws afterwards if a bool is needed")
+  _checks.check_values("logits", logits, lambda a: ~np.isnan(a),
+                       "not NaN (+-inf are valid: a sure 1 or 0)")
   u = jax.random.uniform(key, jnp.shape(logits), dtype=jnp.float32)
-  return (jnp.log(u) - jnp.log1p(-u) < logits).astype(dtype)
+  draw = (jnp.log(u) - jnp.log1p(-u) < logits).astype(dtype)
+  if not _checks.is_concrete(logits):
+    marker = jnp.nan if jnp.issubdtype(dtype, jnp.floating) else _checks.INVALID_DRAW
+    draw = jnp.where(jnp.isnan(logits), jnp.asarray(marker, dtype), draw)
+  return draw
 
 
 # ----------------------------------------------------------------------------- Categorical
@@ -317,6 +420,7 @@ def categorical_log_prob(x: Shaped[ArrayLike, "..."], logits: Real[ArrayLike, ".
   Returns:
     ``[...]`` less ``event_ndims`` trailing axes.
   """
+  _checks.check_numeric("logits", logits)
   axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
   _checks.check_dtype("x", x, "integer")
   logits = jnp.moveaxis(logits, axis, -1)
@@ -372,8 +476,28 @@ def categorical_log_prob_one_hot(x: Real[ArrayLike, "..."], logits: Real[ArrayLi
 
 def sample_categorical(key: PRNGKeyArray, logits: Real[ArrayLike, "..."],
                        axis: int = -1) -> Int[Array, "..."]:
-  """One draw of class indices from ``softmax(logits)`` (not reparametrizable)."""
-  return jax.random.categorical(key, logits, axis=axis)
+  """One draw of class indices from ``softmax(logits)`` (not reparametrizable).
+
+  Invalid logits (a NaN or ``+inf`` entry, or every entry ``-inf`` on ``axis``; single ``-inf``
+  entries are valid and mask their classes): concrete ones raise ``ValueError`` naming
+  ``logits``; traced ones give ``-1`` for that variable, never a class, and
+  :func:`categorical_log_prob` of ``-1`` is NaN under ``jit`` (a ``ValueError`` when concrete).
+
+  Args:
+    key: a JAX PRNG key.
+    logits: ``[..., C]``, floating, classes on ``axis``.
+    axis: class axis.
+
+  Returns:
+    int32 indices in ``[0, C)`` (or ``-1``), ``logits`` shape without ``axis``.
+  """
+  _checks.check_dtype("logits", logits, "floating")
+  axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
+  _checks.check_logits("logits", logits, axis)
+  draw = jax.random.categorical(key, logits, axis=axis)
+  if not _checks.is_concrete(logits):
+    draw = jnp.where(_checks.logits_valid(logits, axis), draw, _checks.INVALID_DRAW)
+  return draw
 
 
 def categorical_entropy(logits: Real[ArrayLike, "..."], axis: int = -1) -> Float[Array, "..."]:
@@ -381,6 +505,8 @@ def categorical_entropy(logits: Real[ArrayLike, "..."], axis: int = -1) -> Float
 
   .. math:: H = -\\sum_k p_k \\log p_k
   """
+  _checks.check_numeric("logits", logits)
+  axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
   log_p = jax.nn.log_softmax(logits, axis=axis)
   p = jnp.exp(log_p)
   # p * log p -> 0 as p -> 0; where() avoids 0 * -inf for classes with -inf logits.
@@ -396,6 +522,8 @@ def kl_categorical_uniform(logits: Real[ArrayLike, "..."],
   References:
     Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
   """
+  _checks.check_numeric("logits", logits)
+  axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
   c = jnp.shape(logits)[axis]
   return math.log(c) - categorical_entropy(logits, axis=axis)
 
@@ -405,6 +533,7 @@ def kl_categorical_categorical(logits_q: Real[ArrayLike, "..."],
                                axis: int = -1) -> Float[Array, "..."]:
   """``KL(Cat(softmax(logits_q)) || Cat(softmax(logits_p)))`` per categorical variable."""
   logits_q, logits_p = _checks.broadcast(logits_q=logits_q, logits_p=logits_p)
+  axis = _checks.normalize_axis("logits_q", axis, jnp.ndim(logits_q))
   log_q = jax.nn.log_softmax(logits_q, axis=axis)
   log_p = jax.nn.log_softmax(logits_p, axis=axis)
   q = jnp.exp(log_q)

@@ -1,5 +1,11 @@
 """Gumbel noise, the Gumbel-max trick, Gumbel-softmax (Concrete) relaxation, straight-through.
 
+Bad input: complex arrays raise :class:`~dgmjax._checks.ArgumentTypeError` naming the argument.
+The samplers never turn invalid logits (a NaN or ``+inf`` entry, or all ``-inf`` on the class
+axis) into a valid draw: concrete ones raise ``ValueError`` naming ``logits``; traced ones give
+``-1`` from :func:`gumbel_max` (whose ``categorical_log_prob`` is then NaN) and NaN samples from
+:func:`gumbel_softmax`.
+
 References:
   Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
   Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017.
@@ -43,9 +49,20 @@ def sample_gumbel(key: PRNGKeyArray, shape: Sequence[int] = (),
 
   Raises:
     TypeError: ``dtype`` is not a floating dtype.
+    ValueError: ``shape`` is not a sequence of ints ``>= 0``.
   """
-  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-    raise _checks.ArgumentTypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}")
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    raise _checks.ArgumentTypeError(f"dtype must be a floating dtype, got {dtype!r}") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise _checks.ArgumentTypeError(f"dtype must be a floating dtype, got {dtype}")
+  if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+    shape = (shape,)
+  try:
+    shape = tuple(_checks.check_int("shape entry", n, minimum=0) for n in shape)
+  except (TypeError, ValueError) as err:
+    raise type(err)(f"shape must be a sequence of ints >= 0, got {shape!r} ({err})") from None
   tiny = float(jnp.finfo(dtype).tiny)
   u = jax.random.uniform(key, shape, dtype, minval=tiny, maxval=1.0)
   return -jnp.log(-jnp.log(u))
@@ -63,14 +80,20 @@ def gumbel_max(key: PRNGKeyArray, logits: Shaped[ArrayLike, "..."],
     axis: class axis.
 
   Returns:
-    int32 indices, ``logits`` shape without ``axis``.
+    int32 indices, ``logits`` shape without ``axis``; ``-1`` where traced logits are invalid.
 
   Raises:
     TypeError: ``logits`` of a non-floating dtype (also under ``jit``).
+    ValueError: concrete ``logits`` with a NaN or ``+inf`` entry, or all ``-inf`` on ``axis``.
   """
   _checks.check_dtype("logits", logits, "floating")
+  axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
+  _checks.check_logits("logits", logits, axis)
   g = sample_gumbel(key, jnp.shape(logits), jnp.result_type(logits))
-  return jnp.argmax(logits + g, axis=axis)
+  draw = jnp.argmax(logits + g, axis=axis)
+  if not _checks.is_concrete(logits):
+    draw = jnp.where(_checks.logits_valid(logits, axis), draw, _checks.INVALID_DRAW)
+  return draw
 
 
 def straight_through(hard: Real[ArrayLike, "..."],
@@ -107,6 +130,7 @@ def _temperature(temperature: Shaped[ArrayLike, "..."], shape: tuple[int, ...], 
   (silently, when ``B == C``), so it raises instead. Concrete temperatures must be finite and
   ``> 0`` (``ValueError``); traced ones that are not become NaN, so the result is NaN.
   """
+  _checks.check_not_complex("temperature", temperature)
   t = jnp.asarray(temperature) if _checks.is_concrete(temperature) else temperature
   if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)) or (
       t.dtype == jnp.bool_):
@@ -164,7 +188,9 @@ def gumbel_softmax(key: PRNGKeyArray, logits: Shaped[ArrayLike, "*batch"],
     log_space: return ``log y`` (``log_softmax``) instead of ``y``; not with ``hard``.
 
   Returns:
-    ``[..., C]`` on the simplex (or its log), dtype of ``logits``.
+    ``[..., C]`` on the simplex (or its log), dtype of ``logits``. Invalid logits (a NaN or
+    ``+inf`` entry, or all ``-inf`` on ``axis``) raise ``ValueError`` when concrete and give an
+    all-NaN sample for that variable when traced (also with ``hard=True``).
 
   References:
     Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
@@ -177,6 +203,7 @@ def gumbel_softmax(key: PRNGKeyArray, logits: Shaped[ArrayLike, "*batch"],
                      "finite log")
   _checks.check_dtype("logits", logits, "floating")
   axis = _checks.normalize_axis("logits", axis, jnp.ndim(logits))
+  _checks.check_logits("logits", logits, axis)
   dtype = jnp.result_type(logits)
   tau = _temperature(temperature, jnp.shape(logits), axis, dtype)
   g = sample_gumbel(key, jnp.shape(logits), dtype)

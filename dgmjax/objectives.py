@@ -9,8 +9,20 @@ Bad input: integer settings (``num_groups``, ``axis``) are Python or NumPy ints;
 and traced values raise :class:`~dgmjax._checks.ArgumentTypeError` (a ``TypeError`` that is also a
 ``ValueError``) naming the argument, out-of-range ones ``ValueError``. Weights (``beta``,
 ``lam``) are checked when concrete (``ValueError``) and, when traced (annealed inside ``jit``),
-make the result NaN if they are out of range. Log-weights are not checked: ``-inf`` is a valid
-log-weight (handled exactly), and NaN in gives NaN out.
+make the result NaN if they are out of range; they are scalars, and an array of another shape
+raises ``ValueError`` naming them and the shape expected (never a broadcasting error, nor a
+result broadcast against them). Log-weights are real arrays (a complex, bool or text array raises
+:class:`~dgmjax._checks.ArgumentTypeError` naming it, also under ``jit``); their values are not
+checked: ``-inf`` is a valid log-weight (handled exactly), and NaN in gives NaN out.
+
+Which axis holds the samples: these functions reduce ``axis`` (default 0) of whatever array they
+are given. A ``[B, K]`` array passed as ``[K, B]`` log-weights is reduced over the batch, and
+nothing here can tell: both are plausible real matrices and no function of this module knows
+``K``. It is caught where ``K`` is known: :func:`dgmjax.models.base.log_weights` builds the
+array as ``[K, B]`` from ``num_samples`` itself, and
+:func:`dgmjax.models.base.check_log_weights` checks a user-built one against ``num_samples``
+(and says when it looks transposed). Build log-weights with ``jax.vmap`` over the ``K`` keys
+(which puts samples on axis 0), or pass ``axis=1`` for ``[B, K]``.
 """
 
 from __future__ import annotations
@@ -67,8 +79,8 @@ def log_mean_exp(x: Float[ArrayLike, "*shape"], axis: int = 0) -> Float[Array, "
 
 def _log_mean_exp(x: Float[ArrayLike, "*shape"], axis: int,
                   name: str) -> Float[Array, "*reduced"]:
-  x = jnp.asarray(x)
   axis = _checks.check_num_samples(name, x, axis)
+  x = jnp.asarray(x)
   dead = _all_neg_inf(x, axis)
   safe = jnp.where(dead, jnp.zeros((), x.dtype), x)
   out = jax.nn.logmeanexp(safe, axis=axis, keepdims=True)
@@ -130,8 +142,8 @@ def importance_weights(log_weights: Float[ArrayLike, "*shape"],
   Returns:
     ``[K, B]``, summing to 1 over ``axis``.
   """
-  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
+  log_weights = jnp.asarray(log_weights)
   dead = _all_neg_inf(log_weights, axis)
   safe = jnp.where(dead, jnp.zeros((), log_weights.dtype), log_weights)
   return jnp.where(dead, jnp.zeros((), log_weights.dtype), jax.nn.softmax(safe, axis=axis))
@@ -150,8 +162,8 @@ def effective_sample_size(log_weights: Float[ArrayLike, "*shape"],
   Returns:
     ``[B]``.
   """
-  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
+  log_weights = jnp.asarray(log_weights)
   dead = jnp.all(log_weights == -jnp.inf, axis=axis)
   safe = jnp.where(_all_neg_inf(log_weights, axis), jnp.zeros((), log_weights.dtype),
                    log_weights)
@@ -209,7 +221,9 @@ def beta_elbo(log_likelihood: Float[ArrayLike, "*shape"], kl: Float[ArrayLike, "
     Space, CoNLL 2016 (annealing).
   """
   axis = _checks.check_num_samples("log_likelihood", log_likelihood, axis)
+  _checks.check_numeric("kl", kl)
   _checks.check_values("beta", beta, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
+  _checks.check_scalar("beta", beta)
   ll = jnp.mean(log_likelihood, axis=axis)
   kl = _mean_over_samples(kl, log_likelihood, axis, "kl")
   if jnp.shape(kl) not in ((), jnp.shape(ll)):
@@ -245,6 +259,8 @@ def free_bits(kl: Float[ArrayLike, "..."], lam: Real[ArrayLike, ""], axis: int =
     Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016,
     Appendix C.8.
   """
+  _checks.check_numeric("kl", kl)
+  _checks.check_scalar("lam", lam)
   _checks.check_values("lam", lam, lambda a: np.isfinite(a) & (a >= 0), "finite and >= 0")
   if jnp.ndim(kl) < 1:
     raise ValueError(f"kl must have a latent-dimension axis last, got shape {jnp.shape(kl)}")
@@ -267,8 +283,8 @@ def free_bits(kl: Float[ArrayLike, "..."], lam: Real[ArrayLike, ""], axis: int =
 
 def _split_groups(log_weights: Float[ArrayLike, "..."], num_groups: int,
                   axis: int) -> tuple[Float[Array, "..."], int]:
-  log_weights = jnp.asarray(log_weights)
   axis = _checks.check_num_samples("log_weights", log_weights, axis)
+  log_weights = jnp.asarray(log_weights)
   n = jnp.shape(log_weights)[axis]
   num_groups = _checks.check_int("num_groups", num_groups)
   if num_groups < 1 or n % num_groups:
@@ -311,7 +327,7 @@ def ciwae_bound(log_weights: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, "
 
   Args:
     log_weights: ``[K, B]``.
-    beta: weight of the ELBO, in ``[0, 1]`` (a traced value outside gives NaN).
+    beta: weight of the ELBO, a scalar in ``[0, 1]`` (a traced value outside gives NaN).
     axis: sample axis.
 
   Returns:
@@ -320,6 +336,8 @@ def ciwae_bound(log_weights: Float[ArrayLike, "*shape"], beta: Real[ArrayLike, "
   References:
     Rainforth et al., Tighter Variational Bounds are Not Necessarily Better, ICML 2018.
   """
+  _checks.check_num_samples("log_weights", log_weights, axis)
+  _checks.check_scalar("beta", beta)
   _checks.check_values("beta", beta, lambda a: (a >= 0) & (a <= 1), "in [0, 1]")
   beta = _traced_in_range(beta, 0.0, 1.0)
   return beta * elbo(log_weights, axis) + (1.0 - beta) * iwae_bound(log_weights, axis)
@@ -360,8 +378,9 @@ def renyi_bound(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, 
 
   Args:
     log_weights: ``[K, B]``.
-    alpha: a real number or ``-inf`` (a Python float, or a traced scalar: then ``alpha = 1`` is
-      not special-cased and gives NaN; a traced non-finite value gives NaN).
+    alpha: a real scalar or ``-inf`` (a Python float, or a traced scalar: then ``alpha = 1`` is
+      not special-cased and gives NaN; a traced non-finite value gives NaN). An array of another
+      shape raises ``ValueError`` (sweep several alphas with ``jax.vmap``).
     axis: sample axis.
 
   Returns:
@@ -371,26 +390,42 @@ def renyi_bound(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, 
     Li & Turner, Rényi Divergence Variational Inference, NeurIPS 2016, eq. (9) (VR bound) and
     Section 4.1 (VR-max).
   """
+  alpha = _check_alpha(alpha)
+  _checks.check_num_samples("log_weights", log_weights, axis)
   lw = jnp.asarray(log_weights)
-  _checks.check_numeric("alpha", alpha)
   if _checks.is_concrete(alpha):
     a = float(np.asarray(alpha))
-    if np.isnan(a) or a == np.inf:
-      raise ValueError(f"alpha must be a real number or -inf, got {alpha!r}")
     if a == 1.0:
       return elbo(lw, axis)
     if a == -np.inf:
       axis = _checks.check_num_samples("log_weights", lw, axis)
       return jnp.max(lw, axis=axis)
-  else:
-    alpha = jnp.where(jnp.isfinite(alpha), alpha, jnp.nan)
   one_minus = (1.0 - jnp.asarray(alpha, lw.dtype))
   return _log_mean_exp(one_minus * lw, axis, "log_weights") / one_minus
 
 
+def _check_alpha(alpha: Real[ArrayLike, ""]) -> Real[ArrayLike, ""]:
+  """A Rényi ``alpha``: a real scalar, concrete ones not NaN or ``+inf`` (``ValueError``), traced
+  non-finite ones NaN."""
+  _checks.check_numeric("alpha", alpha)
+  _checks.check_scalar("alpha", alpha)
+  if _checks.is_concrete(alpha):
+    a = float(np.asarray(alpha))
+    if np.isnan(a) or a == np.inf:
+      raise ValueError(f"alpha must be a real number or -inf, got {alpha!r}")
+    return alpha
+  return jnp.where(jnp.isfinite(alpha), alpha, jnp.nan)
+
+
 def renyi_weights(log_weights: Float[ArrayLike, "*shape"], alpha: Real[ArrayLike, ""],
                   axis: int = 0) -> Float[Array, "*shape"]:
-  """``w_k^(1-alpha) / sum_j w_j^(1-alpha)``: ``d L_alpha / d log w_k`` (``[K, B]``)."""
+  """``w_k^(1-alpha) / sum_j w_j^(1-alpha)``: ``d L_alpha / d log w_k`` (``[K, B]``).
+
+  ``alpha`` as for :func:`renyi_bound` (a real scalar or ``-inf``; traced non-finite ones give
+  NaN).
+  """
+  alpha = _check_alpha(alpha)
+  _checks.check_num_samples("log_weights", log_weights, axis)
   lw = jnp.asarray(log_weights)
   if _checks.is_concrete(alpha) and float(np.asarray(alpha)) == -np.inf:
     axis = _checks.check_num_samples("log_weights", lw, axis)
@@ -443,9 +478,8 @@ def jackknife_bound(log_weights: Float[ArrayLike, "*shape"], order: int = 1,
   order = _checks.check_int("order", order)
   if order not in (0, 1, 2):
     raise ValueError(f"order must be 0, 1 or 2, got {order}")
-  lw = jnp.asarray(log_weights)
-  axis = _checks.check_num_samples("log_weights", lw, axis)
-  lw = jnp.moveaxis(lw, axis, 0)
+  axis = _checks.check_num_samples("log_weights", log_weights, axis)
+  lw = jnp.moveaxis(jnp.asarray(log_weights), axis, 0)
   k = lw.shape[0]
   if k <= order:
     raise ValueError(f"a jackknife of order {order} needs K > {order} samples, got K={k}")

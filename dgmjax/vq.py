@@ -31,9 +31,15 @@ __all__ = [
 ]
 
 
-def _check(z_e: Shaped[ArrayLike, "..."], codebook: Shaped[ArrayLike, "..."]) -> None:
+def _check_codebook(codebook: Shaped[ArrayLike, "..."]) -> None:
+  """A codebook is a floating ``[N >= 1, D]`` array (shape and dtype: also under ``jit``)."""
   if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
     raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
+  _checks.check_dtype("codebook", codebook, "floating")
+
+
+def _check(z_e: Shaped[ArrayLike, "..."], codebook: Shaped[ArrayLike, "..."]) -> None:
+  _check_codebook(codebook)
   if jnp.ndim(z_e) < 1 or jnp.shape(z_e)[-1:] != jnp.shape(codebook)[1:]:
     raise ValueError(f"z_e has embedding dim {jnp.shape(z_e)[-1:]} but the codebook has "
                      f"{jnp.shape(codebook)[1]} (codebook shape {jnp.shape(codebook)})")
@@ -73,10 +79,16 @@ def nearest_code(z_e: Shaped[ArrayLike, "..."],
   .. math:: k(x) = \\arg\\min_n \\|z_e(x) - e_n\\|_2
 
   Concrete non-finite ``z_e`` / ``codebook`` raise ``ValueError``. Contract for traced input: an
-  index cannot be NaN, so a NaN ``z_e`` gets an arbitrary valid index; :func:`quantize`'s
-  ``z_q`` and losses are NaN for it, so the failure is visible there.
+  index cannot be NaN, so a vector whose distances are NaN (a NaN in ``z_e`` or in the codebook)
+  gets ``-1`` (:data:`dgmjax._checks.INVALID_DRAW`), never a code: :func:`lookup` of it is NaN
+  under ``jit`` (so are :func:`quantize`'s ``z_q`` and losses), :func:`ema_update` makes the state
+  NaN and :func:`code_counts` counts it nowhere.
   """
-  return jnp.argmin(squared_distances(z_e, codebook), axis=-1).astype(jnp.int32)
+  d2 = squared_distances(z_e, codebook)
+  idx = jnp.argmin(d2, axis=-1).astype(jnp.int32)
+  if _checks.is_concrete(z_e) and _checks.is_concrete(codebook):
+    return idx
+  return jnp.where(jnp.any(jnp.isnan(d2), axis=-1), _checks.INVALID_DRAW, idx)
 
 
 def lookup(indices: Shaped[ArrayLike, "*batch"],
@@ -87,8 +99,7 @@ def lookup(indices: Shaped[ArrayLike, "*batch"],
   :class:`~dgmjax._checks.ArgumentTypeError` (also under ``jit``); concrete out-of-range indices
   raise ``ValueError``; traced ones (negative ones included: they do not wrap) give NaN codes.
   """
-  if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
-    raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
+  _check_codebook(codebook)
   n = jnp.shape(codebook)[0]
   _check_indices(indices, n)
   indices = jnp.asarray(indices)
@@ -131,7 +142,7 @@ def quantize(z_e: Shaped[ArrayLike, "..."], codebook: Float[ArrayLike, "..."]) -
 
   Raises:
     ValueError: shapes that do not fit; concrete ``z_e`` or ``codebook`` with NaN or infinite
-      entries. Traced NaN gives NaN ``z_q`` and losses (``indices`` then hold an arbitrary code).
+      entries. Traced NaN gives NaN ``z_q`` and losses (and ``-1`` in ``indices``, never a code).
   """
   idx = nearest_code(z_e, codebook)
   e_k = lookup(idx, codebook)
@@ -158,8 +169,9 @@ class EMAState(NamedTuple):
 
 def ema_init(codebook: Float[ArrayLike, "..."]) -> EMAState:
   """EMA state starting at ``codebook`` (each code counted once)."""
-  if jnp.ndim(codebook) != 2 or jnp.shape(codebook)[0] < 1:
-    raise ValueError(f"codebook must be [num_codes >= 1, D], got shape {jnp.shape(codebook)}")
+  _check_codebook(codebook)
+  _checks.check_finite("codebook", codebook)
+  codebook = jnp.asarray(codebook)
   n = codebook.shape[0]
   return EMAState(jnp.ones((n,), codebook.dtype), codebook, codebook)
 
@@ -177,8 +189,8 @@ def ema_update(state: EMAState, z_e: Shaped[ArrayLike, "..."], indices: Shaped[A
     state: :class:`EMAState`.
     z_e: ``[..., D]`` encoder outputs (gradients are not taken through this update).
     indices: ``[...]`` their codes (integers, the shape of ``z_e`` less its last axis).
-    decay: ``gamma`` in [0, 1).
-    eps: Laplace smoothing, ``> 0``.
+    decay: ``gamma`` in [0, 1), a scalar.
+    eps: Laplace smoothing, ``> 0``, a scalar.
 
   Returns:
     The new :class:`EMAState`.
@@ -188,6 +200,8 @@ def ema_update(state: EMAState, z_e: Shaped[ArrayLike, "..."], indices: Shaped[A
       concrete out-of-range ``indices``; concrete non-finite ``z_e``. Traced ``decay`` / ``eps``
       outside their ranges and traced out-of-range ``indices`` make the new state NaN.
   """
+  _checks.check_scalar("decay", decay)
+  _checks.check_scalar("eps", eps)
   _checks.check_values("decay", decay, lambda a: (a >= 0) & (a < 1), "in [0, 1)")
   _checks.check_values("eps", eps, lambda a: np.isfinite(a) & (a > 0), "finite and > 0")
   _check(z_e, state.codebook)

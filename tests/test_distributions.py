@@ -406,7 +406,8 @@ def test_gradients_float64(x64):
   check_grads(D.kl_categorical_uniform, (logits,), order=2)
   check_grads(lambda l: D.kl_categorical_categorical(l, logits[::-1]), (logits,), order=2)
   tril = jnp.array([[1.0, 0.0], [0.3, 0.7]])
-  check_grads(lambda m, t: D.mvn_log_prob(jnp.array([0.2, 0.1]), m, t),
+  # finite differences perturb every entry of t: jnp.tril keeps the factor lower triangular
+  check_grads(lambda m, t: D.mvn_log_prob(jnp.array([0.2, 0.1]), m, jnp.tril(t)),
               (jnp.array([0.0, 0.5]), tril), order=1)
   # a fresh key per call: the same noise each time, without reusing a consumed key
   check_grads(lambda m, s: D.sample_normal(jax.random.key(0), m, s), (loc, ls), order=2)
@@ -448,3 +449,158 @@ def test_vmap_matches_python_loop():
   v = jax.vmap(D.normal_log_prob)(x, loc, ls)
   loop = np.array([D.normal_log_prob(x[i], loc[i], ls[i]) for i in range(5)])
   np.testing.assert_allclose(v, loop, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers never turn invalid parameters into a valid draw; complex input is refused by name
+# ---------------------------------------------------------------------------------------------
+
+_BAD_LOGITS = [("nan", [np.nan, 0.0, 1.0]), ("all_neg_inf", [-np.inf] * 3),
+               ("pos_inf", [np.inf, 0.0, 1.0])]
+
+
+@pytest.mark.parametrize("logits", [l for _, l in _BAD_LOGITS], ids=[n for n, _ in _BAD_LOGITS])
+def test_sample_categorical_concrete_invalid_logits_raise_naming_logits(logits):
+  with pytest.raises(ValueError, match="logits"):
+    D.sample_categorical(jax.random.key(0), jnp.array(logits))
+
+
+def test_sample_categorical_traced_invalid_logits_give_minus_one_and_nan_log_prob():
+  logits = jnp.array([[np.nan, 0.0, 1.0], [-np.inf] * 3, [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0]])
+
+  @jax.jit
+  def draw_and_score(key, logits):
+    x = D.sample_categorical(key, logits)
+    return x, D.categorical_log_prob(x, logits)
+
+  for i in range(20):
+    x, lp = draw_and_score(jax.random.key(i), logits)
+    np.testing.assert_array_equal(x[:3], [-1, -1, -1])
+    assert int(x[3]) in (1, 2)                     # a masked class is never drawn
+    assert np.all(np.isnan(lp[:3])) and np.isfinite(lp[3])
+  with pytest.raises(ValueError, match="x"):       # the marker, once concrete, is no class
+    D.categorical_log_prob(x, logits)
+
+
+def test_sample_categorical_traced_marker_on_another_axis():
+  logits = jnp.array([[np.nan, 0.0], [1.0, 2.0]])   # classes on axis 0: column 0 is invalid
+  x = jax.jit(lambda k, l: D.sample_categorical(k, l, axis=0))(jax.random.key(0), logits)
+  assert int(x[0]) == -1 and int(x[1]) in (0, 1)
+
+
+def test_sample_categorical_refuses_integer_logits_by_name():
+  with pytest.raises(TypeError, match="logits"):
+    D.sample_categorical(jax.random.key(0), jnp.array([0, 1, 2]))
+
+
+def test_sample_bernoulli_nan_logits_raise_concrete_and_mark_traced():
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="logits"):
+    D.sample_bernoulli(key, jnp.array([np.nan, 0.0]))
+  logits = jnp.array([np.nan, np.inf, -np.inf, 0.0])
+  x = jax.jit(D.sample_bernoulli)(jax.random.key(1), logits)
+  assert np.isnan(x[0]) and float(x[1]) == 1.0 and float(x[2]) == 0.0 and float(x[3]) in (0, 1)
+  xi = jax.jit(lambda k, l: D.sample_bernoulli(k, l, jnp.int32))(jax.random.key(2), logits)
+  assert int(xi[0]) == -1 and xi.dtype == jnp.int32
+  lp = jax.jit(lambda x, l: D.bernoulli_log_prob(x, l, event_ndims=0))(xi[:1], jnp.zeros(1))
+  assert np.isnan(lp[0])                           # the marker has no probability
+
+
+@pytest.mark.parametrize("dtype", [jnp.bool_, jnp.uint8, "not a dtype"])
+def test_sample_bernoulli_refuses_dtypes_that_cannot_hold_the_marker(dtype):
+  with pytest.raises(TypeError, match="dtype"):
+    D.sample_bernoulli(jax.random.key(0), jnp.zeros(2), dtype)
+
+
+@pytest.mark.parametrize("arg", ["loc", "log_scale"])
+def test_sample_normal_concrete_nan_parameters_raise_naming_them(arg):
+  params = {"loc": jnp.zeros(2), "log_scale": jnp.zeros(2)}
+  params[arg] = jnp.array([np.nan, 0.0])
+  with pytest.raises(ValueError, match=arg):
+    D.sample_normal(jax.random.key(0), **params)
+
+
+_BAD_TRIL = [("upper_triangle", [[1.0, 3.0], [0.0, 1.0]], "lower triangular"),
+             ("zero_diagonal", [[0.0, 0.0], [0.0, 1.0]], "positive diagonal"),
+             ("negative_diagonal", [[-1.0, 0.0], [0.0, 1.0]], "positive diagonal"),
+             ("nan", [[np.nan, 0.0], [0.0, 1.0]], "NaN")]
+
+
+@pytest.mark.parametrize("tril,what", [c[1:] for c in _BAD_TRIL], ids=[c[0] for c in _BAD_TRIL])
+def test_mvn_concrete_scale_tril_checked_naming_it(tril, what):
+  tril = jnp.array(tril)
+  with pytest.raises(ValueError, match=f"scale_tril.*{what}|{what}.*scale_tril"):
+    D.mvn_log_prob(jnp.zeros(2), jnp.zeros(2), tril)
+  with pytest.raises(ValueError, match=f"scale_tril.*{what}|{what}.*scale_tril"):
+    D.sample_mvn(jax.random.key(0), jnp.zeros(2), tril)
+
+
+def test_mvn_traced_invalid_scale_tril_gives_nan_exactly_there():
+  good = jnp.array([[1.0, 0.0], [0.5, 2.0]])
+  trils = jnp.stack([good, jnp.array([[1.0, 3.0], [0.0, 1.0]]), jnp.array([[0.0, 0.0], [0.0, 1.0]]),
+                     good * jnp.array([[-1.0], [1.0]])])
+  lp = jax.jit(D.mvn_log_prob)(jnp.ones((4, 2)), jnp.zeros((4, 2)), trils)
+  np.testing.assert_array_equal(np.isnan(lp), [False, True, True, True])
+  np.testing.assert_allclose(lp[0], D.mvn_log_prob(jnp.ones(2), jnp.zeros(2), good), rtol=1e-6)
+  z = jax.jit(D.sample_mvn)(jax.random.key(0), jnp.zeros((4, 2)), trils)
+  np.testing.assert_array_equal(np.isnan(z), np.repeat([[False], [True], [True], [True]], 2, 1))
+  z1 = jax.jit(D.sample_mvn)(jax.random.key(1), jnp.zeros((3, 2)), trils[1])   # shared [D, D]
+  assert z1.shape == (3, 2) and np.all(np.isnan(z1))
+
+
+def test_categorical_axis_out_of_range_named():
+  for f in (D.categorical_entropy, D.kl_categorical_uniform):
+    with pytest.raises(ValueError, match="axis"):
+      f(jnp.zeros((2, 3)), axis=5)
+  with pytest.raises(ValueError, match="axis"):
+    D.kl_categorical_categorical(jnp.zeros((2, 3)), jnp.zeros((2, 3)), axis=2)
+
+
+def test_distributions_refuse_complex_input_by_name_without_the_test_hook():
+  from tests.unhooked import assert_raises_naming, errors_without_hook
+  results = errors_without_hook("""
+      import jax, jax.numpy as jnp
+      from dgmjax import distributions as D
+      K = jax.random.key(0)
+      C = jnp.array([[0.3, 0.2], [1.0, -1.0]]) + 1j
+      R = jnp.array([[0.3, 0.2], [1.0, -1.0]])
+      CASES = {
+          "normal x": lambda: D.normal_log_prob(C, 0.0, 0.0),
+          "normal loc": lambda: D.normal_log_prob(R, C, 0.0),
+          "normal log_scale": lambda: D.normal_log_prob(R, 0.0, C),
+          "normal python list": lambda: D.normal_log_prob([1j, 2.0], 0.0, 0.0),
+          "standard normal": lambda: D.standard_normal_log_prob(C),
+          "sample_normal": lambda: D.sample_normal(K, C, 0.0),
+          "entropy": lambda: D.normal_entropy(C),
+          "kl std": lambda: D.kl_normal_standard_normal(C, 0.0),
+          "kl": lambda: D.kl_normal_normal(R, 0.0, C, 0.0),
+          "mvn x": lambda: D.mvn_log_prob(C, jnp.zeros(2), jnp.eye(2)),
+          "mvn tril": lambda: D.mvn_log_prob(R, jnp.zeros(2), jnp.eye(2) + 0j),
+          "sample_mvn": lambda: D.sample_mvn(K, C[0], jnp.eye(2)),
+          "bernoulli logits": lambda: D.bernoulli_log_prob(jnp.ones(2), C),
+          "bernoulli x": lambda: D.bernoulli_log_prob(jnp.ones(2) + 0j, R),
+          "sample_bernoulli": lambda: D.sample_bernoulli(K, C),
+          "categorical": lambda: D.categorical_log_prob(jnp.array([0, 1]), C),
+          "one_hot": lambda: D.categorical_log_prob_one_hot(jnp.eye(2), C),
+          "sample_categorical": lambda: D.sample_categorical(K, C),
+          "cat entropy": lambda: D.categorical_entropy(C),
+          "kl uniform": lambda: D.kl_categorical_uniform(C),
+          "kl cat": lambda: D.kl_categorical_categorical(C, R),
+          "discretized logistic": lambda: D.discretized_logistic_log_prob(jnp.full(2, 0.5), C, 0.0),
+          "jit normal": lambda: jax.jit(D.normal_log_prob)(C, 0.0, 0.0),
+          # shape errors the test session's hook would report first
+          "mvn loc shape": lambda: D.sample_mvn(K, jnp.zeros(3), jnp.eye(2)),
+          "mvn tril shape": lambda: D.sample_mvn(K, jnp.zeros(3), jnp.ones(3)),
+      }
+  """)
+  assert_raises_naming(results, {"mvn loc shape": "loc", "mvn tril shape": "scale_tril"},
+                       "ValueError", "must be")
+  assert_raises_naming(results, {
+      "normal x": "x", "normal loc": "loc", "normal log_scale": "log_scale",
+      "normal python list": "x", "standard normal": "x", "sample_normal": "loc",
+      "entropy": "log_scale", "kl std": "loc", "kl": "loc_p", "mvn x": "x",
+      "mvn tril": "scale_tril", "sample_mvn": "loc", "bernoulli logits": "logits",
+      "bernoulli x": "x", "sample_bernoulli": "logits", "categorical": "logits",
+      "one_hot": "logits", "sample_categorical": "logits", "cat entropy": "logits",
+      "kl uniform": "logits", "kl cat": "logits_q", "discretized logistic": "loc",
+      "jit normal": "x"})

@@ -708,3 +708,48 @@ def test_flow_is_the_vanishing_noise_limit_of_a_vae(x64):
   stderr = np.std(iso, axis=0) / np.sqrt(iso.shape[0])
   assert np.all(gap < -10 * stderr), (gap, stderr)  # the gap is resolved by the estimate
   assert np.all(np.abs(objectives.elbo(iso) - (log_px + gap)) < 4 * stderr + 1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Complex params, inputs and contexts are refused by name; num_samples checked
+# ---------------------------------------------------------------------------------------------
+
+
+def test_flow_sample_num_samples_must_be_a_positive_int():
+  flow = F.Flow(F.real_nvp(2, 2, (4,)))
+  params = flow.init(jax.random.key(0))
+  for bad in (True, 0, 2.0):
+    with pytest.raises(ValueError, match="num_samples"):
+      flow.sample(params, jax.random.key(1), bad)
+  assert flow.sample(params, jax.random.key(2), np.int64(3)).shape == (3, 2)
+
+
+def test_flows_refuse_complex_params_inputs_and_contexts_without_the_test_hook():
+  from tests.unhooked import assert_raises_naming, errors_without_hook
+  results = errors_without_hook("""
+      import jax, jax.numpy as jnp
+      from dgmjax import flows as F
+      K = jax.random.key(0)
+      C = jnp.array([[0.3, 0.2], [1.0, -1.0]]) + 1j
+      R = jnp.array([[0.3, 0.2], [1.0, -1.0]])
+      nvp = F.real_nvp(2, 2, (4,))
+      P = nvp.init(K)
+      PC = jax.tree.map(lambda a: a + 0j, P)
+      iaf = F.inverse_autoregressive_flow(2, 1, (4,), context_size=2)
+      PI = iaf.init(K)
+      CASES = {
+          "forward u": lambda: nvp.forward(P, C),
+          "inverse x": lambda: nvp.inverse_and_log_det(P, C),
+          "log_prob x": lambda: F.Flow(nvp).log_prob(P, C),
+          "forward params": lambda: nvp.forward(PC, R),
+          "inverse params": lambda: nvp.inverse(PC, R),
+          "jit params": lambda: jax.jit(nvp.forward)(PC, R),
+          "context": lambda: iaf.forward(PI, R, C),
+          "sample context": lambda: F.Flow(iaf).sample(PI, K, 2, C),
+      }
+  """)
+  assert_raises_naming(results, {"forward u": "u", "inverse x": "x", "log_prob x": "x"},
+                       says="floating")
+  assert_raises_naming(results, {
+      "forward params": "params", "inverse params": "params", "jit params": "params",
+      "context": "context", "sample context": "context"}, says="complex")

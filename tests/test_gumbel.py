@@ -320,3 +320,80 @@ def test_traced_temperature_under_jit_and_vmap():
   loop = jnp.stack([G.gumbel_softmax(k, l, 0.3) for k, l in zip(jax.random.split(
       jax.random.key(5), 8), logits)])
   np.testing.assert_allclose(out, loop, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid logits never become a valid draw; complex input is refused by name
+# ---------------------------------------------------------------------------------------------
+
+_BAD = [("nan", [np.nan, 0.0, 1.0]), ("all_neg_inf", [-np.inf] * 3),
+        ("pos_inf", [np.inf, 0.0, 1.0])]
+
+
+@pytest.mark.parametrize("logits", [l for _, l in _BAD], ids=[n for n, _ in _BAD])
+def test_gumbel_max_and_softmax_concrete_invalid_logits_raise_naming_logits(logits):
+  with pytest.raises(ValueError, match="logits"):
+    G.gumbel_max(jax.random.key(0), jnp.array(logits))
+  for hard in (False, True):
+    with pytest.raises(ValueError, match="logits"):
+      G.gumbel_softmax(jax.random.key(1), jnp.array(logits), 0.5, hard=hard)
+
+
+def test_gumbel_max_traced_invalid_logits_give_minus_one():
+  logits = jnp.array([[np.nan, 0.0, 1.0], [-np.inf] * 3, [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0]])
+  for i in range(10):
+    idx = jax.jit(G.gumbel_max)(jax.random.key(i), logits)
+    np.testing.assert_array_equal(idx[:3], [-1, -1, -1])
+    assert int(idx[3]) in (1, 2)
+
+
+def test_gumbel_max_traced_marker_has_nan_log_prob():
+  from dgmjax import distributions as D
+  logits = jnp.array([[np.nan, 0.0], [0.0, 1.0]])
+  lp = jax.jit(lambda k, l: D.categorical_log_prob(G.gumbel_max(k, l), l))(jax.random.key(0),
+                                                                           logits)
+  assert np.isnan(lp[0]) and np.isfinite(lp[1])
+
+
+@pytest.mark.parametrize("kw", [{}, {"hard": True}, {"log_space": True}],
+                         ids=["soft", "hard", "log_space"])
+def test_gumbel_softmax_traced_invalid_logits_give_nan_samples_exactly_there(kw):
+  logits = jnp.array([[np.nan, 0.0, 1.0], [-np.inf] * 3, [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0]])
+  y = jax.jit(lambda k, l: G.gumbel_softmax(k, l, 0.5, **kw))(jax.random.key(0), logits)
+  np.testing.assert_array_equal(np.all(np.isnan(y), axis=-1), [True, True, True, False])
+  assert not np.any(np.isnan(y[3]))
+
+
+def test_gumbel_axis_and_shape_errors_are_named():
+  with pytest.raises(ValueError, match="axis"):
+    G.gumbel_max(jax.random.key(0), jnp.zeros((2, 3)), axis=4)
+  with pytest.raises(ValueError, match="shape"):
+    G.sample_gumbel(jax.random.key(1), (-1,))
+  with pytest.raises(TypeError, match="dtype"):
+    G.sample_gumbel(jax.random.key(2), (2,), "not a dtype")
+
+
+def test_gumbel_refuses_complex_input_by_name_without_the_test_hook():
+  from tests.unhooked import assert_raises_naming, errors_without_hook
+  results = errors_without_hook("""
+      import jax, jax.numpy as jnp
+      from dgmjax import gumbel as G
+      K = jax.random.key(0)
+      C = jnp.array([[0.3, 0.2], [1.0, -1.0]]) + 1j
+      R = jnp.array([[0.3, 0.2], [1.0, -1.0]])
+      Y = jax.nn.softmax(R)
+      CASES = {
+          "gumbel_max": lambda: G.gumbel_max(K, C),
+          "gumbel_softmax logits": lambda: G.gumbel_softmax(K, C, 0.5),
+          "gumbel_softmax temperature": lambda: G.gumbel_softmax(K, R, 0.5 + 1j),
+          "straight_through": lambda: G.straight_through(R, C),
+          "concrete logits": lambda: G.concrete_log_prob(Y, C, 0.5),
+          "concrete y": lambda: G.concrete_log_prob(Y + 0j, R, 0.5),
+          "concrete temperature": lambda: G.concrete_log_prob(Y, R, jnp.complex64(0.5)),
+      }
+  """)
+  assert_raises_naming(results, {
+      "gumbel_max": "logits", "gumbel_softmax logits": "logits",
+      "gumbel_softmax temperature": "temperature", "straight_through": "soft",
+      "concrete logits": "logits", "concrete y": "y", "concrete temperature": "temperature"},
+      says="")

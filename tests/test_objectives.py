@@ -406,3 +406,80 @@ def test_vmap_over_batch_and_samples_equals_loop(model):
   vm = jax.vmap(lw_one)(keys)
   lp = jnp.stack([lw_one(k) for k in jax.random.split(jax.random.key(8), 4)])
   np.testing.assert_allclose(vm, lp, rtol=1e-5)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights of the bounds: shapes named; complex log-weights refused by name
+# ---------------------------------------------------------------------------------------------
+
+_LW = jax.random.normal(jax.random.key(3), (5, 3))
+
+
+def test_renyi_weights_nan_alpha_raises_concrete_and_gives_nan_traced():
+  with pytest.raises(ValueError, match="alpha"):
+    O.renyi_weights(_LW, np.nan)
+  assert np.all(np.isnan(jax.jit(O.renyi_weights)(_LW, jnp.nan)))
+  np.testing.assert_allclose(jax.jit(O.renyi_weights)(_LW, 0.5), O.renyi_weights(_LW, 0.5),
+                             rtol=1e-6)
+
+
+def test_objectives_name_bad_weights_and_complex_input_without_the_test_hook():
+  # The test session's annotation hook would refuse most of these before the library's checks:
+  # run them as a user's script does.
+  from tests.unhooked import assert_raises_naming, errors_without_hook
+  results = errors_without_hook("""
+      import jax, jax.numpy as jnp
+      from dgmjax import objectives as O
+      C = jnp.array([[0.3, 0.2], [1.0, -1.0]]) + 1j
+      R = jnp.array([[0.3, 0.2], [1.0, -1.0]])
+      LW = jnp.zeros((5, 3))
+      CASES = {
+          "log_mean_exp": lambda: O.log_mean_exp(C),
+          "elbo": lambda: O.elbo(C),
+          "iwae": lambda: O.iwae_bound(C),
+          "jit iwae": lambda: jax.jit(O.iwae_bound)(C),
+          "importance_weights": lambda: O.importance_weights(C),
+          "ess": lambda: O.effective_sample_size(C),
+          "beta_elbo ll": lambda: O.beta_elbo(C, R[0]),
+          "beta_elbo kl": lambda: O.beta_elbo(R, C[0]),
+          "elbo_analytic_kl": lambda: O.elbo_analytic_kl(R, C[0]),
+          "free_bits": lambda: O.free_bits(C, 0.1),
+          "miwae": lambda: O.miwae_bound(C, 1),
+          "piwae": lambda: O.piwae_bounds(C, 1),
+          "ciwae": lambda: O.ciwae_bound(C, 0.5),
+          "renyi": lambda: O.renyi_bound(C, 0.5),
+          "renyi alpha": lambda: O.renyi_bound(R, 0.5 + 1j),
+          "renyi_weights": lambda: O.renyi_weights(C, 0.5),
+          "jackknife": lambda: O.jackknife_bound(C, 1),
+          "naive": lambda: O.naive_log_likelihood(C),
+          # weights of another shape than a scalar: named, never a broadcasting error
+          "ciwae beta [2]": lambda: O.ciwae_bound(LW, jnp.full((2,), 0.5)),
+          "ciwae beta [K, B]": lambda: O.ciwae_bound(LW, jnp.full((5, 3), 0.5)),
+          "jit ciwae beta": lambda: jax.jit(O.ciwae_bound)(LW, jnp.full((3,), 0.5)),
+          "beta_elbo beta": lambda: O.beta_elbo(LW, jnp.zeros(3), jnp.full((2,), 0.5)),
+          "free_bits lam": lambda: O.free_bits(LW, jnp.full((2,), 0.5)),
+          "renyi alpha [2]": lambda: O.renyi_bound(LW, jnp.array([0.5, 0.2])),
+          "jit renyi alpha": lambda: jax.jit(O.renyi_bound)(LW, jnp.array([0.5, 0.2])),
+          "renyi_weights alpha": lambda: O.renyi_weights(LW, jnp.array([0.5, 0.2])),
+          # log-weights that are not real numbers
+          "bool log_weights": lambda: O.elbo(jnp.ones((3, 2), bool)),
+          "text x": lambda: O.log_mean_exp("abc"),
+          "text alpha": lambda: O.renyi_weights(LW, "a"),
+      }
+  """)
+  assert_raises_naming(results, {
+      "log_mean_exp": "x", "elbo": "log_weights", "iwae": "log_weights",
+      "jit iwae": "log_weights", "importance_weights": "log_weights", "ess": "log_weights",
+      "beta_elbo ll": "log_likelihood", "beta_elbo kl": "kl", "elbo_analytic_kl": "kl",
+      "free_bits": "kl", "miwae": "log_weights", "piwae": "log_weights",
+      "ciwae": "log_weights", "renyi": "log_weights", "renyi alpha": "alpha",
+      "renyi_weights": "log_weights", "jackknife": "log_weights",
+      "naive": "log_likelihood"})
+  assert_raises_naming(results, {
+      "ciwae beta [2]": "beta", "ciwae beta [K, B]": "beta", "jit ciwae beta": "beta",
+      "beta_elbo beta": "beta", "free_bits lam": "lam", "renyi alpha [2]": "alpha",
+      "jit renyi alpha": "alpha", "renyi_weights alpha": "alpha"},
+                       "ValueError", "must be a scalar (shape ())")
+  assert_raises_naming(results, {"bool log_weights": "log_weights", "text x": "x",
+                                 "text alpha": "alpha"}, "TypeError", "must be a number")

@@ -241,3 +241,64 @@ def test_module_and_bad_input():
     vq.code_counts(jnp.zeros(3, jnp.int32), 0)
   with pytest.raises(ValueError, match="decay"):
     vq.ema_update(vq.ema_init(jnp.ones((2, 3))), jnp.ones((4, 3)), jnp.zeros(4, jnp.int32), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A NaN distance gives no code under jit; complex and integer codebooks are refused by name
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nearest_code_traced_nan_gives_minus_one_and_nan_codes():
+  cb = jnp.array([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
+  z = jnp.array([[np.nan, 0.0], [0.9, 1.2], [2.8, 0.1]])
+  idx = jax.jit(vq.nearest_code)(z, cb)
+  np.testing.assert_array_equal(idx, [-1, 1, 2])
+  q = jax.jit(vq.quantize)(z, cb)
+  np.testing.assert_array_equal(q.indices, [-1, 1, 2])
+  np.testing.assert_array_equal(np.isnan(q.z_q), [[True, True], [False, False], [False, False]])
+  assert np.isnan(q.codebook_loss) and np.isnan(q.commitment_loss)
+  np.testing.assert_array_equal(jax.jit(vq.code_counts, static_argnums=1)(idx, 3), [0, 1, 1])
+  state = jax.jit(vq.ema_update)(vq.ema_init(cb), z, idx)
+  assert np.all(np.isnan(state.codebook))
+  # a NaN code poisons every distance of the vectors, so no vector gets a code
+  idx = jax.jit(vq.nearest_code)(z[1:], cb.at[0, 0].set(np.nan))
+  np.testing.assert_array_equal(idx, [-1, -1])
+  np.testing.assert_array_equal(jax.jit(vq.nearest_code)(z[1:], cb), vq.nearest_code(z[1:], cb))
+
+
+def test_ema_init_refuses_non_finite_codebook_by_name():
+  with pytest.raises(ValueError, match="codebook"):
+    vq.ema_init(jnp.array([[np.nan, 0.0]]))
+
+
+def test_vq_names_bad_codebooks_and_settings_without_the_test_hook():
+  from tests.unhooked import assert_raises_naming, errors_without_hook
+  results = errors_without_hook("""
+      import jax, jax.numpy as jnp
+      from dgmjax import vq
+      C = jnp.array([[0.3, 0.2], [1.0, -1.0]]) + 1j
+      R = jnp.array([[0.3, 0.2], [1.0, -1.0]])
+      I = jnp.array([0, 1])
+      CASES = {
+          "distances z_e": lambda: vq.squared_distances(C, R),
+          "distances codebook": lambda: vq.squared_distances(R, C),
+          "nearest codebook": lambda: vq.nearest_code(R, C),
+          "quantize codebook": lambda: vq.quantize(R, C),
+          "lookup codebook": lambda: vq.lookup(I, C),
+          "ema_init codebook": lambda: vq.ema_init(C),
+          "ema_update z_e": lambda: vq.ema_update(vq.ema_init(R), C, I),
+          "perplexity counts": lambda: vq.perplexity(jnp.ones(3) + 0j),
+          "usage counts": lambda: vq.usage(jnp.ones(3) + 0j),
+          "int codebook": lambda: vq.lookup(I, jnp.ones((2, 2), jnp.int32)),
+          "decay shape": lambda: vq.ema_update(vq.ema_init(R), R, I, jnp.full((3,), 0.9)),
+          "eps shape": lambda: vq.ema_update(vq.ema_init(R), R, I, 0.9, jnp.full((2,), 1e-5)),
+      }
+  """)
+  assert_raises_naming(results, {
+      "distances z_e": "z_e", "distances codebook": "codebook", "nearest codebook": "codebook",
+      "quantize codebook": "codebook", "lookup codebook": "codebook",
+      "ema_init codebook": "codebook", "ema_update z_e": "z_e", "perplexity counts": "counts",
+      "usage counts": "counts"}, says="complex")
+  assert_raises_naming(results, {"int codebook": "codebook"}, says="floating")
+  assert_raises_naming(results, {"decay shape": "decay", "eps shape": "eps"}, "ValueError",
+                       "must be a scalar (shape ())")

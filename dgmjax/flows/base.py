@@ -24,7 +24,8 @@ Conventions:
 
 Input checks (in ``forward_and_log_det`` / ``inverse_and_log_det``; the unchecked ``_forward`` /
 ``_inverse`` are what compositions call): a wrong event shape raises ``ValueError`` naming the
-argument and a non-floating dtype raises ``TypeError``, both at trace time, so also under ``jit``.
+argument and a non-floating dtype raises ``TypeError``, both at trace time, so also under ``jit``
+(a complex input, context or params leaf included: a flow is a real map).
 NaN or infinite input raises ``ValueError`` when the input is concrete (eager execution). Under
 ``jax.jit`` / ``jax.vmap`` values are traced and Python cannot look at them; NaNs then propagate
 row by row, and ``jax.experimental.checkify.checkify(f, errors=checkify.float_checks)`` around the
@@ -100,6 +101,14 @@ def check_finite(name: str, value: Any) -> None:
                        f"(shape {arr.shape}); a flow needs finite input")
 
 
+def check_real_params(params: Params) -> None:
+  """Raises ``TypeError`` naming the leaf if a leaf of ``params`` is complex (dtypes are static:
+  also under ``jit``). A complex leaf would otherwise be cast to the input's real dtype, its
+  imaginary part dropped."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    _checks.check_not_complex(f"params{jax.tree_util.keystr(path)}", leaf)
+
+
 # ----------------------------------------------------------------------------- the protocol
 
 
@@ -163,6 +172,7 @@ class Bijector:
       return x, None
     if context is None:
       raise ValueError(f"{type(self).__name__} needs a context of size {self.context_size}")
+    _checks.check_numeric("context", context)
     context = jnp.asarray(context)
     if context.ndim < 1 or context.shape[-1] != self.context_size:
       raise ValueError(f"context must have size {self.context_size} on its last axis, got shape "
@@ -196,6 +206,7 @@ class Bijector:
       computation runs in the promoted dtype of ``u`` and the params).
     """
     u, context = self._prepare("u", u, context)
+    check_real_params(params)
     x, log_det = self._forward(params, u, context)
     return x.astype(u.dtype), log_det.astype(u.dtype)
 
@@ -214,6 +225,7 @@ class Bijector:
       ``u`` shaped like ``x`` and the log-determinant ``[...]``, both of ``x``'s dtype.
     """
     x, context = self._prepare("x", x, context)
+    check_real_params(params)
     u, log_det = self._inverse(params, x, context)
     return u.astype(x.dtype), log_det.astype(x.dtype)
 

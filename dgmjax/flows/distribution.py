@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real, Shaped
 
-from dgmjax import distributions
+from dgmjax import _checks, distributions
 from dgmjax.flows import base
 
 
@@ -49,8 +49,7 @@ class Flow:
 
   def _base_sample(self, key: PRNGKeyArray, params: base.Params, num_samples: int,
                    context: Optional[Real[ArrayLike, "..."]]):
-    if not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
     batch = () if context is None else tuple(jnp.shape(context)[:-1])
     dtype = jax.tree_util.tree_leaves(params)[0].dtype if jax.tree_util.tree_leaves(
         params) else jnp.result_type(float)
