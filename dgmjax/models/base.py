@@ -494,22 +494,24 @@ def _first_nonfinite(value, sample: int, image: int) -> float:
 
 def _pieces_at(model, params, x, *, keys=None, z=None, functions=None):
   """The latents and the contract functions' outputs ``{name: [S, B]}`` at the draws of ``keys``
-  or at the given latents ``z`` (leaves ``[S, B, ...]``), evaluated eagerly."""
+  or at the given latents ``z`` (leaves ``[S, B, ...]``), evaluated under ``jit``: invalid values
+  propagate as NaN there, where an eager sampler would refuse its first NaN argument before the
+  function that produced it is known."""
   if keys is not None:
-    d = draws(model, params, x, keys)
+    d = jax.jit(lambda p, xx, ks: draws(model, p, xx, ks))(params, x, keys)
     return d.z, {q_function_name(model): d.log_q, "log_prior": d.log_prior,
                  "log_likelihood": d.log_likelihood}
   functions = ("log_q", "log_prior", "log_likelihood") if functions is None else functions
   fns = {"log_q": lambda zk: model.log_q(params, x, zk),
          "log_prior": lambda zk: model.log_prior(params, zk),
          "log_likelihood": lambda zk: model.log_likelihood(params, x, zk)}
-  return z, {name: jax.vmap(fns[name])(z) for name in functions}
+  return z, jax.jit(lambda zz: {name: jax.vmap(fns[name])(zz) for name in functions})(z)
 
 
 def find_nonfinite(model, params: Params, x, image: int | None = None, *, keys: Array | None = None,
                    z: Any = None, functions: tuple[str, ...] | None = None,
                    chunk: int = 64) -> NonFiniteOutput | None:
-  """The first non-finite output of the contract functions, re-evaluated eagerly.
+  """The first non-finite output of the contract functions, re-evaluated.
 
   Run by the entry points whose concrete result is not finite (evaluation, AIS/BDMC, the gradient
   diagnostics, the first step of ``training.fit``) to say which function produced it. The
@@ -635,7 +637,7 @@ def check_outputs(model, params: Params, x, key: Array, *, num_samples: int = 2,
   """
   keys = jax.random.split(key, check_num_samples(num_samples))
   again = jax.random.clone(keys)  # the same draws, re-evaluated only if one is not finite
-  d = draws(model, params, x, keys)
+  d = jax.jit(lambda p, xx, ks: draws(model, p, xx, ks))(params, x, keys)  # NaN propagates
   b = batch_size_of(x)
   index = np.arange(b) if index is None else np.asarray(index)
   bad = np.zeros((b,), bool)
