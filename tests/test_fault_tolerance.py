@@ -38,9 +38,18 @@ def _same(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """The uninterrupted 12-step run that every resumed run must equal (only read: shared)."""
+  workdir = tmp_path_factory.mktemp("full")
+  state, _ = _fit(workdir)
+  return state, workdir
+
+
 @pytest.mark.parametrize("damage", ["flipped_bit", "truncated"])
-def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage):
-  full, _ = _fit(tmp_path / "full")
+def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage,
+                                                                        full_run):
+  full, _ = full_run
   _fit(tmp_path / "run", stop_after=10)                     # checkpoints at steps 4 and 8
   ckpts = tmp_path / "run" / "checkpoints"
   assert sorted(os.listdir(ckpts)) == ["4", "8"]
@@ -75,15 +84,15 @@ def test_no_intact_checkpoint_stops_with_a_clear_message(tmp_path):
     training.restore(str(tmp_path), step=4)
 
 
-def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
-  full, _ = _fit(tmp_path / "full")
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path, full_run):
+  full, full_dir = full_run
   _fit(tmp_path / "run", stop_after=10)
   with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
     f.write('{"step": 12, "lo')                             # killed mid-write
   resumed, summary = _fit(tmp_path / "run", resume=True)
   assert summary["resumed_from"] == 8
   _same(full, resumed)
-  assert (open(tmp_path / "full" / "metrics.jsonl").read()
+  assert (open(full_dir / "metrics.jsonl").read()
           == open(tmp_path / "run" / "metrics.jsonl").read())
 
 

@@ -5,6 +5,7 @@ The README's Python blocks run with the runner of ``tests/test_docs.py`` (its co
 documented there): every block runs, and a block followed by ``prints `...` `` must print that.
 """
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from tests.conftest import REPO_ROOT
 from tests.test_docs import python_blocks, run_page
@@ -76,6 +78,11 @@ from dgmjax import data, evaluation
 from dgmjax.models import vae
 
 assert os.path.realpath(dgmjax.__file__).startswith(os.path.realpath(sys.prefix)), dgmjax.__file__
+try:  # installed beside the dependencies, declared by none of them
+  import pytest
+  raise AssertionError(f"an undeclared module imported: {pytest.__file__}")
+except ModuleNotFoundError:
+  pass
 exec(compile(open("bounds.py").read(), "README.md", "exec"), {})
 
 images = data.load("digits", "test")["image"][:50]
@@ -95,20 +102,68 @@ def _run(cmd, **kwargs):
 
 
 def test_readme_example_runs_from_the_built_wheel_in_a_clean_environment(tmp_path):
-  """Builds the wheel from the package alone, installs it (non-editable) into a fresh virtual
-  environment with its declared dependencies, and runs the README's ten-line example and a
-  k=5000 log-likelihood of an untrained VAE on the embedded digits there.
+  """Builds the wheel from the package alone, installs it (non-editable, no dependencies) into a
+  fresh virtual environment, and runs the README's ten-line example and a k=5000 log-likelihood
+  of an untrained VAE on the embedded digits there.
 
-  Dependencies come from the package registry, at the versions pinned in requirements.txt (a
-  constraints file: it pins versions, it adds no package), plus scikit-learn for the embedded
-  digits. About a minute on 2 CPU cores with a package cache.
+  The new environment borrows the test interpreter's installed dependencies as plain path
+  entries (a ``.pth`` file of directories: the ``.pth`` hooks found there, among them the editable
+  install's finder, do not run), so nothing is downloaded and the source tree is not on the path:
+  ``dgmjax`` must import from the installed wheel. A finder there refuses every borrowed module
+  that no declared dependency of the wheel owns (its ``Requires-Dist``, followed transitively,
+  plus scikit-learn for the embedded digits), and the installed versions must satisfy the
+  declared ranges: the example runs as where only the declared dependencies are installed.
   """
   if os.environ.get("DGMJAX_SKIP_WHEEL_TEST") and not os.environ.get("CI"):
     pytest.skip("DGMJAX_SKIP_WHEEL_TEST is set")
-  try:
-    _build_install_and_run(tmp_path)
-  finally:  # the environment holds JAX and its dependencies: about 1 GB
-    shutil.rmtree(tmp_path / "env", ignore_errors=True)
+  _build_install_and_run(tmp_path)
+
+
+#: Imported by the new environment's ``.pth`` file after the borrowed directories: a finder that
+#: lets a top-level module come from them only when a declared dependency of the wheel (its
+#: ``Requires-Dist``, followed transitively, or scikit-learn for the embedded digits) owns it, so
+#: the example runs as it would where only the declared dependencies are installed.
+_GUARD = '''
+import importlib.machinery, importlib.metadata as md, re, sys
+from collections import deque
+
+BORROWED = {borrowed!r}
+
+
+def _name(text):
+  return re.match(r"[A-Za-z0-9._-]+", text).group(0).lower().replace("_", "-").replace(".", "-")
+
+
+def _declared():
+  closure, todo = set(), deque(["dgmjax", "scikit-learn"])
+  while todo:
+    dist = _name(todo.popleft())
+    if dist not in closure:
+      closure.add(dist)
+      try:
+        todo.extend(r for r in md.distribution(dist).requires or [] if "extra ==" not in r)
+      except md.PackageNotFoundError:
+        pass
+  return closure
+
+
+class OnlyDeclared:
+  """Refuses the borrowed top-level modules that no declared dependency owns."""
+
+  def __init__(self):
+    closure, self.owners = _declared(), md.packages_distributions()
+    self.allowed = {{m for m, ds in self.owners.items() if any(_name(d) in closure for d in ds)}}
+
+  def find_spec(self, name, path=None, target=None):
+    if path is None and name not in self.allowed and name not in sys.builtin_module_names:
+      if importlib.machinery.PathFinder.find_spec(name, BORROWED) is not None:
+        raise ModuleNotFoundError(f"No module named {{name!r}} (not a declared dependency)",
+                                  name=name)
+    return None
+
+
+sys.meta_path.insert(0, OnlyDeclared())
+'''
 
 
 def _build_install_and_run(tmp_path):
@@ -127,12 +182,31 @@ def _build_install_and_run(tmp_path):
   with zipfile.ZipFile(wheels[0]) as whl:
     tops = {n.split("/")[0] for n in whl.namelist()}
     assert "dgmjax/py.typed" in whl.namelist()
+    metadata = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+    requires = [line.split(":", 1)[1].strip() for line in whl.read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
   assert {t for t in tops if not t.endswith(".dist-info")} == {"dgmjax"}, tops
+  # The borrowed dependencies satisfy the wheel's declared ranges.
+  needed = [Requirement(r) for r in requires if "extra ==" not in r]
+  assert needed, requires
+  for req in needed:
+    assert req.specifier.contains(importlib.metadata.version(req.name), prereleases=True), req
   env_dir = tmp_path / "env"
-  _run([sys.executable, "-m", "venv", str(env_dir)], timeout=300)
+  _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], timeout=300)
   python = str(env_dir / "bin" / "python")
-  _run([python, "-m", "pip", "install", "-q", "-c", os.path.join(REPO_ROOT, "requirements.txt"),
-        str(wheels[0]), "scikit-learn"], env=pip_env, timeout=900)
+  site_dir = _run([python, "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+  site_dir = site_dir.strip()
+  _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+        str(wheels[0])], env=pip_env, timeout=600)
+  # The dependencies: the test interpreter's site directories, as plain paths after the env's own,
+  # guarded so that only the declared ones import.
+  borrowed = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))
+              and os.path.isdir(p) and not os.path.samefile(p, site_dir)]
+  assert borrowed, sys.path
+  with open(os.path.join(site_dir, "_only_declared.py"), "w", encoding="utf-8") as fh:
+    fh.write(_GUARD.format(borrowed=borrowed))
+  with open(os.path.join(site_dir, "_borrowed_dependencies.pth"), "w", encoding="utf-8") as fh:
+    fh.write("".join(f"{p}\n" for p in borrowed) + "import _only_declared\n")
   # The package alone: no source tree on the path, run from an empty directory.
   work = tmp_path / "work"
   work.mkdir()
