@@ -225,6 +225,10 @@ def load(
         f"Unknown split={split!r} for dataset {name!r}; allowed values: {list(SPLITS[name])}.")
   if backend not in BACKENDS:
     raise ValueError(f"Unknown backend={backend!r}; allowed values: {list(BACKENDS)}.")
+  for arg, folder in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+      raise TypeError(f"{arg} must be a folder (a str or os.PathLike) or None, got "
+                      f"{type(folder).__name__} {folder!r}")
   if name == "digits":
     if data_dir is not None and os.fspath(data_dir) and not os.path.isdir(
         os.path.expanduser(os.fspath(data_dir))):
@@ -377,6 +381,18 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
     ValueError: an empty split, non-finite values, values outside [0, 1] for a Bernoulli decoder,
       or an image size different from the model's.
   """
+  if not isinstance(name, str):
+    raise TypeError(f"name must be a str (how the array is named in messages), got "
+                    f"{type(name).__name__} {name!r}")
+  if not isinstance(binary_likelihood, (bool, np.bool_)):
+    raise TypeError(f"binary_likelihood must be a bool, got {type(binary_likelihood).__name__} "
+                    f"{binary_likelihood!r}")
+  if image_shape is not None:
+    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list, np.ndarray)) else None
+    if not shape or any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))
+                        or s < 1 for s in shape):
+      raise ValueError(f"image_shape must be a non-empty sequence of ints >= 1 (the model's "
+                       f"(H, W, C)), got {image_shape!r}")
   arr = np.asarray(images)
   if arr.ndim < 2 or arr.shape[0] == 0:
     raise ValueError(f"{name} split is empty (shape {arr.shape}); nothing to train or evaluate on")
@@ -387,7 +403,7 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
     raise ValueError(f"{name} has dtype {arr.dtype}; expected floats in [0, 1] or uint8")
   arr = arr.astype(np.float32, copy=False)
   if image_shape is not None:
-    image_shape = tuple(image_shape)
+    image_shape = tuple(int(s) for s in image_shape)
     size = int(np.prod(image_shape))
     if arr.shape[1:] != image_shape and arr.shape[1:] != (size,):
       raise ValueError(f"{name} has per-example shape {arr.shape[1:]}, but the model expects "

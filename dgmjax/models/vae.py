@@ -103,13 +103,13 @@ class VAE(LatentModel):
   hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200),)
 
   def __post_init__(self):
-    object.__setattr__(self, "image_shape", sizes("image_shape", self.image_shape))
-    object.__setattr__(self, "latent_dims", sizes("latent_dims", self.latent_dims))
+    object.__setattr__(self, "image_shape", check_sizes("image_shape", self.image_shape))
+    object.__setattr__(self, "latent_dims", check_sizes("latent_dims", self.latent_dims))
     if isinstance(self.hidden_dims, (str, bytes)) or not isinstance(self.hidden_dims, Sequence):
       raise _checks.ArgumentTypeError(f"hidden_dims must be a sequence of width sequences (one "
                                       f"per stochastic layer), got {self.hidden_dims!r}")
     object.__setattr__(self, "hidden_dims", tuple(
-        sizes(f"hidden_dims[{l}]", h, allow_empty=True) for l, h in enumerate(self.hidden_dims)))
+        check_sizes(f"hidden_dims[{l}]", h, allow_empty=True) for l, h in enumerate(self.hidden_dims)))
     if not self.latent_dims or len(self.latent_dims) != len(self.hidden_dims):
       raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
                        "be non-empty and of equal length (one entry per stochastic layer)")
@@ -303,7 +303,7 @@ class VAE(LatentModel):
     return h
 
 
-def sizes(name: str, value, *, allow_empty: bool = False) -> tuple[int, ...]:
+def check_sizes(name: str, value, *, allow_empty: bool = False) -> tuple[int, ...]:
   """A sequence of sizes as a tuple of ints >= 1, or an error naming ``name`` (a bool, float or
   string size, a bare int where a sequence is expected, an empty sequence unless allowed)."""
   if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
@@ -347,7 +347,7 @@ def make(name: str, image_shape: Sequence[int], *, latent_dims: Sequence[int] | 
   if not isinstance(name, str):
     raise _checks.ArgumentTypeError(f"name must be one of 'burda1', 'burda2', 'custom'; got "
                                     f"{type(name).__name__} {name!r}")
-  image_shape = sizes("image_shape", image_shape)
+  image_shape = check_sizes("image_shape", image_shape)
   if name in ("burda1", "burda_1layer", "burda2", "burda_2layer"):
     given = [k for k, v in (("latent_dims", latent_dims), ("hidden_dims", hidden_dims))
              if v is not None and not (isinstance(v, (tuple, list)) and not v)]
@@ -389,7 +389,7 @@ def make_prior_vae(name: str, image_shape: Sequence[int], *, prior: str = "stand
   for key, value in (("num_components", num_components), ("num_pseudo_inputs", num_pseudo_inputs),
                      ("flow_layers", flow_layers)):
     _checks.check_int(key, value, minimum=1)
-  flow_hidden = sizes("flow_hidden", flow_hidden)
+  flow_hidden = check_sizes("flow_hidden", flow_hidden)
   base = make(name, image_shape, latent_dims=latent_dims, hidden_dims=hidden_dims)
   if base.num_layers != 1:
     raise ValueError(f"model {name!r} has {base.num_layers} stochastic layers; priors need one")
