@@ -26,9 +26,10 @@ under a second. The cache is verified like the source files: when it is written,
 shape and dtype of each of its arrays go to a record beside it (``<name>-v2.npz.sha256.json``),
 and every load checks the arrays it reads against that record. A cache that does not match (an
 edited or truncated array, a missing label array, a missing record) is rebuilt from the sources;
-where they are not available, :func:`load` refuses it, naming the file and what to do. ``backend="numpy"`` reads the same local files directly with numpy (identical arrays,
-no TensorFlow needed, and much faster to prepare: tfds needs minutes for binarized MNIST on two
-CPU cores).
+where they are not available, :func:`load` refuses it, naming the file and what to do.
+``backend="numpy"`` reads the same local files directly with numpy (identical arrays, no
+TensorFlow needed, and much faster to prepare: tfds needs minutes for binarized MNIST on two CPU
+cores).
 
 TensorFlow and tensorflow-datasets are imported lazily, inside the functions that need them, so
 ``import dgmjax`` stays fast.

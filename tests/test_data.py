@@ -429,7 +429,8 @@ def fake_mnist(tmp_path, monkeypatch):
 
 
 def _cache_file(cache):
-  return cache / "dgmjax_npz" / f"mnist-v{data._NPZ_VERSION}.npz"  # pylint: disable=protected-access
+  version = data._NPZ_VERSION  # pylint: disable=protected-access
+  return cache / "dgmjax_npz" / f"mnist-v{version}.npz"
 
 
 def _tamper(cache, **changes):

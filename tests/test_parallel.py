@@ -250,7 +250,8 @@ def test_vmap_table_smoke(tmp_path):
 
 
 @pytest.mark.parametrize("tree,match", [
-    ({"a": jnp.zeros(3), "b": jnp.zeros(2)}, r"one leading run size R .*\['a'\] has 3, \['b'\] has 2"),
+    ({"a": jnp.zeros(3), "b": jnp.zeros(2)},
+     r"one leading run size R .*\['a'\] has 3, \['b'\] has 2"),
     ({"a": jnp.zeros(())}, r"leading run axis .*\['a'\] is a scalar"),
     ({"a": jnp.zeros((0, 2))}, "at least one run"),
     ({}, "at least one array leaf"),
@@ -271,8 +272,10 @@ def test_stack_refuses_trees_that_do_not_match(trees, match):
 
 
 @pytest.mark.parametrize("value,match", [
-    (0, "global_batch_size must be an int >= 1, got 0"), (-4, "global_batch_size must be an int >= 1"),
-    (True, "global_batch_size must be an int, got the bool"), (2.5, "global_batch_size must be an int"),
+    (0, "global_batch_size must be an int >= 1, got 0"),
+    (-4, "global_batch_size must be an int >= 1"),
+    (True, "global_batch_size must be an int, got the bool"),
+    (2.5, "global_batch_size must be an int"),
 ])
 def test_process_batch_slice_refuses_bad_sizes(value, match):
   with pytest.raises(ValueError, match=match):

@@ -239,13 +239,15 @@ def test_bad_inputs_raise():
 @pytest.mark.parametrize("name,kwargs,match", [
     ("burda1", dict(latent_dims=(0,)), "latent_dims must be None for model 'burda1'"),
     ("burda2", dict(hidden_dims=((0,),)), "hidden_dims must be None for model 'burda2'"),
-    ("custom", dict(latent_dims=(0,), hidden_dims=((10,),)), r"latent_dims\[0\] must be an int >= 1"),
+    ("custom", dict(latent_dims=(0,), hidden_dims=((10,),)),
+     r"latent_dims\[0\] must be an int >= 1"),
     ("custom", dict(latent_dims=(2.5,), hidden_dims=((10,),)), r"latent_dims\[0\] must be an int"),
     ("custom", dict(latent_dims=(True,), hidden_dims=((10,),)), r"latent_dims\[0\] .*bool"),
     ("custom", dict(latent_dims=50, hidden_dims=((10,),)), "latent_dims must be a sequence"),
     ("custom", dict(latent_dims=(), hidden_dims=()), "latent_dims must hold at least one size"),
     ("custom", dict(latent_dims=(5,), hidden_dims=(10,)), r"hidden_dims\[0\] must be a sequence"),
-    ("custom", dict(latent_dims=(5,), hidden_dims=((2.5,),)), r"hidden_dims\[0\]\[0\] must be an int"),
+    ("custom", dict(latent_dims=(5,), hidden_dims=((2.5,),)),
+     r"hidden_dims\[0\]\[0\] must be an int"),
 ], ids=["named_latent", "named_hidden", "latent_zero", "latent_float", "latent_bool", "latent_int",
         "latent_empty", "hidden_flat", "hidden_float"])
 def test_make_refuses_bad_sizes_naming_the_argument(name, kwargs, match):
@@ -254,7 +256,8 @@ def test_make_refuses_bad_sizes_naming_the_argument(name, kwargs, match):
 
 
 @pytest.mark.parametrize("shape,match", [
-    ((28.5, 28, 1), r"image_shape\[0\] must be an int"), ((28, 28, 0), r"image_shape\[2\] must be an int >= 1"),
+    ((28.5, 28, 1), r"image_shape\[0\] must be an int"),
+    ((28, 28, 0), r"image_shape\[2\] must be an int >= 1"),
     (784, "image_shape must be a sequence"), ((), "image_shape must hold at least one size"),
 ])
 def test_make_refuses_a_bad_image_shape(shape, match):

@@ -109,7 +109,8 @@ class VAE(LatentModel):
       raise _checks.ArgumentTypeError(f"hidden_dims must be a sequence of width sequences (one "
                                       f"per stochastic layer), got {self.hidden_dims!r}")
     object.__setattr__(self, "hidden_dims", tuple(
-        check_sizes(f"hidden_dims[{l}]", h, allow_empty=True) for l, h in enumerate(self.hidden_dims)))
+        check_sizes(f"hidden_dims[{l}]", h, allow_empty=True)
+        for l, h in enumerate(self.hidden_dims)))
     if not self.latent_dims or len(self.latent_dims) != len(self.hidden_dims):
       raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
                        "be non-empty and of equal length (one entry per stochastic layer)")
