@@ -524,7 +524,7 @@ RAISES_SETTINGS = [
      lambda: models.sample_x(*_bernoulli_vae(), _key(), -1),
      ValueError, r"num must be an int >= 1, got -1"),
     ("vae_zero_latent_dim", lambda: V.VAE((4, 4, 1), (0,), ((4,),)),
-     ValueError, r"must hold positive sizes"),
+     ValueError, r"latent_dims\[0\] must be an int >= 1, got 0"),
     ("gradient_snr_group_naming_no_parameters",
      lambda: diagnostics.gradient_snr(lambda p, k: jnp.sum(p["w"]), {"w": jnp.ones(2)}, _key(),
                                       4, groups={"a": "nope"}),
