@@ -309,7 +309,7 @@ def test_mesh_and_group_settings_are_checked():
 
 def test_runs_refuse_an_ascending_optimiser():
   import optax
-  loss = lambda p, x, k: (jnp.sum(p["w"] ** 2), {})
+  loss = lambda p, x, k, step=None: (jnp.sum(p["w"] ** 2), {})
   with pytest.raises(ValueError, match="optimizer ascends"):
     parallel.make_runs_train_step(loss, optax.adam(-1e-3))
   with pytest.raises(ValueError, match="optimizer ascends"):

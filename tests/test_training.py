@@ -434,8 +434,8 @@ def test_epoch_order_is_a_seeded_permutation():
 # ------------------------------------------------------------- learning rates (issue: settings)
 
 
-def _quadratic(p, x, key):
-  del key
+def _quadratic(p, x, key, step=None):  # also the four-argument loss signature
+  del key, step
   return jnp.sum((p["w"] - jnp.mean(x)) ** 2), {}
 
 
