@@ -181,8 +181,9 @@ def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
                          f"{v!r}")
       values.append(v)
     if not any(v > 0 for v in values):
-      raise ValueError(f"{name} must be > 0 at some step, got a schedule that is 0 at steps "
-                       f"{', '.join(map(str, _PROBE_STEPS))}: training would never move")
+      raise ValueError(f"{name} must be a finite number > 0 at some step, got a schedule that "
+                       f"is 0 at steps {', '.join(map(str, _PROBE_STEPS))}: training would "
+                       f"never move")
     return
   v = _rate_value(learning_rate, name, learning_rate)
   if not (np.isfinite(v) and v > 0):
