@@ -21,10 +21,15 @@ Sources, in order of preference:
    a message that says how to point at local files.
 
 Prepared tfds data lives in ``DGMJAX_TFDS_DIR`` (default ``~/tensorflow_datasets``); the final
-arrays are also cached as ``<tfds dir>/dgmjax_npz/<name>.npz`` so a second load takes well under
-a second. ``backend="numpy"`` reads the same local files directly with numpy (identical arrays,
-no TensorFlow needed, and much faster to prepare: tfds needs minutes for binarized MNIST on two
-CPU cores).
+arrays are also cached as ``<tfds dir>/dgmjax_npz/<name>-v2.npz`` so a second load takes well
+under a second. The cache is verified like the source files: when it is written, the sha256,
+shape and dtype of each of its arrays go to a record beside it (``<name>-v2.npz.sha256.json``),
+and every load checks the arrays it reads against that record. A cache that does not match (an
+edited or truncated array, a missing label array, a missing record) is rebuilt from the sources;
+where they are not available, :func:`load` refuses it, naming the file and what to do.
+``backend="numpy"`` reads the same local files directly with numpy (identical arrays, no
+TensorFlow needed, and much faster to prepare: tfds needs minutes for binarized MNIST on two CPU
+cores).
 
 TensorFlow and tensorflow-datasets are imported lazily, inside the functions that need them, so
 ``import dgmjax`` stays fast.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import json
 import os
 import socket
 import tempfile
@@ -118,7 +124,7 @@ _CONNECT_TIMEOUT_S = 2.0
 # uint8 storage -> [0, 1] scale.
 _SCALE = {"mnist": 255.0, "fashion_mnist": 255.0, "binarized_mnist": 1.0, "omniglot": 255.0}
 
-_NPZ_VERSION = 1
+_NPZ_VERSION = 2  # 2: with a checksum record beside the cache
 
 # sha256 of the canonical uint8 arrays in file order (images [N, 28, 28, 1], labels [N]): the
 # tfds path is checked against them, since tfds stores records in a hash-shuffled order.
@@ -220,6 +226,10 @@ def load(
         f"Unknown split={split!r} for dataset {name!r}; allowed values: {list(SPLITS[name])}.")
   if backend not in BACKENDS:
     raise ValueError(f"Unknown backend={backend!r}; allowed values: {list(BACKENDS)}.")
+  for arg, folder in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+      raise TypeError(f"{arg} must be a folder (a str or os.PathLike) or None, got "
+                      f"{type(folder).__name__} {folder!r}")
   if name == "digits":
     if data_dir is not None and os.fspath(data_dir) and not os.path.isdir(
         os.path.expanduser(os.fspath(data_dir))):
@@ -232,15 +242,32 @@ def load(
     # missing or holds no copy of the dataset (a typo would otherwise go unnoticed).
     _resolve_manual_dir(name, data_dir)
   cache = _cache_dir(cache_dir)
-  arrays = _read_npz(name, cache, _split_keys(name, split))
+  keys = _split_keys(name, split)
+  arrays, _ = _read_npz(name, cache, keys)
   if arrays is None:
     # One process prepares, others wait and read its cache (parallel test workers, several jobs
     # of one node): two tfds preparations of one dataset in one folder would collide.
     with _exclusive(os.path.join(cache, "dgmjax_npz", f"{name}.lock")):
-      arrays = _read_npz(name, cache, _split_keys(name, split))
+      arrays, why = _read_npz(name, cache, keys)
       if arrays is None:
-        arrays = _prepare(name, cache, data_dir, backend)
-  return _select(name, split, arrays)
+        arrays = _rebuild(name, cache, data_dir, backend, why)
+  return _select(name, split, arrays, _npz_path(name, cache))
+
+
+def _rebuild(name, cache, data_dir, backend, why):
+  """Prepares the cache afresh; when it was rejected (``why``) and the sources are not available,
+  a ValueError names the cache, what was wrong and what to do."""
+  if why is None:
+    return _prepare(name, cache, data_dir, backend)
+  path = _npz_path(name, cache)
+  try:
+    return _prepare(name, cache, data_dir, backend)
+  except (ValueError, ConnectionError, RuntimeError, ImportError, OSError) as e:
+    raise ValueError(
+        f"The array cache {path!r} failed its check ({why}) and cannot be rebuilt from the "
+        f"sources: {e} Delete {path!r} and {_record_path(path)!r}, then load again with "
+        f"data_dir= (or DGMJAX_DATA_DIR) naming the original files, or with network access."
+    ) from e
 
 
 @contextlib.contextmanager
@@ -355,6 +382,18 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
     ValueError: an empty split, non-finite values, values outside [0, 1] for a Bernoulli decoder,
       or an image size different from the model's.
   """
+  if not isinstance(name, str):
+    raise TypeError(f"name must be a str (how the array is named in messages), got "
+                    f"{type(name).__name__} {name!r}")
+  if not isinstance(binary_likelihood, (bool, np.bool_)):
+    raise TypeError(f"binary_likelihood must be a bool, got {type(binary_likelihood).__name__} "
+                    f"{binary_likelihood!r}")
+  if image_shape is not None:
+    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list, np.ndarray)) else None
+    if not shape or any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))
+                        or s < 1 for s in shape):
+      raise ValueError(f"image_shape must be a non-empty sequence of ints >= 1 (the model's "
+                       f"(H, W, C)), got {image_shape!r}")
   arr = np.asarray(images)
   if arr.ndim < 2 or arr.shape[0] == 0:
     raise ValueError(f"{name} split is empty (shape {arr.shape}); nothing to train or evaluate on")
@@ -365,7 +404,7 @@ def check_images(images, *, name: str = "images", image_shape: tuple[int, ...] |
     raise ValueError(f"{name} has dtype {arr.dtype}; expected floats in [0, 1] or uint8")
   arr = arr.astype(np.float32, copy=False)
   if image_shape is not None:
-    image_shape = tuple(image_shape)
+    image_shape = tuple(int(s) for s in image_shape)
     size = int(np.prod(image_shape))
     if arr.shape[1:] != image_shape and arr.shape[1:] != (size,):
       raise ValueError(f"{name} has per-example shape {arr.shape[1:]}, but the model expects "
@@ -416,24 +455,64 @@ def _split_keys(name, split):
   return (f"{src}_image", f"{src}_label")
 
 
+def _record_path(npz_path):
+  return npz_path + ".sha256.json"
+
+
+def _array_record(a) -> dict:
+  a = np.ascontiguousarray(a)
+  return {"sha256": hashlib.sha256(a.tobytes()).hexdigest(), "shape": list(a.shape),
+          "dtype": a.dtype.str}
+
+
 def _read_npz(name, cache, keys=None):
-  """The cached arrays (only ``keys`` where given), or None when absent or unreadable."""
+  """``(arrays, None)``: the cached arrays (only ``keys`` where given), each checked against the
+  cache's checksum record; ``(None, None)`` when there is no cache; ``(None, why)`` when the
+  cache is unreadable or does not match its record (it is then rebuilt)."""
   path = _npz_path(name, cache)
   if not os.path.exists(path):
-    return None
+    return None, None
+  try:
+    with open(_record_path(path)) as f:
+      record = json.load(f)["arrays"]
+  except FileNotFoundError:
+    return None, f"its checksum record {_record_path(path)!r} is missing"
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return None, f"its checksum record {_record_path(path)!r} is unreadable ({e})"
   try:
     with np.load(path) as f:
-      return {k: f[k] for k in f.files if keys is None or k in keys}
-  except Exception:  # pylint: disable=broad-except
-    return None  # A damaged cache is rebuilt from the sources.
+      files = set(f.files)
+      if files != set(record):
+        missing, extra = sorted(set(record) - files), sorted(files - set(record))
+        return None, (f"it holds arrays {sorted(files)}, its record lists {sorted(record)}"
+                      + (f" (missing {missing})" if missing else "")
+                      + (f" (not recorded {extra})" if extra else ""))
+      arrays = {k: f[k] for k in f.files if keys is None or k in keys}
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"it cannot be read ({type(e).__name__}: {e})"
+  for k, a in arrays.items():
+    got = _array_record(a)
+    want = record[k]
+    if got != want:
+      fields = [f for f in ("shape", "dtype", "sha256") if got[f] != want.get(f)]
+      return None, (f"array {k!r} does not match its record: "
+                    + ", ".join(f"{f} {got[f]} where {want.get(f)} was recorded" for f in fields))
+  return arrays, None
 
 
 def _write_npz(name, cache, arrays):
+  """Writes the cache and then its checksum record (both atomically, under the caller's lock)."""
   path = _npz_path(name, cache)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp.npz"
   np.savez(tmp, **arrays)
+  record = {"format": _NPZ_VERSION, "dataset": name,
+            "arrays": {k: _array_record(a) for k, a in arrays.items()}}
+  tmp_record = f"{_record_path(path)}.{os.getpid()}.tmp"
+  with open(tmp_record, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
+  os.replace(tmp_record, _record_path(path))
 
 
 def _resolve_manual_dir(name, data_dir):
@@ -482,8 +561,9 @@ def _verify_files(name, folder):
           f"The file is corrupt; replace it with the original {fname}.")
 
 
-def _select(name, split, arrays):
-  """Cached uint8 arrays -> the requested split, float32 in [0, 1]."""
+def _select(name, split, arrays, source):
+  """Cached uint8 arrays -> the requested split, float32 in [0, 1] (``source``: the cache file,
+  named when its arrays are inconsistent)."""
   if name in ("mnist", "fashion_mnist") and split in ("train", "validation"):
     image, label = arrays["train_image"], arrays["train_label"]
     n = image.shape[0] - _N_VALIDATION
@@ -491,6 +571,10 @@ def _select(name, split, arrays):
     image, label = image[sl], label[sl]
   else:
     image, label = arrays[f"{split}_image"], arrays.get(f"{split}_label")
+  if name != "binarized_mnist" and (label is None or label.shape[:1] != image.shape[:1]):
+    raise ValueError(f"{name} {split}: the cached arrays hold {image.shape[0]} images and "
+                     f"{'no labels' if label is None else f'{label.shape[0]} labels'}; every "
+                     f"image needs its label. Delete the cache {source!r} and load again.")
   out = {"image": image.astype(np.float32)}
   scale = _SCALE[name]
   if scale != 1.0:

@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dgmjax import losses, objectives, training
+from dgmjax import _checks, losses, objectives, training
 from dgmjax.models import base as models_base
 
 Array = jax.Array
@@ -54,18 +54,52 @@ Array = jax.Array
 
 
 def stack(trees: Sequence[Any]) -> Any:
-  """Pytrees of equal structure -> one pytree with a leading run axis ``[R, ...]``."""
+  """Pytrees of equal structure -> one pytree with a leading run axis ``[R, ...]``.
+
+  Raises:
+    ValueError: ``trees`` empty, or two trees that differ in structure or in a leaf's shape (the
+      message names the tree and the leaf).
+  """
+  trees = list(trees)
   if not trees:
-    raise ValueError("stack needs at least one pytree")
+    raise ValueError("trees must hold at least one pytree (one per run), got none")
+  first, treedef = jax.tree_util.tree_flatten_with_path(trees[0])
+  for r, tree in enumerate(trees[1:], 1):
+    leaves, other = jax.tree_util.tree_flatten_with_path(tree)
+    if other != treedef:
+      raise ValueError(f"trees must share one structure: trees[{r}] is {other}, trees[0] is "
+                       f"{treedef}")
+    for (path, a), (_, b) in zip(first, leaves):
+      if np.shape(a) != np.shape(b):
+        raise ValueError(f"trees must have equal leaf shapes: leaf "
+                         f"{jax.tree_util.keystr(path)} of trees[{r}] has shape {np.shape(b)}, "
+                         f"of trees[0] {np.shape(a)}")
   return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
 def unstack(tree: Any) -> list:
-  """Inverse of :func:`stack`: ``[R, ...]`` leaves -> ``R`` pytrees."""
-  leaves = jax.tree.leaves(tree)
+  """Inverse of :func:`stack`: ``[R, ...]`` leaves -> ``R`` pytrees.
+
+  Raises:
+    ValueError: ``tree`` without array leaves, a leaf without a leading axis, or leaves whose
+      leading (run) sizes differ (the message names the leaves and their sizes).
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   if not leaves:
-    raise ValueError("unstack needs a pytree with at least one array leaf")
-  num = leaves[0].shape[0]
+    raise ValueError("tree must hold at least one array leaf with a leading run axis, got none")
+  sizes = {}
+  for path, a in leaves:
+    if np.ndim(a) < 1:
+      raise ValueError(f"tree must have a leading run axis [R, ...] on every leaf: leaf "
+                       f"{jax.tree_util.keystr(path)} is a scalar (shape {np.shape(a)})")
+    sizes.setdefault(int(np.shape(a)[0]), jax.tree_util.keystr(path))
+  if len(sizes) > 1:
+    desc = ", ".join(f"{where or 'the root'} has {n}" for n, where in sizes.items())
+    raise ValueError(f"tree must have one leading run size R on every leaf, got different "
+                     f"sizes: {desc}")
+  num = next(iter(sizes))
+  if num < 1:
+    raise ValueError("tree must hold at least one run (a leading size R >= 1), got R = 0")
   return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(num)]
 
 
@@ -82,6 +116,9 @@ def init_runs(params: Sequence[Any] | Any, optimizer: optax.GradientTransformati
   Returns:
     A ``TrainState`` whose every leaf has a leading ``[R]`` axis.
   """
+  _checks.check_bool("stacked", stacked)
+  if not stacked and not list(params):
+    raise ValueError("params must hold one parameter pytree per run, got none")
   p = params if stacked else stack(list(params))
   return jax.vmap(lambda q: training.init_state(q, optimizer))(p)
 
@@ -173,6 +210,7 @@ def make_runs_train_step(loss_fn: Callable, optimizer: optax.GradientTransformat
   Returns:
     The jitted step; ``metrics`` are ``[R]`` arrays.
   """
+  training.step.check_optimizer(optimizer)
   return jax.jit(_runs_step(loss_fn, optimizer, dynamic_binarization=dynamic_binarization,
                             with_index=with_index))
 
@@ -199,7 +237,19 @@ def make_groups_train_step(groups: Sequence[RunGroup]):
   ``step(states, images, seeds, indices) -> (states, metrics)`` where each argument is a tuple
   with one entry per group (``indices[g]`` may be None): the groups' vmapped steps are traced into
   one XLA program, so a whole table of models advances with one dispatch.
+
+  Raises:
+    ValueError: ``groups`` empty or holding something other than :class:`RunGroup`, or a
+      group's optimiser that :func:`dgmjax.training.step.check_optimizer` refuses.
   """
+  groups = list(groups)
+  if not groups:
+    raise ValueError("groups must hold at least one RunGroup, got none")
+  for g, group in enumerate(groups):
+    if not isinstance(group, RunGroup):
+      raise _checks.ArgumentTypeError(f"groups[{g}] must be a RunGroup, got "
+                                      f"{type(group).__name__} {group!r}")
+    training.step.check_optimizer(group.optimizer)
   fns = [_runs_step(g.loss_fn, g.optimizer, dynamic_binarization=g.dynamic_binarization,
                     with_index=g.with_index) for g in groups]
 
@@ -218,8 +268,19 @@ def make_groups_train_step(groups: Sequence[RunGroup]):
 def runs_batches(images: np.ndarray, seeds: Sequence[int], step: int, batch_size: int, *,
                  shuffle: bool = True) -> np.ndarray:
   """The minibatch of every run at ``step``: ``[R, B, ...]``, each exactly as
-  :func:`dgmjax.training.fit` picks it for that run's seed (epoch order from ``(seed, epoch)``)."""
-  n = images.shape[0]
+  :func:`dgmjax.training.fit` picks it for that run's seed (epoch order from ``(seed, epoch)``).
+
+  Raises:
+    ValueError: ``seeds`` empty or holding a seed that is not an int >= 0, ``step`` not an
+      int >= 0, ``batch_size`` not an int >= 1 or larger than the training set.
+  """
+  seeds = [_checks.check_seed(f"seeds[{r}]", s) for r, s in enumerate(seeds)]
+  if not seeds:
+    raise ValueError("seeds must hold one seed per run, got none")
+  step = _checks.check_int("step", step, minimum=0)
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  _checks.check_bool("shuffle", shuffle)
+  n = np.shape(images)[0]
   steps_per_epoch = n // batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} examples)")
@@ -268,7 +329,10 @@ def make_mesh(num_data: int | None = None, num_samples: int = 1, *,
       :func:`initialize_distributed`).
   """
   devices = list(jax.devices() if devices is None else devices)
-  if num_samples < 1 or len(devices) % num_samples:
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
+  if num_data is not None:
+    num_data = _checks.check_int("num_data", num_data, minimum=1)
+  if len(devices) % num_samples:
     raise ValueError(f"num_samples={num_samples} must be >= 1 and divide the number of devices "
                      f"({len(devices)})")
   if num_data is None:
@@ -291,7 +355,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def process_batch_slice(global_batch_size: int) -> slice:
-  """The rows of a global batch that this host loads (hosts in ``process_index`` order)."""
+  """The rows of a global batch that this host loads (hosts in ``process_index`` order).
+
+  Raises:
+    ValueError: ``global_batch_size`` not an int >= 1, or not divisible by the number of
+      processes.
+  """
+  global_batch_size = _checks.check_int("global_batch_size", global_batch_size, minimum=1)
   count, index = jax.process_count(), jax.process_index()
   if global_batch_size % count:
     raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the number of "

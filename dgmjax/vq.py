@@ -297,14 +297,16 @@ def restart_dead_codes(key: PRNGKeyArray, codebook: Float[ArrayLike, "..."],
     codebook: ``[N, D]``.
     counts: ``[N]`` usage counts (e.g. over the last epoch).
     z_e: ``[..., D]`` recent encoder outputs to draw replacements from.
-    threshold: a code with ``counts < threshold`` is dead.
+    threshold: a code with ``counts < threshold`` is dead: a scalar ``>= 0`` (``0`` restarts
+      none, ``inf`` every code). Traced and NaN or negative, the new codebook is NaN.
 
   Returns:
     ``(new_codebook, dead_mask [N])``.
 
   Raises:
     ValueError: ``counts`` not ``[N]`` or (concrete) negative / non-finite; ``z_e`` without a
-      vector to draw from, or (concrete) non-finite.
+      vector to draw from, or (concrete) non-finite; ``threshold`` not a scalar, or (concrete)
+      NaN or negative (a bool or string is an ``ArgumentTypeError``).
 
   References:
     Dhariwal et al., Jukebox, 2020 (random restarts of dead codes); Williams et al.,
@@ -319,7 +321,16 @@ def restart_dead_codes(key: PRNGKeyArray, codebook: Float[ArrayLike, "..."],
   if math.prod(jnp.shape(z_e)[:-1]) < 1:
     raise ValueError(f"z_e must hold at least one vector to restart codes from, got shape "
                      f"{jnp.shape(z_e)}")
+  _checks.check_numeric("threshold", threshold)
+  if jnp.ndim(threshold) != 0:
+    raise ValueError(f"threshold must be a scalar (one usage count for every code), got shape "
+                     f"{jnp.shape(threshold)}")
+  _checks.check_values("threshold", threshold, lambda a: a >= 0,
+                       "a number >= 0 (0 restarts no code, inf every code)")
   pool = lax.stop_gradient(z_e).reshape(-1, d)
   pick = jax.random.randint(key, (n,), 0, pool.shape[0])
   dead = counts < threshold
-  return jnp.where(dead[:, None], pool[pick], codebook), dead
+  new = jnp.where(dead[:, None], pool[pick], codebook)
+  if not _checks.is_concrete(threshold):  # a NaN or negative traced threshold: a NaN codebook
+    new = jnp.where(threshold >= 0, new, jnp.asarray(jnp.nan, new.dtype))
+  return new, dead

@@ -458,8 +458,8 @@ def test_concurrent_loads_share_one_preparation(tmp_path):
   outs = [p.communicate(timeout=300)[0].split() for p in procs]
   assert all(p.returncode == 0 for p in procs)
   assert outs[0] == outs[1] and outs[0][1] == "10000"
-  assert sorted(os.listdir(tmp_path / "dgmjax_npz")) == ["mnist-v%d.npz" % data._NPZ_VERSION,
-                                                         "mnist.lock"]
+  npz = "mnist-v%d.npz" % data._NPZ_VERSION
+  assert sorted(os.listdir(tmp_path / "dgmjax_npz")) == [npz, npz + ".sha256.json", "mnist.lock"]
 
 
 # ----------------------------------------------------------------------------- image checks
@@ -501,3 +501,92 @@ def test_check_train_images_checks_the_support_and_returns_the_array():
     loop.check_train_images(np.full((2, 4, 4, 1), 255, np.uint8), dynamic_binarization=True)
   with pytest.raises(ValueError, match="train_images"):
     loop.check_train_images(np.full((2, 4, 4, 1), 2.0, np.float32), dynamic_binarization=True)
+
+
+# --------------------------------------------------------------------- the verified array cache
+
+
+def _idx_gz(path, array, magic):
+  header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path, monkeypatch):
+  """A small MNIST-format dataset in tmp (410 train, 20 test images) whose checksums replace the
+  real ones: ``(data_dir, cache_dir)``."""
+  import hashlib
+  folder = tmp_path / "src" / "mnist"
+  folder.mkdir(parents=True)
+  rng = np.random.RandomState(0)
+  files = {}
+  for prefix, n in (("train", 410), ("t10k", 20)):
+    _idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz", rng.randint(0, 200, (n, 28, 28)), 2051)
+    _idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.randint(0, 10, (n,)), 2049)
+  for path in sorted(folder.iterdir()):
+    raw = path.read_bytes()
+    files[path.name] = (len(raw), hashlib.sha256(raw).hexdigest())
+  monkeypatch.setitem(data._FILES, "mnist", files)  # pylint: disable=protected-access
+  return tmp_path / "src", tmp_path / "cache"
+
+
+def _cache_file(cache):
+  version = data._NPZ_VERSION  # pylint: disable=protected-access
+  return cache / "dgmjax_npz" / f"mnist-v{version}.npz"
+
+
+def _tamper(cache, **changes):
+  path = _cache_file(cache)
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  for k, v in changes.items():
+    if v is None:
+      del arrays[k]
+    else:
+      arrays[k] = v(arrays[k])
+  np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(test_image=lambda a: np.full_like(a, 255)),            # all-white test images
+    dict(test_label=None),                                     # labels missing
+    dict(test_label=lambda a: (a + 1) % 10),                   # labels mismatched
+    dict(test_label=lambda a: a[:5]),                          # fewer labels than images
+], ids=["white_images", "missing_labels", "shifted_labels", "short_labels"])
+def test_a_tampered_cache_is_rebuilt_from_the_sources(fake_mnist, changes):
+  src, cache = fake_mnist
+  ref = data.load("mnist", "test", data_dir=src, cache_dir=cache, backend="numpy")
+  assert os.path.exists(str(_cache_file(cache)) + ".sha256.json")
+  _tamper(cache, **changes)
+  got = data.load("mnist", "test", data_dir=src, cache_dir=cache, backend="numpy")
+  np.testing.assert_array_equal(got["image"], ref["image"])
+  np.testing.assert_array_equal(got["label"], ref["label"])
+  again = data.load("mnist", "test", data_dir=src, cache_dir=cache, backend="numpy")  # rebuilt
+  np.testing.assert_array_equal(again["label"], ref["label"])
+
+
+@pytest.mark.parametrize("what", ["white_images", "no_record"])
+def test_a_tampered_cache_without_its_sources_is_refused_naming_the_file(fake_mnist, monkeypatch,
+                                                                        what):
+  src, cache = fake_mnist
+  data.load("mnist", "test", data_dir=src, cache_dir=cache, backend="numpy")
+  if what == "white_images":
+    _tamper(cache, test_image=lambda a: np.full_like(a, 255))
+    why = r"array 'test_image' does not match its record: sha256"
+  else:
+    os.remove(str(_cache_file(cache)) + ".sha256.json")
+    why = "its checksum record .* is missing"
+  monkeypatch.delenv("DGMJAX_DATA_DIR", raising=False)
+  with pytest.raises(ValueError, match=f"array cache .*mnist-v2.npz.* failed its check \\({why}"
+                                       r".*Delete .*data_dir="):
+    data.load("mnist", "test", cache_dir=cache, backend="numpy")
+
+
+def test_an_intact_cache_is_served_without_the_sources(fake_mnist, monkeypatch):
+  src, cache = fake_mnist
+  ref = data.load("mnist", "validation", data_dir=src, cache_dir=cache, backend="numpy")
+  monkeypatch.delenv("DGMJAX_DATA_DIR", raising=False)
+  got = data.load("mnist", "validation", cache_dir=cache, backend="numpy")
+  assert got["image"].shape == (400, 28, 28, 1)   # the last 400 of the 410 training images
+  np.testing.assert_array_equal(got["label"], ref["label"])

@@ -201,7 +201,7 @@ def test_categorical_bad_input():
     _loss(params, x[:1], jax.random.key(0), 1.0, "reinforce")
   with pytest.raises(ValueError, match=r"x must be \[B, 2, 3, 1\]"):
     _loss(params, jnp.zeros((2, 3, 3, 1)), jax.random.key(0), 1.0)
-  with pytest.raises(ValueError, match="temperatures must be > 0"):
+  with pytest.raises(ValueError, match="minimum must be a finite number > 0"):
     categorical_vae.jang_temperature(0, minimum=0.0)
 
 
@@ -326,3 +326,31 @@ def test_pixelcnn_with_a_spatial_condition_is_a_normalised_causal_prior():
   np.testing.assert_allclose(jnp.sum(jnp.exp(lp)), 1.0, rtol=1e-5)
   other = pixelcnn.categorical_log_prob(net, p, maps, jnp.repeat(jnp.roll(cond, 1, -1), 9, 0))
   assert not np.allclose(lp, other)                                 # the condition is used
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: categorical_vae.CategoricalVAE(num_vars=2.5), "num_vars must be an int"),
+    (lambda: categorical_vae.CategoricalVAE(num_vars=True), "num_vars .*bool"),
+    (lambda: categorical_vae.CategoricalVAE(hidden_dims=(0,)),
+     r"hidden_dims\[0\] must be an int >= 1"),
+    (lambda: categorical_vae.CategoricalVAE(image_shape=(0, 28, 1)), r"image_shape\[0\]"),
+    (lambda: categorical_vae.CategoricalVAE().relaxed(0.0),
+     "temperature must be a finite number > 0"),
+    (lambda: categorical_vae.CategoricalVAE().relaxed(float("nan")), "temperature"),
+    (lambda: categorical_vae.CategoricalVAE().relaxed(1.0, hard="yes"), "hard must be a bool"),
+    (lambda: categorical_vae.jang_temperature(10, rate=-1.0), "rate must be a finite number >= 0"),
+    (lambda: categorical_vae.jang_temperature(10, initial=float("nan")), "initial"),
+    (lambda: categorical_vae.jang_temperature(-1), "step must be a step count >= 0"),
+    (lambda: vqvae.VQVAE(features=0), "features must be an int >= 1"),
+    (lambda: vqvae.VQVAE(num_blocks=-1), "num_blocks must be an int >= 0"),
+    (lambda: vqvae.VQVAE(beta=-0.1), "beta must be a finite number >= 0"),
+    (lambda: vqvae.VQVAE(beta=float("nan")), "beta"),
+    (lambda: vqvae.VQVAE(num_codes=2.5), "num_codes must be an int"),
+    (lambda: vqvae.VQVAE(ema="yes"), "ema must be a bool"),
+], ids=["num_vars_float", "num_vars_bool", "hidden_zero", "image_shape_zero", "tau_zero",
+        "tau_nan", "hard_str", "anneal_rate_negative", "anneal_initial_nan", "anneal_step_negative",
+        "vq_features_zero", "vq_blocks_negative", "vq_beta_negative", "vq_beta_nan",
+        "vq_codes_float", "vq_ema_str"])
+def test_discrete_model_settings_are_refused_naming_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

@@ -212,3 +212,19 @@ def test_every_driver_parses_its_flags_through_the_shared_helper():
   for path in mains:
     src = open(path).read()
     assert "common.run(main)" in src and "app.run(main)" not in src, path
+
+
+# ------------------------------------------------------------------ repeated tuple flags (drivers)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--config.eval.bound_ks=(5,)", "--config.eval.bound_ks=(0, 5)"], (0, 5)),
+    (["--config.eval.bound_ks", "(7,)", "--config.eval.bound_ks=(8, 9)"], (8, 9)),
+    (["--config.eval.bound_ks=5", "--config.eval.bound_ks=50"], (50,)),
+    (["--config.eval.bound_ks=(5, 50, 500)"], (5, 50, 500)),
+], ids=["twice", "two_token_form", "scalars", "once"])
+def test_a_repeated_tuple_flag_replaces_instead_of_concatenating(extra, expected):
+  fv = _parse(["main", "--config=experiments/iwae/configs/quick.py"] + extra
+              + ["--config.eval.batch_size=3", "--config.eval.batch_size=4"])
+  assert fv.config.eval.bound_ks == expected
+  assert fv.config.eval.batch_size == 4   # a scalar flag: the last one, as before

@@ -753,3 +753,52 @@ def test_flows_refuse_complex_params_inputs_and_contexts_without_the_test_hook()
   assert_raises_naming(results, {
       "forward params": "params", "inverse params": "params", "jit params": "params",
       "context": "context", "sample context": "context"}, says="complex")
+
+
+# ------------------------------------------------------------- settings of masks and constructors
+
+
+@pytest.mark.parametrize("fn", [F.alternating_mask, F.half_mask])
+@pytest.mark.parametrize("args,match", [
+    ((4, 2), "parity must be 0 or 1"), ((4, -1), "parity must be an int >= 0"),
+    ((4, True), "parity must be an int, got the bool"), ((0, 0), "event_size must be an int >= 1"),
+    ((2.5, 0), "event_size must be an int"),
+], ids=["parity_2", "parity_negative", "parity_bool", "event_size_zero", "event_size_float"])
+def test_mask_settings_are_refused_naming_the_argument(fn, args, match):
+  with pytest.raises(ValueError, match=match):
+    fn(*args)
+
+
+def test_masks_accept_numpy_ints():
+  assert F.alternating_mask(np.int64(4), np.int64(1)) == (0, 1, 0, 1)
+  assert F.half_mask(3, 1) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: F.real_nvp(4, True), "num_layers must be an int, got the bool"),
+    (lambda: F.real_nvp(4, 2.5), "num_layers must be an int"),
+    (lambda: F.real_nvp(1, 2), "event_size must be an int >= 2"),
+    (lambda: F.real_nvp(4, 2, hidden_sizes=(2.5,)), "hidden_sizes"),
+    (lambda: F.real_nvp(4, 2, hidden_sizes=(True,)), "hidden_sizes"),
+    (lambda: F.real_nvp(4, 2, context_size=-1), "context_size must be an int >= 0"),
+    (lambda: F.real_nvp(4, 2, context_size=2.5), "context_size must be an int"),
+    (lambda: F.real_nvp(4, 2, log_scale_clamp=0.0), "log_scale_clamp must be a finite number > 0"),
+    (lambda: F.real_nvp(4, 2, log_scale_clamp=float("nan")), "log_scale_clamp"),
+    (lambda: F.real_nvp(4, 2, actnorm="yes"), "actnorm must be a bool"),
+    (lambda: F.real_nvp(4, 2, permute_seed=-1), "permute_seed must be an int >= 0"),
+    (lambda: F.AffineCoupling(4, (2, 0, 1, 0)), "mask must be a 1-D sequence of 0/1"),
+    (lambda: F.masked_autoregressive_flow(4, True), "num_layers must be an int"),
+    (lambda: F.inverse_autoregressive_flow(4, 2, log_scale_clamp=-1.0), "log_scale_clamp"),
+    (lambda: F.MAF(4, context_size=1.5), "context_size must be an int"),
+    (lambda: F.random_order(0, 0), "event_size must be an int >= 1"),
+    (lambda: F.random_order(4, 1.5), "seed must be an int"),
+    (lambda: F.random_permutation(4, -1), "seed must be an int >= 0"),
+    (lambda: F.Reverse(0), "event_size must be an int >= 1"),
+], ids=["real_nvp_layers_bool", "real_nvp_layers_float", "real_nvp_event_1", "hidden_float",
+        "hidden_bool", "context_negative", "context_float", "clamp_zero", "clamp_nan",
+        "actnorm_str", "permute_seed_negative", "coupling_mask_2", "maf_layers_bool",
+        "iaf_clamp_negative", "maf_context_float", "random_order_0", "random_order_seed_float",
+        "random_permutation_seed_negative", "reverse_0"])
+def test_flow_constructor_settings_are_refused_naming_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

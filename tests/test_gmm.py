@@ -108,3 +108,15 @@ def test_gmm_bad_inputs_raise_clear_errors(x64):
     gmm.gmm_log_prob(gmm.GMMParams(jnp.zeros(2), jnp.zeros((2, 2)), jnp.asarray(tril)), x)
   with pytest.raises(ValueError, match=r"\[C, D, D\]"):
     gmm.gmm_log_prob(params._replace(scale_tril=params.scale_tril[:, :1]), x)
+
+
+def test_gmm_sizes_are_checked_naming_the_argument():
+  x = np.random.RandomState(0).randn(20, 2).astype(np.float32)
+  with pytest.raises(ValueError, match="num_components must be an int"):
+    gmm.gmm_init(jax.random.key(0), x, 2.5)
+  with pytest.raises(ValueError, match="reg_covar must be a finite number >= 0"):
+    gmm.gmm_init(jax.random.key(0), x, 2, reg_covar=float("nan"))
+  params = gmm.gmm_init(jax.random.key(0), x, 2)
+  for num in (0, -1, 2.0):
+    with pytest.raises(ValueError, match="num must be an int"):
+      gmm.gmm_sample(params, jax.random.key(1), num)

@@ -77,3 +77,27 @@ def test_linear_vae_collapses_the_dimensions_below_the_noise(vae_data):
   loc, log_scale = MODEL.encode(vae, train)
   kl = np.asarray(jnp.mean(D.kl_normal_standard_normal(loc, log_scale, event_ndims=0), axis=0))
   assert np.sum(kl > 0.1) == 2 and np.sum(kl < 0.01) == 1
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: linear_vae.linear_vae_init(jax.random.key(0), 0, 2), "x_dim must be an int >= 1"),
+    (lambda: linear_vae.linear_vae_init(jax.random.key(0), 5, 2.5), "z_dim must be an int"),
+    (lambda: linear_vae.linear_vae_init(jax.random.key(0), 5, 2, noise_scale=-1.0), "noise_scale"),
+    (lambda: linear_vae.fit_linear_vae(jax.random.key(0), np.ones((8, 3)), 0),
+     "z_dim must be an int >= 1"),
+    (lambda: linear_vae.fit_linear_vae(jax.random.key(0), np.ones((8, 3)), 2, num_steps=0),
+     "num_steps must be an int >= 1"),
+    (lambda: linear_vae.fit_linear_vae(jax.random.key(0), np.ones((8, 3)), 2, learning_rate=-1.0),
+     "learning_rate must be a finite number > 0"),
+    (lambda: linear_vae.fit_linear_vae(jax.random.key(0), np.ones((8, 3)), 2, batch_size=0),
+     "batch_size must be an int >= 1"),
+    (lambda: lg.init(jax.random.key(0), 0, 2), "x_dim must be an int >= 1"),
+    (lambda: lg.init(jax.random.key(0), 4, 2, noise_scale=-1.0), "noise_scale must be > 0"),
+    (lambda: lg.sample(lg.init(jax.random.key(0), 4, 2), jax.random.key(1), 0),
+     "num must be an int >= 1"),
+], ids=["init_x_dim_zero", "init_z_dim_float", "init_noise_negative", "fit_z_dim_zero",
+        "fit_steps_zero", "fit_rate_negative", "fit_batch_zero", "lg_x_dim_zero",
+        "lg_noise_negative", "lg_sample_zero"])
+def test_linear_model_settings_are_refused_naming_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

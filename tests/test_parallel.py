@@ -244,3 +244,75 @@ def test_vmap_table_smoke(tmp_path):
   nll = {(r["objective"], r["k"]): r["test_nll"] for r in res["rows"]}
   assert nll[("vae", 5)] != nll[("iwae", 5)]
   assert "| VAE | 1 |" in vmap_table.format_table(res)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("tree,match", [
+    ({"a": jnp.zeros(3), "b": jnp.zeros(2)},
+     r"one leading run size R .*\['a'\] has 3, \['b'\] has 2"),
+    ({"a": jnp.zeros(())}, r"leading run axis .*\['a'\] is a scalar"),
+    ({"a": jnp.zeros((0, 2))}, "at least one run"),
+    ({}, "at least one array leaf"),
+], ids=["different_leading_sizes", "scalar_leaf", "zero_runs", "no_leaves"])
+def test_unstack_refuses_trees_without_one_run_axis(tree, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.unstack(tree)
+
+
+@pytest.mark.parametrize("trees,match", [
+    ([], "trees must hold at least one pytree"),
+    ([jnp.zeros(2), jnp.zeros(3)], r"equal leaf shapes: .*trees\[1\] has shape \(3,\)"),
+    ([{"a": 1}, {"b": 1}], r"one structure: trees\[1\]"),
+], ids=["empty", "shape_mismatch", "structure_mismatch"])
+def test_stack_refuses_trees_that_do_not_match(trees, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.stack(trees)
+
+
+@pytest.mark.parametrize("value,match", [
+    (0, "global_batch_size must be an int >= 1, got 0"),
+    (-4, "global_batch_size must be an int >= 1"),
+    (True, "global_batch_size must be an int, got the bool"),
+    (2.5, "global_batch_size must be an int"),
+])
+def test_process_batch_slice_refuses_bad_sizes(value, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.process_batch_slice(value)
+  assert parallel.process_batch_slice(8) == slice(0, 8)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(seeds=[0], step=0, batch_size=0), "batch_size must be an int >= 1"),
+    (dict(seeds=[0], step=0, batch_size=True), "batch_size must be an int"),
+    (dict(seeds=[0], step=-1, batch_size=2), "step must be an int >= 0"),
+    (dict(seeds=[0], step=1.5, batch_size=2), "step must be an int"),
+    (dict(seeds=[], step=0, batch_size=2), "seeds must hold one seed per run"),
+    (dict(seeds=[-1], step=0, batch_size=2), r"seeds\[0\] must be an int >= 0"),
+], ids=["batch_zero", "batch_bool", "step_negative", "step_float", "no_seeds", "seed_negative"])
+def test_runs_batches_settings_are_checked(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.runs_batches(np.zeros((10, 2), np.float32), **kwargs)
+
+
+def test_mesh_and_group_settings_are_checked():
+  with pytest.raises(ValueError, match="num_samples must be an int, got the bool"):
+    parallel.make_mesh(num_samples=True)
+  with pytest.raises(ValueError, match="num_data must be an int >= 1"):
+    parallel.make_mesh(num_data=0)
+  with pytest.raises(ValueError, match="groups must hold at least one RunGroup"):
+    parallel.make_groups_train_step([])
+  with pytest.raises(ValueError, match="params must hold one parameter pytree per run"):
+    parallel.init_runs([], training.make_optimizer("adam", 1e-3))
+
+
+def test_runs_refuse_an_ascending_optimiser():
+  import optax
+  loss = lambda p, x, k, step=None: (jnp.sum(p["w"] ** 2), {})
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    parallel.make_runs_train_step(loss, optax.adam(-1e-3))
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    parallel.make_groups_train_step([parallel.RunGroup(loss, optax.sgd(-0.1))])
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    parallel.init_runs([{"w": jnp.zeros(2)}] * 2, optax.adam(-1e-3))

@@ -285,3 +285,15 @@ def test_kl_controlled_by_name_is_the_object():
     losses.make_loss(m, "kl_controlled", 2)
   with pytest.raises(ValueError, match="carries its own settings"):
     losses.make_loss(m, obj, 2, free_bits=0.2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(latent_dim=2.5), "latent_dim must be an int"),
+    (dict(latent_dim=True), "latent_dim .*bool"),
+    (dict(features=4.0), "features must be an int"),
+    (dict(hidden=(2.5,)), r"hidden\[0\] must be an int"),
+    (dict(image_shape=(28.5, 28, 1)), r"image_shape\[0\] must be an int"),
+], ids=["latent_float", "latent_bool", "features_float", "hidden_float", "image_shape_float"])
+def test_make_refuses_float_and_bool_sizes_instead_of_truncating(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    pixel_vae.make(**kwargs)

@@ -539,3 +539,103 @@ def test_fit_names_the_function_and_the_train_image_of_a_nan_before_the_first_st
   training.fit(losses.make_loss(model, "iwae", 2), params, images, optimizer=optax.adam(1e-3),
                num_steps=1, batch_size=8, seed=3, workdir=str(tmp_path / "run"), shuffle=True,
                checkpoint_every=1, log_every=1)
+
+
+# ------------------------------------------------------------- learning rates (issue: settings)
+
+
+def _quadratic(p, x, key, step=None):  # also the four-argument loss signature
+  del key, step
+  return jnp.sum((p["w"] - jnp.mean(x)) ** 2), {}
+
+
+@pytest.mark.parametrize("optimizer", [
+    optax.adam(-1e-3), optax.sgd(-0.1), optax.adamw(-1e-3), optax.lion(-1e-4),
+    optax.chain(optax.clip_by_global_norm(1.0), optax.adam(-1e-3)),
+    optax.scale_by_adam(),   # a scaling without optax.scale(-lr): ascends
+], ids=["adam", "sgd", "adamw", "lion", "chain", "scale_by_adam_alone"])
+def test_negative_learning_rate_through_an_optax_optimiser_is_refused(optimizer):
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    training.make_train_step(_quadratic, optimizer, seed=0)
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    training.init_state({"w": jnp.zeros((3,))}, optimizer)
+
+
+def test_negative_learning_rate_in_inject_hyperparams_state_is_refused():
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=-1e-3)
+  with pytest.raises(ValueError, match=r"learning_rate=-0\.001"):
+    training.init_state({"w": jnp.zeros((3,))}, opt)
+
+
+def test_fit_refuses_a_negative_optax_learning_rate_before_any_work(tmp_path):
+  x = np.full((8, 4), 0.5, np.float32)
+  with pytest.raises(ValueError, match="optimizer ascends"):
+    training.fit(_quadratic, {"w": jnp.zeros((4,))}, x, optimizer=optax.adam(-1e-3), num_steps=2,
+                 batch_size=4, seed=0, workdir=str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+WARMUP = optax.linear_schedule(0.0, 1e-3, 100)
+
+
+@pytest.mark.parametrize("optimizer", [
+    optax.adam(WARMUP), optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)),
+    optax.inject_hyperparams(optax.adam)(learning_rate=WARMUP), optax.lion(1e-4),
+    optax.chain(optax.scale_by_sign(), optax.scale(-1e-3)), optax.adafactor(1e-3),
+    optax.MultiSteps(optax.adam(1e-3), 4), optax.adamw(1e-3), optax.lbfgs(),
+    optax.masked(optax.adam(1e-3), {"w": True}), training.burda_adam(1e-3),
+    training.burda_adam(WARMUP), optax.adam(0.0),
+], ids=["warmup", "warmup_cosine", "inject_warmup", "lion", "sign", "adafactor", "multisteps",
+        "adamw", "lbfgs", "masked", "burda_adam", "burda_adam_warmup", "zero_rate_unseen"])
+def test_optimisers_that_descend_or_warm_up_from_zero_are_accepted(optimizer):
+  training.init_state({"w": jnp.zeros((3,))}, optimizer)
+  training.make_train_step(_quadratic, optimizer, seed=0)
+
+
+def test_fit_accepts_a_warmup_schedule_from_zero(tmp_path):
+  x = np.full((8, 4), 0.5, np.float32)
+  state, _ = training.fit(_quadratic, {"w": jnp.zeros((4,))}, x, optimizer=optax.adam(WARMUP),
+                          learning_rate_fn=WARMUP, num_steps=2, batch_size=4, seed=0,
+                          workdir=str(tmp_path / "w"), checkpoint_every=2, log_every=1)
+  assert int(state.step) == 2
+
+
+@pytest.mark.parametrize("rate,match", [
+    (0.0, r"> 0, got 0\.0"), (-1e-3, "> 0"), (float("nan"), "nan"), (float("inf"), "inf"),
+    (True, "bool"), ("1e-3", "str"),
+    (optax.constant_schedule(0.0), "0 at steps"),
+    (optax.linear_schedule(1e-3, -1e-3, 10), "at step 10 is"),
+    (optax.constant_schedule(float("nan")), "at step 0 is nan"),
+], ids=["zero", "negative", "nan", "inf", "bool", "str", "schedule_zero", "schedule_negative_later",
+        "schedule_nan"])
+def test_burda_adam_and_make_optimizer_refuse_bad_learning_rates(rate, match):
+  with pytest.raises(ValueError, match=f"learning_rate.*{match}"):
+    training.burda_adam(rate)
+  with pytest.raises(ValueError, match=f"learning_rate.*{match}"):
+    training.make_optimizer("adam", rate)
+
+
+def test_warmup_schedule_from_zero_passes_check_learning_rate():
+  training.check_learning_rate(WARMUP)
+  training.make_optimizer("burda_adam", WARMUP)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(b1=1.0), r"b1 must be .*\[0, 1\)"), (dict(b1=-0.1), "b1"), (dict(b2=float("nan")), "b2"),
+    (dict(eps=-1.0), "eps"), (dict(b1=True), "b1"),
+])
+def test_burda_adam_refuses_bad_decays_and_eps(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    training.burda_adam(1e-3, **kwargs)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: training.burda_epochs(0), "num_passes must be an int >= 1"),
+    (lambda: training.burda_epochs(True), "num_passes must be an int"),
+    (lambda: training.burda_learning_rates(-1), "num_passes must be an int >= 1"),
+    (lambda: training.burda_learning_rates(3, reference_rounding="yes"), "reference_rounding"),
+    (lambda: training.burda_schedule(10, reference_rounding=1), "reference_rounding"),
+], ids=["epochs_zero", "epochs_bool", "rates_negative", "rates_rounding", "schedule_rounding"])
+def test_burda_schedule_settings_are_checked(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

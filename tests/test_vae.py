@@ -18,7 +18,7 @@ from tests import bad_input as bi
 
 RAISES = [
     ("vae_zero_latent_dim", lambda: vae.VAE((4, 4, 1), (0,), ((4,),)),
-     ValueError, r"must hold positive sizes"),
+     ValueError, r"latent_dims\[0\] must be an int >= 1, got 0"),
 ]
 
 
@@ -245,3 +245,55 @@ def test_bad_inputs_raise():
     vae.VAE((4, 4, 1), (2, 3), ((4,),))
   with pytest.raises(ValueError, match="model name"):
     vae.make("nope", (4, 4, 1))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("burda1", dict(latent_dims=(0,)), "latent_dims must be None for model 'burda1'"),
+    ("burda2", dict(hidden_dims=((0,),)), "hidden_dims must be None for model 'burda2'"),
+    ("custom", dict(latent_dims=(0,), hidden_dims=((10,),)),
+     r"latent_dims\[0\] must be an int >= 1"),
+    ("custom", dict(latent_dims=(2.5,), hidden_dims=((10,),)), r"latent_dims\[0\] must be an int"),
+    ("custom", dict(latent_dims=(True,), hidden_dims=((10,),)), r"latent_dims\[0\] .*bool"),
+    ("custom", dict(latent_dims=50, hidden_dims=((10,),)), "latent_dims must be a sequence"),
+    ("custom", dict(latent_dims=(), hidden_dims=()), "latent_dims must hold at least one size"),
+    ("custom", dict(latent_dims=(5,), hidden_dims=(10,)), r"hidden_dims\[0\] must be a sequence"),
+    ("custom", dict(latent_dims=(5,), hidden_dims=((2.5,),)),
+     r"hidden_dims\[0\]\[0\] must be an int"),
+], ids=["named_latent", "named_hidden", "latent_zero", "latent_float", "latent_bool", "latent_int",
+        "latent_empty", "hidden_flat", "hidden_float"])
+def test_make_refuses_bad_sizes_naming_the_argument(name, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    vae.make(name, (28, 28, 1), **kwargs)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((28.5, 28, 1), r"image_shape\[0\] must be an int"),
+    ((28, 28, 0), r"image_shape\[2\] must be an int >= 1"),
+    (784, "image_shape must be a sequence"), ((), "image_shape must hold at least one size"),
+])
+def test_make_refuses_a_bad_image_shape(shape, match):
+  with pytest.raises(ValueError, match=match):
+    vae.make("burda1", shape)
+
+
+def test_make_accepts_the_config_placeholders_and_numpy_sizes():
+  assert vae.make("burda1", (28, 28, 1), latent_dims=(), hidden_dims=()).latent_dims == (50,)
+  m = vae.make("custom", np.array([4, 4, 1]), latent_dims=[np.int64(3)], hidden_dims=[[8]])
+  assert m.image_shape == (4, 4, 1) and m.latent_dims == (3,) and m.hidden_dims == ((8,),)
+  with pytest.raises(ValueError, match=r"latent_dims\[0\] must be an int"):
+    vae.VAE((4, 4, 1), (2.7,), ((8,),))   # never truncated to 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(posterior="x"), "posterior must be 'gaussian' or 'iaf'"),
+    (dict(prior="mog", num_components=0), "num_components must be an int >= 1"),
+    (dict(prior="vamp", num_pseudo_inputs=2.5), "num_pseudo_inputs must be an int"),
+    (dict(posterior="iaf", flow_layers=-1), "flow_layers must be an int >= 1"),
+    (dict(posterior="iaf", flow_hidden=()), "flow_hidden must hold at least one size"),
+])
+def test_make_prior_vae_names_its_own_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    vae.make_prior_vae("burda1", (28, 28, 1), **kwargs)

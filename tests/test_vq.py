@@ -302,3 +302,28 @@ def test_vq_names_bad_codebooks_and_settings_without_the_test_hook():
   assert_raises_naming(results, {"int codebook": "codebook"}, says="floating")
   assert_raises_naming(results, {"decay shape": "decay", "eps shape": "eps"}, "ValueError",
                        "must be a scalar (shape ())")
+
+
+@pytest.mark.parametrize("threshold,error,match", [
+    (float("nan"), ValueError, r"threshold must be a number >= 0.*nan"),
+    (-1.0, ValueError, "threshold must be a number >= 0"),
+    (float("-inf"), ValueError, "threshold must be a number >= 0"),
+    (True, TypeError, "threshold must be a number"),
+    ("1", TypeError, "threshold must be a number"),
+    (np.ones(2), ValueError, "threshold must be a scalar"),
+], ids=["nan", "negative", "minus_inf", "bool", "str", "vector"])
+def test_restart_dead_codes_refuses_a_bad_threshold(threshold, error, match):
+  cb, ze = jnp.ones((4, 2)), jnp.zeros((6, 2))
+  with pytest.raises(error, match=match):
+    vq.restart_dead_codes(jax.random.key(0), cb, jnp.asarray([0.0, 5, 1, 3]), ze,
+                          threshold=threshold)
+
+
+def test_restart_dead_codes_with_a_traced_nan_threshold_gives_a_nan_codebook():
+  cb, ze, counts = jnp.ones((4, 2)), jnp.zeros((6, 2)), jnp.asarray([0.0, 5, 1, 3])
+  fn = jax.jit(lambda t: vq.restart_dead_codes(jax.random.key(0), cb, counts, ze, threshold=t)[0])
+  assert np.all(np.isnan(fn(jnp.float32(np.nan))))
+  assert np.all(np.isnan(fn(jnp.float32(-1.0))))
+  np.testing.assert_array_equal(fn(jnp.float32(2.0)), vq.restart_dead_codes(
+      jax.random.key(0), cb, counts, ze, threshold=2.0)[0])
+  np.testing.assert_array_equal(fn(jnp.float32(np.inf))[:, 0], np.zeros(4))  # every code restarts

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
+from dgmjax import _checks
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -30,11 +32,27 @@ def check_activation(name: str) -> None:
 
 
 def check_hidden_sizes(hidden_sizes: Sequence[int]) -> tuple[int, ...]:
-  sizes = tuple(int(h) for h in hidden_sizes)
-  if not sizes or any(h < 1 for h in sizes):
-    raise ValueError(f"hidden_sizes must be a non-empty sequence of positive ints, got "
-                     f"{hidden_sizes!r}")
+  """A non-empty sequence of ints >= 1 (a bool, float or string entry raises, naming it)."""
+  expected = f"hidden_sizes must be a non-empty sequence of positive ints, got {hidden_sizes!r}"
+  if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Sequence) and not (
+      isinstance(hidden_sizes, np.ndarray) and hidden_sizes.ndim == 1):
+    raise _checks.ArgumentTypeError(expected)
+  try:
+    sizes = tuple(_checks.check_int("hidden_sizes", h, minimum=1) for h in hidden_sizes)
+  except ValueError as e:
+    raise type(e)(f"{expected} ({e})") from None
+  if not sizes:
+    raise ValueError(expected)
   return sizes
+
+
+def check_settings(event_size, context_size, log_scale_clamp, *, min_event_size: int = 1) -> int:
+  """The shared settings of a conditioned layer; returns ``event_size`` as an int."""
+  event_size = _checks.check_int("event_size", event_size, minimum=min_event_size)
+  _checks.check_int("context_size", context_size, minimum=0)
+  if log_scale_clamp is not None:
+    _checks.check_real("log_scale_clamp", log_scale_clamp, minimum=0.0, strict_minimum=True)
+  return event_size
 
 
 def add_bias(y: Float[Array, "*batch H"], b: Float[ArrayLike, "H"]) -> Float[Array, "*batch H"]:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
+from dgmjax import _checks
 from dgmjax.flows import _nets
 from dgmjax.flows import base
 
@@ -62,6 +63,8 @@ def normalize_order(order: Union[str, Sequence[int], ArrayLike],
 
 def random_order(event_size: int, seed: int) -> tuple[int, ...]:
   """A random autoregressive order (degrees ``1..D`` shuffled with a NumPy seed; static)."""
+  event_size = _checks.check_int("event_size", event_size, minimum=1)
+  seed = _checks.check_seed("seed", seed)
   return tuple(int(d) for d in np.random.RandomState(seed).permutation(event_size) + 1)
 
 
@@ -77,14 +80,11 @@ class _AffineAutoregressive(base.Bijector):
   log_scale_clamp: Optional[float] = None
 
   def __post_init__(self):
-    if int(self.event_size) < 1:
-      raise ValueError(f"event_size must be >= 1, got {self.event_size}")
-    object.__setattr__(self, "event_size", int(self.event_size))
+    object.__setattr__(self, "event_size", _nets.check_settings(
+        self.event_size, self.context_size, self.log_scale_clamp))
     object.__setattr__(self, "hidden_sizes", _nets.check_hidden_sizes(self.hidden_sizes))
     object.__setattr__(self, "order", normalize_order(self.order, self.event_size))
     _nets.check_activation(self.activation)
-    if self.context_size < 0:
-      raise ValueError(f"context_size must be >= 0, got {self.context_size}")
 
   @property
   def event_shape(self):
@@ -200,8 +200,7 @@ class IAF(_AffineAutoregressive):
 
 def _stack(cls, event_size, num_layers, hidden_sizes, context_size, activation,
            log_scale_clamp, orders):
-  if num_layers < 1:
-    raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+  num_layers = _checks.check_int("num_layers", num_layers, minimum=1)
   if orders is None:
     orders = ["natural" if i % 2 == 0 else "reversed" for i in range(num_layers)]
   if len(orders) != num_layers:

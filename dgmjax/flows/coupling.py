@@ -20,17 +20,37 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, DTypeLike, Float, PRNGKeyArray, Real
 
+from dgmjax import _checks
 from dgmjax.flows import _nets
 from dgmjax.flows import base
 
 
+def _check_mask_settings(event_size, parity) -> tuple[int, int]:
+  """``event_size`` an int >= 1 and ``parity`` 0 or 1, else an error naming the argument."""
+  event_size = _checks.check_int("event_size", event_size, minimum=1)
+  parity = _checks.check_int("parity", parity, minimum=0)
+  if parity > 1:
+    raise ValueError(f"parity must be 0 or 1 (which of the two complementary masks), got {parity}")
+  return event_size, parity
+
+
 def alternating_mask(event_size: int, parity: int = 0) -> tuple[int, ...]:
-  """``[1, 0, 1, 0, ...]`` (``parity=0``) or ``[0, 1, 0, 1, ...]`` (``parity=1``), ``[D]``."""
+  """``[1, 0, 1, 0, ...]`` (``parity=0``) or ``[0, 1, 0, 1, ...]`` (``parity=1``), ``[D]``.
+
+  Raises:
+    ValueError: ``event_size`` not an int >= 1, or ``parity`` not 0 or 1.
+  """
+  event_size, parity = _check_mask_settings(event_size, parity)
   return tuple(int((i + parity) % 2 == 0) for i in range(event_size))
 
 
 def half_mask(event_size: int, parity: int = 0) -> tuple[int, ...]:
-  """The first half kept (``parity=0``) or the second half kept (``parity=1``), ``[D]``."""
+  """The first half kept (``parity=0``) or the second half kept (``parity=1``), ``[D]``.
+
+  Raises:
+    ValueError: ``event_size`` not an int >= 1, or ``parity`` not 0 or 1.
+  """
+  event_size, parity = _check_mask_settings(event_size, parity)
   first = tuple(int(i < (event_size + 1) // 2) for i in range(event_size))
   return first if parity == 0 else tuple(1 - m for m in first)
 
@@ -62,8 +82,13 @@ class AffineCoupling(base.Bijector):
   log_scale_clamp: Optional[float] = None
 
   def __post_init__(self):
-    object.__setattr__(self, "event_size", int(self.event_size))
-    mask = tuple(int(bool(m)) for m in np.asarray(self.mask).reshape(-1))
+    object.__setattr__(self, "event_size", _nets.check_settings(
+        self.event_size, self.context_size, self.log_scale_clamp, min_event_size=2))
+    raw = np.asarray(self.mask)
+    if raw.ndim != 1 or not (raw.dtype == bool or (np.issubdtype(raw.dtype, np.number)
+                                                   and np.all((raw == 0) | (raw == 1)))):
+      raise ValueError(f"mask must be a 1-D sequence of 0/1 (or bools), got {self.mask!r}")
+    mask = tuple(int(bool(m)) for m in raw)
     if len(mask) != self.event_size:
       raise ValueError(f"mask must have event_size={self.event_size} entries, got {len(mask)}")
     if all(mask) or not any(mask):
@@ -130,8 +155,11 @@ def real_nvp(event_size: int, num_layers: int, hidden_sizes: Sequence[int] = (64
   """
   from dgmjax.flows.actnorm import ActNorm  # local imports: neither depends on coupling
   from dgmjax.flows.permutation import random_permutation
-  if num_layers < 1:
-    raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+  event_size = _checks.check_int("event_size", event_size, minimum=2)
+  num_layers = _checks.check_int("num_layers", num_layers, minimum=1)
+  actnorm = _checks.check_bool("actnorm", actnorm)
+  if permute_seed is not None:
+    permute_seed = _checks.check_seed("permute_seed", permute_seed)
   if masks is None:
     masks = [alternating_mask(event_size, l % 2) for l in range(num_layers)]
   if len(masks) != num_layers:

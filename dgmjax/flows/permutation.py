@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 from jaxtyping import DTypeLike, PRNGKeyArray
 
+from dgmjax import _checks
 from dgmjax.flows import base
 
 
@@ -45,9 +46,12 @@ class Permute(base.Bijector):
 
 def Reverse(event_size: int) -> Permute:  # pylint: disable=invalid-name
   """The permutation ``D-1, ..., 0`` (reverses the event axis)."""
+  event_size = _checks.check_int("event_size", event_size, minimum=1)
   return Permute(tuple(range(event_size - 1, -1, -1)))
 
 
 def random_permutation(event_size: int, seed: int) -> Permute:
   """A fixed random permutation drawn with a NumPy seed (static configuration, not a key)."""
+  event_size = _checks.check_int("event_size", event_size, minimum=1)
+  seed = _checks.check_seed("seed", seed)
   return Permute(tuple(int(i) for i in np.random.RandomState(seed).permutation(event_size)))

@@ -40,8 +40,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dgmjax import distributions, gumbel
+from dgmjax import _checks, distributions, gumbel
 from dgmjax.models.base import LatentModel
 from dgmjax.nn.mlp import MLP, flatten_images
 
@@ -99,6 +100,12 @@ class CategoricalVAE(LatentModel):
   codebook_dim: int = 0
 
   def __post_init__(self):
+    from dgmjax.models.vae import check_sizes  # pylint: disable=import-outside-toplevel
+    object.__setattr__(self, "image_shape", check_sizes("image_shape", self.image_shape))
+    object.__setattr__(self, "hidden_dims", check_sizes("hidden_dims", self.hidden_dims,
+                                                        allow_empty=True))
+    for name in ("num_vars", "num_classes", "codebook_dim"):
+      object.__setattr__(self, name, _checks.check_int(name, getattr(self, name)))
     if self.num_vars < 1:
       raise ValueError(f"num_vars must be >= 1, got {self.num_vars}")
     if self.num_classes < 2:
@@ -208,6 +215,15 @@ class RelaxedCategoricalVAE(LatentModel):
   temperature: Any
   hard: bool = False
 
+  def __post_init__(self):
+    if not isinstance(self.model, CategoricalVAE):
+      raise _checks.ArgumentTypeError(f"model must be a CategoricalVAE, got "
+                                      f"{type(self.model).__name__}")
+    _checks.check_bool("hard", self.hard)
+    _checks.check_numeric("temperature", self.temperature)
+    _checks.check_values("temperature", self.temperature, lambda t: np.isfinite(t) & (t > 0),
+                         "a finite number > 0 (a traced value is checked by the sampler)")
+
   def sample_q(self, params, x: Array, key: Array) -> Array:
     logits = self.model.encoder_logits(params, x)
     return gumbel.gumbel_softmax(key, logits, self.temperature, hard=self.hard)
@@ -242,8 +258,16 @@ def jang_temperature(step, *, initial: float = 1.0, minimum: float = 0.5, rate: 
                      every: int = 1000):
   """Jang et al.'s annealing ``tau = max(minimum, initial * exp(-rate * t))``, ``t`` updated every
   ``every`` steps (their code: ``tau0 = 1``, ``ANNEAL_RATE = 0.00003``, ``MIN_TEMP = 0.5``,
-  every 1000 steps)."""
-  if minimum <= 0 or initial <= 0:
-    raise ValueError(f"temperatures must be > 0, got initial={initial}, minimum={minimum}")
+  every 1000 steps).
+
+  Raises:
+    ValueError: ``initial`` or ``minimum`` not a finite number > 0, ``rate`` not finite and
+      ``>= 0``, ``every`` not an int >= 1, or a concrete ``step`` < 0 (each names the argument).
+  """
+  initial = _checks.check_real("initial", initial, minimum=0.0, strict_minimum=True)
+  minimum = _checks.check_real("minimum", minimum, minimum=0.0, strict_minimum=True)
+  rate = _checks.check_real("rate", rate, minimum=0.0)
+  every = _checks.check_int("every", every, minimum=1)
+  _checks.check_values("step", step, lambda s: s >= 0, "a step count >= 0")
   t = (step // every) * every
   return jnp.maximum(minimum, initial * jnp.exp(-rate * t))

@@ -203,6 +203,7 @@ def gmm_sample(params: GMMParams, key: Array, num: int) -> tuple[Array, Array]:
     ``(x [num, D], z [num])`` with integer components ``z``.
   """
   check_params(params)
+  num = _checks.check_int("num", num, minimum=1)
   kz, kx = jax.random.split(key)
   z = jax.random.categorical(kz, params.logits, shape=(num,))
   x = distributions.sample_mvn(kx, params.means[z], params.scale_tril[z])
@@ -224,9 +225,10 @@ def gmm_init(key: Array, x: Array, num_components: int, *, reg_covar: float = 1e
   data_matrix.check_data_matrix("x", x)
   x = jnp.asarray(x)
   n, d = x.shape
+  num_components = _checks.check_int("num_components", num_components, minimum=1)
   if not 1 <= num_components <= n:
     raise ValueError(f"num_components must be in [1, N={n}], got {num_components}")
-  _checks.check_nonnegative("reg_covar", reg_covar)
+  _checks.check_real("reg_covar", reg_covar, minimum=0.0)
   return _gmm_init(key, x, jnp.asarray(reg_covar, x.dtype), num_components=num_components)
 
 

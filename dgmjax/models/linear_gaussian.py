@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dgmjax import distributions
+from dgmjax import _checks, distributions
 
 Array = jax.Array
 
@@ -86,7 +86,8 @@ def log_joint(params: Params, x: Array, z: Array) -> Array:
 
 
 def sample(params: Params, key: Array, num: int) -> tuple[Array, Array]:
-  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model."""
+  """Draws ``num`` pairs ``(x [num, D_x], z [num, D_z])`` from the model (``num``: an int >= 1)."""
+  num = _checks.check_int("num", num, minimum=1)
   kz, kx = jax.random.split(key)
   dx, dz = params.w.shape
   z = jax.random.normal(kz, (num, dz), params.w.dtype)
@@ -97,7 +98,16 @@ def sample(params: Params, key: Array, num: int) -> tuple[Array, Array]:
 
 def init(key: Array, x_dim: int, z_dim: int, *, noise_scale: float = 0.5,
          dtype=jnp.float32) -> Params:
-  """Random parameters with ``W ~ N(0, 1/D_z)``, ``b ~ N(0, 1)`` and ``s = noise_scale``."""
+  """Random parameters with ``W ~ N(0, 1/D_z)``, ``b ~ N(0, 1)`` and ``s = noise_scale``.
+
+  Raises:
+    ValueError: ``x_dim`` or ``z_dim`` not an int >= 1, a concrete ``noise_scale`` not finite
+      and > 0.
+  """
+  x_dim = _checks.check_int("x_dim", x_dim, minimum=1)
+  z_dim = _checks.check_int("z_dim", z_dim, minimum=1)
+  _checks.check_finite("noise_scale", noise_scale)
+  _checks.check_positive("noise_scale", noise_scale)
   kw, kb = jax.random.split(key)
   w = jax.random.normal(kw, (x_dim, z_dim), dtype) / jnp.sqrt(jnp.asarray(z_dim, dtype))
   b = jax.random.normal(kb, (x_dim,), dtype)

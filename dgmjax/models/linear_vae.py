@@ -67,7 +67,15 @@ def linear_vae_init(key: Array, x_dim: int, z_dim: int, *, mean: Array | None = 
 
   Returns:
     :class:`LinearVAEParams`.
+
+  Raises:
+    ValueError: ``x_dim`` or ``z_dim`` not an int >= 1, a concrete ``noise_scale`` not finite
+      and > 0.
   """
+  x_dim = _checks.check_int("x_dim", x_dim, minimum=1)
+  z_dim = _checks.check_int("z_dim", z_dim, minimum=1)
+  _checks.check_finite("noise_scale", noise_scale)
+  _checks.check_positive("noise_scale", noise_scale)
   kd, ke = jax.random.split(key)
   w = 0.1 * jax.random.normal(kd, (x_dim, z_dim), dtype)
   v = 0.1 * jax.random.normal(ke, (x_dim, z_dim), dtype)
@@ -192,6 +200,12 @@ def fit_linear_vae(key: Array, x: Array, z_dim: int, *, num_steps: int = 2000,
   x = jnp.asarray(x)
   if noise_variance is not None:
     _checks.check_positive("noise_variance", noise_variance)
+  z_dim = _checks.check_int("z_dim", z_dim, minimum=1)
+  num_steps = _checks.check_int("num_steps", num_steps, minimum=1)
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
+  if batch_size is not None:
+    batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  _checks.check_real("learning_rate", learning_rate, minimum=0.0, strict_minimum=True)
   k_init, k_train = jax.random.split(key)
   # One compiled program serves both cases: the noise variance is a traced value, "free" if <= 0.
   noise = jnp.asarray(-1.0 if noise_variance is None else noise_variance, x.dtype)

@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import distributions
+from dgmjax import _checks, distributions
 from dgmjax.nn import pixelcnn as pixelcnn_lib
 from dgmjax.models.base import LatentModel
-from dgmjax.models.vae import output_bias_from_mean
+from dgmjax.models.vae import check_sizes, output_bias_from_mean
 from dgmjax.nn.mlp import MLP, GaussianHead, flatten_images
 
 Array = jax.Array
@@ -76,8 +76,11 @@ class PixelVAE(LatentModel):
   cond_channels: int = 4
 
   def __post_init__(self):
-    object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
-    object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+    object.__setattr__(self, "image_shape", check_sizes("image_shape", self.image_shape))
+    object.__setattr__(self, "hidden", check_sizes("hidden", self.hidden, allow_empty=True))
+    for name in ("latent_dim", "num_layers", "features", "kernel_size", "first_kernel_size",
+                 "cond_channels"):  # ints, never truncated floats or bools
+      object.__setattr__(self, name, _checks.check_int(name, getattr(self, name)))
     if len(self.image_shape) != 3 or self.image_shape[-1] != 1 or min(self.image_shape) < 1:
       raise ValueError(f"image_shape must be (H, W, 1) (binary single-channel images), got "
                        f"{self.image_shape}")
@@ -255,5 +258,5 @@ def make(decoder: str = "pixelcnn", *, image_shape: Sequence[int] = (28, 28, 1),
          features: int = 32, kernel_size: int = 3, first_kernel_size: int = 7,
          cond_channels: int = 4) -> PixelVAE:
   """A :class:`PixelVAE` from keyword settings (for configs)."""
-  return PixelVAE(tuple(image_shape), int(latent_dim), tuple(hidden), decoder, int(num_layers),
-                  int(features), int(kernel_size), int(first_kernel_size), int(cond_channels))
+  return PixelVAE(image_shape, latent_dim, hidden, decoder, num_layers, features, kernel_size,
+                  first_kernel_size, cond_channels)

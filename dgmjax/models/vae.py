@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgmjax import distributions
+from dgmjax import _checks, distributions
 from dgmjax.models.base import LatentModel
 from dgmjax.models.prior_vae import PriorVAE
 from dgmjax.nn.mlp import GaussianHead, MLP, flatten_images
@@ -103,17 +103,14 @@ class VAE(LatentModel):
   hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200),)
 
   def __post_init__(self):
-    object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
-    object.__setattr__(self, "latent_dims", tuple(int(s) for s in self.latent_dims))
-    object.__setattr__(self, "hidden_dims", tuple(tuple(int(w) for w in h)
-                                                  for h in self.hidden_dims))
-    if not self.image_shape or min(self.image_shape) < 1:
-      raise ValueError(f"image_shape must be a non-empty tuple of positive sizes, got "
-                       f"{self.image_shape}")
-    if min(self.latent_dims, default=1) < 1 or min(
-        (w for h in self.hidden_dims for w in h), default=1) < 1:
-      raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
-                       "hold positive sizes")
+    object.__setattr__(self, "image_shape", check_sizes("image_shape", self.image_shape))
+    object.__setattr__(self, "latent_dims", check_sizes("latent_dims", self.latent_dims))
+    if isinstance(self.hidden_dims, (str, bytes)) or not isinstance(self.hidden_dims, Sequence):
+      raise _checks.ArgumentTypeError(f"hidden_dims must be a sequence of width sequences (one "
+                                      f"per stochastic layer), got {self.hidden_dims!r}")
+    object.__setattr__(self, "hidden_dims", tuple(
+        check_sizes(f"hidden_dims[{l}]", h, allow_empty=True)
+        for l, h in enumerate(self.hidden_dims)))
     if not self.latent_dims or len(self.latent_dims) != len(self.hidden_dims):
       raise ValueError(f"latent_dims {self.latent_dims} and hidden_dims {self.hidden_dims} must "
                        "be non-empty and of equal length (one entry per stochastic layer)")
@@ -307,6 +304,18 @@ class VAE(LatentModel):
     return h
 
 
+def check_sizes(name: str, value, *, allow_empty: bool = False) -> tuple[int, ...]:
+  """A sequence of sizes as a tuple of ints >= 1, or an error naming ``name`` (a bool, float or
+  string size, a bare int where a sequence is expected, an empty sequence unless allowed)."""
+  if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+    raise _checks.ArgumentTypeError(f"{name} must be a sequence of ints >= 1 (e.g. (50,)), got "
+                                    f"{type(value).__name__} {value!r}")
+  out = tuple(_checks.check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
+  if not out and not allow_empty:
+    raise ValueError(f"{name} must hold at least one size, got {value!r}")
+  return out
+
+
 def burda_one_layer(image_shape: Sequence[int] = (28, 28, 1)) -> VAE:
   """Burda et al.'s 1-stochastic-layer model: 784-200-200-50 (tanh), mirrored decoder."""
   return VAE(tuple(image_shape), (50,), ((200, 200),))
@@ -324,12 +333,28 @@ def make(name: str, image_shape: Sequence[int], *, latent_dims: Sequence[int] | 
   Args:
     name: architecture name.
     image_shape: ``(H, W, C)`` of the data.
-    latent_dims: for ``'custom'``: stochastic layer sizes, bottom first.
-    hidden_dims: for ``'custom'``: hidden widths per stochastic layer.
+    latent_dims: for ``'custom'``: stochastic layer sizes, bottom first (for a named
+      architecture: ``None`` or empty, a config's unset placeholder).
+    hidden_dims: for ``'custom'``: hidden widths per stochastic layer (named: ``None`` or empty).
 
   Returns:
     A :class:`VAE`.
+
+  Raises:
+    ValueError: an unknown ``name``; ``latent_dims`` or ``hidden_dims`` given for a named
+      architecture (they are only for ``'custom'``) or missing for ``'custom'``; sizes that are
+      not ints >= 1 (each message names the argument and the entry).
   """
+  if not isinstance(name, str):
+    raise _checks.ArgumentTypeError(f"name must be one of 'burda1', 'burda2', 'custom'; got "
+                                    f"{type(name).__name__} {name!r}")
+  image_shape = check_sizes("image_shape", image_shape)
+  if name in ("burda1", "burda_1layer", "burda2", "burda_2layer"):
+    given = [k for k, v in (("latent_dims", latent_dims), ("hidden_dims", hidden_dims))
+             if v is not None and not (isinstance(v, (tuple, list)) and not v)]
+    if given:
+      raise ValueError(f"{' and '.join(given)} must be None for model {name!r}: its sizes are "
+                       f"fixed (Burda et al.); use name='custom' with latent_dims and hidden_dims")
   if name in ("burda1", "burda_1layer"):
     return burda_one_layer(image_shape)
   if name in ("burda2", "burda_2layer"):
@@ -337,7 +362,7 @@ def make(name: str, image_shape: Sequence[int], *, latent_dims: Sequence[int] | 
   if name == "custom":
     if latent_dims is None or hidden_dims is None:
       raise ValueError("model 'custom' needs latent_dims and hidden_dims")
-    return VAE(tuple(image_shape), tuple(latent_dims), tuple(tuple(h) for h in hidden_dims))
+    return VAE(image_shape, latent_dims, hidden_dims)
   raise ValueError(f"model name must be one of 'burda1', 'burda2', 'custom'; got {name!r}")
 
 
@@ -353,8 +378,19 @@ def make_prior_vae(name: str, image_shape: Sequence[int], *, prior: str = "stand
   """A :class:`~dgmjax.models.prior_vae.PriorVAE` over a :class:`VAE`, from names: a one-layer architecture of :func:`make`, a prior of
   :func:`dgmjax.priors.make_prior` and ``posterior`` ``'gaussian'`` or ``'iaf'``
   (``flow_layers`` IAF layers with ``flow_hidden`` MADE widths, context = last encoder layer).
+
+  Raises:
+    ValueError: as :func:`make`; ``posterior`` not ``'gaussian'`` or ``'iaf'``; ``num_components``,
+      ``num_pseudo_inputs`` or ``flow_layers`` not an int >= 1, ``flow_hidden`` not a non-empty
+      sequence of ints >= 1 (checked whether or not the prior uses them).
   """
   from dgmjax import flows, priors  # pylint: disable=import-outside-toplevel
+  if posterior not in ("gaussian", "iaf"):
+    raise ValueError(f"posterior must be 'gaussian' or 'iaf', got {posterior!r}")
+  for key, value in (("num_components", num_components), ("num_pseudo_inputs", num_pseudo_inputs),
+                     ("flow_layers", flow_layers)):
+    _checks.check_int(key, value, minimum=1)
+  flow_hidden = check_sizes("flow_hidden", flow_hidden)
   base = make(name, image_shape, latent_dims=latent_dims, hidden_dims=hidden_dims)
   if base.num_layers != 1:
     raise ValueError(f"model {name!r} has {base.num_layers} stochastic layers; priors need one")

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dgmjax import distributions, vq
+from dgmjax import _checks, distributions, vq
 
 Array = jax.Array
 
@@ -173,6 +173,17 @@ class VQVAE:
   init_offset: float = 0.0
 
   def __post_init__(self):
+    from dgmjax.models.vae import check_sizes  # pylint: disable=import-outside-toplevel
+    object.__setattr__(self, "image_shape", check_sizes("image_shape", self.image_shape))
+    for name, low in (("levels", 1), ("num_codes", 1), ("embedding_dim", 1), ("features", 1),
+                      ("hidden", 1), ("num_blocks", 0), ("restart_every", 0)):
+      object.__setattr__(self, name, _checks.check_int(name, getattr(self, name), minimum=low))
+    _checks.check_real("beta", self.beta, minimum=0.0)
+    _checks.check_real("restart_threshold", self.restart_threshold, minimum=0.0)
+    _checks.check_real("init_scale", self.init_scale, minimum=0.0)
+    _checks.check_real("init_offset", self.init_offset)
+    _checks.check_real("ema_decay", self.ema_decay)
+    _checks.check_bool("ema", self.ema)
     if self.levels not in (1, 2):
       raise ValueError(f"levels must be 1 or 2, got {self.levels}")
     if self.num_codes < 1:

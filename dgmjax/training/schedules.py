@@ -19,7 +19,12 @@ Array = jax.Array
 
 
 def burda_epochs(num_passes: int = 8) -> list[int]:
-  """Epochs of each pass of Burda et al.'s schedule: ``3^i`` for ``i = 0 .. num_passes-1``."""
+  """Epochs of each pass of Burda et al.'s schedule: ``3^i`` for ``i = 0 .. num_passes-1``.
+
+  Raises:
+    ValueError: ``num_passes`` not an int >= 1 (a bool or float is an ``ArgumentTypeError``).
+  """
+  num_passes = _checks.check_int("num_passes", num_passes, minimum=1)
   return [3**i for i in range(num_passes)]
 
 
@@ -28,7 +33,12 @@ def burda_learning_rates(num_passes: int = 8, *, reference_rounding: bool = Fals
 
   With ``reference_rounding`` the rates are those of the reference code,
   ``1e-4 * round(10^(1 - i/7), 1)`` (``1e-3, 7.2e-4, 5.2e-4, ...``).
+
+  Raises:
+    ValueError: ``num_passes`` not an int >= 1, or ``reference_rounding`` not a bool.
   """
+  num_passes = _checks.check_int("num_passes", num_passes, minimum=1)
+  reference_rounding = _checks.check_bool("reference_rounding", reference_rounding)
   if reference_rounding:
     return [1e-4 * round(10.0 ** (1 - i / 7.0), 1) for i in range(num_passes)]
   return [1e-3 * 10.0 ** (-i / 7.0) for i in range(num_passes)]
@@ -63,6 +73,7 @@ def burda_schedule(steps_per_epoch: int, num_passes: int = 8, *, num_epochs: flo
   if num_epochs is not None:
     num_epochs = _checks.check_real("num_epochs", num_epochs, minimum=0.0, strict_minimum=True)
   check_learning_rate(base_learning_rate, "base_learning_rate")
+  reference_rounding = _checks.check_bool("reference_rounding", reference_rounding)
   rates = [r * base_learning_rate / 1e-3
            for r in burda_learning_rates(num_passes, reference_rounding=reference_rounding)]
   epochs = np.asarray(burda_epochs(num_passes), np.float64)
@@ -105,13 +116,24 @@ def burda_adam(learning_rate, b1: float = 0.99, b2: float = 0.999,
   .. math:: \\theta_t = \\theta_{t-1} - \\alpha_t \\frac{m_{t-1}}{\\sqrt{v_{t-1}} + \\epsilon}, \\quad \\alpha_t = \\eta_t \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
 
   Args:
-    learning_rate: a float or an optax schedule of the step count (from 0).
-    b1, b2: moment decay rates.
-    eps: added to ``sqrt(v)``.
+    learning_rate: a float or an optax schedule of the step count (from 0), checked by
+      :func:`check_learning_rate` (a schedule may start at 0, as a warmup does).
+    b1, b2: moment decay rates, in ``[0, 1)``.
+    eps: added to ``sqrt(v)``, finite and ``>= 0``.
+
+  Raises:
+    ValueError: a learning rate that is not finite and > 0, or a decay rate or ``eps`` out of
+      range; each message names the argument.
 
   References:
     Burda et al., ICLR 2016, reference implementation (``optimizers.py`` of yburda/iwae).
   """
+  check_learning_rate(learning_rate)
+  for name, value in (("b1", b1), ("b2", b2)):
+    if _checks.check_real(name, value, minimum=0.0) >= 1.0:
+      raise ValueError(f"{name} must be a finite number in [0, 1) (a moment decay rate), got "
+                       f"{value!r}")
+  _checks.check_real("eps", eps, minimum=0.0)
 
   def init(params):
     return BurdaAdamState(jnp.ones([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
@@ -131,25 +153,55 @@ def burda_adam(learning_rate, b1: float = 0.99, b2: float = 0.999,
   return optax.GradientTransformation(init, update)
 
 
+#: Steps at which :func:`check_learning_rate` evaluates a schedule.
+_PROBE_STEPS = (0, 1, 2, 3, 10, 100, 1_000, 10_000, 100_000)
+
+
 def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
   """A learning rate (a number or an optax schedule of the step) must be finite and > 0.
 
-  A schedule is checked at its first step and, being a function of a traced step, only there.
+  A number must be finite and ``> 0``. A schedule is evaluated at the steps
+  ``0, 1, 2, 3, 10, 100, 1000, 10^4, 10^5``: every value must be finite and ``>= 0`` and at least
+  one ``> 0``, so a warmup that starts at 0 (``optax.linear_schedule(0.0, peak, n)``, optax's
+  idiom) is accepted, while a schedule that is negative, NaN or zero at every one of those steps
+  is refused. Between and beyond those steps a schedule (a function of a traced step) cannot be
+  seen. A rate inside an optax transformation is checked by
+  :func:`dgmjax.training.step.check_optimizer`, where it can be seen.
 
   Raises:
-    ValueError: naming ``name`` and the value given.
+    ValueError: naming ``name``, the value given and (for a schedule) the step.
   """
-  value = learning_rate(0) if callable(learning_rate) else learning_rate
-  if isinstance(value, (bool, str, bytes)):
+  if callable(learning_rate):
+    values = []
+    for step in _PROBE_STEPS:
+      v = _rate_value(learning_rate(step), name, learning_rate)
+      if not (np.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number > 0 at every step (a schedule may start "
+                         f"at 0, as a warmup does), got a schedule whose value at step {step} is "
+                         f"{v!r}")
+      values.append(v)
+    if not any(v > 0 for v in values):
+      raise ValueError(f"{name} must be a finite number > 0 at some step, got a schedule that "
+                       f"is 0 at steps {', '.join(map(str, _PROBE_STEPS))}: training would "
+                       f"never move")
+    return
+  v = _rate_value(learning_rate, name, learning_rate)
+  if not (np.isfinite(v) and v > 0):
+    raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def _rate_value(value, name: str, given) -> float:
+  """One learning rate as a float, or a ValueError naming ``name``."""
+  if isinstance(value, (bool, np.bool_, str, bytes)):
     raise ValueError(f"{name} must be a finite number > 0, got {type(value).__name__} {value!r}")
   try:
-    v = float(np.asarray(value))
+    arr = np.asarray(value)
+    if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
+      raise TypeError
+    return float(arr.reshape(()))
   except (TypeError, ValueError):
     raise ValueError(f"{name} must be a finite number > 0 (or a schedule giving one), got "
-                     f"{learning_rate!r}") from None
-  if not (np.isfinite(v) and v > 0):
-    what = f"a schedule whose value at step 0 is {v!r}" if callable(learning_rate) else repr(v)
-    raise ValueError(f"{name} must be a finite number > 0, got {what}")
+                     f"{given!r}") from None
 
 
 def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:

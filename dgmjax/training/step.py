@@ -41,19 +41,117 @@ class TrainState:
 
 
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-  """The training state at step 0: ``params`` and ``optimizer.init(params)``, counters at 0."""
-  check_optimizer(optimizer)
+  """The training state at step 0: ``params`` and ``optimizer.init(params)``, counters at 0.
+
+  ``optimizer`` is checked by :func:`check_optimizer` on the structure of ``params``.
+  """
+  check_optimizer(optimizer, params)
   zero = jnp.zeros([], jnp.int32)
   return TrainState(zero, params, optimizer.init(params), zero, zero)
 
 
-def check_optimizer(optimizer) -> None:
-  """``optimizer`` must be an optax transformation (with ``init`` and ``update``)."""
+#: Steps of the probe of :func:`check_optimizer`.
+_PROBE_UPDATES = 3
+
+
+def check_optimizer(optimizer, params=None) -> None:
+  """``optimizer`` must be an optax transformation that descends: a negative rate is refused.
+
+  Beyond its type (``init`` and ``update``), the optimiser is probed before any work: from
+  parameters at zero (the structure, shapes and dtypes of ``params``; without ``params`` one
+  small vector), it makes :data:`_PROBE_UPDATES` updates with a gradient of ones. optax adds
+  updates to the parameters, so a descent step moves against the gradient; an update that moves
+  **every** coordinate up the gradient is gradient ascent: a negative learning rate
+  (``optax.adam(-1e-3)``, ``optax.sgd(-0.1)``, ``optax.inject_hyperparams(optax.adam)(-1e-3)``) or
+  a scaling without its ``optax.scale(-lr)`` (``optax.scale_by_adam()`` alone). A learning rate
+  that the state shows (``optax.inject_hyperparams``: ``learning_rate`` in ``hyperparams``) must be
+  finite and ``>= 0``.
+
+  Accepted, as they should be: a warmup schedule that starts at 0 (the first updates are zero),
+  sign-based and second-order-style optimisers (``lion``, ``optax.scale_by_sign``,
+  ``adafactor``), weight decay (zero at zero parameters), ``optax.MultiSteps`` (zero updates
+  while it accumulates).
+
+  What the probe cannot see (a plain transformation hides its settings): a learning rate of
+  exactly 0 (its zero updates look like a warmup's or an accumulation's), a rate that turns
+  negative only after the first :data:`_PROBE_UPDATES` updates (a schedule inside the
+  optimiser), and optimisers whose ``update`` needs more than ``(grads, state, params)``
+  (``optax.lbfgs``, ``reduce_on_plateau`` alone: not probed). Check a schedule you pass to optax
+  yourself with :func:`dgmjax.training.check_learning_rate` (``make_optimizer`` does). A NaN
+  update from a NaN rate is caught by ``fit`` at its first checkpoint
+  (:class:`~dgmjax.training.NonFiniteError`).
+
+  Args:
+    optimizer: the optax transformation.
+    params: optional parameters whose structure the probe uses (their values are not used).
+
+  Raises:
+    ArgumentTypeError: not an optax transformation.
+    ValueError: an ascending update or a visible learning rate that is negative or not finite;
+      the message names the optimiser and what to pass instead.
+  """
   if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update",
                                                                           None))):
     raise _checks.ArgumentTypeError(
         f"optimizer must be an optax GradientTransformation (with init and update, e.g. "
         f"optax.adam(1e-3)), got {type(optimizer).__name__} {optimizer!r}")
+  probe = _probe_params(params)
+  if probe is None:
+    return
+  try:
+    state = optimizer.init(probe)
+    grads = jax.tree.map(jnp.ones_like, probe)
+    for i in range(_PROBE_UPDATES):
+      _check_visible_rates(state, optimizer)
+      updates, state = optimizer.update(grads, state, probe)
+      leaves = [np.asarray(u) for u in jax.tree.leaves(updates)]
+      if leaves and all(u.size and np.all(u > 0) for u in leaves):
+        raise _AscentError(
+            f"optimizer ascends: from zero parameters its update {i} moves every parameter up a "
+            f"gradient of ones (optax adds updates to the parameters), so training would "
+            f"increase the loss. A negative learning rate (e.g. optax.adam(-1e-3)) or a scaling "
+            f"without optax.scale(-learning_rate) does this; pass a learning rate > 0, e.g. "
+            f"optax.adam(1e-3). Got {optimizer!r}")
+  except _AscentError as e:
+    raise ValueError(str(e)) from None
+  except Exception:  # pylint: disable=broad-except
+    return  # an optimiser the probe cannot drive (needs extra arguments): not probed
+
+
+class _AscentError(Exception):
+  """An ascending optimiser found by the probe of :func:`check_optimizer`."""
+
+
+def _probe_params(params):
+  """Zeros with the structure, shapes and dtypes of ``params`` (concrete even when ``params``
+  is traced), or one float32 vector; None if ``params`` holds no floating array."""
+  if params is None:
+    return {"probe": jnp.zeros((3,), jnp.float32)}
+  try:
+    leaves, treedef = jax.tree.flatten(params)
+    zeros = [jnp.zeros(np.shape(a), jnp.result_type(a)) for a in leaves]
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not any(jnp.issubdtype(z.dtype, jnp.floating) for z in zeros):
+    return None
+  return jax.tree.unflatten(treedef, zeros)
+
+
+def _check_visible_rates(state, optimizer) -> None:
+  """A ``learning_rate`` that the state shows (``optax.inject_hyperparams``) must be finite and
+  ``>= 0``."""
+  for node in jax.tree.leaves(state, is_leaf=lambda n: hasattr(n, "hyperparams")):
+    hyper = getattr(node, "hyperparams", None)
+    if not isinstance(hyper, dict):
+      continue
+    for key in ("learning_rate", "lr", "step_size"):
+      if key in hyper:
+        v = np.asarray(hyper[key])
+        if v.size and not (np.all(np.isfinite(v)) and np.all(v >= 0)):
+          raise _AscentError(
+              f"optimizer has {key}={v.tolist()!r} in its state (optax.inject_hyperparams): a "
+              f"learning rate must be finite and > 0 (a schedule may start at 0). Got "
+              f"{optimizer!r}")
 
 
 def step_key(seed: int, step) -> Array:

@@ -4,7 +4,10 @@
   (:func:`parse_flags`) reports a bad ``--config`` in a few lines: an unknown key
   (``--config.evall.x=1``) names the key and lists the valid keys at that level (instead of
   ml_collections' ``KeyError`` traceback from inside absl's flag parsing), and an error raised by a
-  config file's ``get_config(arg)`` is shown as its message only.
+  config file's ``get_config(arg)`` is shown as its message only. A flag given twice replaces
+  its earlier value, tuples included: ``--config.eval.bound_ks='(5,)' --config.eval.bound_ks=50``
+  sets ``(50,)`` (ml_collections would concatenate repeated tuple flags into ``(5, 50)``); give a
+  tuple once, as ``'(5, 50)'``.
 * Config strings (``configs/mnist.py:iwae-k5-l1-e3``) are parsed strictly:
   :func:`parse_number`, :func:`parse_epochs` and :func:`parse_names` raise :class:`ValueError`
   listing the valid forms for any unknown or malformed part, never a silent default.
@@ -72,6 +75,54 @@ def _flag_arguments(argv: Sequence[str], name: str):
   return value, overrides
 
 
+def _field(config, key: str):
+  """The value of the dotted ``key`` of ``config``, or None where it names no field."""
+  node = config
+  for part in key.split("."):
+    if "[" in part or not hasattr(node, "keys") or part not in node.keys():
+      return None
+    node = node[part]
+  return node
+
+
+def last_override_wins(argv: Sequence[str], flag_values) -> list[str]:
+  """``argv`` with only the last of the repeated ``--<config>.<key>`` overrides of a tuple field.
+
+  ml_collections parses a tuple field's override as a multi-flag, so a repeated
+  ``--config.eval.bound_ks=...`` is concatenated (``(5,)`` then ``(0, 5)`` gives ``(5, 0, 5)``);
+  every other flag keeps its last value. Dropping the earlier occurrences makes a repeated tuple
+  flag replace as well. Arguments after ``--`` are left alone.
+  """
+  argv = list(argv)
+  end = argv.index("--") if "--" in argv else len(argv)
+  for name, flag in _config_flags(flag_values).items():
+    path, _ = _flag_arguments(argv[:end], name)
+    spans = {}   # key -> [(start, stop)] of its occurrences in argv
+    i = 1
+    while i < end:
+      a = argv[i]
+      flag_name, has_value, _ = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+      stop = i + 1 if has_value or i + 1 >= end else i + 2
+      if flag_name.startswith(name + "."):
+        spans.setdefault(flag_name[len(name) + 1:], []).append((i, stop, bool(has_value)))
+      i += 1
+    repeated = {k: v for k, v in spans.items() if len(v) > 1}
+    if path is None or not repeated:
+      continue
+    try:
+      config = flag.parser.parse(path)
+    except Exception:  # pylint: disable=broad-except  (absl reports it when it parses argv)
+      continue
+    drop = set()
+    for key, occurrences in repeated.items():
+      if isinstance(_field(config, key), tuple):
+        for start, stop, has_value in occurrences[:-1]:
+          drop.update(range(start, stop if not has_value else start + 1))
+    argv = [a for j, a in enumerate(argv) if j not in drop]
+    end -= len(drop)
+  return argv
+
+
 def unknown_key_message(config, key: str, flag: str = "config") -> str | None:
   """Why ``--<flag>.<key>`` names no field of ``config`` (listing the valid keys), or None."""
   node, done = config, []
@@ -103,6 +154,7 @@ def parse_flags(argv: Sequence[str], flag_values=None):
   from absl import flags  # pylint: disable=import-outside-toplevel
   flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
+    argv = last_override_wins(argv, flag_values)
     return flag_values(argv)
   except flags.Error as e:
     _fail(f"FATAL Flags parsing error: {_short_flag_error(str(e))}")
