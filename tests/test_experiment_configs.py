@@ -74,9 +74,9 @@ def test_malformed_config_string_raises_listing_the_valid_forms(thunk, exc, matc
 def _driver_config(driver):
   """``(train_and_evaluate-like function, a config of the driver)``."""
   if driver == "iwae":
-    from experiments.iwae import train
+    from experiments.common import burda
     from experiments.iwae.configs import quick
-    return train.train_and_evaluate, quick.get_config()
+    return burda.train_and_evaluate, quick.get_config()
   if driver == "priors":
     from experiments.priors import train
     from experiments.priors.configs import quick

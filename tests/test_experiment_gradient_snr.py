@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dgmjax import models, objectives
+from experiments.common import burda
 from experiments.gradient_snr import mnist, run, toy
 from experiments.gradient_snr.configs import mnist as mnist_config
 from experiments.gradient_snr.configs import quick
-from experiments.iwae import train as iwae_train
 from experiments.iwae.configs import quick as iwae_quick
 
 
@@ -72,7 +72,7 @@ def _tiny_run(workdir):
   c.progress = False
   c.eval.num_samples, c.eval.sample_chunk, c.eval.batch_size = 10, 10, 8
   c.eval.num_examples, c.eval.bound_ks = 8, (3,)
-  return iwae_train.train_and_evaluate(c, str(workdir))
+  return burda.train_and_evaluate(c, str(workdir))
 
 
 @pytest.mark.slow  # the MNIST study end to end; the toy study runs end to end in the default run

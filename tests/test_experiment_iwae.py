@@ -40,7 +40,7 @@ _TIMING = ("train_seconds", "eval_seconds", "total_seconds", "resumed_from")
 def test_train_and_evaluate_smoke(tmp_path):
   c = _tiny_config()
   c.microbatch = "25"  # two microbatches of 25 images per step
-  res = train.train_and_evaluate(c, str(tmp_path))
+  res = burda.train_and_evaluate(c, str(tmp_path))
   assert res["microbatch"] == 25
   steps_per_epoch = len(data.load("digits", "train")["image"]) // 50
   assert res["dataset"] == "digits" and res["steps"] == 2 * steps_per_epoch
@@ -56,13 +56,13 @@ def test_train_and_evaluate_smoke(tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_results(tmp_path):
-  full = train.train_and_evaluate(_tiny_config(), str(tmp_path / "a"))
+  full = burda.train_and_evaluate(_tiny_config(), str(tmp_path / "a"))
   steps_per_epoch = len(data.load("digits", "train")["image"]) // 50
   checkpoint = -(-steps_per_epoch // 5) * 5  # one epoch, rounded up to a multiple of log_every
   c = _tiny_config()
   c.stop_after_steps = checkpoint + 3  # killed a few steps after the first checkpoint
-  assert train.train_and_evaluate(c, str(tmp_path / "b")) == {"stopped_at": checkpoint + 3}
-  resumed = train.train_and_evaluate(_tiny_config(), str(tmp_path / "b"), resume=True)
+  assert burda.train_and_evaluate(c, str(tmp_path / "b")) == {"stopped_at": checkpoint + 3}
+  resumed = burda.train_and_evaluate(_tiny_config(), str(tmp_path / "b"), resume=True)
   assert resumed["resumed_from"] == checkpoint
   strip = lambda r: {k: v for k, v in r.items() if k not in _TIMING}
   assert strip(resumed) == strip(full)
@@ -79,18 +79,18 @@ def _patch_data(monkeypatch, images_by_split):
 def test_resume_with_a_changed_training_setting_is_refused(tmp_path):
   c = _tiny_config()
   c.stop_after_steps = 5
-  train.train_and_evaluate(c, str(tmp_path))
+  burda.train_and_evaluate(c, str(tmp_path))
   changed = _tiny_config()
   changed.learning_rate = 3e-4
   changed.seed = 7
   with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.0003; seed: 0 -> 7"):
-    train.train_and_evaluate(changed, str(tmp_path), resume=True)
+    burda.train_and_evaluate(changed, str(tmp_path), resume=True)
   evaluation_only = _tiny_config()
   evaluation_only.eval.num_samples = 20           # evaluation settings may change on resume
   evaluation_only.stop_after_steps = 10
-  assert train.train_and_evaluate(evaluation_only, str(tmp_path), resume=True) == {
+  assert burda.train_and_evaluate(evaluation_only, str(tmp_path), resume=True) == {
       "stopped_at": 10}
-  allowed = train.train_and_evaluate(changed, str(tmp_path), resume=True,
+  allowed = burda.train_and_evaluate(changed, str(tmp_path), resume=True,
                                      allow_config_change=("learning_rate", "seed"))
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["learning_rate"] == 3e-4 and saved["resume_changes"][-1]["seed"] == {
@@ -110,7 +110,7 @@ def test_bad_data_raises_before_training(tmp_path, monkeypatch, bad_split, image
   splits = {"train": good, "validation": good, "test": good, bad_split: images}
   _patch_data(monkeypatch, splits)
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(_tiny_config(), str(tmp_path))
+    burda.train_and_evaluate(_tiny_config(), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
   assert not os.path.exists(tmp_path / "metrics.jsonl")
 
@@ -119,7 +119,7 @@ def test_configured_image_shape_must_match_the_data(tmp_path):
   c = _tiny_config()
   c.image_shape = (28, 28, 1)
   with pytest.raises(ValueError, match=r"model expects images of shape \(28, 28, 1\)"):
-    train.train_and_evaluate(c, str(tmp_path))
+    burda.train_and_evaluate(c, str(tmp_path))
 
 
 @pytest.mark.parametrize("setting,match", [("7", "must divide config.batch_size=50"),
@@ -130,7 +130,7 @@ def test_bad_microbatch_raises_before_loading(tmp_path, monkeypatch, setting, ma
   c = _tiny_config()
   c.microbatch = setting
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(c, str(tmp_path))
+    burda.train_and_evaluate(c, str(tmp_path))
 
 
 def test_configs():

@@ -10,6 +10,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments.common import burda
 from experiments.common import config as common
 from experiments.iwae import train
 
@@ -29,7 +30,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
     logging.set_verbosity(logging.WARNING)
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
+  results = burda.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume,
       allow_config_change=FLAGS.allow_config_change)
   if "stopped_at" in results:
     print(f"stopped at step {results['stopped_at']}")

@@ -1,7 +1,7 @@
-"""``train_and_evaluate(config, workdir)``: train a VAE or an IWAE, then measure it as Burda et al.
+"""The IWAE study's summary of a run of :func:`experiments.common.burda.train_and_evaluate`.
 
-The run itself is :func:`experiments.common.burda.train_and_evaluate` (the evaluation study
-retrains its models with it too). Writes into ``workdir``:
+That function trains a VAE or an IWAE and measures it as Burda et al. (the evaluation study
+retrains its models with it too). It writes into ``workdir``:
   ``config.json``          the configuration;
   ``metrics.jsonl``        training metrics (and validation bounds at checkpoints);
   ``checkpoints/``         orbax checkpoints (``--resume`` continues from the latest);
@@ -16,19 +16,10 @@ References:
 
 from __future__ import annotations
 
-from experiments.common import burda
-
-
-def train_and_evaluate(config, workdir: str, *, resume: bool = False,
-                       allow_config_change=False) -> dict:
-  """Trains the configured model, evaluates it on the test split, writes results and figures
-  (:func:`experiments.common.burda.train_and_evaluate`); returns the results dictionary."""
-  return burda.train_and_evaluate(config, workdir, resume=resume,
-                                  allow_config_change=allow_config_change)
-
 
 def format_results(r: dict) -> str:
-  """A short human-readable summary of :func:`train_and_evaluate`'s results."""
+  """A short human-readable summary of the results of
+  :func:`experiments.common.burda.train_and_evaluate`."""
   ks = [k for k in r if k.startswith("test_iwae_")]
   lines = [
       f"{r['dataset']}: {r['estimator'].upper()} k={r['k']}, {r['num_layers']} stochastic "
