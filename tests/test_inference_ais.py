@@ -244,6 +244,12 @@ def test_bad_models_and_data_raise():
       log_likelihood=lambda p, x, z: jnp.zeros(x.shape[0]))
   with pytest.raises(ValueError, match="continuous latent"):
     ais.ais(discrete, {}, jnp.zeros((2, 3)), jax.random.key(0), num_temps=2)
+  one_hot = M.from_functions(  # float one-hot draws: discrete by declaration, not by dtype
+      sample_q=lambda p, x, k: jax.nn.one_hot(jax.random.randint(k, (x.shape[0],), 0, 3), 3),
+      log_q=lambda p, x, z: jnp.zeros(x.shape[0]), log_prior=lambda p, z: jnp.zeros(z.shape[0]),
+      log_likelihood=lambda p, x, z: jnp.zeros(x.shape[0]), latent="discrete")
+  with pytest.raises(ValueError, match="continuous latent.*latent='discrete'"):
+    ais.ais(one_hot, {}, jnp.zeros((2, 3)), jax.random.key(0), num_temps=2)
   no_prior = M.from_functions(sample_q=MODEL.sample_q, log_q=MODEL.log_q,
                               log_prior=MODEL.log_prior, log_likelihood=MODEL.log_likelihood)
   with pytest.raises(TypeError, match="sample_prior"):

@@ -697,3 +697,38 @@ def test_check_model_passes_discrete_latents_with_a_uniform_prior():
   x = (np.random.default_rng(0).uniform(size=(4, 2, 2, 1)) < 0.5).astype(np.float32)
   out = M.check_model(model, model.init(jax.random.key(0)), x)  # log p(z) is constant in z
   assert out["z"] == (4, 3, 3)
+
+
+def test_from_functions_uses_the_users_fused_sampler():
+  base = _lg_model()
+  calls = []
+
+  def fused(p, x, key):
+    calls.append(1)
+    z = base.sample_q(p, x, key)
+    return z, base.log_q(p, x, z) + 1.0   # off by one nat: the fused pair is what is used
+
+  model = M.from_functions(sample_q=base.sample_q, log_q=base.log_q, log_prior=base.log_prior,
+                           log_likelihood=base.log_likelihood, sample_and_log_q=fused)
+  x = jnp.asarray(X_NAN[:2])
+  z, log_q = model.sample_and_log_q(_lg_params(), x, _key())
+  np.testing.assert_allclose(log_q, base.log_q(_lg_params(), x, z) + 1.0, rtol=1e-6)
+  lw_fused = M.log_weights(model, _lg_params(), x, _key(), 3)
+  lw_plain = M.log_weights(base, _lg_params(), x, _key(), 3)
+  assert calls and np.allclose(lw_fused, lw_plain - 1.0, atol=1e-5)
+
+
+def test_from_functions_declares_the_kind_of_latent():
+  base = _lg_model()
+  fns = dict(sample_q=base.sample_q, log_q=base.log_q, log_prior=base.log_prior,
+             log_likelihood=base.log_likelihood)
+  declared = M.from_functions(**fns, latent="discrete")
+  with pytest.raises(ValueError, match=r"estimator 'iwae' .*latent is discrete.*latent='discrete'"):
+    losses.make_loss(declared, "iwae", 2)(_lg_params(), jnp.asarray(X_NAN[:2]), _key(), 0)
+  stopped = M.from_functions(**fns, reparametrized=False)
+  with pytest.raises(ValueError, match="not reparametrized"):
+    losses.make_loss(stopped, "dreg", 2)(_lg_params(), jnp.asarray(X_NAN[:2]), _key(), 0)
+  with pytest.raises(ValueError, match="latent must be None, 'continuous' or 'discrete'"):
+    M.from_functions(**fns, latent="categorical")
+  with pytest.raises(ValueError, match="reparametrized must be None or a bool"):
+    M.from_functions(**fns, reparametrized="no")

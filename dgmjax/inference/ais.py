@@ -255,6 +255,9 @@ def _check_settings(model, params, x, *, num_temps, num_chains, init, num_leapfr
   if jnp.ndim(step_size) > 2:
     raise ValueError(f"step_size must be a scalar, [B] or [T-1, B], got shape "
                      f"{jnp.shape(step_size)}")
+  if getattr(model, "latent", None) == "discrete":  # e.g. one-hot float draws
+    raise ValueError(f"AIS with HMC needs a continuous latent; {type(model).__name__} declares "
+                     f"latent='discrete'")
   z = jax.eval_shape(lambda p, xx, k: model.sample_q(p, xx, k), params, x, jax.random.key(0))
   for path, leaf in jax.tree_util.tree_flatten_with_path(z)[0]:
     if not jnp.issubdtype(leaf.dtype, jnp.floating):

@@ -678,8 +678,9 @@ def posterior_log_prob_cross(model, params: Params, z: Array, x: Array) -> Array
   def one(zs):
     zz = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), zs)
     lq = model.log_q(params, x, zz)
-    # A pair far outside q(.|x_n)'s support can overflow an inverted flow; its density is zero.
-    return jnp.where(jnp.isfinite(lq), lq, -jnp.inf)
+    # A pair far outside q(.|x_n)'s support can overflow an inverted flow to +-inf: its density is
+    # zero. A NaN stays NaN (a broken log_q, never a plausible "density 0").
+    return jnp.where(jnp.isinf(lq), -jnp.inf, lq)
 
   return jax.vmap(one)(z)
 

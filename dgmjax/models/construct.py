@@ -18,6 +18,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dgmjax import distributions
 from dgmjax.models.base import DATA_SUPPORTS, LatentModel
@@ -26,8 +27,8 @@ from dgmjax.models.prior_vae import PriorVAE
 Array = jax.Array
 
 __all__ = [
-    "FunctionModel", "LIKELIHOODS", "Network", "NetworkModel", "as_network", "from_functions",
-    "from_networks",
+    "FunctionModel", "FusedFunctionModel", "LIKELIHOODS", "Network", "NetworkModel", "as_network",
+    "from_functions", "from_networks",
 ]
 
 
@@ -43,6 +44,8 @@ class FunctionModel(LatentModel):
   log_likelihood_fn: Callable
   extras: tuple = ()
   data_support: str | None = None
+  latent: str | None = None
+  reparametrized: bool | None = None
 
   def sample_q(self, params, x, key):
     return self.sample_q_fn(params, x, key)
@@ -63,12 +66,22 @@ class FunctionModel(LatentModel):
     raise AttributeError(name)
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedFunctionModel(FunctionModel):
+  """A :class:`FunctionModel` with the user's fused ``sample_and_log_q`` (which overrides the
+  contract's default, ``sample_q`` then ``log_q``)."""
+
+  def sample_and_log_q(self, params, x, key):
+    return dict(self.extras)["sample_and_log_q"](params, x, key)
+
+
 _OPTIONAL = ("sample_and_log_q", "posterior_mean", "sample_prior", "decode", "kl", "encode",
              "features")
 
 
 def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
                    log_likelihood: Callable, data_support: str | None = None,
+                   latent: str | None = None, reparametrized: bool | None = None,
                    **optional: Callable) -> FunctionModel:
   """A contract model from four pure functions (and any optional ones, by name).
 
@@ -83,6 +96,10 @@ def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
     data_support: the support of ``p(x|z)`` (a key of
       :data:`~dgmjax.models.base.DATA_SUPPORTS`, e.g. ``"binary"``), checked eagerly by the entry
       points that receive data; ``None``: only finiteness.
+    latent: ``'continuous'`` or ``'discrete'`` (``None``: read from the dtype of ``z``; a discrete
+      latent drawn as float one-hot vectors must say so), for the estimators' check of the latent
+      (:meth:`dgmjax.estimators.Estimator.check_latent`).
+    reparametrized: ``False`` for a continuous ``sample_q`` without a gradient path.
     **optional: any of ``sample_and_log_q``, ``posterior_mean``, ``sample_prior``, ``decode``,
       ``kl``, ``encode``, ``features``.
   """
@@ -96,8 +113,13 @@ def from_functions(*, sample_q: Callable, log_q: Callable, log_prior: Callable,
   if data_support is not None and data_support not in DATA_SUPPORTS:
     raise ValueError(f"data_support must be one of {sorted(DATA_SUPPORTS)} or None, "
                      f"got {data_support!r}")
-  return FunctionModel(sample_q, log_q, log_prior, log_likelihood,
-                       tuple(sorted(optional.items())), data_support)
+  if latent is not None and latent not in ("continuous", "discrete"):
+    raise ValueError(f"latent must be None, 'continuous' or 'discrete', got {latent!r}")
+  if reparametrized is not None and not isinstance(reparametrized, (bool, np.bool_)):
+    raise ValueError(f"reparametrized must be None or a bool, got {reparametrized!r}")
+  cls = FusedFunctionModel if "sample_and_log_q" in optional else FunctionModel
+  return cls(sample_q, log_q, log_prior, log_likelihood,
+                       tuple(sorted(optional.items())), data_support, latent, reparametrized)
 
 
 # ----------------------------------------------------------------------------- from networks
