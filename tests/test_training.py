@@ -639,3 +639,20 @@ def test_burda_adam_refuses_bad_decays_and_eps(kwargs, match):
 def test_burda_schedule_settings_are_checked(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: training.auto_microbatch(100, 5, max_rows=True), "max_rows must be an int"),
+    (lambda: training.auto_microbatch(100.0, 5), "batch_size must be an int"),
+    (lambda: training.auto_microbatch(100, 0), "num_samples must be an int >= 1"),
+    (lambda: training.step_key(-1, 0), "seed must be an int >= 0"),
+    (lambda: training.step_key(1.5, 0), "seed must be an int"),
+    (lambda: training.epoch_order(-1, 0, 0, shuffle=True), "num_examples must be an int >= 0"),
+    (lambda: training.epoch_order(10, -1, 0, shuffle=True), "epoch must be an int >= 0"),
+    (lambda: training.epoch_order(10, 0, -3, shuffle=True), "seed must be an int >= 0"),
+    (lambda: training.epoch_order(10, 0, 0, shuffle="no"), "shuffle must be a bool"),
+], ids=["max_rows_bool", "batch_float", "k_zero", "seed_negative", "seed_float",
+        "examples_negative", "epoch_negative", "order_seed_negative", "shuffle_string"])
+def test_step_and_order_settings_are_refused_naming_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

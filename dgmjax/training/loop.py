@@ -30,7 +30,10 @@ class NonFiniteError(FloatingPointError):
 
 def epoch_order(num_examples: int, epoch: int, seed: int, *, shuffle: bool) -> np.ndarray:
   """The example order of an epoch: a permutation seeded by ``(seed, epoch)``, or the identity."""
-  if not shuffle:
+  num_examples = _checks.check_int("num_examples", num_examples, minimum=0)
+  epoch = _checks.check_int("epoch", epoch, minimum=0)
+  seed = _checks.check_seed("seed", seed)
+  if not _checks.check_bool("shuffle", shuffle):
     return np.arange(num_examples)
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 

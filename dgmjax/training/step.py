@@ -156,6 +156,8 @@ def _check_visible_rates(state, optimizer) -> None:
 
 def step_key(seed: int, step) -> Array:
   """The PRNG key of a training step: a function of the seed and the step only."""
+  if not isinstance(seed, jax.core.Tracer):  # a traced seed: runs vmapped over their seeds
+    seed = _checks.check_seed("seed", seed)
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
@@ -181,9 +183,9 @@ def auto_microbatch(batch_size: int, num_samples: int, *, max_rows: int = 2048,
     The largest divisor of ``batch_size`` with ``K * microbatch <= max_rows`` (at least 1) on CPU;
     ``batch_size`` on other backends.
   """
-  if batch_size < 1 or num_samples < 1 or max_rows < 1:
-    raise ValueError(f"batch_size, num_samples and max_rows must be >= 1, got {batch_size}, "
-                     f"{num_samples}, {max_rows}")
+  batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+  num_samples = _checks.check_int("num_samples", num_samples, minimum=1)
+  max_rows = _checks.check_int("max_rows", max_rows, minimum=1)
   if (backend or jax.default_backend()) != "cpu":
     return batch_size
   limit = max(1, max_rows // num_samples)
