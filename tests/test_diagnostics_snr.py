@@ -145,3 +145,15 @@ def test_categorical_vae_reinforce_against_gumbel_softmax_ranks_one_way_under_no
   # pixels off in all four images: their first-layer weights are dead, counted, left out
   off = int(np.sum(np.all(x == 0, axis=0)))
   assert int(r.num_dead) == int(g.num_dead) >= off * 16 > 0
+
+
+def test_estimator_snr_names_an_image_whose_likelihood_is_infinite():
+  base = M.from_functions(
+      sample_q=lambda p, x, k: p["m"] * x + jax.random.normal(k, x.shape),
+      log_q=lambda p, x, z: -0.5 * jnp.sum((z - p["m"] * x) ** 2, -1),
+      log_prior=lambda p, z: -0.5 * jnp.sum(z ** 2, -1),
+      log_likelihood=lambda p, x, z: jnp.where(  # +inf for image 2: its gradient is zeroed
+          jnp.arange(x.shape[0]) == 2, jnp.inf, -0.5 * jnp.sum((x - z) ** 2, -1)))
+  x = jnp.ones((4, 2))
+  with pytest.raises(ValueError, match=r"(?s)log_likelihood.*2"):
+    diagnostics.estimator_snr(base, {"m": jnp.ones(())}, x, "iwae", 3, jax.random.key(0), 8)

@@ -485,6 +485,10 @@ def estimator_snr(model, params: PyTree, x: Array, estimator: str, num_samples: 
   models_base.check_data(model, x, "x")  # the likelihood's support, before any work
   x = jnp.asarray(x)
   loss = losses.make_loss(model, estimator, num_samples, **loss_kwargs)
+  # what the model returns on x, once: a non-finite value (+inf too, whose gradient a model's
+  # guard may zero) is named with its image before any draw
+  models_base.check_outputs(model, params, x, jax.random.fold_in(key, 1), where="estimator_snr",
+                            images="x")
   key_hint = jax.random.clone(key)  # re-draws samples only if a gradient is not finite
   moments = gradient_moments(_FixedBatchLoss(loss, x), params, key, num_draws,
                              chunk_size=chunk_size)
