@@ -11,6 +11,7 @@ import pytest
 from dgmjax import distributions as D
 from dgmjax import models
 from dgmjax import objectives as O
+from dgmjax.models import linear_gaussian as lg
 from dgmjax.models import linear_vae, ppca
 from tests import classical_data as cd
 from tests.classical_data import fast_compiling_prng  # pylint: disable=unused-import
