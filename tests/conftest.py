@@ -1,4 +1,4 @@
-"""Test configuration: strict rank promotion, key-reuse checking and shape checking for the suite.
+"""Test configuration: strict rank promotion, key-reuse checking, shape checking and cheap compiles.
 
 Shape annotations: the core modules (:data:`CHECKED_MODULES`) carry jaxtyping annotations
 (``Float[Array, "K B"]``, ...) that are inert at run time. Here, before anything imports
@@ -20,7 +20,16 @@ PEP 484's numeric tower intends.
 import os
 import sys
 
-import jax
+#: XLA's CPU backend without its optimisation passes, for the test session and the subprocesses it
+#: starts (set before jax is imported): the suite's programs are small and compiled once or twice,
+#: so compiling is most of their cost, and these flags cut it by about a third. What a test checks
+#: (oracles, identities, bitwise agreement of two paths) holds at every optimisation level; timings
+#: are measured by ``benchmarks/``, never here. The device suite's ``--smoke`` uses the same flags.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+
+import jax  # pylint: disable=wrong-import-position
 import pytest
 from jaxtyping import install_import_hook
 
