@@ -205,8 +205,10 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_training_on_4_host_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  # four host devices, with the session's compile flags (tests/conftest.py): the sharded and the
+  # single-device runs are compiled alike
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT.format(root=REPO_ROOT)],
                         env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
