@@ -26,6 +26,7 @@ References:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import warnings
@@ -585,9 +586,8 @@ def _check_finite_gradients(moments: Moments, hint: str = "") -> None:
 
 def _caller_level() -> int:
   """The ``stacklevel`` of a warning that points at the first frame outside dgmjax."""
-  import sys  # pylint: disable=import-outside-toplevel
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+  frame, level = inspect.currentframe().f_back, 1
   while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
     frame, level = frame.f_back, level + 1
   return level
